@@ -1,0 +1,64 @@
+"""Command line: ``sidecar [serve] [--config FILE]``, ``sidecar check-config``, ``sidecar demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import config as config_module
+from . import logs
+from .config import ConfigError
+from .tls import TlsConfigError, client_context
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "check-config", "demo"))
+    parser.add_argument("--config", "-c", help="TOML file (default: $SIDECAR_CONFIG)")
+    return parser
+
+
+def _load_checked(path: str | None) -> config_module.Config:
+    """Load, validate, and prove the TLS files load; exits 2 naming the key on error."""
+    try:
+        config = config_module.load(path)
+        if not config.idp_configured:
+            raise ConfigError("idp.issuer", "set idp.issuer or idp.introspection_endpoint (or run 'sidecar demo')")
+        client_context(config.idp)
+    except (ConfigError, TlsConfigError) as exc:
+        print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return config
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        logs.setup("info")
+        _run(run_demo())
+        return
+    config = _load_checked(args.config)
+    if args.command == "check-config":
+        print("configuration ok")
+        return
+    logs.setup(config.log.level)
+    from .app import serve
+
+    _run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Stage 1b: the client certificate a trusted proxy forwarded, reduced to its RFC 8705 thumbprint.
+
+One small parser per header format turns the value into the leaf certificate's DER (or, for an
+XFCC ``Hash``, straight into the thumbprint). The result, or the failure, is memoized per header
+value, so a cache hit costs one dict lookup and no X.509 work (DESIGN: the hot path).
+
+RFC 8705 §3.1: ``x5t#S256`` is the base64url encoding, without padding, of the SHA-256 of the DER.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable
+from urllib.parse import unquote
+
+from cryptography import x509
+
+from . import xfcc
+from .config import CertFormat
+
+MAX_MEMO = 10_000
+_PEM_BODY = re.compile(
+    r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+class CertificateError(ValueError):
+    """The header value is not a certificate in the expected format."""
+
+
+def thumbprint(der: bytes) -> str:
+    """RFC 8705 §3.1 ``x5t#S256`` of a DER certificate."""
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    text = "".join(text.split())
+    if not text:
+        raise CertificateError("empty certificate")
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateError("invalid base64") from None
+
+
+def _from_pem(text: str) -> bytes:
+    """The first (leaf) certificate of a PEM block; line breaks may be spaces or missing."""
+    match = _PEM_BODY.search(text)
+    if match is None:
+        raise CertificateError("no PEM certificate block")
+    return _b64decode(match.group(1))
+
+
+def parse_escaped_pem(value: str) -> bytes:
+    """nginx ``$ssl_client_escaped_cert`` and AWS ALB: URL-encoded PEM (``+`` stays ``+``)."""
+    return _from_pem(unquote(value, errors="strict"))
+
+
+def parse_pem(value: str) -> bytes:
+    return _from_pem(value)
+
+
+def parse_der_base64(value: str) -> bytes:
+    """HAProxy ``%[ssl_c_der,base64]`` and similar: base64 of the DER."""
+    return _b64decode(value)
+
+
+def parse_traefik(value: str) -> bytes:
+    """Traefik PassTLSClientCert ``pem: true``: base64 DER list, comma-separated, leaf first."""
+    return _b64decode(value.split(",", 1)[0])
+
+
+def parse_rfc9440(value: str) -> bytes:
+    """RFC 9440 ``Client-Cert: :<base64 DER>:`` (a structured-field byte sequence)."""
+    value = value.strip()
+    if len(value) < 3 or value[0] != ":" or value[-1] != ":":
+        raise CertificateError("not an RFC 9440 byte sequence")
+    return _b64decode(value[1:-1])
+
+
+PARSERS: dict[str, Callable[[str], bytes]] = {
+    "escaped_pem": parse_escaped_pem,
+    "alb": parse_escaped_pem,
+    "pem": parse_pem,
+    "der_base64": parse_der_base64,
+    "traefik": parse_traefik,
+    "rfc9440": parse_rfc9440,
+}
+
+
+def detect_format(value: str) -> str:
+    """Guess the format for ``auto``; each format has a distinctive first character or key."""
+    head = value.lstrip()[:64]
+    if head.startswith(":"):
+        return "rfc9440"
+    if re.match(r"(?i)(by|hash|cert|chain|subject|uri|dns)=", head):
+        return "xfcc"
+    if head.startswith("-----BEGIN ") or head.startswith("-----BEGIN\n"):
+        return "pem"
+    if "%" in head:
+        return "escaped_pem"
+    return "traefik" if "," in value else "der_base64"
+
+
+class CertificateReader:
+    """Header value -> thumbprint, memoized (bounded, oldest dropped first)."""
+
+    __slots__ = ("_format", "_memo", "_trust_xfcc_hash")
+
+    def __init__(self, fmt: CertFormat, *, trust_xfcc_hash: bool = False) -> None:
+        self._format = fmt
+        self._trust_xfcc_hash = trust_xfcc_hash
+        self._memo: dict[str, str | CertificateError] = {}
+
+    def thumbprint(self, value: str) -> str:
+        """The thumbprint of the leaf; raises CertificateError (also memoized)."""
+        found = self._memo.get(value)
+        if found is None:
+            found = self._compute(value)
+            if len(self._memo) >= MAX_MEMO:
+                del self._memo[next(iter(self._memo))]
+            self._memo[value] = found
+        if isinstance(found, CertificateError):
+            raise found
+        return found
+
+    def _compute(self, value: str) -> str | CertificateError:
+        try:
+            fmt = detect_format(value) if self._format == "auto" else self._format
+            if fmt == "xfcc":
+                return self._from_xfcc(value)
+            return _checked_thumbprint(PARSERS[fmt](value))
+        except CertificateError as exc:
+            return exc
+        except (ValueError, UnicodeError) as exc:
+            return CertificateError(f"unreadable certificate header: {type(exc).__name__}")
+
+    def _from_xfcc(self, value: str) -> str:
+        try:
+            pairs = xfcc.last_element(value)
+        except xfcc.XfccError as exc:
+            raise CertificateError(str(exc)) from None
+        if "cert" in pairs:
+            return _checked_thumbprint(parse_escaped_pem(pairs["cert"]))
+        if self._trust_xfcc_hash and "hash" in pairs:
+            return _hash_to_thumbprint(pairs["hash"])
+        raise CertificateError("XFCC element has no Cert (and Hash is not trusted)")
+
+
+def _checked_thumbprint(der: bytes) -> str:
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise CertificateError("not an X.509 certificate") from None
+    return thumbprint(der)
+
+
+def _hash_to_thumbprint(hex_hash: str) -> str:
+    """XFCC ``Hash`` is the hex SHA-256 of the DER: the same digest, another encoding."""
+    try:
+        digest = bytes.fromhex(hex_hash)
+    except ValueError:
+        raise CertificateError("XFCC Hash is not hex") from None
+    if len(digest) != 32:
+        raise CertificateError("XFCC Hash is not a SHA-256 digest")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -1,0 +1,148 @@
+"""The decision: extract → lookup → bind → authorize → headers, for any front (HTTP or gRPC).
+
+Fronts turn their protocol into a :class:`CheckRequest` and render the :class:`Allow` or
+:class:`Deny` they get back; only they know HTTP or gRPC. Nothing here raises to a front: every
+failure, including a bug, becomes a Deny (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .binding import check_binding, needs_certificate
+from .cache import Entry, Lookup, TokenCache
+from .client_cert import CertificateError, CertificateReader
+from .config import Config
+from .errors import Denial, InternalError, InvalidToken
+from .extract import bearer_token
+from .logs import token_hash
+from .metrics import Metrics
+from .policy import Policy
+from .response import HeaderBuilder
+from .token_info import TokenInfo
+
+log = logging.getLogger("sidecar.decision")
+
+
+class Verifier(Protocol):
+    """Says what a token is: introspection, local JWT validation, or a choice of the two."""
+
+    async def verify(self, token: str) -> TokenInfo: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    authorization: Sequence[str]  # every Authorization field value received
+    certificate: str | None = None  # the forwarded certificate, only from a trusted peer
+    reader: CertificateReader | None = None  # how to read it; None: the configured format
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    headers: dict[str, str]
+    entry: Entry
+    lookup: Lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    denial: Denial
+    token_hash: str | None = None
+
+
+class Decider:
+    """Holds the stages of one configuration and runs them per request."""
+
+    def __init__(self, config: Config, verifier: Verifier, metrics: Metrics) -> None:
+        self.config = config
+        self.cache = TokenCache(config.cache.max_entries)
+        self.headers = HeaderBuilder(config.response)
+        self.policy = Policy(config.policy)
+        self.reader = CertificateReader(
+            config.client_cert.format, trust_xfcc_hash=config.client_cert.xfcc_trust_hash
+        )
+        self._verifier = verifier
+        self._metrics = metrics
+        self._binding = config.policy.binding
+        self._log_allows = config.log.decisions == "all"
+        self._log_denials = config.log.decisions != "off"
+        metrics.cache_entries.set_function(lambda: len(self.cache))
+
+    async def decide(self, request: CheckRequest) -> Allow | Deny:
+        token: str | None = None
+        entry: Entry | None = None
+        try:
+            token = bearer_token(request.authorization)
+            key = self.cache.key(token)
+            entry = self.cache.get(key)
+            lookup: Lookup = "hit"
+            if entry is None:
+                entry, lookup = await self.cache.get_or_load(key, lambda: self._load(token))
+            self._count_lookup(lookup)
+            if entry.denial is not None:
+                return self._deny(entry.denial, entry.token_hash)
+            self.policy.check_time(entry.info, time.time())
+            if needs_certificate(entry.info, self._binding):
+                check_binding(entry.info, self._thumbprint(request), self._binding)
+            if entry.scope_denial is not None:
+                return self._deny(entry.scope_denial, entry.token_hash)
+            return self._allow(entry, lookup)
+        except Denial as denial:
+            return self._deny(denial, _hash_of(entry, token))
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            return self._deny(InternalError(type(exc).__name__), _hash_of(entry, token))
+
+    async def _load(self, token: str) -> Entry:
+        """A cache miss: ask the verifier, then precompute everything a hit needs."""
+        info = await self._verifier.verify(token)
+        wall, mono = time.time(), time.monotonic()
+        cache = self.config.cache
+        if info.active:
+            ttl = cache.max_ttl if info.exp is None else min(cache.max_ttl, info.exp - wall)
+        else:
+            ttl = cache.negative_ttl
+        return Entry(
+            info=info,
+            headers=self.headers.build(info),
+            denial=self.policy.static_denial(info),
+            scope_denial=self.policy.scope_denial(info),
+            token_hash=token_hash(token),
+            expires=mono + ttl,
+        )
+
+    def _thumbprint(self, request: CheckRequest) -> str | None:
+        if request.certificate is None:
+            return None
+        try:
+            return (request.reader or self.reader).thumbprint(request.certificate)
+        except CertificateError as exc:
+            raise InvalidToken("cert_invalid", f"client certificate header: {exc}") from None
+
+    def _count_lookup(self, lookup: Lookup) -> None:
+        m = self._metrics
+        (m.cache_hit if lookup == "hit" else m.cache_miss if lookup == "miss" else m.cache_coalesced).inc()
+
+    def _allow(self, entry: Entry, lookup: Lookup) -> Allow:
+        self._metrics.decision("allow", "ok")
+        if self._log_allows:
+            log.info("allow", extra={"outcome": "allow", "reason": "ok", "token": entry.token_hash,
+                                     "cache": lookup, "client_id": entry.info.client_id})
+        return Allow(entry.headers, entry, lookup)
+
+    def _deny(self, denial: Denial, hashed: str | None) -> Deny:
+        self._metrics.decision("deny", denial.reason)
+        if self._log_denials:
+            log.info("deny", extra={"outcome": "deny", "reason": denial.reason, "status": denial.status,
+                                    "token": hashed, "detail": denial.detail})
+        return Deny(denial, hashed)
+
+
+def _hash_of(entry: Entry | None, token: str | None) -> str | None:
+    if entry is not None:
+        return entry.token_hash
+    return token_hash(token) if token else None

@@ -1,0 +1,134 @@
+"""Where the IdP's endpoints are: configured, or discovered from the issuer.
+
+OpenID Connect Discovery 1.0 (``/.well-known/openid-configuration``) first, then RFC 8414
+(``/.well-known/oauth-authorization-server``, inserted before the issuer's path). RFC 8414 §3.3:
+the ``issuer`` in the metadata MUST equal the configured issuer. RFC 8705 §5: a client using
+mutual TLS uses ``mtls_endpoint_aliases`` where the server lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from .config import IdpConfig
+from .tls import IdpSession
+
+log = logging.getLogger(__name__)
+MAX_METADATA_BYTES = 256 * 1024
+
+
+class DiscoveryError(Exception):
+    """The metadata could not be fetched or is not acceptable."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    introspection: str | None
+    jwks_uri: str | None
+    issuer: str | None
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    openid = urlunsplit((parts.scheme, parts.netloc, f"{path}/.well-known/openid-configuration", "", ""))
+    rfc8414 = urlunsplit(
+        (parts.scheme, parts.netloc, f"/.well-known/oauth-authorization-server{path}", "", "")
+    )
+    return [openid, rfc8414]
+
+
+def endpoints_from_metadata(metadata: Mapping[str, Any], idp: IdpConfig) -> Endpoints:
+    """Pick the endpoints from metadata; configured values win over discovered ones."""
+    if metadata.get("issuer") != idp.issuer:
+        raise DiscoveryError(f"metadata issuer {metadata.get('issuer')!r} != configured issuer")
+    aliases = metadata.get("mtls_endpoint_aliases")
+    aliases = aliases if isinstance(aliases, Mapping) else {}
+    use_mtls = idp.auth_method == "tls_client_auth"
+    introspection = idp.introspection_endpoint or (
+        (use_mtls and aliases.get("introspection_endpoint")) or metadata.get("introspection_endpoint")
+    )
+    jwks = idp.jwks_uri or metadata.get("jwks_uri")
+    for name, url in (("introspection_endpoint", introspection), ("jwks_uri", jwks)):
+        if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+            raise DiscoveryError(f"metadata {name} is not an https URL")
+    return Endpoints(introspection=introspection, jwks_uri=jwks, issuer=idp.issuer)
+
+
+async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
+    """Endpoints from configuration, or from the issuer's metadata documents."""
+    if not idp.issuer:
+        return Endpoints(idp.introspection_endpoint, idp.jwks_uri, None)
+    errors: list[str] = []
+    for url in metadata_urls(idp.issuer):
+        try:
+            async with session.get(url, headers={"Accept": "application/json"}) as response:
+                if response.status != 200:
+                    errors.append(f"{url}: HTTP {response.status}")
+                    continue
+                body = await response.content.read(MAX_METADATA_BYTES + 1)
+                if len(body) > MAX_METADATA_BYTES:
+                    raise DiscoveryError(f"{url}: metadata too large")
+                metadata = _json_object(body)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            errors.append(f"{url}: {type(exc).__name__}")
+            continue
+        return endpoints_from_metadata(metadata, idp)
+    raise DiscoveryError("; ".join(errors))
+
+
+def _json_object(body: bytes) -> Mapping[str, Any]:
+    value = json.loads(body)
+    if not isinstance(value, dict):
+        raise ValueError("metadata is not a JSON object")
+    return value
+
+
+class Discovery:
+    """Resolves the endpoints once, shared by concurrent callers, retrying after a pause."""
+
+    RETRY_AFTER = 1.0
+
+    def __init__(self, idp: IdpConfig, session: IdpSession) -> None:
+        self._idp = idp
+        self._session = session
+        self._endpoints: Endpoints | None = None
+        self._pending: asyncio.Task[Endpoints] | None = None
+        self._failed_at = -1e9
+        self._last_error = ""
+
+    @property
+    def endpoints(self) -> Endpoints | None:
+        return self._endpoints
+
+    async def get(self) -> Endpoints:
+        if self._endpoints is not None:
+            return self._endpoints
+        if self._pending is None:
+            if time.monotonic() - self._failed_at < self.RETRY_AFTER:
+                raise DiscoveryError(f"discovery failed recently: {self._last_error}")
+            self._pending = asyncio.ensure_future(self._resolve())
+        return await asyncio.shield(self._pending)
+
+    async def _resolve(self) -> Endpoints:
+        try:
+            self._endpoints = await discover(self._session.session, self._idp)
+            log.info("endpoints resolved", extra={"introspection_endpoint": self._endpoints.introspection,
+                                                  "jwks_uri": self._endpoints.jwks_uri})
+            return self._endpoints
+        except DiscoveryError as exc:
+            self._failed_at = time.monotonic()
+            self._last_error = str(exc)
+            log.warning("discovery failed", extra={"error": str(exc)})
+            raise
+        finally:
+            self._pending = None

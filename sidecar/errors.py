@@ -1,0 +1,87 @@
+"""Typed denials raised by the stages of a decision.
+
+Each denial carries its HTTP status, its RFC 6750 §3.1 error code and a stable reason code.
+The reason code is the log field and the metrics label; the public description stays generic.
+
+    Denial
+    ├── MissingToken         401, no error code (RFC 6750 §3.1: request lacked credentials)
+    ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
+    ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
+    ├── InsufficientScope    403 insufficient_scope scope_missing
+    ├── IdpUnavailable       503 (fail closed)      idp_unavailable
+    └── InternalError        503 (fail closed)      internal_error
+"""
+
+from __future__ import annotations
+
+
+class Denial(Exception):
+    """A request that must not pass. ``detail`` goes to the log only, never to the client."""
+
+    status: int = 401
+    error: str | None = None
+    description: str = ""
+    retry_after: int = 1  # seconds, for the 503s
+
+    def __init__(self, reason: str, detail: str = "", *, scope: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.scope = scope
+
+
+class MissingToken(Denial):
+    """RFC 6750 §3.1: no error code when the request carried no authentication information."""
+
+    status = 401
+    error = None
+
+
+class InvalidRequest(Denial):
+    """RFC 6750 §3.1 invalid_request: malformed or duplicated credentials (400)."""
+
+    status = 400
+    error = "invalid_request"
+    description = "The request is malformed"
+
+
+class InvalidToken(Denial):
+    """RFC 6750 §3.1 invalid_token: expired, revoked, malformed or not bound to this client (401).
+
+    RFC 8705 §3: a binding mismatch MUST be rejected the same way.
+    """
+
+    status = 401
+    error = "invalid_token"
+    description = "The access token is invalid"
+
+
+class InsufficientScope(Denial):
+    """RFC 6750 §3.1 insufficient_scope: the token lacks a required scope (403)."""
+
+    status = 403
+    error = "insufficient_scope"
+    description = "The access token lacks a required scope"
+
+
+class IdpUnavailable(Denial):
+    """The identity provider could not answer: fail closed with 503 and Retry-After."""
+
+    status = 503
+    error = None
+    description = "The authorization server is unavailable"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__("idp_unavailable", detail)
+        self.retry_after = retry_after
+
+
+class InternalError(Denial):
+    """A bug in the sidecar: fail closed like an IdP outage, never answer 500 with a stack."""
+
+    status = 503
+    error = None
+    description = "The authorization service failed"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("internal_error", detail)

@@ -1,0 +1,67 @@
+"""Stage 1: the bearer token (RFC 6750 §2.1) and whether the peer may vouch for a certificate.
+
+RFC 6750 §2.1: ``credentials = "Bearer" 1*SP b64token``; the scheme is case-insensitive
+(RFC 9110 §11.1). Exactly one Authorization field with exactly one credential is accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+from .errors import InvalidRequest, MissingToken
+
+MAX_TOKEN_LENGTH = 16384
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def bearer_token(authorization: Sequence[str]) -> str:
+    """The token from the Authorization field values; raises a denial otherwise."""
+    if not authorization:
+        raise MissingToken("token_missing", "no Authorization header")
+    if len(authorization) > 1:
+        raise InvalidRequest("token_duplicated", "more than one Authorization header")
+    value = authorization[0]
+    scheme, _, credentials = value.strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        # RFC 6750 §3.1: a request without Bearer credentials gets no error code.
+        raise MissingToken("token_missing", "Authorization scheme is not Bearer")
+    token = credentials.strip(" ")
+    if not token:
+        raise InvalidRequest("token_malformed", "Bearer without a token")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidRequest("token_malformed", f"token longer than {MAX_TOKEN_LENGTH}")
+    if _B64TOKEN.fullmatch(token) is None:
+        raise InvalidRequest("token_malformed", "token is not a b64token or holds several values")
+    return token
+
+
+class TrustedProxies:
+    """Which peers may send a certificate header; answers are memoized per address string."""
+
+    __slots__ = ("_memo", "_networks")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._memo: dict[str | None, bool] = {}
+
+    def __contains__(self, peer: str | None) -> bool:
+        known = self._memo.get(peer)
+        if known is None:
+            known = self._check(peer)
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[peer] = known
+        return known
+
+    def _check(self, peer: str | None) -> bool:
+        if not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)

@@ -1,0 +1,77 @@
+"""The assembled sidecar: configuration, IdP connection, verifier, decider, metrics, readiness.
+
+One :class:`Sidecar` serves every front in the process (HTTP check port, admin port, gRPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from .config import Config
+from .decision import Decider, Verifier
+from .discovery import Discovery
+from .extract import TrustedProxies
+from .introspection import Introspector
+from .metrics import Metrics
+from .tls import IdpSession
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.idp = IdpSession(config.idp)
+        self.discovery = Discovery(config.idp, self.idp)
+        self.verifier: Verifier = build_verifier(config, self)
+        self.decider = Decider(config, self.verifier, self.metrics)
+        self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
+        self.cert_header = config.client_cert.header
+        self.in_flight = 0
+        self.draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.inflight.set_function(lambda: self.in_flight)
+        self.metrics.ready.set_function(lambda: 1 if self.readiness()[0] else 0)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting_down"
+        if self.config.idp.issuer and self.discovery.endpoints is None:
+            return False, "discovery_pending"
+        return True, "ok"
+
+    async def start(self) -> None:
+        """Resolve the IdP endpoints in the background; readiness waits for them."""
+        self._tasks.append(asyncio.create_task(self._discover_until_done()))
+
+    async def _discover_until_done(self) -> None:
+        delay = 0.5
+        while self.discovery.endpoints is None:
+            with contextlib.suppress(Exception):
+                await self.discovery.get()
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.idp.aclose()
+
+
+def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
+    return Introspector(
+        config.idp, sidecar.idp, sidecar.discovery,
+        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics,
+    )
+
+
+SIDECAR = web.AppKey("sidecar", Sidecar)

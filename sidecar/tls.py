@@ -1,0 +1,66 @@
+"""The TLS side of the IdP connection: an SSLContext with our client certificate (RFC 8705 §2.1
+``tls_client_auth``) and one long-lived aiohttp session with keep-alive built on it.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+
+from .config import IdpConfig
+
+
+class TlsConfigError(ValueError):
+    """A certificate, key or CA file could not be loaded; the message names the key."""
+
+
+def client_context(idp: IdpConfig) -> ssl.SSLContext:
+    """Verify the IdP against ``ca_file`` (or the system store) and present our certificate."""
+    try:
+        context = ssl.create_default_context(cafile=idp.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"idp.ca_file: cannot load CA bundle: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if idp.cert_file and idp.key_file:
+        try:
+            context.load_cert_chain(idp.cert_file, idp.key_file, password=idp.key_password)
+        except (OSError, ssl.SSLError) as exc:
+            # Never include the key password or key bytes; name the files' keys only.
+            raise TlsConfigError(
+                f"idp.cert_file/idp.key_file: cannot load client certificate: {type(exc).__name__}"
+                f" {getattr(exc, 'reason', None) or getattr(exc, 'strerror', '')}"
+            ) from None
+    return context
+
+
+def client_session(context: ssl.SSLContext, idp: IdpConfig) -> aiohttp.ClientSession:
+    """One session per SSLContext: keep-alive connections reuse the mTLS handshake."""
+    connector = aiohttp.TCPConnector(
+        ssl=context, limit=idp.max_connections, keepalive_timeout=60
+    )
+    timeout = aiohttp.ClientTimeout(total=idp.timeout, sock_connect=idp.connect_timeout)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, raise_for_status=False,
+        headers={"User-Agent": "sidecar/0.1 (+RFC 8705)"},
+    )
+
+
+class IdpSession:
+    """Holds the current session; rotation swaps it without dropping calls in flight."""
+
+    def __init__(self, idp: IdpConfig) -> None:
+        self._idp = idp
+        self.context = client_context(idp)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = client_session(self.context, self._idp)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,148 @@
+"""What the IdP says about a token, as one frozen value (RFC 7662 §2.2, RFC 9068 §2.2).
+
+Both the introspection answer and the claims of a validated JWT access token become a
+:class:`TokenInfo`; everything after that (binding, policy, headers) reads only this value.
+Parsing is pure: a wrong type is a :class:`MalformedTokenInfo`, which callers treat as an IdP
+failure (fail closed), never as an active token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+STANDARD_CLAIMS = (
+    "active", "scope", "client_id", "username", "token_type", "exp", "iat", "nbf",
+    "sub", "aud", "iss", "jti", "cnf",
+)
+
+
+class MalformedTokenInfo(ValueError):
+    """The IdP's answer has a claim of the wrong type; the message names the claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    active: bool
+    scopes: frozenset[str] = frozenset()
+    scope: str | None = None
+    client_id: str | None = None
+    username: str | None = None
+    token_type: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    sub: str | None = None
+    aud: tuple[str, ...] = ()
+    iss: str | None = None
+    jti: str | None = None
+    cnf_x5t_s256: str | None = None
+    # Only the claims configured for upstream headers are kept (memory per cached token).
+    extra: Mapping[str, str] | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.cnf_x5t_s256 is not None
+
+
+INACTIVE = TokenInfo(active=False)
+
+
+def token_info_from_claims(
+    claims: object, extra_claims: Collection[str] = (), *, active: bool | None = None
+) -> TokenInfo:
+    """Build a TokenInfo from an introspection object or JWT claims.
+
+    ``active`` is taken from the payload (RFC 7662 ``active``, REQUIRED) unless given, as for a
+    JWT whose signature was verified.
+    """
+    if not isinstance(claims, Mapping):
+        raise MalformedTokenInfo("the answer is not a JSON object")
+    if active is None:
+        value = claims.get("active")
+        if not isinstance(value, bool):
+            raise MalformedTokenInfo("active: must be a boolean")
+        active = value
+    if not active:
+        return INACTIVE
+    scope = _opt_str(claims, "scope")
+    return TokenInfo(
+        active=True,
+        scopes=frozenset(scope.split()) if scope else frozenset(),
+        scope=scope,
+        client_id=_opt_str(claims, "client_id"),
+        username=_opt_str(claims, "username"),
+        token_type=_opt_str(claims, "token_type"),
+        exp=_opt_time(claims, "exp"),
+        iat=_opt_time(claims, "iat"),
+        nbf=_opt_time(claims, "nbf"),
+        sub=_opt_str(claims, "sub"),
+        aud=_audience(claims.get("aud")),
+        iss=_opt_str(claims, "iss"),
+        jti=_opt_str(claims, "jti"),
+        cnf_x5t_s256=_thumbprint(claims.get("cnf")),
+        extra=_extra(claims, extra_claims) or None,
+    )
+
+
+def _opt_str(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedTokenInfo(f"{name}: must be a string")
+    return value
+
+
+def _opt_time(claims: Mapping[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedTokenInfo(f"{name}: must be a NumericDate")
+    return int(value)
+
+
+def _audience(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise MalformedTokenInfo("aud: must be a string or an array of strings")
+
+
+def _thumbprint(cnf: object) -> str | None:
+    """RFC 8705 §3.1: ``cnf: {"x5t#S256": base64url(SHA-256(DER))}``."""
+    if cnf is None:
+        return None
+    if not isinstance(cnf, Mapping):
+        raise MalformedTokenInfo("cnf: must be an object")
+    value = cnf.get("x5t#S256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedTokenInfo("cnf.x5t#S256: must be a non-empty string")
+    return value
+
+
+def _extra(claims: Mapping[str, Any], names: Collection[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in names:
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+            out[name] = " ".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, int | float):
+            out[name] = str(value)
+        else:
+            out[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return out
