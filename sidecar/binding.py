@@ -35,5 +35,5 @@ def check_binding(info: TokenInfo, presented: str | None, mode: BindingMode) -> 
     if presented is None:
         raise InvalidToken("cert_missing", "token is bound but no client certificate was presented")
     # Constant time: the thumbprint an attacker presents must not leak how much of it matched.
-    if not hmac.compare_digest(expected.encode("ascii", "replace"), presented.encode("ascii")):
+    if not hmac.compare_digest(expected.encode(), presented.encode()):
         raise InvalidToken("cnf_mismatch", "cnf.x5t#S256 differs from the presented certificate")

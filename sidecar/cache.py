@@ -1,6 +1,6 @@
 """Stage 2: the token cache, with single-flight.
 
-- Bounded (``cachetools.TLRUCache``): each entry carries its own expiry, min(exp − now, max_ttl)
+- Bounded (``cachetools.TLRUCache``): each entry carries its own expiry, min(exp - now, max_ttl)
   for active tokens and the negative TTL for inactive ones. IdP errors are never cached.
 - Keyed by a keyed BLAKE2b digest of the token under a per-process random key: the raw token is
   never stored, and the keys in a memory dump cannot be matched against a leaked token list.

@@ -181,10 +181,10 @@ def _build_section(name: str, cls: type[Any], given: Mapping[str, Any], env: Map
     return cls(**values)
 
 
-def _convert(key: str, tp: Any, value: Any, *, from_env: bool) -> Any:  # noqa: PLR0911
+def _convert(key: str, tp: Any, value: Any, *, from_env: bool) -> Any:
     origin = get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        inner = [a for a in get_args(tp) if a is not type(None)][0]
+        inner = next(a for a in get_args(tp) if a is not type(None))
         if value is None or (from_env and value == ""):
             return None
         return _convert(key, inner, value, from_env=from_env)
@@ -284,7 +284,7 @@ def _validate_idp(i: IdpConfig) -> None:
             raise ConfigError(f"idp.{name}", f"must be an https:// URL; got {url!r}")
     if not i.client_id and i.token_format != "jwt":
         raise ConfigError("idp.client_id", "is required for introspection")
-    if i.auth_method == "tls_client_auth":
+    if i.auth_method == "tls_client_auth" and i.token_format != "jwt":
         for name in ("cert_file", "key_file"):
             if not getattr(i, name):
                 raise ConfigError(f"idp.{name}", "is required with auth_method tls_client_auth")

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from .client_cert import thumbprint
-
-DEV_IDP = web.AppKey("dev_idp", "DevIdp")
 
 
 @dataclass
@@ -83,6 +82,9 @@ class DevIdp:
         }
 
 
+DEV_IDP = web.AppKey("dev_idp", DevIdp)
+
+
 def server_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLContext:
     """TLS server that asks for a client certificate and verifies it against ``ca_file``."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
@@ -94,14 +96,14 @@ def server_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLCon
 def _peer(request: web.Request) -> tuple[str | None, str | None]:
     """(common name, x5t#S256) of the verified client certificate, if one was presented."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    if not der:
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if ssl_object is None or not der:
         return None, None
     subject = dict(item[0] for item in ssl_object.getpeercert()["subject"])
     return subject.get("commonName"), thumbprint(der)
 
 
-async def _authenticate(request: web.Request) -> tuple[Client, str, web.MultiDictProxy[str]]:
+async def _authenticate(request: web.Request) -> tuple[Client, str, MultiDictProxy[Any]]:
     """RFC 8705 §2.1 tls_client_auth: the certificate's CN must be the client_id in the form."""
     idp = request.app[DEV_IDP]
     form = await request.post()
@@ -113,7 +115,7 @@ async def _authenticate(request: web.Request) -> tuple[Client, str, web.MultiDic
             text='{"error":"invalid_client"}', content_type="application/json",
             headers={"WWW-Authenticate": 'Basic realm="dev-idp"'},
         )
-    return client, x5t, form  # type: ignore[return-value]
+    return client, x5t, form
 
 
 async def _metadata(request: web.Request) -> web.Response:

@@ -79,7 +79,7 @@ async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
                 if len(body) > MAX_METADATA_BYTES:
                     raise DiscoveryError(f"{url}: metadata too large")
                 metadata = _json_object(body)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             errors.append(f"{url}: {type(exc).__name__}")
             continue
         return endpoints_from_metadata(metadata, idp)

@@ -11,7 +11,6 @@ Anything but a 200 with a JSON object of the right types is an IdP failure: fail
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -82,7 +81,7 @@ class Introspector:
                 body = await response.content.read(MAX_BODY_BYTES + 1)
                 if len(body) > MAX_BODY_BYTES:
                     raise IdpUnavailable("too_large: introspection answer too large")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise IdpUnavailable("timeout: no answer within idp.timeout") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise IdpUnavailable(f"tls: {exc.certificate_error}") from None

@@ -86,7 +86,8 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName([_san(n) for n in server_names]), critical=False)
+            names = x509.SubjectAlternativeName([_san(n) for n in server_names])
+            builder = builder.add_extension(names, critical=False)
         return Issued(builder.sign(self.root.key, hashes.SHA256()), key)
 
 

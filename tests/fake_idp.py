@@ -1,0 +1,70 @@
+"""The development IdP with fault injection, for integration tests over real mutual TLS.
+
+The IdP requires and verifies the sidecar's client certificate (tls_client_auth); faults are
+scripted per test: a status, garbage, a delay, a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sidecar.devidp import Client, DevIdp
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Fault:
+    status: int | None = None  # answer this status instead
+    body: bytes | None = None  # answer this body (200) instead
+    content_type: str = "application/json"
+    delay: float = 0.0  # seconds before answering
+    drop: bool = False  # close the connection without answering
+    headers: dict[str, str] | None = None
+
+
+class FakeIdp(DevIdp):
+    """DevIdp plus a ``fault`` applied to introspection calls, and a call counter."""
+
+    fault: Fault | None = None
+    introspect_requests: int = 0
+    last_form: dict[str, str] | None = None
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.middlewares.append(self._faults)
+        return app
+
+    @web.middleware
+    async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/introspect":
+            return await handler(request)
+        self.introspect_requests += 1
+        self.last_form = {k: str(v) for k, v in (await request.post()).items()}
+        fault = self.fault
+        if fault is None:
+            return await handler(request)
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        if fault.status is not None or fault.body is not None:
+            return web.Response(
+                status=fault.status or 200, body=fault.body or b"", content_type=fault.content_type,
+                headers=fault.headers,
+            )
+        return await handler(request)
+
+
+def standard_idp() -> FakeIdp:
+    idp = FakeIdp()
+    for client in (Client("sidecar", may_introspect=True), Client("alice"), Client("bob"),
+                   Client("carol", bound=False)):
+        idp.add_client(client)
+    return idp
