@@ -7,8 +7,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
+# The handler installed by setup(); sidecar.decision_log writes allow lines to it directly.
+HANDLER: logging.StreamHandler[TextIO] | None = None
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -38,7 +40,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    global HANDLER
+    handler = HANDLER = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""One command for every performance figure of issue 6: the sidecar's check route against a bare
+aiohttp handler, in one run, on loopback.
+
+    .venv/bin/python bench/run.py            # full run, a few minutes
+    .venv/bin/python bench/run.py --quick    # smoke run (seconds per scenario, small N)
+
+(a) ``bench/bare.py``: aiohttp + uvloop, reads the same request headers, answers 200 with the
+    same number of headers (11) from a constant dict.
+(b) the sidecar exactly as in production: ``python -m sidecar serve --config <toml>`` (uvloop,
+    no access log, JSON logs on stderr to a file, decision logging at its configured default),
+    against the development IdP over real mutual TLS (``bench/idp.py``, run in this process).
+
+Servers (and nginx) run on core 0, wrk and this driver (and so the IdP) on core 1
+(``taskset``). A/B rounds alternate the order (ab, ba, ab, ...) and each figure is the median of
+the rounds. wrk drives both with a Lua script that rotates (token, certificate header) pairs
+over N tokens and 4 client certificates. Server CPU µs/request comes from utime+stime in
+``/proc/<pid>/stat`` of the server process and its children (workers, nginx worker) over the
+run. The last line printed is the cache-hit ratio (b)/(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from bench.idp import BenchIdp, start_idp  # noqa: E402
+from sidecar.config import LogConfig  # noqa: E402
+from sidecar.pki import CertificateAuthority, Issued  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CORES = sorted(os.sched_getaffinity(0))
+SERVER_CORE = str(CORES[0])
+LOAD_CORE = str(CORES[-1])
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("wrk") or "wrk"
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _descendants(pid: int) -> list[int]:
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                out.extend(_descendants(int(child)))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants (workers), in seconds."""
+    total = 0
+    for p in _descendants(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4 for p in _descendants(pid))
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    admin_port: int | None = None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url) as r:
+                    if r.status == 200 or "readyz" not in url:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up")
+            await asyncio.sleep(0.1)
+
+
+def spawn(argv: list[str], cores: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["taskset", "-c", cores, *argv], stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            cwd=ROOT, start_new_session=True)
+
+
+async def start_bare(tmp: Path, cert_header: str, cores: str = SERVER_CORE, workers: int = 1) -> Server:
+    port = free_port()
+    proc = spawn([PY, str(ROOT / "bench" / "bare.py"), "--port", str(port), "--cert-header", cert_header,
+                  "--workers", str(workers)], cores, tmp / "bare.log")
+    await wait_http(f"http://127.0.0.1:{port}/healthz")
+    return Server("bare", port, proc)
+
+
+@dataclass
+class Env:
+    tmp: Path
+    idp: BenchIdp
+    ca: CertificateAuthority
+    sidecar_files: tuple[Path, Path]
+    ca_file: Path
+    clients: list[Issued]
+    args: argparse.Namespace
+    results: list[str] = field(default_factory=list)
+
+
+async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "auto", workers: int = 1,
+                        cores: str = SERVER_CORE) -> Server:
+    port, admin = free_port(), free_port()
+    server = f'host = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
+    if workers != 1:
+        server += f"workers = {workers}\n"
+    config = env.tmp / f"sidecar-{port}.toml"
+    config.write_text(
+        f"[server]\n{server}\n"
+        f'[idp]\nissuer = "{env.idp.issuer}"\nclient_id = "sidecar"\n'
+        f'cert_file = "{env.sidecar_files[0]}"\nkey_file = "{env.sidecar_files[1]}"\n'
+        f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
+        f'[cache]\nmax_entries = 200000\n\n'
+        f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
+    )
+    proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log")
+    await wait_http(f"http://127.0.0.1:{admin}/readyz")
+    return Server("sidecar", port, proc, admin)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    requests: int
+    bad: int  # non-2xx answers + socket errors
+
+    def line(self) -> str:
+        bad = f"  NON-2XX/ERRORS {self.bad}" if self.bad else ""
+        return (f"{self.rps:9.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  "
+                f"{self.cpu_us:6.1f} µs CPU/req{bad}")
+
+
+def lua_script(env: Env, header: str, certs: list[str], tokens: list[tuple[int, str]], *,
+               delay_ms: int = 0, path: str = "/check") -> Path:
+    """Requests are formatted once in init(); each request takes the next (token, cert) pair."""
+    fd, name = tempfile.mkstemp(suffix=".lua", dir=env.tmp)
+    data = Path(name + ".txt")
+    data.write_text("".join(f"{i} {t}\n" for i, t in tokens))
+    certs_file = Path(name + ".certs")
+    certs_file.write_text("".join(c + "\n" for c in certs))
+    script = f"""
+local reqs = {{}}
+local i = 0
+function init(args)
+  local certs = {{}}
+  for line in io.lines("{certs_file}") do certs[#certs + 1] = line end
+  for line in io.lines("{data}") do
+    local idx, tok = line:match("^(%d+) (.+)$")
+    reqs[#reqs + 1] = wrk.format("GET", "{path}", {{["Authorization"] = "Bearer " .. tok,
+                                                  ["{header}"] = certs[tonumber(idx) + 1]}})
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"""
+    if delay_ms:
+        script += f"function delay() return {delay_ms} end\n"
+    script += """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.status + e.connect + e.read + e.write + e.timeout))
+end
+"""
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+    return Path(name)
+
+
+async def wrk(env: Env, port: int, pid: int, script: Path, *, connections: int, duration: float,
+              threads: int = 1, cores: str = LOAD_CORE, extra_pids: tuple[int, ...] = ()) -> Run:
+    pids = (pid, *extra_pids)
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    proc = await asyncio.create_subprocess_exec(
+        "taskset", "-c", cores, env.args.wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
+        "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/check",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    match = re.search(rb"RESULT (\d+) (\d+) (\d+) (\d+) (\d+)", out)
+    if match is None:
+        raise RuntimeError(f"wrk failed: {out.decode(errors='replace')}")
+    requests, duration_us, p50, p99, bad = (int(x) for x in match.groups())
+    return Run(requests / (duration_us / 1e6), p50 / 1000, p99 / 1000, cpu * 1e6 / max(requests, 1), requests, bad)
+
+
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        statistics.median(r.rps for r in runs), statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs), statistics.median(r.cpu_us for r in runs),
+        sum(r.requests for r in runs), sum(r.bad for r in runs),
+    )
+
+
+async def ab(env: Env, title: str, a: tuple[int, int, Path], b: tuple[int, int, Path], *,
+             connections: int = 50, a_pids: tuple[int, ...] = (), b_pids: tuple[int, ...] = ()) -> tuple[Run, Run]:
+    """Alternating A/B rounds (ab, ba, ab, ...) of the same wrk run; medians per side."""
+    runs: dict[str, list[Run]] = {"a": [], "b": []}
+    for round_ in range(env.args.rounds):
+        order = ("a", "b") if round_ % 2 == 0 else ("b", "a")
+        for side in order:
+            port, pid, script = a if side == "a" else b
+            extra = a_pids if side == "a" else b_pids
+            runs[side].append(await wrk(env, port, pid, script, connections=connections,
+                                        duration=env.args.duration, extra_pids=extra))
+    ra, rb = median_run(runs["a"]), median_run(runs["b"])
+    report(env, f"{title}", f"  (a) bare    {ra.line()}")
+    report(env, f"{title}", f"  (b) sidecar {rb.line()}")
+    report(env, f"{title}", f"  ratio (b)/(a) {rb.rps / ra.rps:.2f}   (rounds: "
+           + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True)) + ")")
+    return ra, rb
+
+
+def report(env: Env, section: str, text: str) -> None:
+    if not env.results or env.results[-1] != section:
+        print(f"\n== {section}", flush=True)
+        env.results.append(section)
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def escaped(issued: Issued) -> str:
+    return quote(issued.cert_pem.decode(), safe="")
+
+
+def xfcc(issued: Issued) -> str:
+    """What Envoy sends with forward_client_cert_details + set_current_client_cert_details cert."""
+    digest = hashlib.sha256(issued.der).hexdigest()
+    return (f'By=spiffe://cluster.local/ns/api/sa/api;Hash={digest};Cert="{escaped(issued)}";'
+            f'Subject="CN=client";URI=spiffe://cluster.local/ns/default/sa/client')
+
+
+async def check_all(port: int, header: str, certs: list[str], tokens: list[tuple[int, str]],
+                    concurrency: int = 50) -> dict[int, int]:
+    """Send every (token, cert) once; returns the count per status (the warm-up)."""
+    statuses: dict[int, int] = {}
+    queue = list(tokens)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def worker() -> None:
+            while queue:
+                idx, token = queue.pop()
+                async with session.get(f"http://127.0.0.1:{port}/check",
+                                       headers={"Authorization": f"Bearer {token}", header: certs[idx]}) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+async def metric(admin_port: int, name: str, labels: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(name + "{" + labels + "}") or line.startswith(name + "{" + labels + ","):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def mint(env: Env, n: int) -> list[tuple[int, str]]:
+    return [(i % len(env.clients), env.idp.mint_bound("client", env.clients[i % len(env.clients)].x5t_s256))
+            for i in range(n)]
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+async def scenario_hit(env: Env, title: str, header: str, fmt: str, certs: list[str],
+                       tokens: list[tuple[int, str]]) -> tuple[Run, Run, Server, Path]:
+    bare = await start_bare(env.tmp, header)
+    sidecar = await start_sidecar(env, header=header, fmt=fmt)
+    try:
+        warm = await check_all(sidecar.port, header, certs, tokens)
+        if set(warm) != {200}:
+            raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
+        script = lua_script(env, header, certs, tokens)
+        ra, rb = await ab(env, title, (bare.port, bare.proc.pid, script), (sidecar.port, sidecar.proc.pid, script))
+    finally:
+        bare.stop()
+    return ra, rb, sidecar, script
+
+
+async def profile(env: Env, sidecar: Server, script: Path, out: Path) -> None:
+    """py-spy (pip install py-spy) samples the sidecar during one more cache-hit run; the collapsed
+    stacks go to ``out`` (flamegraph.pl or speedscope read them)."""
+    spy = await asyncio.create_subprocess_exec(
+        str(Path(PY).parent / "py-spy"), "record", "-p", str(sidecar.proc.pid), "-o", str(out), "-f", "raw",
+        "-r", "250", "-d", str(int(env.args.duration) + 2), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(1.0)
+    run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=50, duration=env.args.duration)
+    await spy.wait()
+    report(env, "profile", f"  py-spy on the sidecar during {run.line().strip()} -> {out}")
+
+
+async def scenario_half_rate(env: Env, sidecar: Server, script_path: Path, max_rps: float,
+                             tokens: list[tuple[int, str]], certs: list[str]) -> Run:
+    """wrk has no fixed-rate mode (wrk2 is not in Debian): each of C connections waits D ms after
+    each answer (wrk's Lua ``delay()``), so the offered rate is about C*1000/(D+latency)."""
+    delay_ms = 10
+    connections = max(1, round(max_rps / 2 * delay_ms / 1000))
+    script = lua_script(env, "x-client-cert", certs, tokens, delay_ms=delay_ms)
+    run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=connections,
+                    duration=max(env.args.duration, 2.0))
+    report(env, "p99 at half of the maximum rate (cache hit, escaped PEM)",
+           f"  target {max_rps / 2:.0f} req/s ({connections} connections x {delay_ms} ms think time)\n"
+           f"  (b) sidecar {run.line()}")
+    return run
+
+
+async def scenario_miss(env: Env, sidecar: Server, certs: list[str], hit_c1: Run) -> Run:
+    """Every request carries a token never seen before (wrk rotates over more tokens than it sends)."""
+    n = env.args.miss_tokens
+    tokens = mint(env, n)
+    env.idp.delay = 0.005
+    calls0, conns0 = env.idp.introspection_calls, env.idp.connections
+    script = lua_script(env, "x-client-cert", certs, tokens)
+    run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=50, duration=env.args.duration)
+    calls, conns = env.idp.introspection_calls - calls0, env.idp.connections - conns0
+    env.idp.delay = 0.0
+    expected = 5.0 + hit_c1.p50_ms
+    wrapped = " (the rotation wrapped: raise --miss-tokens)" if run.requests > n else ""
+    report(env, "cache miss, IdP answers in 5 ms, 50 concurrent, every request a new token",
+           f"  (b) sidecar {run.line()}\n"
+           f"  IdP introspection calls {calls} for {run.requests} requests{wrapped}; new TLS connections "
+           f"(handshakes) to the IdP during the run {conns}, since start {env.idp.connections}\n"
+           f"  p50 / (5 ms + hit p50 at 1 connection {hit_c1.p50_ms:.2f} ms) = {run.p50_ms / expected:.2f}")
+    return run
+
+
+async def scenario_burst(env: Env, sidecar: Server, certs: list[str], title: str) -> int:
+    """200 concurrent requests for one new token on 200 already-open connections."""
+    (idx, token), = mint(env, 1)
+    env.idp.delay = 0.005
+    url = f"http://127.0.0.1:{sidecar.port}/check"
+    assert sidecar.admin_port is not None
+    before = {k: await metric(sidecar.admin_port, "sidecar_cache_total", f'result="{k}"')
+              for k in ("hit", "miss", "coalesced")}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, force_close=False)) as s:
+        async def one(headers: dict[str, str]) -> int:
+            async with s.get(url, headers=headers) as r:
+                await r.read()
+                return r.status
+        await asyncio.gather(*(one({}) for _ in range(200)))  # open 200 keep-alive connections
+        calls0 = env.idp.introspection_calls
+        statuses = await asyncio.gather(*(one({"Authorization": f"Bearer {token}", "x-client-cert": certs[idx]})
+                                          for _ in range(200)))
+    calls = env.idp.introspection_calls - calls0
+    env.idp.delay = 0.0
+    after = {k: await metric(sidecar.admin_port, "sidecar_cache_total", f'result="{k}"')
+             for k in ("hit", "miss", "coalesced")}
+    lookups = ", ".join(f"{k} {after[k] - before[k]:.0f}" for k in after)
+    report(env, title, f"  IdP calls {calls}; statuses {sorted(set(statuses))}; lookups (worker 0): {lookups}")
+    return calls
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  large_client_header_buffers 8 16k;
+  upstream bare_auth {{ server 127.0.0.1:{bare}; keepalive 64; }}
+  upstream sidecar_auth {{ server 127.0.0.1:{sidecar}; keepalive 64; }}
+{servers}
+}}
+"""
+NGINX_SERVER = """
+  server {{
+    listen 127.0.0.1:{port};
+    root {tmp}/www;
+    location = /_auth {{
+      internal;
+      proxy_pass http://{upstream}/check;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Client-Cert $http_x_client_cert;
+    }}
+    location / {{
+      auth_request /_auth;
+{sets}
+      add_header X-Credential-Sub $cred_sub;
+    }}
+  }}
+"""
+CREDENTIALS = ("sub", "client_id", "scope", "iss", "aud", "exp", "iat", "jti", "token_type", "username",
+               "cnf_x5t_s256")
+
+
+async def scenario_nginx(env: Env, sidecar: Server, certs: list[str], tokens: list[tuple[int, str]]) -> None:
+    """A self-contained minimal auth_request config (switch to deploy/nginx once merged)."""
+    nginx = nginx_binary()
+    if nginx is None:
+        report(env, "nginx auth_request", "  nginx not installed: skipped (./test.sh installs it)")
+        return
+    bare = await start_bare(env.tmp, "x-client-cert")
+    ndir = env.tmp / "nginx"
+    (ndir / "www").mkdir(parents=True, exist_ok=True)
+    (ndir / "www" / "check").write_text("ok\n")
+    ports = {"bare_auth": free_port(), "sidecar_auth": free_port()}
+    sets = "\n".join(f"      auth_request_set $cred_{c} $upstream_http_x_credential_{c};" for c in CREDENTIALS)
+    servers = "".join(NGINX_SERVER.format(port=p, tmp=ndir, upstream=u, sets=sets) for u, p in ports.items())
+    conf = ndir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=ndir, bare=bare.port, sidecar=sidecar.port, servers=servers))
+    proc = spawn([nginx, "-p", str(ndir), "-c", str(conf), "-e", str(ndir / "nginx-error.log")], SERVER_CORE,
+                 env.tmp / "nginx.log")
+    try:
+        await wait_http(f"http://127.0.0.1:{ports['bare_auth']}/healthz", timeout=10)
+        script = lua_script(env, "x-client-cert", certs, tokens)
+        await ab(env, "nginx auth_request (server = nginx + auth service; plain HTTP into nginx)",
+                 (ports["bare_auth"], proc.pid, script), (ports["sidecar_auth"], proc.pid, script),
+                 a_pids=(bare.proc.pid,), b_pids=(sidecar.proc.pid,))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        bare.stop()
+
+
+async def scenario_memory(env: Env) -> None:
+    n = env.args.memory_tokens
+    proc = await asyncio.create_subprocess_exec(
+        "taskset", "-c", SERVER_CORE, PY, str(ROOT / "bench" / "memory.py"), "--tokens", str(n),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, _ = await proc.communicate()
+    data = json.loads(out)
+    report(env, f"memory: RSS per cached token at {n} tokens",
+           f"  {data['bytes_per_token']:.0f} bytes/token  (RSS {data['rss_before_mib']:.1f} MiB -> "
+           f"{data['rss_after_mib']:.1f} MiB for {data['tokens']} tokens)")
+
+
+async def scenario_workers(env: Env, certs: list[str], tokens: list[tuple[int, str]], script: Path) -> None:
+    """1 vs 2 workers, both allowed on every core (as are wrk and the IdP): on 2 shared cores the
+    load generator competes with the second worker, so this is a lower bound of the scaling."""
+    every = ",".join(str(c) for c in CORES)
+    servers = {w: await start_sidecar(env, workers=w, cores=every) for w in (1, 2)}
+    try:
+        for server in servers.values():
+            await check_all(server.port, "x-client-cert", certs, tokens * 3)  # reuse_port spreads connections
+        runs: dict[int, list[Run]] = {1: [], 2: []}
+        for round_ in range(env.args.rounds):
+            for w in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+                runs[w].append(await wrk(env, servers[w].port, servers[w].proc.pid, script, connections=50,
+                                         duration=env.args.duration, threads=2, cores=every))
+        r1, r2 = median_run(runs[1]), median_run(runs[2])
+        report(env, "server.workers scaling (cache hit, escaped PEM; everything on all cores)",
+               f"  workers=1 {r1.line()}\n  workers=2 {r2.line()}\n  scaling 2/1 {r2.rps / r1.rps:.2f}")
+        await scenario_burst(env, servers[2], certs, "burst with workers=2: 200 concurrent, one new token")
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the driver hosts the IdP: keep it off the server core
+    ca = CertificateAuthority()
+    ca_file = tmp / "ca.crt"
+    ca_file.write_bytes(ca.root.cert_pem)
+    idp_files = ca.issue("127.0.0.1", server_names=("127.0.0.1",)).write(tmp, "idp")
+    sidecar_files = ca.issue("sidecar").write(tmp, "sidecar")
+    clients = [ca.issue(f"client-{i}") for i in range(4)]
+    idp, runner, idp_server = await start_idp(*idp_files, ca_file)
+    env = Env(tmp, idp, ca, sidecar_files, ca_file, clients, args)
+    load0 = os.getloadavg()
+    print(f"sidecar bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  python {sys.version.split()[0]} "
+          f"({sys.executable})  cores {CORES} (servers on {SERVER_CORE}, wrk+IdP on {LOAD_CORE})\n"
+          f"tokens {args.tokens}, rounds {args.rounds} x {args.duration}s, wrk 50 connections, "
+          f"decision log default: {LogConfig().decisions!r} (to a file), load average {load0[0]:.2f}", flush=True)
+    pem = [escaped(c) for c in clients]
+    tokens = mint(env, args.tokens)
+    sidecars: list[Server] = []
+    try:
+        ra, rb, sidecar, script = await scenario_hit(env, "cache hit, escaped PEM (nginx $ssl_client_escaped_cert)",
+                                                     "x-client-cert", "auto", pem, tokens)
+        sidecars.append(sidecar)
+        xa, xb, sidecar_x, _ = await scenario_hit(env, "cache hit, XFCC (Envoy x-forwarded-client-cert)",
+                                                  "x-forwarded-client-cert", "xfcc", [xfcc(c) for c in clients],
+                                                  tokens)
+        sidecar_x.stop()
+        one = lua_script(env, "x-client-cert", pem, tokens)
+        if args.profile:
+            await profile(env, sidecar, script, Path(args.profile))
+        hit_c1 = await wrk(env, sidecar.port, sidecar.proc.pid, one, connections=1, duration=1.0)
+        await scenario_half_rate(env, sidecar, script, rb.rps, tokens, pem)
+        await scenario_miss(env, sidecar, pem, hit_c1)
+        await scenario_burst(env, sidecar, pem, "burst: 200 concurrent requests for one new token")
+        await scenario_nginx(env, sidecar, pem, tokens)
+        sidecar.stop()
+        await scenario_memory(env)
+        if not args.no_workers:
+            await scenario_workers(env, pem, tokens, script)
+    finally:
+        for s in sidecars:
+            s.stop()
+        idp_server.close()
+        await runner.cleanup()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    load1 = os.getloadavg()
+    print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
+          "(other processes share the cores: compare ratios within this run)")
+    print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s, small N")
+    parser.add_argument("--tokens", type=int, help="cached tokens the hit scenarios rotate over (1000)")
+    parser.add_argument("--miss-tokens", type=int, help="unique new tokens in the miss scenario (20000)")
+    parser.add_argument("--memory-tokens", type=int, help="tokens for the RSS figure (100000)")
+    parser.add_argument("--rounds", type=int, help="A/B rounds per scenario (4)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (3)")
+    parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy collapsed stacks of a cache-hit run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    args = parser.parse_args()
+    quick = args.quick
+    args.tokens = args.tokens or (50 if quick else 1000)
+    args.miss_tokens = args.miss_tokens or (3000 if quick else 20000)
+    args.memory_tokens = args.memory_tokens or (5000 if quick else 100_000)
+    args.rounds = args.rounds or (1 if quick else 4)
+    args.duration = args.duration or (1.0 if quick else 3.0)
+    args.wrk = ensure_wrk()
+    import uvloop
+
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
