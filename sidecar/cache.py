@@ -1,6 +1,6 @@
 """Stage 2: the token cache, with single-flight.
 
-- Bounded (``cachetools.TLRUCache``): each entry carries its own expiry, min(exp - now, max_ttl)
+- Bounded (``TtlStore``, TTL per entry): each entry carries its own expiry, min(exp - now, max_ttl)
   for active tokens and the negative TTL for inactive ones. IdP errors are never cached.
 - Keyed by a keyed BLAKE2b digest of the token under a per-process random key: the raw token is
   never stored, and the keys in a memory dump cannot be matched against a leaked token list.
@@ -14,14 +14,13 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from cachetools import TLRUCache
-
 from .errors import Denial
 from .token_info import TokenInfo
+from .ttl_cache import TtlStore
 
 Lookup = Literal["hit", "miss", "coalesced"]
 
@@ -31,7 +30,7 @@ class Entry:
     """A token's cached verdict: everything a hit needs, computed once at fill time."""
 
     info: TokenInfo
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # response.CredentialHeaders
     denial: Denial | None  # inactive / issuer / audience: independent of the request
     scope_denial: Denial | None
     token_hash: str  # for logs; never the token
@@ -51,8 +50,8 @@ class TokenCache:
     def __init__(self, max_entries: int, *, timer: Callable[[], float] = time.monotonic) -> None:
         self._secret = os.urandom(32)
         self._timer = timer
-        self._entries: TLRUCache[bytes, Entry] | None = (
-            TLRUCache(maxsize=max_entries, ttu=_ttu, timer=timer) if max_entries > 0 else None
+        self._entries: TtlStore[bytes, Entry] | None = (
+            TtlStore(max_entries, _ttu, timer) if max_entries > 0 else None
         )
         self._inflight: dict[bytes, asyncio.Future[Entry]] = {}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from .config import Config
 from .decision_log import AllowLog
 from .errors import Denial, InternalError, InvalidToken
 from .extract import bearer_token
+from .interning import Interner
 from .logs import token_hash
 from .metrics import Metrics
 from .policy import Policy
@@ -44,7 +45,7 @@ class CheckRequest:
 
 @dataclass(frozen=True, slots=True)
 class Allow:
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     entry: Entry
     lookup: Lookup
 
@@ -73,6 +74,7 @@ class Decider:
         self._log_denials = config.log.decisions != "off"
         metrics.cache_entries.set_function(lambda: len(self.cache))
         self._allow_log = AllowLog(log)
+        self._interner = Interner()
 
     def decide_hit(self, authorization: Sequence[str], certificate: str | None) -> Entry | None:
         """The hot path: the entry when :meth:`decide` would allow from the cache, else None.
@@ -124,7 +126,7 @@ class Decider:
 
     async def _load(self, token: str) -> Entry:
         """A cache miss: ask the verifier, then precompute everything a hit needs."""
-        info = await self._verifier.verify(token)
+        info = self._interner.info(await self._verifier.verify(token))  # shared values: memory per token
         wall, mono = time.time(), time.monotonic()
         cache = self.config.cache
         if info.active:
