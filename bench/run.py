@@ -62,6 +62,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_admin_ports(count: int) -> int:
+    """A port p with p .. p+count-1 free (worker i of the sidecar answers on admin_port + i)."""
+    while True:
+        base = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
@@ -160,7 +173,7 @@ class Env:
 
 async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "auto", workers: int = 1,
                         cores: str = SERVER_CORE) -> Server:
-    port, admin = free_port(), free_port()
+    port, admin = free_port(), free_admin_ports(workers)
     server = f'host = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
     if workers != 1:
         server += f"workers = {workers}\n"
@@ -174,7 +187,8 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
     )
     proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log")
-    await wait_http(f"http://127.0.0.1:{admin}/readyz")
+    for worker in range(workers):  # worker i answers on admin_port + i
+        await wait_http(f"http://127.0.0.1:{admin + worker}/readyz")
     return Server("sidecar", port, proc, admin)
 
 
@@ -276,7 +290,8 @@ async def ab(env: Env, title: str, a: tuple[int, int, Path], b: tuple[int, int, 
     report(env, f"{title}", f"  (a) bare    {ra.line()}")
     report(env, f"{title}", f"  (b) sidecar {rb.line()}")
     report(env, f"{title}", f"  ratio (b)/(a) {rb.rps / ra.rps:.2f}   (rounds: "
-           + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True)) + ")")
+           + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True))
+           + f")   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.2f}")
     return ra, rb
 
 

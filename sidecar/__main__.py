@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup(config.log.level)
     from .app import serve
 
+    if config.server.workers > 1:
+        from .workers import run_workers
+
+        raise SystemExit(run_workers(config, lambda worker: _run(serve(worker))))
     _run(serve(config))
 
 

@@ -51,6 +51,8 @@ class ServerConfig:
     # nginx auth_request turns any status but 401/403 into 500; set 401 behind nginx.
     invalid_request_status: int = 400
     shutdown_grace: float = 20.0
+    # Processes serving the check port (SO_REUSEPORT); worker i has admin port admin_port + i.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,13 @@ def _validate_server(s: ServerConfig) -> None:
         raise ConfigError("server.invalid_request_status", "must be 400 or 401")
     if s.shutdown_grace < 0:
         raise ConfigError("server.shutdown_grace", "must be >= 0")
+    if not 1 <= s.workers <= 64:
+        raise ConfigError("server.workers", "must be between 1 and 64")
+    if s.workers > 1 and s.port == 0:
+        raise ConfigError("server.workers", "several workers need a fixed server.port (they share it)")
+    if s.workers > 1 and s.admin_port and s.host == s.admin_host and \
+            s.admin_port <= s.port < s.admin_port + s.workers:
+        raise ConfigError("server.admin_port", "worker admin ports (admin_port + i) must not include server.port")
 
 
 def _validate_idp(i: IdpConfig) -> None:

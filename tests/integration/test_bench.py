@@ -1,0 +1,31 @@
+"""The bench command works end to end (a smoke run at a tiny scale; it asserts no timing)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--tokens", "20", "--miss-tokens", "1500",
+         "--memory-tokens", "2000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for section in ("cache hit, escaped PEM", "cache hit, XFCC", "p99 at half of the maximum rate", "cache miss",
+                    "burst: 200 concurrent", "nginx auth_request", "memory: RSS per cached token",
+                    "server.workers scaling"):
+        assert f"== {section}" in out, out
+    assert "NON-2XX" not in out, out  # every measured answer was an allow
+    assert "burst: 200 concurrent requests for one new token\n  IdP calls 1;" in out  # single-flight
+    found = re.search(r"IdP introspection calls (\d+) for \d+ requests.*?during the run (\d+)", out)
+    assert found is not None, out
+    calls, handshakes = found.groups()
+    assert int(handshakes) <= 32 < int(calls)  # keep-alive: at most one handshake per pooled connection
+    assert out.rstrip().splitlines()[-1].startswith("ratio (b)/(a) cache hit, escaped PEM: ")

@@ -1,0 +1,150 @@
+"""The cache-hit fast path: same answers, counts and log lines as the full decision, cheaper."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+
+import pytest
+from prometheus_client import generate_latest
+
+from sidecar import config as config_module
+from sidecar import logs
+from sidecar.decision import Allow, CheckRequest, Decider
+from sidecar.decision_log import AllowLog
+from sidecar.interning import Interner
+from sidecar.metrics import Metrics
+from sidecar.response import HeaderBuilder
+from sidecar.token_info import TokenInfo, token_info_from_claims
+from sidecar.ttl_cache import TtlStore
+
+X5T = "A" * 43
+
+
+class Verifier:
+    def __init__(self, **claims: object) -> None:
+        self.claims = {"active": True, "client_id": "alice", "scope": "read", "exp": 4_000_000_000,
+                       "cnf": {"x5t#S256": X5T}, **claims}
+        self.calls = 0
+
+    async def verify(self, token: str) -> TokenInfo:
+        self.calls += 1
+        return token_info_from_claims(json.loads(json.dumps(self.claims)))
+
+
+class Reader:
+    """Stands in for the certificate reader: the header value is the thumbprint itself."""
+
+    def thumbprint(self, value: str) -> str:
+        return value
+
+
+def decider(**policy: object) -> tuple[Decider, Verifier, Metrics]:
+    verifier, metrics = Verifier(), Metrics()
+    config = config_module.from_mapping({"policy": policy})
+    d = Decider(config, verifier, metrics)
+    d.reader = Reader()  # type: ignore[assignment]
+    return d, verifier, metrics
+
+
+async def test_a_hit_is_decided_without_awaiting_only_when_the_full_decision_would_allow() -> None:
+    d, verifier, _ = decider()
+    auth = ["Bearer tok"]
+    assert d.decide_hit(auth, X5T) is None  # not cached yet
+    assert isinstance(await d.decide(CheckRequest(auth, X5T)), Allow)
+    hit = d.decide_hit(auth, X5T)
+    assert hit is not None and hit.headers["x-credential-client-id"] == "alice"
+    assert d.decide_hit(auth, "B" * 43) is None  # another certificate: the full path denies
+    assert d.decide_hit(auth, None) is None
+    assert d.decide_hit(["Bearer tok", "Bearer tok"], X5T) is None
+    assert d.decide_hit(["Basic abc"], X5T) is None
+    assert verifier.calls == 1
+
+
+async def test_fast_hits_are_counted_like_full_ones_when_the_registry_is_read() -> None:
+    d, _, metrics = decider()
+    await d.decide(CheckRequest(["Bearer tok"], X5T))
+    for _ in range(3):
+        assert d.decide_hit(["Bearer tok"], X5T) is not None
+    text = generate_latest(metrics.registry).decode()
+    assert 'sidecar_decisions_total{outcome="allow",reason="ok"} 4.0' in text
+    assert 'sidecar_cache_total{result="hit"} 3.0' in text
+    assert 'sidecar_cache_total{result="miss"} 1.0' in text
+
+
+async def test_an_expired_or_scope_denied_cached_token_takes_the_full_path() -> None:
+    d, _, _ = decider(required_scopes=["write"])
+    await d.decide(CheckRequest(["Bearer tok"], X5T))
+    assert d.decide_hit(["Bearer tok"], X5T) is None
+    d2, verifier2, _ = decider()  # exp in the past (beyond the leeway)
+    verifier2.claims["exp"] = 1
+    await d2.decide(CheckRequest(["Bearer old"], X5T))
+    assert d2.decide_hit(["Bearer old"], X5T) is None
+
+
+async def test_the_fast_allow_line_is_the_line_the_json_formatter_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    monkeypatch.setattr(logs, "HANDLER", handler)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    level = logging.root.level
+    logging.root.setLevel(logging.INFO)  # setLevel, not an attribute: it clears the loggers' caches
+    try:
+        await _write_fast_and_slow(stream)
+    finally:
+        logging.root.setLevel(level)
+
+
+async def _write_fast_and_slow(stream: io.StringIO) -> None:
+    logger = logging.getLogger("sidecar.decision")
+    allow_log = AllowLog(logger)
+    allow_log.write("0123456789ab", "hit", 'cli"ent')
+    allow_log.write("0123456789ab", "hit", None)
+    assert stream.getvalue() == ""  # batched until the loop runs the flush
+    await asyncio.sleep(0)
+    logger.info("allow", extra={"outcome": "allow", "reason": "ok", "token": "0123456789ab", "cache": "hit",
+                                "client_id": 'cli"ent'})
+    fast1, fast2, slow = stream.getvalue().splitlines()
+    strip_ts = re.compile(r'^\{"ts":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",')
+    assert strip_ts.match(fast1) and strip_ts.match(slow)
+    assert strip_ts.sub("", fast1) == strip_ts.sub("", slow)
+    assert json.loads(fast2)["client_id"] is None
+
+
+def test_the_fast_allow_line_goes_through_logging_when_other_handlers_listen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    AllowLog(logging.getLogger("sidecar.decision")).write("0123456789ab", "hit", "alice")
+    record = caplog.records[-1]
+    assert record.getMessage() == "allow" and record.token == "0123456789ab"  # type: ignore[attr-defined]
+
+
+def test_the_store_expires_each_entry_at_its_deadline_and_drops_the_oldest_when_full() -> None:
+    now = [0.0]
+    store: TtlStore[str, float] = TtlStore(2, lambda _k, v, _n: v, lambda: now[0])
+    store["a"], store["b"] = 10.0, 20.0
+    store["c"] = 30.0
+    assert store.get("a") is None and store.get("b") == 20.0 and len(store) == 2
+    now[0] = 20.0
+    assert store.get("b") is None and store.get("c") == 30.0
+    assert store.pop("c") == 30.0 and len(store) == 0
+
+
+def test_equal_claim_values_of_different_tokens_are_shared() -> None:
+    interner = Interner()
+    a = interner.info(token_info_from_claims(json.loads('{"active":true,"scope":"read write","iss":"https://i"}')))
+    b = interner.info(token_info_from_claims(json.loads('{"active":true,"scope":"read write","iss":"https://i"}')))
+    assert a == b and a.scopes is b.scopes and a.scope is b.scope and a.iss is b.iss
+
+
+def test_credential_headers_read_like_a_dict() -> None:
+    builder = HeaderBuilder(config_module.ResponseConfig(claims={"tenant": "tenant"}))
+    headers = builder.build(TokenInfo(active=True, sub="alice", aud=("a", "b")))
+    assert dict(headers) == dict(headers.pairs()) and len(headers) == 12
+    assert headers["x-credential-aud"] == "a b" and headers.get("x-nope") is None
+    assert headers == {name: headers[name] for name in builder.names}
