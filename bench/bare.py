@@ -2,8 +2,9 @@
 
 It reads the same request facts as the sidecar's check route (every ``Authorization`` field, the
 peer address, the certificate header) and answers 200 with as many headers as a sidecar allow
-(11 ``x-credential-*``), from a dict built once. Same process setup as the sidecar: uvloop,
-no access log, the same header size limits.
+(11 ``x-credential-*``) and values of the same lengths as the bench tokens' (so both answers
+are the same size on the wire), from a dict built once. Same process setup as the sidecar:
+uvloop, no access log, the same header size limits.
 
     python bench/bare.py --port 8090 [--cert-header x-client-cert] [--workers N]
 """
@@ -19,7 +20,12 @@ from aiohttp import web
 
 from sidecar.response import STANDARD_HEADERS
 
-HEADERS = {"x-credential-" + suffix: "value-" + suffix for _, suffix in STANDARD_HEADERS}
+SAMPLE = {  # what the sidecar sends for a bench token (bench/idp.py mint_bound)
+    "sub": "client", "client-id": "client", "scope": "read write", "iss": "https://127.0.0.1:40000",
+    "aud": "api", "exp": "1795320795", "iat": "1795317195", "jti": "0123456789abcdef", "token-type": "Bearer",
+    "username": "client@example", "cnf-x5t-s256": "A" * 43,
+}
+HEADERS = {"x-credential-" + suffix: SAMPLE[suffix] for _, suffix in STANDARD_HEADERS}
 
 
 def make_app(cert_header: str) -> web.Application:

@@ -49,6 +49,7 @@ def _retrieve(task: asyncio.Future[Entry]) -> None:
 class TokenCache:
     def __init__(self, max_entries: int, *, timer: Callable[[], float] = time.monotonic) -> None:
         self._secret = os.urandom(32)
+        self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._timer = timer
         self._entries: TtlStore[bytes, Entry] | None = (
             TtlStore(max_entries, _ttu, timer) if max_entries > 0 else None
@@ -56,7 +57,9 @@ class TokenCache:
         self._inflight: dict[bytes, asyncio.Future[Entry]] = {}
 
     def key(self, token: str) -> bytes:
-        return hashlib.blake2b(token.encode(), key=self._secret, digest_size=16).digest()
+        keyed = self._keyed.copy()  # the key block is absorbed once, not per token (hot path)
+        keyed.update(token.encode())
+        return keyed.digest()
 
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)

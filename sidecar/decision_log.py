@@ -4,8 +4,10 @@ Through ``logging`` an allow line costs about 20 µs of CPU (LogRecord, formatte
 one ``write`` per line), as much as half of aiohttp's own work for a request. When the process
 logs through the handler of :func:`sidecar.logs.setup` alone (production), an allow line is
 assembled from strings (a timestamp prefix refreshed once per second, the token's hash, the
-JSON of its ``client_id``) and lines are written in one batch per event-loop iteration. The line
-is byte for byte what :class:`sidecar.logs.JsonFormatter` writes. In any other logging set-up
+JSON of its ``client_id``) and written in batches: at most ``FLUSH_AFTER`` seconds or
+``FLUSH_LINES`` lines after the first line of a batch, and at exit. The line is byte for byte what
+:class:`sidecar.logs.JsonFormatter` writes; other log lines are not held back, so an allow line
+can appear up to ``FLUSH_AFTER`` after a later line of another kind. In any other logging set-up
 (pytest's caplog, an added handler or filter) the line goes through ``logging`` as before.
 
 The token appears only as its hash (:func:`sidecar.logs.token_hash`), as in every log line.
@@ -14,17 +16,28 @@ The token appears only as its hash (:func:`sidecar.logs.token_hash`), as in ever
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import time
+import weakref
 
 from . import logs
 
 _MAX_CLIENT_IDS = 4096
+FLUSH_AFTER = 0.02  # seconds: one write per 20 ms instead of one per line
+FLUSH_LINES = 512
+_LIVE: weakref.WeakSet[AllowLog] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for allow_log in list(_LIVE):
+        allow_log.flush()
 
 
 class AllowLog:
-    __slots__ = ("_client_json", "_fast", "_logger", "_pending", "_prefix", "_second")
+    __slots__ = ("__weakref__", "_client_json", "_fast", "_logger", "_pending", "_prefix", "_second")
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
@@ -33,16 +46,17 @@ class AllowLog:
         self._second = -1
         self._prefix = ""
         self._client_json: dict[str | None, str] = {}
+        _LIVE.add(self)
 
     def write(self, token_hash: str, cache: str, client_id: str | None) -> None:
         pending = self._pending
-        if not pending:  # first line of this loop iteration: re-check the set-up, schedule the write
+        if not pending:  # first line of a batch: re-check the logging set-up, schedule the write
             self._fast = self._fast_path_possible()
             if not self._fast:
                 self._slow(token_hash, cache, client_id)
                 return
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
             except RuntimeError:  # not in a loop: write at once
                 self._slow(token_hash, cache, client_id)
                 return
@@ -65,6 +79,8 @@ class AllowLog:
             f'"msg":"allow","outcome":"allow","reason":"ok","token":"{token_hash}","cache":"{cache}",'
             f'"client_id":{client}}}\n'
         )
+        if len(pending) >= FLUSH_LINES:
+            self.flush()
 
     def flush(self) -> None:
         lines, self._pending = self._pending, []

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from sidecar import config as config_module
-from sidecar import logs
+from sidecar import decision_log, logs
 from sidecar.decision import Allow, CheckRequest, Decider
 from sidecar.decision_log import AllowLog
 from sidecar.interning import Interner
@@ -90,6 +90,7 @@ async def test_the_fast_allow_line_is_the_line_the_json_formatter_writes(monkeyp
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.JsonFormatter())
     monkeypatch.setattr(logs, "HANDLER", handler)
+    monkeypatch.setattr(decision_log, "FLUSH_AFTER", 0.0)
     monkeypatch.setattr(logging.root, "handlers", [handler])
     level = logging.root.level
     logging.root.setLevel(logging.INFO)  # setLevel, not an attribute: it clears the loggers' caches
@@ -105,7 +106,7 @@ async def _write_fast_and_slow(stream: io.StringIO) -> None:
     allow_log.write("0123456789ab", "hit", 'cli"ent')
     allow_log.write("0123456789ab", "hit", None)
     assert stream.getvalue() == ""  # batched until the loop runs the flush
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
     logger.info("allow", extra={"outcome": "allow", "reason": "ok", "token": "0123456789ab", "cache": "hit",
                                 "client_id": 'cli"ent'})
     fast1, fast2, slow = stream.getvalue().splitlines()
