@@ -172,7 +172,7 @@ class Env:
 
 
 async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "auto", workers: int = 1,
-                        cores: str = SERVER_CORE) -> Server:
+                        cores: str = SERVER_CORE, decisions: str | None = None) -> Server:
     port, admin = free_port(), free_admin_ports(workers)
     server = f'host = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
     if workers != 1:
@@ -185,6 +185,7 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
         f'[cache]\nmax_entries = 200000\n\n'
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
+        + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")
     )
     proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log")
     for worker in range(workers):  # worker i answers on admin_port + i
@@ -351,9 +352,9 @@ def mint(env: Env, n: int) -> list[tuple[int, str]]:
 
 
 async def scenario_hit(env: Env, title: str, header: str, fmt: str, certs: list[str],
-                       tokens: list[tuple[int, str]]) -> tuple[Run, Run, Server, Path]:
+                       tokens: list[tuple[int, str]], decisions: str | None = None) -> tuple[Run, Run, Server, Path]:
     bare = await start_bare(env.tmp, header)
-    sidecar = await start_sidecar(env, header=header, fmt=fmt)
+    sidecar = await start_sidecar(env, header=header, fmt=fmt, decisions=decisions)
     try:
         warm = await check_all(sidecar.port, header, certs, tokens)
         if set(warm) != {200}:
@@ -575,6 +576,10 @@ async def main_async(args: argparse.Namespace) -> None:
                                                   "x-forwarded-client-cert", "xfcc", [xfcc(c) for c in clients],
                                                   tokens)
         sidecar_x.stop()
+        _, _, sidecar_d, _ = await scenario_hit(
+            env, 'cache hit, escaped PEM, log.decisions = "deny" (no allow lines)', "x-client-cert", "auto", pem,
+            tokens, decisions="deny")
+        sidecar_d.stop()
         one = lua_script(env, "x-client-cert", pem, tokens)
         if args.profile:
             await profile(env, sidecar, script, Path(args.profile))

@@ -24,7 +24,7 @@ from .interning import Interner
 from .logs import token_hash
 from .metrics import Metrics
 from .policy import Policy
-from .response import HeaderBuilder
+from .response import CredentialHeaders, HeaderBuilder
 from .token_info import TokenInfo
 
 log = logging.getLogger("sidecar.decision")
@@ -56,6 +56,13 @@ class Deny:
     token_hash: str | None = None
 
 
+class HitEntry(Protocol):
+    """A cached entry as :meth:`Decider.decide_hit` returns it: headers built by HeaderBuilder."""
+
+    @property
+    def headers(self) -> CredentialHeaders: ...
+
+
 class Decider:
     """Holds the stages of one configuration and runs them per request."""
 
@@ -76,7 +83,7 @@ class Decider:
         self._allow_log = AllowLog(log)
         self._interner = Interner()
 
-    def decide_hit(self, authorization: Sequence[str], certificate: str | None) -> Entry | None:
+    def decide_hit(self, authorization: Sequence[str], certificate: str | None) -> HitEntry | None:
         """The hot path: the entry when :meth:`decide` would allow from the cache, else None.
 
         Synchronous and allocation-free: no CheckRequest, no Allow, no coroutine. On None nothing
@@ -97,7 +104,7 @@ class Decider:
         self._metrics.hit_allows += 1
         if self._log_allows:
             self._allow_log.write(entry.token_hash, "hit", info.client_id)
-        return entry
+        return entry  # type: ignore[return-value]  # cached entries carry HeaderBuilder's headers
 
     async def decide(self, request: CheckRequest) -> Allow | Deny:
         token: str | None = None

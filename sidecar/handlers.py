@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .decision import Allow, CheckRequest
-from .response import CredentialHeaders, deny_body, deny_headers
+from .response import deny_body, deny_headers
 from .runtime import SIDECAR
 
 
@@ -22,8 +22,7 @@ async def check(request: web.Request) -> web.Response:
     authorization = headers.getall("Authorization", ())
     hit = sidecar.decider.decide_hit(authorization, certificate)  # the hot path: no await
     if hit is not None:
-        headers_out = hit.headers
-        return web.Response(headers=headers_out.pairs() if isinstance(headers_out, CredentialHeaders) else headers_out)
+        return web.Response(headers=hit.headers.pairs())  # always CredentialHeaders (HeaderBuilder.build)
     sidecar.in_flight += 1
     try:
         decision = await sidecar.decider.decide(CheckRequest(authorization, certificate))
