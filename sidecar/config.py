@@ -71,6 +71,8 @@ class IdpConfig:
     max_connections: int = 32
     token_format: TokenFormat = "auto"
     jwt_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    # Seconds between checks of cert_file, key_file and ca_file for a rotation; 0 turns it off.
+    reload_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,8 @@ def _validate_idp(i: IdpConfig) -> None:
         raise ConfigError("idp.timeout", "timeouts must be > 0")
     if i.max_connections < 1:
         raise ConfigError("idp.max_connections", "must be >= 1")
+    if i.reload_interval < 0:
+        raise ConfigError("idp.reload_interval", "must be >= 0 (0 turns reloading off)")
     if "none" in (a.lower() for a in i.jwt_algorithms) or any(a.startswith("HS") for a in i.jwt_algorithms):
         raise ConfigError("idp.jwt_algorithms", "only asymmetric algorithms are allowed")
 

@@ -17,6 +17,7 @@ from .discovery import Discovery
 from .extract import TrustedProxies
 from .introspection import Introspector
 from .metrics import Metrics
+from .rotation import CertificateWatcher
 from .tls import IdpSession
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.idp = IdpSession(config.idp)
         self.discovery = Discovery(config.idp, self.idp)
+        self.cert_watcher = CertificateWatcher(config.idp, self.idp, self.metrics)
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
         self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
@@ -41,6 +43,8 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
+        if self.cert_watcher.expired():
+            return False, "client_certificate_expired"
         if self.config.idp.issuer and self.discovery.endpoints is None:
             return False, "discovery_pending"
         return True, "ok"
@@ -48,6 +52,7 @@ class Sidecar:
     async def start(self) -> None:
         """Resolve the IdP endpoints in the background; readiness waits for them."""
         self._tasks.append(asyncio.create_task(self._discover_until_done()))
+        self._tasks.append(asyncio.create_task(self.cert_watcher.run()))
 
     async def _discover_until_done(self) -> None:
         delay = 0.5
