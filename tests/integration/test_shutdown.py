@@ -9,17 +9,10 @@ within ``server.shutdown_grace``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import pytest
@@ -27,16 +20,11 @@ import pytest
 from tests.conftest import escaped_pem
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
+from tests.sidecar_process import Process, free_port, running_sidecar
 
 WORKERS = 24
 IDP_DELAY = 0.4
 GRACE = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sidecar_env(pki: TestPki, idp: FakeIdp, **extra: str) -> dict[str, str]:
@@ -53,57 +41,15 @@ def sidecar_env(pki: TestPki, idp: FakeIdp, **extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Process:
-    popen: subprocess.Popen[str]
-    check_url: str
-    admin_url: str
-    stderr_lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def logs(self) -> list[dict[str, Any]]:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr.read().splitlines():
-            try:
-                self.stderr_lines.append(json.loads(line))
-            except ValueError:
-                self.stderr_lines.append({"msg": line})
-        return self.stderr_lines
-
-
-@pytest.fixture
-async def start_process() -> AsyncIterator[Any]:
-    started: list[subprocess.Popen[str]] = []
-
-    async def start(env: dict[str, str]) -> Process:
-        popen = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-        started.append(popen)
-        process = Process(popen, f"http://127.0.0.1:{env['SIDECAR_SERVER__PORT']}/check",
-                          f"http://127.0.0.1:{env['SIDECAR_SERVER__ADMIN_PORT']}")
-        async with aiohttp.ClientSession() as client:
-            for _ in range(300):  # up to 30 s for the interpreter to start and discovery to finish
-                assert popen.poll() is None, process.logs()
-                try:
-                    async with client.get(f"{process.admin_url}/readyz") as response:
-                        if response.status == 200:
-                            return process
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("the sidecar did not become ready")
-
-    yield start
-    for popen in started:
-        if popen.poll() is None:
-            popen.kill()
-            popen.wait(timeout=10)
-
-
 async def test_sigterm_during_load_answers_every_check_in_flight_and_exits_0_within_the_grace(
-    idp: FakeIdp, pki: TestPki, start_process: Any
+    idp: FakeIdp, pki: TestPki
 ) -> None:
     idp.fault = Fault(delay=IDP_DELAY)  # slow IdP: every check spends IDP_DELAY in flight
-    process = await start_process(sidecar_env(pki, idp))
+    async with running_sidecar(sidecar_env(pki, idp)) as process:
+        await load_then_sigterm(process, idp, pki)
+
+
+async def load_then_sigterm(process: Process, idp: FakeIdp, pki: TestPki) -> None:
     cert = escaped_pem(pki.alice)
     before: Counter[str] = Counter()  # outcomes of checks sent before SIGTERM
     after: Counter[str] = Counter()  # outcomes of checks sent after it
@@ -162,11 +108,15 @@ async def test_sigterm_during_load_answers_every_check_in_flight_and_exits_0_wit
 
 
 async def test_a_check_slower_than_the_grace_does_not_hold_the_exit(
-    idp: FakeIdp, pki: TestPki, start_process: Any
+    idp: FakeIdp, pki: TestPki
 ) -> None:
     idp.fault = Fault(delay=30)
-    process = await start_process(sidecar_env(pki, idp, SIDECAR_SERVER__SHUTDOWN_GRACE="1",
-                                              SIDECAR_IDP__TIMEOUT="60"))
+    env = sidecar_env(pki, idp, SIDECAR_SERVER__SHUTDOWN_GRACE="1", SIDECAR_IDP__TIMEOUT="60")
+    async with running_sidecar(env) as process:
+        await stuck_check_then_sigterm(process, idp, pki)
+
+
+async def stuck_check_then_sigterm(process: Process, idp: FakeIdp, pki: TestPki) -> None:
     headers = {"Authorization": f"Bearer {idp.mint('alice', cnf=pki.alice.x5t_s256)}",
                "x-client-cert": escaped_pem(pki.alice)}
     async with aiohttp.ClientSession() as client:
