@@ -78,7 +78,8 @@ class CertificateWatcher:
         self._last_error = ""  # the same unreadable state is counted and logged once
         self.not_after: dt.datetime | None = None
         self.reloads = 0
-        if any(getattr(idp, name) for name in WATCHED):
+        self.watching = any(getattr(idp, name) for name in WATCHED)
+        if self.watching:
             current = snapshot(idp)
             self._seen = current.digest
             self.not_after = certificate_expiry(current.paths.get("cert_file"))
@@ -90,7 +91,7 @@ class CertificateWatcher:
 
     async def run(self) -> None:
         interval = self._idp.reload_interval
-        if interval <= 0 or not self._seen:
+        if interval <= 0 or not self.watching:
             return
         while True:
             await asyncio.sleep(interval)
@@ -98,6 +99,8 @@ class CertificateWatcher:
 
     def poll(self) -> bool:
         """Reload when the content changed; True when a new context is in use."""
+        if not self.watching:
+            return False
         try:
             current = snapshot(self._idp)
         except OSError as exc:  # a file missing for a moment between two kubelet steps
