@@ -14,8 +14,7 @@ COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/sidecar \
-    && /opt/sidecar/bin/pip install --no-compile /wheels/sidecar-*.whl \
-    && /opt/sidecar/bin/python -m compileall -q /opt/sidecar/lib \
+    && /opt/sidecar/bin/pip install /wheels/sidecar-*.whl \
     && /opt/sidecar/bin/pip uninstall --yes pip setuptools \
     && /opt/sidecar/bin/sidecar --help
 

@@ -56,9 +56,10 @@ async def load_then_sigterm(process: Process, idp: FakeIdp, pki: TestPki) -> Non
     sigterm = asyncio.Event()
     sent = 0
 
-    async def worker(client: aiohttp.ClientSession) -> None:
+    async def worker(client: aiohttp.ClientSession, number: int) -> None:
         nonlocal sent
         headers = {"Authorization": f"Bearer {idp.mint('alice', cnf=pki.alice.x5t_s256)}", "x-client-cert": cert}
+        await asyncio.sleep(number * IDP_DELAY / WORKERS)  # staggered: SIGTERM finds checks at every stage
         while True:
             outcomes = after if sigterm.is_set() else before
             sent += 1
@@ -75,7 +76,7 @@ async def load_then_sigterm(process: Process, idp: FakeIdp, pki: TestPki) -> Non
                 return
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=WORKERS)) as client:
-        load = [asyncio.create_task(worker(client)) for _ in range(WORKERS)]
+        load = [asyncio.create_task(worker(client, n)) for n in range(WORKERS)]
         while sum(before.values()) < 2 * WORKERS:  # two rounds answered: the load is steady
             await asyncio.sleep(0.02)
         in_flight_at_sigterm = sent - sum(before.values())
