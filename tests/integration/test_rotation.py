@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.app import admin_app, check_app
 from sidecar.client_cert import thumbprint
 from sidecar.devidp import server_context
-from sidecar.pki import Issued
+from sidecar.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
 from tests.conftest import escaped_pem, sidecar_config
 from tests.fake_idp import FakeIdp, Handler, standard_idp
@@ -218,3 +218,16 @@ async def test_a_rewrite_with_the_same_content_is_not_a_reload(rotating: Any, pk
     assert harness.sidecar.cert_watcher.poll() is False
     assert harness.sidecar.cert_watcher.reloads == 0
     assert harness.sidecar.metrics.tls_reload_errors._value.get() == 0
+
+
+async def test_a_new_ca_bundle_alone_is_a_reload_and_still_verifies_the_idp(rotating: Any, pki: TestPki) -> None:
+    idp, volume, harness = await rotating(pki.sidecar, reload_interval=0)
+    other_ca = CertificateAuthority("another CA")
+    bundle = payload(pki, pki.sidecar)
+    bundle["ca.crt"] = other_ca.root.cert_pem + pki.ca.root.cert_pem  # the CA rollover case: both trusted
+    volume.publish(bundle)
+    assert harness.sidecar.cert_watcher.poll() is True
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    response = await harness.check.get("/check", headers={
+        "Authorization": f"Bearer {token}", "x-client-cert": escaped_pem(pki.alice)})
+    assert response.status == 200 and idp.seen[-1] == pki.sidecar.x5t_s256
