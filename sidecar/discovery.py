@@ -117,6 +117,8 @@ class Discovery:
             if time.monotonic() - self._failed_at < self.RETRY_AFTER:
                 raise DiscoveryError(f"discovery failed recently: {self._last_error}")
             self._pending = asyncio.ensure_future(self._resolve())
+            # Retrieved here too: a caller cancelled at shutdown must not leave it unobserved.
+            self._pending.add_done_callback(lambda task: task.cancelled() or task.exception())
         return await asyncio.shield(self._pending)
 
     async def _resolve(self) -> Endpoints:
