@@ -55,7 +55,7 @@ def result_of(exc: IdpUnavailable) -> str:
 
 class GuardMetrics:
     def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
+        r = self.registry = metrics.registry
         self.state = Gauge("sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open",
                            registry=r)
         self.rejections = Counter("sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",

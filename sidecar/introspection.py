@@ -100,9 +100,7 @@ class Introspector:
                 ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/json" and not ctype.endswith("+json"):
                     raise IdpUnavailable(f"content_type: unexpected {ctype!r}")
-                body = await response.content.read(MAX_BODY_BYTES + 1)
-                if len(body) > MAX_BODY_BYTES:
-                    raise IdpUnavailable("too_large: introspection answer too large")
+                body = await _read_body(response)
         except aiohttp.ClientError as exc:
             raise IdpUnavailable(f"{_failure_class(exc)}: {type(exc).__name__}: {exc}"[:300]) from None
         except TimeoutError:
@@ -111,6 +109,19 @@ class Introspector:
             return json.loads(body)
         except ValueError:
             raise IdpUnavailable("garbage: introspection answer is not JSON") from None
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, at most MAX_BODY_BYTES. (``content.read(n)`` returns as soon as *some*
+    bytes arrived, which would parse a partial answer; a short body raises ClientPayloadError.)"""
+    if (response.content_length or 0) > MAX_BODY_BYTES:
+        raise IdpUnavailable("too_large: introspection answer too large")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise IdpUnavailable("too_large: introspection answer too large")
+    return bytes(body)
 
 
 def _failure_class(exc: aiohttp.ClientError) -> str:
