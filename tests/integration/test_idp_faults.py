@@ -12,6 +12,7 @@ and the guard (retries, breaker, concurrency bound).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 import socket
@@ -129,10 +130,8 @@ def blackhole() -> Any:
     for _ in range(4):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(listener.getsockname())
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     yield listener
     for s in (*fillers, listener):
