@@ -66,7 +66,7 @@ async def purge(request: web.Request) -> web.Response:
         return _bad("body too large")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         return _bad("body must be a JSON object")
     if not isinstance(body, dict) or len(body) != 1:
         return _bad('give exactly one of "token", "token_hash", "all": true')

@@ -108,7 +108,8 @@ async def test_two_authorization_headers_are_refused(running: Running, idp: Fake
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b"{}", b'{"all": false}', b'{"all": "yes"}',
                                   b'{"token": ""}', b'{"token": 5}', b'{"token_hash": "ABCDEF012345"}',
-                                  b'{"token_hash": "abc"}', b'{"token": "a", "all": true}', b"x" * 20_000])
+                                  b'{"token_hash": "abc"}', b'{"token": "a", "all": true}', b"x" * 20_000,
+                                  b"[" * 16_000])
 async def test_a_malformed_purge_request_is_a_clean_400_and_purges_nothing(
     running: Running, idp: FakeIdp, pki: TestPki, body: bytes
 ) -> None:
