@@ -132,7 +132,6 @@ class IdpGuard:
         self._connect_timeout = idp.connect_timeout
         self._retries = idp.retries
         self._backoff = idp.retry_backoff
-        self._open_seconds = idp.breaker_open
         self._slots = asyncio.Semaphore(idp.max_concurrent)
         self.metrics = GuardMetrics(metrics)
         self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, self.metrics)
