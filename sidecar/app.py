@@ -12,8 +12,8 @@ import signal
 
 from aiohttp import web
 
-from . import handlers
-from .config import Config
+from . import handlers, purge
+from .config import Config, admin_secret
 from .runtime import SIDECAR, Sidecar
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ def admin_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    secret = admin_secret(sidecar.config.server)
+    if secret:  # no secret, no purge route
+        app[purge.ADMIN_SECRET_DIGEST] = purge.secret_digest(secret)
+        app.router.add_post("/purge", purge.purge)
     return app
 
 

@@ -51,6 +51,9 @@ class ServerConfig:
     # nginx auth_request turns any status but 401/403 into 500; set 401 behind nginx.
     invalid_request_status: int = 400
     shutdown_grace: float = 20.0
+    # Bearer secret of the admin purge endpoint (POST /purge); unset: no purge endpoint.
+    admin_secret: str | None = field(default=None, repr=False)
+    admin_secret_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,12 @@ class IdpConfig:
     jwt_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
     # Seconds between checks of cert_file, key_file and ca_file for a rotation; 0 turns it off.
     reload_interval: float = 10.0
+    # Protecting the IdP (idp_guard.py): concurrency bound, safe retries, circuit breaker.
+    max_concurrent: int = 32
+    retries: int = 1
+    retry_backoff: float = 0.05
+    breaker_failures: int = 5
+    breaker_open: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,9 @@ class CacheConfig:
     max_entries: int = 100_000
     max_ttl: float = 300.0
     negative_ttl: float = 10.0
+    # Seconds past its normal expiry (never past exp) an active, bound entry may answer while
+    # the IdP is unavailable; 0 turns stale-if-error off.
+    stale_if_error: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +264,7 @@ def validate(config: Config) -> None:
     c = config.cache
     if c.max_entries < 0:
         raise ConfigError("cache.max_entries", "must be >= 0 (0 turns the cache off)")
-    for name in ("max_ttl", "negative_ttl"):
+    for name in ("max_ttl", "negative_ttl", "stale_if_error"):
         if getattr(c, name) < 0:
             raise ConfigError(f"cache.{name}", "must be >= 0")
     p = config.policy
@@ -277,6 +289,10 @@ def _validate_server(s: ServerConfig) -> None:
         raise ConfigError("server.invalid_request_status", "must be 400 or 401")
     if s.shutdown_grace < 0:
         raise ConfigError("server.shutdown_grace", "must be >= 0")
+    if s.admin_secret is not None and len(s.admin_secret) < 16:
+        raise ConfigError("server.admin_secret", "must be at least 16 characters")
+    if s.admin_secret_file and not Path(s.admin_secret_file).is_file():
+        raise ConfigError("server.admin_secret_file", f"file not found: {s.admin_secret_file}")
 
 
 def _validate_idp(i: IdpConfig) -> None:
@@ -302,8 +318,22 @@ def _validate_idp(i: IdpConfig) -> None:
         raise ConfigError("idp.max_connections", "must be >= 1")
     if i.reload_interval < 0:
         raise ConfigError("idp.reload_interval", "must be >= 0 (0 turns reloading off)")
+    _validate_idp_guard(i)
     if "none" in (a.lower() for a in i.jwt_algorithms) or any(a.startswith("HS") for a in i.jwt_algorithms):
         raise ConfigError("idp.jwt_algorithms", "only asymmetric algorithms are allowed")
+
+
+def _validate_idp_guard(i: IdpConfig) -> None:
+    if i.max_concurrent < 1:
+        raise ConfigError("idp.max_concurrent", "must be >= 1")
+    if not 0 <= i.retries <= 5:
+        raise ConfigError("idp.retries", "must be between 0 and 5")
+    if i.retry_backoff < 0:
+        raise ConfigError("idp.retry_backoff", "must be >= 0")
+    if i.breaker_failures < 0:
+        raise ConfigError("idp.breaker_failures", "must be >= 0 (0 turns the breaker off)")
+    if i.breaker_open <= 0:
+        raise ConfigError("idp.breaker_open", "must be > 0")
 
 
 def _validate_client_cert(c: ClientCertConfig) -> None:
@@ -329,6 +359,16 @@ def _validate_response(r: ResponseConfig) -> None:
     for name in r.remove_upstream_headers:
         if not _HEADER_NAME.match(name):
             raise ConfigError("response.remove_upstream_headers", f"invalid header {name!r}")
+
+
+def admin_secret(s: ServerConfig) -> str | None:
+    """The admin purge secret, from the config or its file (read at start, never logged)."""
+    if s.admin_secret_file:
+        secret = Path(s.admin_secret_file).read_text(encoding="utf-8").strip()
+        if len(secret) < 16:
+            raise ConfigError("server.admin_secret_file", "the secret must be at least 16 characters")
+        return secret
+    return s.admin_secret
 
 
 def client_secret(i: IdpConfig) -> str | None:

@@ -15,6 +15,7 @@ from .config import Config
 from .decision import Decider, Verifier
 from .discovery import Discovery
 from .extract import TrustedProxies
+from .idp_guard import IdpGuard
 from .introspection import Introspector
 from .metrics import Metrics
 from .rotation import CertificateWatcher
@@ -30,6 +31,7 @@ class Sidecar:
         self.idp = IdpSession(config.idp)
         self.discovery = Discovery(config.idp, self.idp)
         self.cert_watcher = CertificateWatcher(config.idp, self.idp, self.metrics)
+        self.idp_guard = IdpGuard(config.idp, self.metrics)
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
         self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
@@ -69,13 +71,14 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.idp_guard.aclose()
         await self.idp.aclose()
 
 
 def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
     return Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
-        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics,
+        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics, guard=sidecar.idp_guard,
     )
 
 
