@@ -18,6 +18,7 @@ RFC 9068 §4: the resource server "MUST use the keys provided by the authorizati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -158,10 +159,8 @@ class Jwks:
         """At start: load the key set in the background, retrying; readiness waits for it."""
         delay = 0.5
         while not self.ready:
-            try:
+            with contextlib.suppress(IdpUnavailable):  # _fetch has logged why
                 await self._current()
-            except IdpUnavailable as exc:
-                log.warning("JWK Set not loaded yet", extra={"error": exc.detail})
             if self.ready:
                 return
             await asyncio.sleep(delay)
@@ -205,7 +204,8 @@ class Jwks:
 
     def _note_failure(self, error: str) -> None:
         self._failed_at, self._last_error = self._clock(), error
-        log.warning("JWK Set fetch failed", extra={"error": error})
+        expected = self._absent and not self._required  # auto: this IdP has no JWK Set
+        log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed", extra={"error": error})
 
     async def _uri(self) -> str:
         try:

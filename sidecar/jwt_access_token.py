@@ -91,7 +91,9 @@ class JwtAccessTokenVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise InvalidToken("jwt_algorithm_not_allowed", f"alg {str(alg)[:20]!r} is not in idp.jwt_algorithms")
-        kid = header.get("kid")  # pyjwt has checked it is a string when present
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("jwt_malformed", "kid is not a string")
         candidates = await self._keys.keys_for(kid)
         if not candidates:
             raise InvalidToken("jwt_unknown_key", f"no key {str(kid)[:64]!r} in the issuer's JWK Set")
