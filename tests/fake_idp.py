@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sidecar.devidp import Client, DevIdp
+from sidecar.devidp import Client, DevIdp, _peer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,6 +25,7 @@ class Fault:
     delay: float = 0.0  # seconds before answering
     drop: bool = False  # close the connection without answering
     headers: dict[str, str] | None = None
+    chunked: bool = False  # stream ``body`` in 4 KiB writes with chunked transfer encoding
 
 
 class FakeIdp(DevIdp):
@@ -36,6 +37,7 @@ class FakeIdp(DevIdp):
     last_form: dict[str, str] | None = None
     jwks_fault: Fault | None = None
     jwks_requests: int = 0
+    jwks_peer: str | None = None  # common name of the client certificate on the last JWK Set fetch
 
     def app(self) -> web.Application:
         app = super().app()
@@ -46,6 +48,7 @@ class FakeIdp(DevIdp):
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/jwks":
             self.jwks_requests += 1
+            self.jwks_peer = _peer(request)[0]
             return await _apply(self.jwks_fault, request, handler)
         if request.path != "/introspect":
             return await handler(request)
@@ -63,6 +66,16 @@ async def _apply(fault: Fault | None, request: web.Request, handler: Handler) ->
         assert request.transport is not None
         request.transport.close()
         raise asyncio.CancelledError
+    if fault.chunked and fault.body is not None:
+        response = web.StreamResponse(status=fault.status or 200, headers=fault.headers)
+        response.content_type = fault.content_type
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(fault.body), 4096):
+            await response.write(fault.body[start:start + 4096])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
     if fault.status is not None or fault.body is not None:
         return web.Response(
             status=fault.status or 200, body=fault.body or b"", content_type=fault.content_type,

@@ -285,3 +285,63 @@ async def test_a_valid_jwt_is_cached_until_exp_and_rechecked_without_the_idp(
     metrics = await (await jwt_sidecar.admin.get("/metrics")).text()
     assert 'sidecar_cache_total{result="hit"} 2.0' in metrics
     assert signing_idp.jwks_requests == 1 and signing_idp.introspect_requests == 0
+
+
+async def test_the_jwk_set_is_fetched_over_mutual_tls_with_the_sidecars_certificate(
+    jwt_sidecar: Running, signing_idp: FakeIdp, pki: TestPki
+) -> None:
+    assert (await jwt_sidecar.check(signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256), pki.alice)).status == 200
+    assert signing_idp.jwks_peer == "sidecar"
+
+
+JWKS_FAULTS = {
+    "503": (Fault(status=503), "http_503"),
+    "HTML": (Fault(body=b"<html>oops</html>", content_type="text/html"), "content_type"),
+    "garbage JSON": (Fault(body=b"{not json"), "unusable"),
+    "only a symmetric key": (Fault(body=b'{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}'), "unusable"),
+    "over 256 KiB": (Fault(body=b'{"keys": [], "pad": "' + b"x" * 300_000 + b'"}'), "too_large"),
+    "over 256 KiB, chunked": (Fault(body=b"x" * 300_000, chunked=True), "too_large"),
+    "slow": (Fault(delay=1.5), "timeout"),
+    "dropped connection": (Fault(drop=True), "connection"),
+}
+
+
+@pytest.mark.parametrize("case", JWKS_FAULTS.values(), ids=JWKS_FAULTS.keys())
+async def test_a_jwk_set_that_cannot_be_had_fails_closed_with_503(
+    make_sidecar: MakeSidecar, signing_idp: FakeIdp, pki: TestPki, case: tuple[Fault, str]
+) -> None:
+    fault, result = case
+    signing_idp.jwks_fault = fault
+    running = await make_sidecar(idp={"timeout": 0.5}, policy=JWT_POLICY)
+    response = await running.check(signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256), pki.alice)
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert await reason(response) == "idp_unavailable"
+    metrics = await (await running.admin.get("/metrics")).text()
+    assert f'sidecar_idp_requests_total{{kind="jwks",result="{result}"}}' in metrics
+
+
+async def test_auto_with_an_idp_without_jwks_uri_gets_ready_and_introspects(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(policy=JWT_POLICY)
+    for _ in range(100):
+        if (await running.admin.get("/readyz")).status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert (await running.admin.get("/readyz")).status == 200
+    assert (await running.check(idp.mint("alice", cnf=pki.alice.x5t_s256, aud="api"), pki.alice)).status == 200
+    assert idp.jwks_requests == 0 and idp.introspect_requests == 1
+
+
+async def test_a_large_jwk_set_arriving_in_many_chunks_is_read_whole(
+    make_sidecar: MakeSidecar, signing_idp: FakeIdp, pki: TestPki
+) -> None:
+    keys = [signing_idp.signing_keys[0].public_jwk()] + [
+        {**signing_idp.add_signing_key("RS256").public_jwk(), "pad": "p" * 3000} for _ in range(20)
+    ]
+    body = json.dumps({"keys": keys}).encode()
+    assert len(body) > 64 * 1024
+    signing_idp.jwks_fault = Fault(body=body, chunked=True)
+    running = await make_sidecar(policy=JWT_POLICY)
+    token = signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256, key=signing_idp.signing_keys[0])
+    assert (await running.check(token, pki.alice)).status == 200
