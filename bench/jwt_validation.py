@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from sidecar.config import IdpConfig, PolicyConfig
 from sidecar.devidp import Client, DevIdp, SigningKey
 from sidecar.errors import InvalidToken
-from sidecar.jwks import KeySet, VerifyKey, parse_jwks
+from sidecar.jwk_set import KeySet, VerifyKey, parse_jwks
 from sidecar.jwt_access_token import JwtAccessTokenVerifier
 from sidecar.token_format import jwt_header
 

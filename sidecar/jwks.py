@@ -9,8 +9,7 @@ RFC 9068 §4: the resource server "MUST use the keys provided by the authorizati
 - A token naming an unknown ``kid`` triggers one refresh, at most once per
   ``idp.jwks_min_refresh_interval`` (so forged kids cannot cause a refresh storm); a refresh
   already in flight is joined, never duplicated.
-- Only public signature keys are kept (RFC 7517 §4.2 ``use``, §4.3 ``key_ops``); symmetric
-  (``oct``), private, unusable and RSA keys under 2048 bits are skipped.
+- Only public signature keys are kept (jwk_set.py).
 - Anything that leaves no usable key (IdP down, non-200, wrong type, body over
   ``MAX_JWKS_BYTES``, no usable key) is :class:`IdpUnavailable`: 503, never an allow.
 """
@@ -19,88 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt import PyJWK
-from jwt.exceptions import PyJWTError
 
 from .config import IdpConfig
 from .discovery import Discovery, DiscoveryError
 from .errors import IdpUnavailable
+from .jwk_set import JwksError, KeySet, VerifyKey, parse_jwks
 from .metrics import Metrics
 from .tls import IdpSession
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 256 * 1024
-MAX_KEYS = 64
-MIN_RSA_BITS = 2048
-
-
-class JwksError(ValueError):
-    """The JWK Set document is not acceptable; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyKey:
-    """One public verification key: its ``kid``, the ``alg`` the JWK pins (if any), the key."""
-
-    kid: str | None
-    alg: str | None
-    key: Any  # a cryptography public key object (RSA, EC, Ed25519, Ed448)
-
-
-@dataclass(frozen=True, slots=True)
-class KeySet:
-    keys: tuple[VerifyKey, ...]
-
-    def find(self, kid: str | None) -> tuple[VerifyKey, ...]:
-        """The keys named ``kid``; every key when the token names none."""
-        if kid is None:
-            return self.keys
-        return tuple(k for k in self.keys if k.kid == kid)
-
-
-def parse_jwks(body: bytes) -> KeySet:
-    """Pure: the usable public signature keys of a JWK Set document."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise JwksError("not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise JwksError("not a JWK Set (an object with a keys array)")
-    if len(document["keys"]) > MAX_KEYS:
-        raise JwksError(f"more than {MAX_KEYS} keys")
-    keys = tuple(k for k in map(_verify_key, document["keys"]) if k is not None)
-    if not keys:
-        raise JwksError("no usable signature key")
-    return KeySet(keys)
-
-
-def _verify_key(jwk: object) -> VerifyKey | None:
-    if not isinstance(jwk, dict) or jwk.get("kty") in (None, "oct") or "d" in jwk:
-        return None  # symmetric or private material is never a verification key
-    if jwk.get("use", "sig") != "sig":
-        return None
-    ops = jwk.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        return None
-    kid, alg = jwk.get("kid"), jwk.get("alg")
-    if not isinstance(kid, str | None) or not isinstance(alg, str | None):
-        return None
-    try:
-        key = PyJWK(jwk).key
-    except (PyJWTError, ValueError, TypeError):
-        return None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        return None
-    return VerifyKey(kid, alg, key)
 
 
 def _retrieve(task: asyncio.Future[KeySet]) -> None:
@@ -119,6 +51,7 @@ class Jwks:
     ) -> None:
         self._session = session
         self._discovery = discovery
+        self._configured_uri = idp.jwks_uri
         self._metrics = metrics
         self._clock = clock
         self._max_age = idp.jwks_max_age
@@ -208,6 +141,8 @@ class Jwks:
         log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed", extra={"error": error})
 
     async def _uri(self) -> str:
+        if self._configured_uri:  # explicit wins; no need for the discovery document
+            return self._configured_uri
         try:
             uri = (await self._discovery.get()).jwks_uri
         except DiscoveryError as exc:
@@ -250,3 +185,6 @@ async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
 
 
 _ACCEPT: Mapping[str, str] = {"Accept": "application/jwk-set+json, application/json"}
+
+
+__all__ = ["MAX_JWKS_BYTES", "Jwks", "JwksError", "KeySet", "VerifyKey", "parse_jwks"]

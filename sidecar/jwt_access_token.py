@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .config import IdpConfig, PolicyConfig
 from .errors import InvalidToken
-from .jwks import VerifyKey
+from .jwk_set import VerifyKey
 from .token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})

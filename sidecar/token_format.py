@@ -73,12 +73,14 @@ class TokenFormatVerifier:
     """A :class:`Verifier` that routes each token per ``idp.token_format``."""
 
     def __init__(
-        self, mode: str, introspector: Verifier | None, local: Verifier | None, discovery: Discovery
+        self, mode: str, introspector: Verifier | None, local: Verifier | None, discovery: Discovery,
+        jwks_uri: str | None = None,
     ) -> None:
         self._mode = mode
         self._introspector = introspector
         self._local = local
         self._discovery = discovery
+        self._jwks_uri_configured = jwks_uri is not None
 
     async def verify(self, token: str) -> TokenInfo:
         return await (await self._choose(token)).verify(token)
@@ -97,6 +99,8 @@ class TokenFormatVerifier:
         return self._local if await self._jwks_uri_known() else self._introspector
 
     async def _jwks_uri_known(self) -> bool:
+        if self._jwks_uri_configured:
+            return True
         try:
             return (await self._discovery.get()).jwks_uri is not None
         except DiscoveryError as exc:
@@ -113,4 +117,4 @@ def choose_verifier(config: Config, introspector: Verifier | None, jwks: Jwks | 
         log.info("local JWT validation off: it needs policy.audiences and an issuer (RFC 9068 §4)")
     if local is None and introspector is not None:
         return introspector
-    return TokenFormatVerifier(config.idp.token_format, introspector, local, discovery)
+    return TokenFormatVerifier(config.idp.token_format, introspector, local, discovery, config.idp.jwks_uri)

@@ -14,7 +14,8 @@ from sidecar.config import IdpConfig
 from sidecar.devidp import SigningKey
 from sidecar.discovery import Discovery
 from sidecar.errors import IdpUnavailable
-from sidecar.jwks import MAX_KEYS, Jwks, JwksError, parse_jwks
+from sidecar.jwk_set import MAX_KEYS, JwksError, parse_jwks
+from sidecar.jwks import Jwks
 from sidecar.metrics import Metrics
 from sidecar.tls import IdpSession
 

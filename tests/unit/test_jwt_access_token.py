@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sidecar.config import IdpConfig, PolicyConfig
 from sidecar.devidp import SigningKey
 from sidecar.errors import InvalidToken
-from sidecar.jwks import KeySet, VerifyKey, parse_jwks
+from sidecar.jwk_set import KeySet, VerifyKey, parse_jwks
 from sidecar.jwt_access_token import JwtAccessTokenVerifier, key_fits
 
 ISSUER = "https://idp.example"

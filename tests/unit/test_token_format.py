@@ -139,3 +139,24 @@ def test_jwks_settings_come_from_the_environment() -> None:
                                    "auth_method": "client_secret_basic"}}, env)
     assert (loaded.idp.jwks_max_age, loaded.idp.jwks_min_refresh_interval) == (60.0, 2.5)
     assert loaded.idp.token_format == "jwt_then_introspection"
+
+
+class BrokenDiscovery:
+    async def get(self) -> Endpoints:
+        from sidecar.discovery import DiscoveryError
+
+        raise DiscoveryError("metadata unreachable")
+
+
+async def test_auto_with_a_configured_jwks_uri_does_not_need_the_discovery_document() -> None:
+    chooser = TokenFormatVerifier("auto", Named("introspection"), Named("local"), BrokenDiscovery(),  # type: ignore[arg-type]
+                                  jwks_uri="https://idp/jwks")
+    assert (await chooser.verify(AT_JWT)).sub == "local"
+
+
+async def test_auto_without_a_configured_jwks_uri_fails_closed_when_discovery_fails() -> None:
+    from sidecar.errors import IdpUnavailable
+
+    chooser = TokenFormatVerifier("auto", Named("introspection"), Named("local"), BrokenDiscovery())  # type: ignore[arg-type]
+    with pytest.raises(IdpUnavailable):
+        await chooser.verify(AT_JWT)
