@@ -10,8 +10,9 @@ In this order, each failure an :class:`InvalidToken` (401) with a stable reason:
    RFC 9068 §4 "MUST reject any JWT in which the value of alg is none")
    (``jwt_algorithm_not_allowed``);
 4. a key of the issuer's JWK Set named by ``kid`` exists (``jwt_unknown_key``, after at most one
-   rate-limited refresh) and fits ``alg``: key type, curve and the JWK's own ``alg``
-   (``jwt_key_mismatch``) — so a public key can never be used as an HMAC secret;
+   rate-limited refresh; without ``kid``: at most ``MAX_KEYS_WITHOUT_KID`` keys are tried) and
+   fits ``alg``: key type, curve and the JWK's own ``alg`` (``jwt_key_mismatch``) — so a public
+   key can never be used as an HMAC secret;
 5. the signature (``jwt_invalid_signature``);
 6. ``exp`` is required; ``exp``, ``nbf`` and ``iat`` hold within ``policy.leeway``
    (``token_expired``, ``token_not_yet_valid``);
@@ -40,6 +41,9 @@ from .jwk_set import VerifyKey
 from .token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# A token without kid is tried against each fitting key; more would let a forged token cost many
+# signature checks. IdPs that omit kid publish one key.
+MAX_KEYS_WITHOUT_KID = 3
 _RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _CURVES: dict[str, type[ec.EllipticCurve]] = {
     "ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1, "ES256K": ec.SECP256K1,
@@ -100,6 +104,8 @@ class JwtAccessTokenVerifier:
         fitting = [k for k in candidates if key_fits(k, alg)]
         if not fitting:
             raise InvalidToken("jwt_key_mismatch", f"key {str(kid)[:64]!r} does not fit alg {alg}")
+        if kid is None and len(fitting) > MAX_KEYS_WITHOUT_KID:
+            raise InvalidToken("jwt_unknown_key", f"no kid and {len(fitting)} keys fit alg {alg}")
         claims = self._decode(token, fitting, alg)
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in self._issuers:

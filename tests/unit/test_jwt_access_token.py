@@ -19,7 +19,7 @@ from sidecar.config import IdpConfig, PolicyConfig
 from sidecar.devidp import SigningKey
 from sidecar.errors import InvalidToken
 from sidecar.jwk_set import KeySet, VerifyKey, parse_jwks
-from sidecar.jwt_access_token import JwtAccessTokenVerifier, key_fits
+from sidecar.jwt_access_token import MAX_KEYS_WITHOUT_KID, JwtAccessTokenVerifier, key_fits
 
 ISSUER = "https://idp.example"
 THUMBPRINT = "x" * 43
@@ -170,3 +170,11 @@ def test_key_fit_checks_curve_type_and_pinned_alg() -> None:
     assert key_fits(rsa_unpinned, "RS256") and key_fits(rsa_unpinned, "PS256")
     assert not key_fits(rsa_unpinned, "ES256") and not key_fits(rsa_unpinned, "HS256")
     assert not key_fits(VerifyKey("r", "RS256", RSA_KEY.private_key.public_key()), "PS256")
+
+
+async def test_a_token_without_kid_is_refused_when_too_many_keys_fit() -> None:
+    many = Keys(*(SigningKey.generate("ES256", kid=f"k{i}") for i in range(MAX_KEYS_WITHOUT_KID)), EC_KEY)
+    with pytest.raises(InvalidToken) as denied:
+        await verifier(many).verify(sign(header={"kid": None}))
+    assert denied.value.reason == "jwt_unknown_key"
+    assert (await verifier(many).verify(sign())).active  # with its kid, the same token shape passes
