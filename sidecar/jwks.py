@@ -75,9 +75,10 @@ class Jwks:
     async def keys_for(self, kid: str | None) -> Sequence[VerifyKey]:
         """The keys that may have signed a token naming ``kid``; empty when none (after at most
         one rate-limited refresh). Raises IdpUnavailable when no current key set can be had."""
+        fetched_before = self._fetched_at
         found = (await self._current()).find(kid)
-        if found:
-            return found
+        if found or self._fetched_at != fetched_before:
+            return found  # a set fetched while this token waited is as fresh as a refresh
         if self._pending is None:
             now = self._clock()
             if now - self._kid_refresh_at < self._min_interval:

@@ -121,8 +121,10 @@ async def test_concurrent_first_uses_share_one_download() -> None:
 async def test_an_unknown_kid_refreshes_once_per_interval() -> None:
     jwks = ScriptedJwks(jwks_min_refresh_interval=10.0)
     jwks.documents = [document(EC.public_jwk())]
+    assert await jwks.keys_for("forged-0") == ()
+    assert jwks.downloads == 1  # the first load is fresh: no refresh on top of it
     assert await jwks.keys_for("forged-1") == ()
-    assert jwks.downloads == 2  # the first load, then one refresh for the unknown kid
+    assert jwks.downloads == 2  # one refresh for the unknown kid
     jwks.clock.now += 9
     assert await jwks.keys_for("forged-2") == ()
     assert jwks.downloads == 2
