@@ -51,11 +51,18 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     runners = [web.AppRunner(check_app(sidecar), access_log=None),
                web.AppRunner(admin_app(sidecar), access_log=None)]
     s = config.server
+    grpc_front = None
     try:
         for runner, (host, port) in zip(runners, ((s.host, s.port), (s.admin_host, s.admin_port)), strict=True):
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
-        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}"})
+        if s.grpc_port:
+            from .grpc_authz import GrpcFront  # grpc is imported only when the gRPC port is on
+
+            grpc_front = GrpcFront(sidecar)
+            await grpc_front.start(s.grpc_host, s.grpc_port)
+        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}",
+                                     "grpc": f"{s.grpc_host}:{s.grpc_port}" if s.grpc_port else "off"})
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,6 +70,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         await drain(sidecar, s.shutdown_grace)
     finally:
+        if grpc_front is not None:
+            await grpc_front.stop(1.0)  # drain() already waited for checks in flight
         for runner in runners:
             await runner.cleanup()
         await sidecar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -145,11 +146,19 @@ class CertificateReader:
             pairs = xfcc.last_element(value)
         except xfcc.XfccError as exc:
             raise CertificateError(str(exc)) from None
-        if "cert" in pairs:
-            return _checked_thumbprint(parse_escaped_pem(pairs["cert"]))
+        # Cert is the leaf; Chain (set_current_client_cert_details chain) starts with the leaf.
+        pem = pairs.get("cert") or pairs.get("chain")
+        if pem:
+            der = parse_escaped_pem(pem)
+            # Envoy writes Hash and Cert from the same handshake: disagreement means tampering.
+            if "hash" in pairs and not hmac.compare_digest(
+                hashlib.sha256(der).hexdigest(), pairs["hash"].lower()
+            ):
+                raise CertificateError("XFCC Hash does not match its Cert")
+            return _checked_thumbprint(der)
         if self._trust_xfcc_hash and "hash" in pairs:
             return _hash_to_thumbprint(pairs["hash"])
-        raise CertificateError("XFCC element has no Cert (and Hash is not trusted)")
+        raise CertificateError("XFCC element has no Cert or Chain (and Hash is not trusted)")
 
 
 def _checked_thumbprint(der: bytes) -> str:
