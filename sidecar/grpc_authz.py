@@ -165,12 +165,13 @@ class GrpcFront:
         self.sidecar = sidecar
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()
+        self.service = AuthorizationService(sidecar)
         self.port = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0 = any free port) and return the bound port."""
-        pb_grpc.add_AuthorizationServicer_to_server(AuthorizationService(self.sidecar), self.server)
+        pb_grpc.add_AuthorizationServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.sidecar.config.server.grpc_reflection:
             from grpc_reflection.v1alpha import reflection  # optional: the grpc-reflection extra

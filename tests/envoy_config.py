@@ -93,7 +93,8 @@ def ext_authz_of(bootstrap: Any) -> ExtAuthz:
     assert len(found) == 1 and found[0].typed_config.Unpack(authz)
     assert hcm.http_filters[-1].name == "envoy.filters.http.router"
     kind = authz.WhichOneof("services")
-    name = authz.http_service.server_uri.cluster if kind == "http_service" else authz.grpc_service.envoy_grpc.cluster_name
+    http, grpc = authz.http_service, authz.grpc_service
+    name = http.server_uri.cluster if kind == "http_service" else grpc.envoy_grpc.cluster_name
     (cluster,) = [c for c in bootstrap.static_resources.clusters if c.name == name]
     return ExtAuthz(authz, hcm, listener, cluster)
 
@@ -106,3 +107,82 @@ def endpoint_port(cluster: Any) -> int:
 
 def duration_seconds(duration: Any) -> float:
     return float(duration.seconds) + duration.nanos / 1e9
+
+
+def pgv_errors(message: Any, path: str = "") -> list[str]:
+    """The protoc-gen-validate rules Envoy checks at load time (``validate.rules`` options on the
+    fields of its protos), for the kinds our files use: required messages and oneofs, string
+    lengths, number and duration bounds, repeated sizes, defined enums. ``Any`` is unpacked."""
+    from google.protobuf import any_pb2, symbol_database
+    from validate import validate_pb2
+
+    errors: list[str] = []
+    if isinstance(message, any_pb2.Any):
+        concrete = symbol_database.Default().GetSymbol(message.TypeName())()
+        message.Unpack(concrete)
+        return pgv_errors(concrete, path)
+    descriptor = message.DESCRIPTOR
+    for oneof in descriptor.oneofs:
+        options = oneof.GetOptions()
+        required = options.HasExtension(validate_pb2.required) and options.Extensions[validate_pb2.required]
+        if required and message.WhichOneof(oneof.name) is None:
+            errors.append(f"{path}{oneof.name}: one of its fields is required")
+    for field in descriptor.fields:
+        where = f"{path}{field.name}"
+        options = field.GetOptions()
+        rules = options.Extensions[validate_pb2.rules] if options.HasExtension(validate_pb2.rules) else None
+        repeated = bool(field.is_repeated)
+        value = getattr(message, field.name)
+        oneof = field.containing_oneof
+        if oneof is not None and message.WhichOneof(oneof.name) != field.name:
+            continue  # rules of a oneof member apply only when it is the one set
+        if rules is not None:
+            errors += _rule_errors(where, rules, message, field, value, repeated)
+        if field.message_type is not None and not (field.message_type.GetOptions().map_entry):
+            if repeated:
+                for index, item in enumerate(value):
+                    errors += pgv_errors(item, f"{where}[{index}].")
+            elif message.HasField(field.name):
+                errors += pgv_errors(value, f"{where}.")
+    return errors
+
+
+def _rule_errors(where: str, rules: Any, message: Any, field: Any, value: Any, repeated: bool) -> list[str]:
+    kind = rules.WhichOneof("type")
+    if kind == "message":
+        return [f"{where}: required"] if rules.message.required and not message.HasField(field.name) else []
+    if kind == "repeated" and repeated:
+        r = rules.repeated
+        short = r.HasField("min_items") and len(value) < r.min_items
+        return [f"{where}: needs at least {r.min_items} items"] if short else []
+    if repeated:
+        return []
+    if kind == "string":
+        r = rules.string
+        if r.HasField("min_len") and len(value) < r.min_len:
+            return [f"{where}: shorter than {r.min_len}"]
+        return [f"{where}: longer than {r.max_len}"] if r.HasField("max_len") and len(value) > r.max_len else []
+    if kind == "duration" and (message.HasField(field.name) or rules.duration.required):
+        return _bounds(where, rules.duration, duration_seconds(value), message.HasField(field.name), duration=True)
+    if kind in ("uint32", "uint64", "int32", "int64", "double"):
+        if field.message_type is not None:  # a wrapper (UInt32Value, ...): checked when set
+            if not message.HasField(field.name):
+                return []
+            value = value.value
+        return _bounds(where, getattr(rules, kind), float(value), True, duration=False)
+    if kind == "enum" and rules.enum.defined_only:
+        return [] if field.enum_type.values_by_number.get(value) else [f"{where}: undefined enum value {value}"]
+    return []
+
+
+def _bounds(where: str, r: Any, number: float, present: bool, *, duration: bool) -> list[str]:
+    if duration and r.required and not present:
+        return [f"{where}: required"]
+    errors = []
+    for name, ok in (("gt", lambda b: number > b), ("gte", lambda b: number >= b),
+                     ("lt", lambda b: number < b), ("lte", lambda b: number <= b)):
+        if r.HasField(name):
+            bound = duration_seconds(getattr(r, name)) if duration else float(getattr(r, name))
+            if not ok(bound):
+                errors.append(f"{where}: must be {name} {bound}")
+    return errors

@@ -64,7 +64,8 @@ async def run(make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> AsyncIte
         if front == "http":
             method = METHODS[CASES.index(case) % len(METHODS)]
             response = await running.client.request(
-                method, "/ext_authz/api/items?page=2&q=a%2Fb", headers=envoy_side.http_check_headers(authorization, xfcc),
+                method, "/ext_authz/api/items?page=2&q=a%2Fb",
+                headers=envoy_side.http_check_headers(authorization, xfcc),
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
             return http_through_envoy(response.status, dict(response.headers), await response.read(), original)
