@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import re
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -149,13 +148,7 @@ class CertificateReader:
         # Cert is the leaf; Chain (set_current_client_cert_details chain) starts with the leaf.
         pem = pairs.get("cert") or pairs.get("chain")
         if pem:
-            der = parse_escaped_pem(pem)
-            # Envoy writes Hash and Cert from the same handshake: disagreement means tampering.
-            if "hash" in pairs and not hmac.compare_digest(
-                hashlib.sha256(der).hexdigest(), pairs["hash"].lower()
-            ):
-                raise CertificateError("XFCC Hash does not match its Cert")
-            return _checked_thumbprint(der)
+            return _checked_thumbprint(parse_escaped_pem(pem))
         if self._trust_xfcc_hash and "hash" in pairs:
             return _hash_to_thumbprint(pairs["hash"])
         raise CertificateError("XFCC element has no Cert or Chain (and Hash is not trusted)")

@@ -115,9 +115,9 @@ def shapes(pki: TestPki) -> dict[str, tuple[str, dict[str, Any], int, str | None
             (envoy_side.xfcc_element(a) + "," + envoy_side.xfcc_element(b), {}, 401, "cnf_mismatch"),
         "Hash only, as Istio sends by default, with xfcc_trust_hash": (istio, trust_hash, 200, None),
         "Hash only without xfcc_trust_hash": (istio, {}, 401, "cert_invalid"),
-        "Hash of another certificate than Cert": (
-            envoy_side.xfcc_element(a).replace(envoy_side.sha256_hex(a), envoy_side.sha256_hex(b)), {}, 401,
-            "cert_invalid"),
+        "Cert decides when Hash names another certificate": (
+            envoy_side.xfcc_element(b).replace(envoy_side.sha256_hex(b), envoy_side.sha256_hex(a)),
+            trust_hash, 401, "cnf_mismatch"),
         "Hash only of another certificate, trusted": (
             envoy_side.xfcc_element(b, cert=False), trust_hash, 401, "cnf_mismatch"),
         "an unterminated quote": ('Hash=ab;Cert="-----BEGIN', {}, 401, "cert_invalid"),
@@ -130,7 +130,7 @@ SHAPE_NAMES = [
     "Chain alone (chain: true): its first certificate is the leaf", "lower-case keys",
     "several elements: the last one (Envoy's) is used", "several elements: an earlier matching one does not help",
     "Hash only, as Istio sends by default, with xfcc_trust_hash", "Hash only without xfcc_trust_hash",
-    "Hash of another certificate than Cert", "Hash only of another certificate, trusted", "an unterminated quote",
+    "Cert decides when Hash names another certificate", "Hash only of another certificate, trusted", "an unterminated quote",
 ]
 
 

@@ -63,13 +63,11 @@ def test_xfcc_chain_alone_yields_the_leaf_thumbprint(pki: TestPki) -> None:
     assert reader.thumbprint(value) == pki.alice.x5t_s256
 
 
-def test_xfcc_hash_disagreeing_with_cert_is_refused(pki: TestPki) -> None:
-    value = envoy_side.xfcc_element(pki.alice).replace(envoy_side.sha256_hex(pki.alice), envoy_side.sha256_hex(pki.bob))
-    with pytest.raises(CertificateError, match="Hash does not match"):
-        CertificateReader("xfcc", trust_xfcc_hash=True).thumbprint(value)
-
-
-def test_xfcc_hash_in_upper_case_still_matches_its_cert(pki: TestPki) -> None:
-    value = envoy_side.xfcc_element(pki.alice).replace(envoy_side.sha256_hex(pki.alice),
-                                                       envoy_side.sha256_hex(pki.alice).upper())
+def test_xfcc_chain_is_not_read_when_cert_is_present(pki: TestPki) -> None:
+    value = envoy_side.xfcc_element(pki.alice, chain=[pki.bob, pki.ca.root])
     assert CertificateReader("xfcc").thumbprint(value) == pki.alice.x5t_s256
+
+
+def test_xfcc_without_cert_chain_or_trusted_hash_is_unreadable(pki: TestPki) -> None:
+    with pytest.raises(CertificateError, match="no Cert or Chain"):
+        CertificateReader("xfcc").thumbprint(envoy_side.xfcc_element(pki.alice, cert=False, subject="CN=alice"))
