@@ -130,13 +130,16 @@ SHAPE_NAMES = [
     "Chain alone (chain: true): its first certificate is the leaf", "lower-case keys",
     "several elements: the last one (Envoy's) is used", "several elements: an earlier matching one does not help",
     "Hash only, as Istio sends by default, with xfcc_trust_hash", "Hash only without xfcc_trust_hash",
-    "Cert decides when Hash names another certificate", "Hash only of another certificate, trusted", "an unterminated quote",
+    "Cert decides when Hash names another certificate", "Hash only of another certificate, trusted",
+    "an unterminated quote",
 ]
 
 
 @pytest.mark.parametrize("shape", SHAPE_NAMES)
 async def test_xfcc_in_its_real_shapes(make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, shape: str) -> None:
-    xfcc, overrides, status, reason = shapes(pki)[shape]
+    table = shapes(pki)
+    assert list(table) == SHAPE_NAMES
+    xfcc, overrides, status, reason = table[shape]
     running = await envoy_http(make_sidecar, client_cert=overrides)
     response = await ask(running, alice_token(idp, pki), xfcc)
     assert response.status == status
