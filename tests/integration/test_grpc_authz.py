@@ -244,3 +244,17 @@ def _free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+async def test_a_taken_grpc_port_makes_serve_fail_instead_of_running_without_it(idp: FakeIdp, pki: TestPki) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = _free_ports(2)
+    config = sidecar_config(pki, idp, server={"port": ports[0], "admin_port": ports[1],
+                                              "grpc_port": taken.getsockname()[1]})
+    try:
+        with pytest.raises((RuntimeError, OSError)):
+            await asyncio.wait_for(app.serve(config), 10)
+    finally:
+        taken.close()
