@@ -55,11 +55,18 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     check_runner = web.AppRunner(check_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
     admin_runner = web.AppRunner(admin_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
     runners = [check_runner, admin_runner]
+    grpc_front = None
     try:
         for runner, (host, port) in zip(runners, ((s.host, s.port), (s.admin_host, s.admin_port)), strict=True):
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
-        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}"})
+        if s.grpc_port:
+            from .grpc_authz import GrpcFront  # grpc is imported only when the gRPC port is on
+
+            grpc_front = GrpcFront(sidecar)
+            await grpc_front.start(s.grpc_host, s.grpc_port)
+        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}",
+                                     "grpc": f"{s.grpc_host}:{s.grpc_port}" if s.grpc_port else "off"})
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -72,6 +79,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         await drain(sidecar, check_runner, s.shutdown_grace - 2 * close_timeout)
     finally:
+        if grpc_front is not None:
+            await grpc_front.stop(1.0)  # drain() already waited for checks in flight
         for runner in runners:
             await runner.cleanup()
         await sidecar.close()

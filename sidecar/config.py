@@ -54,6 +54,10 @@ class ServerConfig:
     # Bearer secret of the admin purge endpoint (POST /purge); unset: no purge endpoint.
     admin_secret: str | None = field(default=None, repr=False)
     admin_secret_file: str | None = None
+    # Envoy gRPC ext_authz (envoy.service.auth.v3.Authorization/Check); 0 turns it off.
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    grpc_reflection: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,11 +286,13 @@ def validate(config: Config) -> None:
 
 
 def _validate_server(s: ServerConfig) -> None:
-    for name in ("port", "admin_port"):
+    for name in ("port", "admin_port", "grpc_port"):
         if not 0 <= getattr(s, name) <= 65535:
             raise ConfigError(f"server.{name}", "must be a TCP port (0-65535)")
     if s.port and s.port == s.admin_port and s.host == s.admin_host:
         raise ConfigError("server.admin_port", "must differ from server.port")
+    if s.grpc_port and s.grpc_port in (s.port, s.admin_port):
+        raise ConfigError("server.grpc_port", "must differ from server.port and server.admin_port")
     if s.max_header_size < 8190:
         raise ConfigError("server.max_header_size", "must be >= 8190")
     if s.invalid_request_status not in (400, 401):
@@ -394,6 +400,9 @@ def _validate_response(r: ResponseConfig) -> None:
     for name in r.remove_upstream_headers:
         if not _HEADER_NAME.match(name):
             raise ConfigError("response.remove_upstream_headers", f"invalid header {name!r}")
+        if name.lower().startswith(r.prefix.lower()):
+            # Envoy applies removals after the credential headers are set: it would drop ours.
+            raise ConfigError("response.remove_upstream_headers", f"{name!r} is a credential header")
 
 
 def admin_secret(s: ServerConfig) -> str | None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .config import ResponseConfig
 from .errors import Denial
 from .token_info import TokenInfo
+
+# Envoy's HTTP ext_authz drops the request headers named here (comma-separated) on a 200.
+REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 
 # C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -47,7 +51,8 @@ class HeaderBuilder:
         self._standard = tuple((attr, prefix + suffix) for attr, suffix in STANDARD_HEADERS)
         self._extra = tuple((claim, prefix + suffix.lower()) for claim, suffix in config.claims.items())
         self._max = config.max_value_length
-        self._remove = ", ".join(h.lower() for h in config.remove_upstream_headers)
+        self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
+        self._remove = ", ".join(self.removals)
 
     @property
     def extra_claims(self) -> tuple[str, ...]:
@@ -66,7 +71,7 @@ class HeaderBuilder:
         for claim, name in self._extra:
             headers[name] = self._text(extra.get(claim))
         if self._remove:
-            headers["x-envoy-auth-headers-to-remove"] = self._remove
+            headers[REMOVE_HEADER] = self._remove
         return headers
 
     def _text(self, value: object) -> str:
@@ -101,3 +106,24 @@ def deny_body(denial: Denial) -> bytes:
         "reason": denial.reason,
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedDenial:
+    """What every front answers for a denial: HTTP status, headers (with Content-Type), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400) -> RenderedDenial:
+    """The one rendering of a denial, shared by the HTTP front and the gRPC ext_authz front.
+
+    ``invalid_request_status`` (``server.invalid_request_status``) replaces 400, which nginx
+    would turn into 500.
+    """
+    status = invalid_request_status if denial.status == 400 else denial.status
+    headers = deny_headers(denial, realm)
+    headers["Content-Type"] = "application/json"
+    return RenderedDenial(status, headers, deny_body(denial))
