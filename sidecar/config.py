@@ -71,6 +71,8 @@ class IdpConfig:
     max_connections: int = 32
     token_format: TokenFormat = "auto"
     jwt_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    jwks_max_age: float = 300.0  # seconds a fetched JWK Set is used before it is fetched again
+    jwks_min_refresh_interval: float = 10.0  # at most one unknown-kid refresh per interval
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,8 @@ def validate(config: Config) -> None:
             raise ConfigError("policy.required_scopes", f"invalid scope {scope!r}")
     _validate_client_cert(config.client_cert)
     _validate_response(config.response)
+    if config.idp_configured:
+        _validate_jwt_policy(config)
 
 
 def _validate_server(s: ServerConfig) -> None:
@@ -300,6 +304,37 @@ def _validate_idp(i: IdpConfig) -> None:
         raise ConfigError("idp.max_connections", "must be >= 1")
     if "none" in (a.lower() for a in i.jwt_algorithms) or any(a.startswith("HS") for a in i.jwt_algorithms):
         raise ConfigError("idp.jwt_algorithms", "only asymmetric algorithms are allowed")
+    _validate_jwks(i)
+
+
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+
+
+def _validate_jwks(i: IdpConfig) -> None:
+    unknown = sorted(set(i.jwt_algorithms) - JWT_ALGORITHMS)
+    if unknown:
+        raise ConfigError("idp.jwt_algorithms", f"unsupported: {', '.join(unknown)}")
+    if not i.jwt_algorithms and i.token_format != "introspection":
+        raise ConfigError("idp.jwt_algorithms", "must not be empty unless token_format is introspection")
+    if i.jwks_max_age <= 0:
+        raise ConfigError("idp.jwks_max_age", "must be > 0")
+    if i.jwks_min_refresh_interval < 0:
+        raise ConfigError("idp.jwks_min_refresh_interval", "must be >= 0")
+
+
+def _validate_jwt_policy(config: Config) -> None:
+    """RFC 9068 §4: the RS MUST check ``iss`` and ``aud``, so local validation needs both."""
+    if config.idp.token_format not in ("jwt", "jwt_then_introspection"):
+        return
+    if not config.policy.audiences:
+        raise ConfigError("policy.audiences", f"is required with idp.token_format {config.idp.token_format}"
+                                              " (RFC 9068 §4: aud MUST be validated)")
+    if not (config.idp.issuer or config.policy.allowed_issuers):
+        raise ConfigError("idp.issuer", "or policy.allowed_issuers is required to validate iss of JWTs")
+    if not (config.idp.issuer or config.idp.jwks_uri):
+        raise ConfigError("idp.jwks_uri", "or idp.issuer (discovery) is required to validate JWTs")
 
 
 def _validate_client_cert(c: ClientCertConfig) -> None:

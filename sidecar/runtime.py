@@ -16,8 +16,10 @@ from .decision import Decider, Verifier
 from .discovery import Discovery
 from .extract import TrustedProxies
 from .introspection import Introspector
+from .jwks import Jwks
 from .metrics import Metrics
 from .tls import IdpSession
+from .token_format import choose_verifier, local_jwt_enabled
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.idp = IdpSession(config.idp)
         self.discovery = Discovery(config.idp, self.idp)
+        self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) if local_jwt_enabled(config) else None
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
         self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
@@ -43,11 +46,15 @@ class Sidecar:
             return False, "shutting_down"
         if self.config.idp.issuer and self.discovery.endpoints is None:
             return False, "discovery_pending"
+        if self.jwks is not None and not self.jwks.ready:
+            return False, "jwks_pending"
         return True, "ok"
 
     async def start(self) -> None:
         """Resolve the IdP endpoints in the background; readiness waits for them."""
         self._tasks.append(asyncio.create_task(self._discover_until_done()))
+        if self.jwks is not None:
+            self._tasks.append(asyncio.create_task(self.jwks.load_until_ready()))
 
     async def _discover_until_done(self) -> None:
         delay = 0.5
@@ -68,10 +75,12 @@ class Sidecar:
 
 
 def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
-    return Introspector(
+    """Introspection, local RFC 9068 validation, or a choice of the two (token_format.py)."""
+    introspector = None if config.idp.token_format == "jwt" else Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
         extra_claims=tuple(config.response.claims), metrics=sidecar.metrics,
     )
+    return choose_verifier(config, introspector, sidecar.jwks, sidecar.discovery)
 
 
 SIDECAR = web.AppKey("sidecar", Sidecar)

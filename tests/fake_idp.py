@@ -28,11 +28,14 @@ class Fault:
 
 
 class FakeIdp(DevIdp):
-    """DevIdp plus a ``fault`` applied to introspection calls, and a call counter."""
+    """DevIdp plus a ``fault`` applied to introspection calls (``jwks_fault`` to JWK Set
+    fetches), and call counters."""
 
     fault: Fault | None = None
     introspect_requests: int = 0
     last_form: dict[str, str] | None = None
+    jwks_fault: Fault | None = None
+    jwks_requests: int = 0
 
     def app(self) -> web.Application:
         app = super().app()
@@ -41,25 +44,31 @@ class FakeIdp(DevIdp):
 
     @web.middleware
     async def _faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/jwks":
+            self.jwks_requests += 1
+            return await _apply(self.jwks_fault, request, handler)
         if request.path != "/introspect":
             return await handler(request)
         self.introspect_requests += 1
         self.last_form = {k: str(v) for k, v in (await request.post()).items()}
-        fault = self.fault
-        if fault is None:
-            return await handler(request)
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.drop:
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError
-        if fault.status is not None or fault.body is not None:
-            return web.Response(
-                status=fault.status or 200, body=fault.body or b"", content_type=fault.content_type,
-                headers=fault.headers,
-            )
+        return await _apply(self.fault, request, handler)
+
+
+async def _apply(fault: Fault | None, request: web.Request, handler: Handler) -> web.StreamResponse:
+    if fault is None:
         return await handler(request)
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.drop:
+        assert request.transport is not None
+        request.transport.close()
+        raise asyncio.CancelledError
+    if fault.status is not None or fault.body is not None:
+        return web.Response(
+            status=fault.status or 200, body=fault.body or b"", content_type=fault.content_type,
+            headers=fault.headers,
+        )
+    return await handler(request)
 
 
 def standard_idp() -> FakeIdp:
