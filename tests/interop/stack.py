@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from tests.interop.oidc_idp import OidcProvider
 from tests.interop.processes import free_port, stop, tail, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -115,20 +117,12 @@ class SidecarProcess:
         return request(f"http://127.0.0.1:{self.port}/_sidecar_check", headers=dict(headers), timeout=10)
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample on /metrics (0 when it has not been counted yet)."""
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in self.admin("/metrics").body.decode().splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == wanted:
-                return float(value)
-        return 0.0
-
-    def metric_sum(self, name: str) -> float:
-        """The sum of every sample of ``name`` (all label values)."""
+        """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
         total = 0.0
         for line in self.admin("/metrics").body.decode().splitlines():
             sample, _, value = line.rpartition(" ")
-            if sample == name or sample.startswith(name + "{"):
+            found, _, label_text = sample.partition("{")
+            if found == name and labels.items() <= dict(_LABEL.findall(label_text)).items():
                 total += float(value)
         return total
 
