@@ -34,6 +34,14 @@ def decisions(sidecar: SidecarProcess, reason: str, outcome: str = "deny") -> fl
     return sidecar.metric("sidecar_decisions_total", outcome=outcome, reason=reason)
 
 
+def failed_introspections(sidecar: SidecarProcess) -> float:
+    """Introspection calls that got no answer, whatever label names the failure."""
+    calls = sidecar.metric("sidecar_idp_requests_total", kind="introspection")
+    answered = sum(sidecar.metric("sidecar_idp_requests_total", kind="introspection", result=r)
+                   for r in ("active", "inactive"))
+    return calls - answered
+
+
 def test_a_bound_opaque_token_with_its_certificate_reaches_the_upstream_with_its_credentials(
     stacks: StartStack, oidc: OidcProvider, pki: TestPki
 ) -> None:
@@ -198,11 +206,17 @@ def test_idp_stopped_mid_run_is_500_at_nginx_and_503_at_the_sidecar_then_allowed
         assert int(direct.headers["retry-after"]) > 0
         assert len(stack.upstream.received) == reached
         assert decisions(stack.sidecar, "idp_unavailable") == 2
-        assert stack.sidecar.metric("sidecar_idp_requests_total", kind="introspection", result="connection") >= 2
+        assert failed_introspections(stack.sidecar) >= 2
+
 
         idp.start()  # same ports, same stored tokens
         assert idp.issuer == issuer
+        # Bounded wait: a guard in front of the IdP (circuit breaker) may hold calls back briefly.
+        deadline = time.monotonic() + 30
         reply = stack.call(token, "alice")
+        while reply.status != 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            reply = stack.call(token, "alice")
         assert reply.status == 200, stack.diagnostics()
         assert stack.upstream.last.header("x-credential-client-id") == "alice"
         assert (stack.sidecar.process, stack.nginx.process) == processes
