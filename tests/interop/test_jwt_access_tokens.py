@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import StartStack
+from tests.interop.conftest import StartStack, own_idp
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
+from tests.interop.stack import start_stack
 from tests.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.interop
@@ -79,3 +81,25 @@ def test_introspection_only_denies_the_real_idps_jwt_access_token(stacks: StartS
     token = oidc.access_token("alice", resource=JWT_RESOURCE)
     assert stack.call(token, "alice").status == 401
     assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="token_inactive") == 1
+
+
+def test_while_the_idp_is_down_a_jwt_is_still_validated_locally_and_an_opaque_token_is_not(
+    pki: TestPki, client_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    idp = own_idp(pki, tmp_path / "idp")
+    stack = None
+    try:
+        stack = start_stack(idp, tmp_path, client_files=client_files, overrides={
+            "SIDECAR_IDP__TOKEN_FORMAT": "auto", "SIDECAR_CACHE__MAX_ENTRIES": "0",
+            "SIDECAR_POLICY__AUDIENCES": f"{JWT_RESOURCE},{OPAQUE_RESOURCE}"})
+        jwt = idp.access_token("alice", resource=JWT_RESOURCE)
+        opaque = idp.access_token("alice", resource=OPAQUE_RESOURCE)
+        assert stack.call(jwt, "alice").status == 200, stack.diagnostics()
+        idp.stop()
+        assert stack.call(jwt, "alice").status == 200  # the JWK Set fetched before is still valid
+        assert stack.call(jwt, "bob").status == 401
+        assert stack.call(opaque, "alice").status == 500  # introspection needed: sidecar 503
+    finally:
+        if stack is not None:
+            stack.stop()
+        idp.stop()
