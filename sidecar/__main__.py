@@ -27,6 +27,7 @@ def _load_checked(path: str | None) -> config_module.Config:
         if not config.idp_configured:
             raise ConfigError("idp.issuer", "set idp.issuer or idp.introspection_endpoint (or run 'sidecar demo')")
         client_context(config.idp)
+        config_module.admin_secret(config.server)  # a secret file's content is checked too
     except (ConfigError, TlsConfigError) as exc:
         print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -12,8 +12,8 @@ import signal
 
 from aiohttp import web
 
-from . import handlers
-from .config import Config
+from . import handlers, purge
+from .config import Config, admin_secret
 from .runtime import SIDECAR, Sidecar
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ def admin_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    secret = admin_secret(sidecar.config.server)
+    if secret:  # no secret, no purge route
+        app[purge.ADMIN_SECRET_DIGEST] = purge.secret_digest(secret)
+        app.router.add_post("/purge", purge.purge)
     return app
 
 
@@ -42,37 +46,66 @@ def handler_args(config: Config) -> dict[str, int]:
     return {"max_field_size": size, "max_line_size": size}
 
 
-
-
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Run both ports until SIGTERM/SIGINT (or ``stop``), then drain and exit."""
+    """Run both ports until SIGTERM/SIGINT (or ``stop``), then drain and exit within the grace."""
     sidecar = Sidecar(config)
     await sidecar.start()
-    runners = [web.AppRunner(check_app(sidecar), access_log=None),
-               web.AppRunner(admin_app(sidecar), access_log=None)]
     s = config.server
+    close_timeout = min(1.0, s.shutdown_grace / 4)
+    check_runner = web.AppRunner(check_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
+    admin_runner = web.AppRunner(admin_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
+    runners = [check_runner, admin_runner]
+    grpc_front = None
     try:
         for runner, (host, port) in zip(runners, ((s.host, s.port), (s.admin_host, s.admin_port)), strict=True):
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
-        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}"})
+        if s.grpc_port:
+            from .grpc_authz import GrpcFront  # grpc is imported only when the gRPC port is on
+
+            grpc_front = GrpcFront(sidecar)
+            await grpc_front.start(s.grpc_host, s.grpc_port)
+        log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}",
+                                     "grpc": f"{s.grpc_host}:{s.grpc_port}" if s.grpc_port else "off"})
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            sidecar.draining = True  # /readyz answers 503 from this instant
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
-        await drain(sidecar, s.shutdown_grace)
+        await drain(sidecar, check_runner, s.shutdown_grace - 2 * close_timeout)
     finally:
+        if grpc_front is not None:
+            await grpc_front.stop(1.0)  # drain() already waited for checks in flight
         for runner in runners:
             await runner.cleanup()
         await sidecar.close()
+    log.info("stopped", extra={"in_flight": sidecar.in_flight})
 
 
-async def drain(sidecar: Sidecar, grace: float) -> None:
-    """Readiness goes false at once; checks in flight get up to ``grace`` seconds to finish."""
+async def drain(sidecar: Sidecar, check_runner: web.AppRunner, grace: float) -> None:
+    """Readiness false at once; no new check connections; checks in flight get ``grace`` seconds.
+
+    The check port stops listening, idle keep-alive connections close and busy ones close after
+    the answer in progress, so the proxy opens no new work here while every check already
+    received is answered. The admin port stays up until the end (/readyz says 503). With a
+    native sidecar (restartPolicy: Always init container) the kubelet sends SIGTERM only after
+    the proxy has exited, so nothing new is expected by then.
+    """
     sidecar.draining = True
-    log.info("draining", extra={"in_flight": sidecar.in_flight, "grace": grace})
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while sidecar.in_flight and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    started = loop.time()
+    log.info("draining", extra={"in_flight": sidecar.in_flight, "grace": grace})
+    for site in list(check_runner.sites):
+        await site.stop()
+    server = check_runner.server
+    pre_shutdown = getattr(server, "pre_shutdown", None)  # aiohttp >= 3.10
+    if pre_shutdown is not None:
+        pre_shutdown()
+    while sidecar.in_flight and loop.time() - started < grace:
+        await asyncio.sleep(0.02)
+    log.info("drained", extra={"in_flight": sidecar.in_flight, "seconds": round(loop.time() - started, 3)})

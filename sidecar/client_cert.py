@@ -145,11 +145,13 @@ class CertificateReader:
             pairs = xfcc.last_element(value)
         except xfcc.XfccError as exc:
             raise CertificateError(str(exc)) from None
-        if "cert" in pairs:
-            return _checked_thumbprint(parse_escaped_pem(pairs["cert"]))
+        # Cert is the leaf; Chain (set_current_client_cert_details chain) starts with the leaf.
+        pem = pairs.get("cert") or pairs.get("chain")
+        if pem:
+            return _checked_thumbprint(parse_escaped_pem(pem))
         if self._trust_xfcc_hash and "hash" in pairs:
             return _hash_to_thumbprint(pairs["hash"])
-        raise CertificateError("XFCC element has no Cert (and Hash is not trusted)")
+        raise CertificateError("XFCC element has no Cert or Chain (and Hash is not trusted)")
 
 
 def _checked_thumbprint(der: bytes) -> str:

@@ -51,6 +51,13 @@ class ServerConfig:
     # nginx auth_request turns any status but 401/403 into 500; set 401 behind nginx.
     invalid_request_status: int = 400
     shutdown_grace: float = 20.0
+    # Bearer secret of the admin purge endpoint (POST /purge); unset: no purge endpoint.
+    admin_secret: str | None = field(default=None, repr=False)
+    admin_secret_file: str | None = None
+    # Envoy gRPC ext_authz (envoy.service.auth.v3.Authorization/Check); 0 turns it off.
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    grpc_reflection: bool = False
     # Processes serving the check port (SO_REUSEPORT); worker i has admin port admin_port + i.
     workers: int = 1
 
@@ -73,6 +80,16 @@ class IdpConfig:
     max_connections: int = 32
     token_format: TokenFormat = "auto"
     jwt_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    # Seconds between checks of cert_file, key_file and ca_file for a rotation; 0 turns it off.
+    reload_interval: float = 10.0
+    # Protecting the IdP (idp_guard.py): concurrency bound, safe retries, circuit breaker.
+    max_concurrent: int = 32
+    retries: int = 1
+    retry_backoff: float = 0.05
+    breaker_failures: int = 5
+    breaker_open: float = 5.0
+    jwks_max_age: float = 300.0  # seconds a fetched JWK Set is used before it is fetched again
+    jwks_min_refresh_interval: float = 10.0  # at most one unknown-kid refresh per interval
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,9 @@ class CacheConfig:
     max_entries: int = 100_000
     max_ttl: float = 300.0
     negative_ttl: float = 10.0
+    # Seconds past its normal expiry (never past exp) an active, bound entry may answer while
+    # the IdP is unavailable; 0 turns stale-if-error off.
+    stale_if_error: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +272,7 @@ def validate(config: Config) -> None:
     c = config.cache
     if c.max_entries < 0:
         raise ConfigError("cache.max_entries", "must be >= 0 (0 turns the cache off)")
-    for name in ("max_ttl", "negative_ttl"):
+    for name in ("max_ttl", "negative_ttl", "stale_if_error"):
         if getattr(c, name) < 0:
             raise ConfigError(f"cache.{name}", "must be >= 0")
     p = config.policy
@@ -263,20 +283,28 @@ def validate(config: Config) -> None:
             raise ConfigError("policy.required_scopes", f"invalid scope {scope!r}")
     _validate_client_cert(config.client_cert)
     _validate_response(config.response)
+    if config.idp_configured:
+        _validate_jwt_policy(config)
 
 
 def _validate_server(s: ServerConfig) -> None:
-    for name in ("port", "admin_port"):
+    for name in ("port", "admin_port", "grpc_port"):
         if not 0 <= getattr(s, name) <= 65535:
             raise ConfigError(f"server.{name}", "must be a TCP port (0-65535)")
     if s.port and s.port == s.admin_port and s.host == s.admin_host:
         raise ConfigError("server.admin_port", "must differ from server.port")
+    if s.grpc_port and s.grpc_port in (s.port, s.admin_port):
+        raise ConfigError("server.grpc_port", "must differ from server.port and server.admin_port")
     if s.max_header_size < 8190:
         raise ConfigError("server.max_header_size", "must be >= 8190")
     if s.invalid_request_status not in (400, 401):
         raise ConfigError("server.invalid_request_status", "must be 400 or 401")
     if s.shutdown_grace < 0:
         raise ConfigError("server.shutdown_grace", "must be >= 0")
+    if s.admin_secret is not None and len(s.admin_secret) < 16:
+        raise ConfigError("server.admin_secret", "must be at least 16 characters")
+    if s.admin_secret_file and not Path(s.admin_secret_file).is_file():
+        raise ConfigError("server.admin_secret_file", f"file not found: {s.admin_secret_file}")
     if not 1 <= s.workers <= 64:
         raise ConfigError("server.workers", "must be between 1 and 64")
     if s.workers > 1 and s.port == 0:
@@ -307,8 +335,55 @@ def _validate_idp(i: IdpConfig) -> None:
         raise ConfigError("idp.timeout", "timeouts must be > 0")
     if i.max_connections < 1:
         raise ConfigError("idp.max_connections", "must be >= 1")
+    if i.reload_interval < 0:
+        raise ConfigError("idp.reload_interval", "must be >= 0 (0 turns reloading off)")
+    _validate_idp_guard(i)
     if "none" in (a.lower() for a in i.jwt_algorithms) or any(a.startswith("HS") for a in i.jwt_algorithms):
         raise ConfigError("idp.jwt_algorithms", "only asymmetric algorithms are allowed")
+    _validate_jwks(i)
+
+
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+
+
+def _validate_jwks(i: IdpConfig) -> None:
+    unknown = sorted(set(i.jwt_algorithms) - JWT_ALGORITHMS)
+    if unknown:
+        raise ConfigError("idp.jwt_algorithms", f"unsupported: {', '.join(unknown)}")
+    if not i.jwt_algorithms and i.token_format != "introspection":
+        raise ConfigError("idp.jwt_algorithms", "must not be empty unless token_format is introspection")
+    if i.jwks_max_age <= 0:
+        raise ConfigError("idp.jwks_max_age", "must be > 0")
+    if i.jwks_min_refresh_interval < 0:
+        raise ConfigError("idp.jwks_min_refresh_interval", "must be >= 0")
+
+
+def _validate_jwt_policy(config: Config) -> None:
+    """RFC 9068 §4: the RS MUST check ``iss`` and ``aud``, so local validation needs both."""
+    if config.idp.token_format not in ("jwt", "jwt_then_introspection"):
+        return
+    if not config.policy.audiences:
+        raise ConfigError("policy.audiences", f"is required with idp.token_format {config.idp.token_format}"
+                                              " (RFC 9068 §4: aud MUST be validated)")
+    if not (config.idp.issuer or config.policy.allowed_issuers):
+        raise ConfigError("idp.issuer", "or policy.allowed_issuers is required to validate iss of JWTs")
+    if not (config.idp.issuer or config.idp.jwks_uri):
+        raise ConfigError("idp.jwks_uri", "or idp.issuer (discovery) is required to validate JWTs")
+
+
+def _validate_idp_guard(i: IdpConfig) -> None:
+    if i.max_concurrent < 1:
+        raise ConfigError("idp.max_concurrent", "must be >= 1")
+    if not 0 <= i.retries <= 5:
+        raise ConfigError("idp.retries", "must be between 0 and 5")
+    if i.retry_backoff < 0:
+        raise ConfigError("idp.retry_backoff", "must be >= 0")
+    if i.breaker_failures < 0:
+        raise ConfigError("idp.breaker_failures", "must be >= 0 (0 turns the breaker off)")
+    if i.breaker_open <= 0:
+        raise ConfigError("idp.breaker_open", "must be > 0")
 
 
 def _validate_client_cert(c: ClientCertConfig) -> None:
@@ -334,6 +409,19 @@ def _validate_response(r: ResponseConfig) -> None:
     for name in r.remove_upstream_headers:
         if not _HEADER_NAME.match(name):
             raise ConfigError("response.remove_upstream_headers", f"invalid header {name!r}")
+        if name.lower().startswith(r.prefix.lower()):
+            # Envoy applies removals after the credential headers are set: it would drop ours.
+            raise ConfigError("response.remove_upstream_headers", f"{name!r} is a credential header")
+
+
+def admin_secret(s: ServerConfig) -> str | None:
+    """The admin purge secret, from the config or its file (read at start, never logged)."""
+    if s.admin_secret_file:
+        secret = Path(s.admin_secret_file).read_text(encoding="utf-8").strip()
+        if len(secret) < 16:
+            raise ConfigError("server.admin_secret_file", "the secret must be at least 16 characters")
+        return secret
+    return s.admin_secret
 
 
 def client_secret(i: IdpConfig) -> str | None:

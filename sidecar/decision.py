@@ -2,7 +2,10 @@
 
 Fronts turn their protocol into a :class:`CheckRequest` and render the :class:`Allow` or
 :class:`Deny` they get back; only they know HTTP or gRPC. Nothing here raises to a front: every
-failure, including a bug, becomes a Deny (fail closed).
+failure, including a bug, becomes a Deny (fail closed). With ``cache.stale_if_error``, a miss
+whose IdP call failed may use the token's last active, bound answer (still bound and policy
+checked); such decisions carry ``stale: true`` in the log, reason ``stale`` on allow, and
+``sidecar_cache_total{result="stale"}``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .cache import Entry, Lookup, TokenCache
 from .client_cert import CertificateError, CertificateReader
 from .config import Config
 from .decision_log import AllowLog
-from .errors import Denial, InternalError, InvalidToken
+from .errors import Denial, IdpUnavailable, InternalError, InvalidToken
 from .extract import bearer_token
 from .interning import Interner
 from .logs import token_hash
@@ -68,7 +71,7 @@ class Decider:
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics) -> None:
         self.config = config
-        self.cache = TokenCache(config.cache.max_entries)
+        self.cache = TokenCache(config.cache.max_entries, stale_if_error=config.cache.stale_if_error)
         self.headers = HeaderBuilder(config.response)
         self.policy = Policy(config.policy)
         self.reader = CertificateReader(
@@ -80,6 +83,7 @@ class Decider:
         self._log_allows = config.log.decisions == "all"
         self._log_denials = config.log.decisions != "off"
         metrics.cache_entries.set_function(lambda: len(self.cache))
+        self._cache_stale = metrics.cache.labels("stale")
         self._allow_log = AllowLog(log)
         self._interner = Interner()
 
@@ -106,16 +110,17 @@ class Decider:
             self._allow_log.write(entry.token_hash, "hit", info.client_id)
         return entry  # type: ignore[return-value]  # cached entries carry HeaderBuilder's headers
 
+
     async def decide(self, request: CheckRequest) -> Allow | Deny:
         token: str | None = None
         entry: Entry | None = None
+        lookup: Lookup = "hit"
         try:
             token = bearer_token(request.authorization)
             key = self.cache.key(token)
             entry = self.cache.get(key)
-            lookup: Lookup = "hit"
             if entry is None:
-                entry, lookup = await self.cache.get_or_load(key, lambda: self._load(token))
+                entry, lookup = await self._lookup(key, token)
             self._count_lookup(lookup)
             if entry.denial is not None:
                 return self._deny(entry.denial, entry.token_hash)
@@ -123,13 +128,23 @@ class Decider:
             if needs_certificate(entry.info, self._binding):
                 check_binding(entry.info, self._thumbprint(request), self._binding)
             if entry.scope_denial is not None:
-                return self._deny(entry.scope_denial, entry.token_hash)
+                return self._deny(entry.scope_denial, entry.token_hash, stale=lookup == "stale")
             return self._allow(entry, lookup)
         except Denial as denial:
-            return self._deny(denial, _hash_of(entry, token))
+            return self._deny(denial, _hash_of(entry, token), stale=lookup == "stale")
         except Exception as exc:  # a bug must deny, never answer 500 or allow
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
             return self._deny(InternalError(type(exc).__name__), _hash_of(entry, token))
+
+    async def _lookup(self, key: bytes, token: str) -> tuple[Entry, Lookup]:
+        """A miss: one shared IdP call; when the IdP cannot answer, the stale entry if allowed."""
+        try:
+            return await self.cache.get_or_load(key, lambda: self._load(token))
+        except IdpUnavailable:
+            stale = self.cache.stale(key)
+            if stale is None:
+                raise
+            return stale, "stale"
 
     async def _load(self, token: str) -> Entry:
         """A cache miss: ask the verifier, then precompute everything a hit needs."""
@@ -159,20 +174,31 @@ class Decider:
 
     def _count_lookup(self, lookup: Lookup) -> None:
         m = self._metrics
-        (m.cache_hit if lookup == "hit" else m.cache_miss if lookup == "miss" else m.cache_coalesced).inc()
+        (m.cache_hit if lookup == "hit" else m.cache_miss if lookup == "miss"
+         else m.cache_coalesced if lookup == "coalesced" else self._cache_stale).inc()
 
     def _allow(self, entry: Entry, lookup: Lookup) -> Allow:
+        if lookup == "stale":
+            return self._allow_stale(entry)
         self._metrics.decision("allow", "ok")
         if self._log_allows:
             log.info("allow", extra={"outcome": "allow", "reason": "ok", "token": entry.token_hash,
                                      "cache": lookup, "client_id": entry.info.client_id})
         return Allow(entry.headers, entry, lookup)
 
-    def _deny(self, denial: Denial, hashed: str | None) -> Deny:
+    def _allow_stale(self, entry: Entry) -> Allow:
+        """Always logged, whatever log.decisions says: an answer the IdP did not give just now."""
+        self._metrics.decision("allow", "stale")
+        log.warning("allow", extra={"outcome": "allow", "reason": "stale", "stale": True,
+                                    "token": entry.token_hash, "client_id": entry.info.client_id})
+        return Allow(entry.headers, entry, "stale")
+
+    def _deny(self, denial: Denial, hashed: str | None, *, stale: bool = False) -> Deny:
         self._metrics.decision("deny", denial.reason)
         if self._log_denials:
-            log.info("deny", extra={"outcome": "deny", "reason": denial.reason, "status": denial.status,
-                                    "token": hashed, "detail": denial.detail})
+            extra = {"outcome": "deny", "reason": denial.reason, "status": denial.status,
+                     "token": hashed, "detail": denial.detail}
+            log.info("deny", extra={**extra, "stale": True} if stale else extra)
         return Deny(denial, hashed)
 
 

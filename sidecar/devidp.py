@@ -4,6 +4,8 @@ It is not an authorization server to deploy. It implements just enough of RFC 67
 credentials), RFC 7662 (introspection), RFC 7009 (revocation), RFC 8414 / OpenID discovery and
 RFC 8705 (``tls_client_auth``, ``cnf.x5t#S256`` bound tokens, ``mtls_endpoint_aliases``) to
 exercise the sidecar over real TLS. Clients are identified by their certificate's common name.
+With a signing key it also serves a JWK Set (RFC 7517) and mints RFC 9068 ``at+jwt`` access
+tokens, which, like a real provider's, it does not introspect.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import get_default_algorithms
 from multidict import MultiDictProxy
 
 from .client_cert import thumbprint
@@ -27,6 +32,26 @@ class Client:
     scope: str = "read"
     bound: bool = True  # issue certificate-bound tokens (RFC 8705 §3)
     may_introspect: bool = False
+    jwt_access_tokens: bool = False  # /token issues RFC 9068 at+jwt tokens (needs a signing key)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A key the IdP signs JWT access tokens with; its public half is in the JWK Set."""
+
+    kid: str
+    alg: str
+    private_key: Any = field(repr=False)
+
+    @classmethod
+    def generate(cls, alg: str = "ES256", kid: str | None = None) -> SigningKey:
+        private = rsa.generate_private_key(65537, 2048) if alg[:2] in ("RS", "PS") else (
+            ec.generate_private_key(ec.SECP256R1()))
+        return cls(kid or secrets.token_hex(4), alg, private)
+
+    def public_jwk(self) -> dict[str, Any]:
+        jwk = get_default_algorithms()[self.alg].to_jwk(self.private_key.public_key(), as_dict=True)
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": self.alg}
 
 
 @dataclass
@@ -36,9 +61,32 @@ class DevIdp:
     token_lifetime: int = 300
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     introspection_calls: int = 0
+    signing_keys: list[SigningKey] = field(default_factory=list)  # the last one signs
 
     def add_client(self, client: Client) -> None:
         self.clients[client.client_id] = client
+
+    def add_signing_key(self, alg: str = "ES256", kid: str | None = None) -> SigningKey:
+        """Rotate: a new key signs from now on; the older ones stay in the JWK Set."""
+        key = SigningKey.generate(alg, kid)
+        self.signing_keys.append(key)
+        return key
+
+    def mint_jwt(self, client_id: str, *, cnf: str | None = None, scope: str | None = None,
+                 lifetime: int | None = None, aud: str | list[str] = "api", key: SigningKey | None = None,
+                 header: dict[str, Any] | None = None, **claims: Any) -> str:
+        """An RFC 9068 §2 JWT access token signed with ``key`` (default: the current key)."""
+        key = key or self.signing_keys[-1]
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": self.issuer, "sub": client_id, "client_id": client_id, "aud": aud, "iat": now,
+            "exp": now + (lifetime or self.token_lifetime), "jti": secrets.token_hex(8),
+            "scope": scope or self.clients[client_id].scope, **claims,
+        }
+        if cnf:
+            payload["cnf"] = {"x5t#S256": cnf}
+        return jwt.encode(payload, key.private_key, algorithm=key.alg,
+                          headers={"typ": "at+jwt", "kid": key.kid, **(header or {})})
 
     def mint(self, client_id: str, *, cnf: str | None = None, scope: str | None = None,
              lifetime: int | None = None, **claims: Any) -> str:
@@ -63,10 +111,13 @@ class DevIdp:
         app.router.add_post("/token", _token)
         app.router.add_post("/introspect", _introspect)
         app.router.add_post("/revoke", _revoke)
+        app.router.add_get("/jwks", _jwks)
         return app
 
     def metadata(self) -> dict[str, Any]:
+        jwks = {"jwks_uri": f"{self.issuer}/jwks"} if self.signing_keys else {}
         return {
+            **jwks,
             "issuer": self.issuer,
             "token_endpoint": f"{self.issuer}/token",
             "introspection_endpoint": f"{self.issuer}/introspect",
@@ -128,7 +179,8 @@ async def _token(request: web.Request) -> web.Response:
     if form.get("grant_type") != "client_credentials":
         return web.json_response({"error": "unsupported_grant_type"}, status=400)
     scope = str(form.get("scope") or client.scope)
-    token = idp.mint(client.client_id, cnf=x5t if client.bound else None, scope=scope)
+    mint = idp.mint_jwt if client.jwt_access_tokens and idp.signing_keys else idp.mint
+    token = mint(client.client_id, cnf=x5t if client.bound else None, scope=scope)
     return web.json_response(
         {"access_token": token, "token_type": "Bearer", "expires_in": idp.token_lifetime, "scope": scope},
         headers={"Cache-Control": "no-store"},
@@ -145,6 +197,10 @@ async def _introspect(request: web.Request) -> web.Response:
     if record is None or record["exp"] <= time.time():
         return web.json_response({"active": False})
     return web.json_response(record)
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    return web.json_response({"keys": [k.public_jwk() for k in request.app[DEV_IDP].signing_keys]})
 
 
 async def _revoke(request: web.Request) -> web.Response:

@@ -75,11 +75,13 @@ async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
                 if response.status != 200:
                     errors.append(f"{url}: HTTP {response.status}")
                     continue
-                body = await response.content.read(MAX_METADATA_BYTES + 1)
-                if len(body) > MAX_METADATA_BYTES:
-                    raise DiscoveryError(f"{url}: metadata too large")
-                metadata = _json_object(body)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                body = bytearray()  # the whole body: content.read(n) returns as soon as some bytes came
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_METADATA_BYTES:
+                        raise DiscoveryError(f"{url}: metadata too large")
+                metadata = _json_object(bytes(body))
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             errors.append(f"{url}: {type(exc).__name__}")
             continue
         return endpoints_from_metadata(metadata, idp)
@@ -117,6 +119,8 @@ class Discovery:
             if time.monotonic() - self._failed_at < self.RETRY_AFTER:
                 raise DiscoveryError(f"discovery failed recently: {self._last_error}")
             self._pending = asyncio.ensure_future(self._resolve())
+            # Retrieved here too: a caller cancelled at shutdown must not leave it unobserved.
+            self._pending.add_done_callback(lambda task: task.cancelled() or task.exception())
         return await asyncio.shield(self._pending)
 
     async def _resolve(self) -> Endpoints:

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .decision import Allow, CheckRequest
-from .response import deny_body, deny_headers
+from .response import render_denial
 from .runtime import SIDECAR
 
 
@@ -30,14 +30,9 @@ async def check(request: web.Request) -> web.Response:
         sidecar.in_flight -= 1
     if isinstance(decision, Allow):
         return web.Response(headers=decision.headers)
-    denial = decision.denial
-    status = denial.status
-    if status == 400:
-        status = sidecar.config.server.invalid_request_status
-    return web.Response(
-        status=status, body=deny_body(denial), content_type="application/json",
-        headers=deny_headers(denial, sidecar.config.response.realm),
-    )
+    config = sidecar.config
+    denied = render_denial(decision.denial, config.response.realm, config.server.invalid_request_status)
+    return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

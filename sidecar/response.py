@@ -12,10 +12,14 @@ import json
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from .config import ResponseConfig
 from .errors import Denial
 from .token_info import TokenInfo
+
+# Envoy's HTTP ext_authz drops the request headers named here (comma-separated) on a 200.
+REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 
 # C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -95,9 +99,10 @@ class HeaderBuilder:
         self._standard = tuple((attr, prefix + suffix) for attr, suffix in STANDARD_HEADERS)
         self._extra = tuple((claim, prefix + suffix.lower()) for claim, suffix in config.claims.items())
         self._max = config.max_value_length
-        self._remove = ", ".join(h.lower() for h in config.remove_upstream_headers)
+        self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
+        self._remove = ", ".join(self.removals)
         self._joined: dict[tuple[str, ...], str] = {}  # one string per audience list (memory)
-        self._make = _headers_class(self.names + (("x-envoy-auth-headers-to-remove",) if self._remove else ()))
+        self._make = _headers_class(self.names + ((REMOVE_HEADER,) if self._remove else ()))
 
     @property
     def extra_claims(self) -> tuple[str, ...]:
@@ -153,3 +158,24 @@ def deny_body(denial: Denial) -> bytes:
         "reason": denial.reason,
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedDenial:
+    """What every front answers for a denial: HTTP status, headers (with Content-Type), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400) -> RenderedDenial:
+    """The one rendering of a denial, shared by the HTTP front and the gRPC ext_authz front.
+
+    ``invalid_request_status`` (``server.invalid_request_status``) replaces 400, which nginx
+    would turn into 500.
+    """
+    status = invalid_request_status if denial.status == 400 else denial.status
+    headers = deny_headers(denial, realm)
+    headers["Content-Type"] = "application/json"
+    return RenderedDenial(status, headers, deny_body(denial))

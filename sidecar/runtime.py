@@ -15,9 +15,13 @@ from .config import Config
 from .decision import Decider, Verifier
 from .discovery import Discovery
 from .extract import TrustedProxies
+from .idp_guard import IdpGuard
 from .introspection import Introspector
+from .jwks import Jwks
 from .metrics import Metrics
+from .rotation import CertificateWatcher
 from .tls import IdpSession
+from .token_format import choose_verifier, local_jwt_enabled
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,9 @@ class Sidecar:
         self.metrics = Metrics()
         self.idp = IdpSession(config.idp)
         self.discovery = Discovery(config.idp, self.idp)
+        self.cert_watcher = CertificateWatcher(config.idp, self.idp, self.metrics)
+        self.idp_guard = IdpGuard(config.idp, self.metrics)
+        self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) if local_jwt_enabled(config) else None
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
         self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
@@ -41,13 +48,20 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
+        if self.cert_watcher.expired():
+            return False, "client_certificate_expired"
         if self.config.idp.issuer and self.discovery.endpoints is None:
             return False, "discovery_pending"
+        if self.jwks is not None and not self.jwks.ready:
+            return False, "jwks_pending"
         return True, "ok"
 
     async def start(self) -> None:
         """Resolve the IdP endpoints in the background; readiness waits for them."""
         self._tasks.append(asyncio.create_task(self._discover_until_done()))
+        self._tasks.append(asyncio.create_task(self.cert_watcher.run()))
+        if self.jwks is not None:
+            self._tasks.append(asyncio.create_task(self.jwks.load_until_ready()))
 
     async def _discover_until_done(self) -> None:
         delay = 0.5
@@ -64,14 +78,17 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.idp_guard.aclose()
         await self.idp.aclose()
 
 
 def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
-    return Introspector(
+    """Introspection, local RFC 9068 validation, or a choice of the two (token_format.py)."""
+    introspector = None if config.idp.token_format == "jwt" else Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
-        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics,
+        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics, guard=sidecar.idp_guard,
     )
+    return choose_verifier(config, introspector, sidecar.jwks, sidecar.discovery)
 
 
 SIDECAR = web.AppKey("sidecar", Sidecar)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 
 import aiohttp
@@ -53,6 +55,25 @@ class IdpSession:
         self._idp = idp
         self.context = client_context(idp)
         self._session: aiohttp.ClientSession | None = None
+        self._retiring: dict[aiohttp.ClientSession, asyncio.Task[None]] = {}
+
+    def swap(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for every call from now on; the old session ends after its calls.
+
+        Every call on a session is bounded by ``idp.timeout`` (its ClientTimeout total covers
+        connect, request and body), so ``idp.timeout`` + 1 s after the swap nothing can still be
+        using the old session and closing it cannot cut a call short.
+        """
+        old, self._session, self.context = self._session, None, context
+        if old is not None and not old.closed:
+            self._retiring[old] = asyncio.get_running_loop().create_task(self._retire(old))
+
+    async def _retire(self, old: aiohttp.ClientSession) -> None:
+        try:
+            await asyncio.sleep(self._idp.timeout + 1.0)
+        finally:
+            self._retiring.pop(old, None)
+            await old.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -61,6 +82,10 @@ class IdpSession:
         return self._session
 
     async def aclose(self) -> None:
+        for task in list(self._retiring.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -10,7 +10,7 @@ bounded by ``cache.max_ttl`` a hot token is re-fetched at most once per TTL eith
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -29,6 +29,10 @@ class TtlStore(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys, expired ones included (callers ``get`` each; purges scan this way)."""
+        return iter(self._data)
 
     def get(self, key: K) -> V | None:
         value = self._data.get(key)

@@ -228,7 +228,8 @@ async def test_idp_down_is_503_and_counted_in_metrics(sidecar: Running, idp: Fak
     assert response.status == 503
     metrics = await (await sidecar.admin.get("/metrics")).text()
     assert 'sidecar_decisions_total{outcome="deny",reason="idp_unavailable"} 1.0' in metrics
-    assert 'sidecar_idp_requests_total{kind="introspection",result="connection"} 1.0' in metrics
+    assert 'sidecar_idp_requests_total{kind="introspection",result="refused"} 2.0' in metrics  # one safe retry
+    assert 'sidecar_idp_retries_total{result="refused"} 1.0' in metrics
 
 
 async def test_the_idp_rejects_a_sidecar_without_the_right_client_certificate(

@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# The sidecar image: the wheel is built in the first stage and installed with its runtime
+# dependencies into /opt/sidecar (a venv); the final stage holds that venv and nothing else of
+# the build. It runs as a numeric non-root user and writes nothing outside /tmp, so it runs
+# with readOnlyRootFilesystem and an emptyDir on /tmp (deploy/kubernetes).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sidecar ./sidecar
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/sidecar \
+    && /opt/sidecar/bin/pip install /wheels/sidecar-*.whl \
+    && /opt/sidecar/bin/pip uninstall --yes pip setuptools \
+    && /opt/sidecar/bin/sidecar --help
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="sidecar" \
+      org.opencontainers.image.description="Authorization sidecar for certificate-bound OAuth 2.0 access tokens (RFC 8705) behind nginx auth_request and Envoy ext_authz" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+COPY --from=build /opt/sidecar /opt/sidecar
+ENV PATH=/opt/sidecar/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TMPDIR=/tmp
+# 8080: checks (nginx auth_request / Envoy ext_authz); 8081: /healthz, /readyz, /metrics.
+EXPOSE 8080 8081
+USER 65532:65532
+ENTRYPOINT ["sidecar"]
+CMD ["serve"]

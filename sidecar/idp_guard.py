@@ -1,0 +1,217 @@
+"""Protecting the IdP: a bound on concurrent introspection calls, safe retries, a circuit breaker.
+
+RFC 7662 §2.1 introspection is a read-only query, so a repeated call cannot change state at the
+IdP; what a retry can do is add load to an IdP that is already failing and spend the proxy's
+time. Hence:
+
+- **Deadline**: one introspection (waiting for a slot, every attempt, every backoff) gets
+  ``idp.timeout`` seconds in all; each attempt gets what is left.
+- **Concurrency bound**: at most ``idp.max_concurrent`` calls at once; a caller that finds no
+  slot before its deadline is denied with ``saturated`` (our limit, not an IdP failure).
+- **Retries** (``idp.retries``, full-jitter exponential backoff from ``idp.retry_backoff``) only
+  where the IdP did no work on the request: the connection could not be made (``refused``,
+  ``connect_timeout``) or the IdP closed a connection without answering (``disconnected``,
+  typically a keep-alive connection it had closed while idle). Never after a read timeout, a
+  5xx, a 429 or a TLS failure: the request may be in progress at an overloaded IdP, or the
+  failure is deterministic. A retry starts only if ``idp.connect_timeout`` is still left.
+- **Circuit breaker**: after ``idp.breaker_failures`` consecutive failures the breaker opens and
+  every call is denied at once (``breaker_open``) without touching the IdP. A background probe
+  (introspection of a random, unknown token: any well-formed answer means the IdP works) runs
+  every ``idp.breaker_open`` seconds (jittered) while open — the half-open state — and closes the
+  breaker on success. A 429 opens the breaker at once for its ``Retry-After`` (RFC 6585 §4,
+  RFC 9110 §10.2.3), capped at :data:`MAX_RETRY_AFTER`; a 503's ``Retry-After`` sets how long
+  the breaker stays open when that 503 opens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from .config import IdpConfig
+from .errors import IdpUnavailable
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_RETRY_AFTER = 300.0
+RETRYABLE = frozenset({"refused", "connect_timeout", "disconnected"})
+NOT_IDP_FAILURES = frozenset({"saturated", "breaker_open"})
+CLOSED, OPEN, HALF_OPEN = 0, 1, 2  # values of the sidecar_idp_breaker_state gauge
+
+
+def result_of(exc: IdpUnavailable) -> str:
+    """The failure class of an IdP error: the ``sidecar_idp_requests_total`` result label."""
+    return exc.detail.split(":", 1)[0]
+
+
+class GuardMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        r = self.registry = metrics.registry
+        self.state = Gauge("sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open",
+                           registry=r)
+        self.rejections = Counter("sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
+                                  ["reason"], registry=r)
+        self.retries = Counter("sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
+                               ["result"], registry=r)
+        self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["result"], registry=r)
+
+
+class Breaker:
+    """Closed → (N consecutive failures or a 429) → open → (probe succeeds) → closed."""
+
+    def __init__(self, failures: int, open_seconds: float, metrics: GuardMetrics,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = failures
+        self._open_seconds = open_seconds
+        self._metrics = metrics
+        self._timer = timer
+        self.state = CLOSED
+        self.failures = 0
+        self.open_until = 0.0  # no probe before this (Retry-After), monotonic
+        metrics.state.set(CLOSED)
+
+    def check(self) -> None:
+        """Raise at once while the IdP is known to be down."""
+        if self.state != CLOSED:
+            self._metrics.rejections.labels("breaker_open").inc()
+            wait = max(self.open_until - self._timer(), 1.0)
+            raise IdpUnavailable("breaker_open: the IdP is known to be down",
+                                 retry_after=min(math.ceil(wait), int(MAX_RETRY_AFTER)))
+
+    def success(self) -> None:
+        self.failures = 0
+        if self.state != CLOSED:
+            log.warning("idp breaker closed")
+        self._set(CLOSED)
+
+    def failure(self, exc: IdpUnavailable) -> bool:
+        """Count a failure; True when this one opened the breaker."""
+        self.failures += 1
+        if not self._threshold:
+            return False
+        rate_limited = result_of(exc) == "http_429"
+        if self.state != CLOSED or not (rate_limited or self.failures >= self._threshold):
+            return False
+        hint = float(exc.retry_after) if result_of(exc) in ("http_429", "http_503") else 0.0
+        self.open_until = self._timer() + max(self._open_seconds, min(hint, MAX_RETRY_AFTER))
+        self._set(OPEN)
+        log.warning("idp breaker open", extra={"failures": self.failures, "result": result_of(exc),
+                                               "open_for": round(self.open_until - self._timer(), 3)})
+        return True
+
+    def reopen(self, exc: Exception) -> None:
+        """A failed probe: stay open for another interval (longer if the IdP asked for it)."""
+        hint = 0.0
+        if isinstance(exc, IdpUnavailable) and result_of(exc) in ("http_429", "http_503"):
+            hint = min(float(exc.retry_after), MAX_RETRY_AFTER)
+        self.open_until = self._timer() + max(self._open_seconds, hint)
+        self._set(OPEN)
+
+    def half_open(self) -> None:
+        self._set(HALF_OPEN)
+
+    def _set(self, state: int) -> None:
+        self.state = state
+        self._metrics.state.set(state)
+
+
+class IdpGuard:
+    """Runs one introspection under the deadline, the concurrency bound, retries and the breaker."""
+
+    def __init__(self, idp: IdpConfig, metrics: Metrics) -> None:
+        self._timeout = idp.timeout
+        self._connect_timeout = idp.connect_timeout
+        self._retries = idp.retries
+        self._backoff = idp.retry_backoff
+        self._slots = asyncio.Semaphore(idp.max_concurrent)
+        self.metrics = GuardMetrics(metrics)
+        self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, self.metrics)
+        self._probe: Callable[[float], Awaitable[object]] | None = None
+        self._prober: asyncio.Task[None] | None = None
+
+    def set_probe(self, probe: Callable[[float], Awaitable[object]]) -> None:
+        """The call that tells whether the IdP works again (an introspection of a random token)."""
+        self._probe = probe
+
+    async def call(self, attempt: Callable[[float], Awaitable[T]]) -> T:
+        self.breaker.check()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        await self._acquire(deadline)
+        try:
+            tries = 0
+            while True:
+                try:
+                    result = await attempt(max(deadline - loop.time(), 0.001))
+                except IdpUnavailable as exc:
+                    kind = result_of(exc)
+                    if kind in RETRYABLE and tries < self._retries:
+                        delay = random.uniform(0, self._backoff * 2**tries)  # noqa: S311 - jitter, not a secret
+                        if deadline - loop.time() - delay >= self._connect_timeout:
+                            tries += 1
+                            self.metrics.retries.labels(kind).inc()
+                            await asyncio.sleep(delay)
+                            continue
+                    if kind not in NOT_IDP_FAILURES and self.breaker.failure(exc):
+                        self._start_probing()
+                    raise
+                self.breaker.success()
+                self._stop_probing()
+                return result
+        finally:
+            self._slots.release()
+
+    async def _acquire(self, deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.metrics.rejections.labels("saturated").inc()
+            raise IdpUnavailable("saturated: no introspection slot within idp.timeout") from None
+
+    def _start_probing(self) -> None:
+        if self._probe is not None and (self._prober is None or self._prober.done()):
+            self._prober = asyncio.create_task(self._probe_until_closed())
+
+    def _stop_probing(self) -> None:
+        prober, self._prober = self._prober, None
+        if prober is not None and not prober.done() and prober is not asyncio.current_task():
+            prober.cancel()
+
+    async def _probe_until_closed(self) -> None:
+        assert self._probe is not None
+        while self.breaker.state != CLOSED:
+            wait = max(self.breaker.open_until - time.monotonic(), 0.0)
+            await asyncio.sleep(wait * random.uniform(1.0, 1.2) + 0.01)  # noqa: S311 - jitter
+            self.breaker.half_open()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+                try:
+                    await self._probe(self._timeout)
+                finally:
+                    self._slots.release()
+            except Exception as exc:  # any failure, even a bug, keeps the breaker open: fail closed
+                self.metrics.probes.labels("failure").inc()
+                result = result_of(exc) if isinstance(exc, IdpUnavailable) else type(exc).__name__
+                log.info("idp probe failed", extra={"result": result})
+                self.breaker.reopen(exc)
+                continue
+            self.metrics.probes.labels("success").inc()
+            self.breaker.success()
+
+    async def aclose(self) -> None:
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober

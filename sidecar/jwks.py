@@ -1,0 +1,191 @@
+"""The issuer's signing keys: an RFC 7517 §5 JWK Set from the ``jwks_uri`` of RFC 8414 §2 /
+OpenID Discovery, fetched over the same mutual-TLS session as introspection.
+
+RFC 9068 §4: the resource server "MUST use the keys provided by the authorization server". Rules:
+
+- The set is fetched on first use (and by :meth:`Jwks.load_until_ready` at start), shared by
+  concurrent callers (single-flight) and used for ``idp.jwks_max_age`` seconds; after that the
+  next use fetches it again. Keys are never used past that age (fail closed).
+- A token naming an unknown ``kid`` triggers one refresh, at most once per
+  ``idp.jwks_min_refresh_interval`` (so forged kids cannot cause a refresh storm); a refresh
+  already in flight is joined, never duplicated.
+- Only public signature keys are kept (jwk_set.py).
+- Anything that leaves no usable key (IdP down, non-200, wrong type, body over
+  ``MAX_JWKS_BYTES``, no usable key) is :class:`IdpUnavailable`: 503, never an allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import aiohttp
+
+from .config import IdpConfig
+from .discovery import Discovery, DiscoveryError
+from .errors import IdpUnavailable
+from .jwk_set import JwksError, KeySet, VerifyKey, parse_jwks
+from .metrics import Metrics
+from .tls import IdpSession
+
+log = logging.getLogger(__name__)
+MAX_JWKS_BYTES = 256 * 1024
+
+
+def _retrieve(task: asyncio.Future[KeySet]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class Jwks:
+    """The cached key set of the configured issuer, refreshed as the module docstring says."""
+
+    RETRY_AFTER = 1.0  # seconds between fetches after a failed one
+
+    def __init__(
+        self, idp: IdpConfig, session: IdpSession, discovery: Discovery, metrics: Metrics,
+        *, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._discovery = discovery
+        self._configured_uri = idp.jwks_uri
+        self._metrics = metrics
+        self._clock = clock
+        self._max_age = idp.jwks_max_age
+        self._min_interval = idp.jwks_min_refresh_interval
+        # Under `auto`, an IdP without a jwks_uri simply means: no local JWT validation.
+        self._required = idp.token_format != "auto"
+        self._keys: KeySet | None = None
+        self._fetched_at = -1e18
+        self._failed_at = -1e18
+        self._kid_refresh_at = -1e18
+        self._last_error: str | None = None
+        self._absent = False
+        self._pending: asyncio.Future[KeySet] | None = None
+        self.retry_after = self.RETRY_AFTER
+
+    @property
+    def ready(self) -> bool:
+        """The first load succeeded (or, under ``auto``, the IdP advertises no jwks_uri)."""
+        return self._keys is not None or (self._absent and not self._required)
+
+    async def keys_for(self, kid: str | None) -> Sequence[VerifyKey]:
+        """The keys that may have signed a token naming ``kid``; empty when none (after at most
+        one rate-limited refresh). Raises IdpUnavailable when no current key set can be had."""
+        fetched_before = self._fetched_at
+        found = (await self._current()).find(kid)
+        if found or self._fetched_at != fetched_before:
+            return found  # a set fetched while this token waited is as fresh as a refresh
+        if self._pending is None:
+            now = self._clock()
+            if now - self._kid_refresh_at < self._min_interval:
+                if self._last_error is not None:
+                    raise IdpUnavailable(f"jwks: refresh failed recently: {self._last_error}")
+                return ()
+            self._kid_refresh_at = now
+            log.info("unknown kid: refreshing the JWK Set")
+        return (await self._refresh()).find(kid)
+
+    async def load_until_ready(self) -> None:
+        """At start: load the key set in the background, retrying; readiness waits for it."""
+        delay = 0.5
+        while not self.ready:
+            with contextlib.suppress(IdpUnavailable):  # _fetch has logged why
+                await self._current()
+            if self.ready:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _current(self) -> KeySet:
+        keys = self._keys
+        if keys is not None and self._clock() - self._fetched_at < self._max_age:
+            return keys
+        if self._pending is None and self._clock() - self._failed_at < self.retry_after:
+            raise IdpUnavailable(f"jwks: fetch failed recently: {self._last_error}")
+        return await self._refresh()
+
+    async def _refresh(self) -> KeySet:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._fetch())
+            self._pending.add_done_callback(_retrieve)
+        return await asyncio.shield(self._pending)
+
+    async def _fetch(self) -> KeySet:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            keys = parse_jwks(await self._download(await self._uri()))
+            result = "ok"
+            self._keys, self._fetched_at, self._last_error = keys, self._clock(), None
+            log.info("JWK Set loaded", extra={"keys": len(keys.keys)})
+            return keys
+        except JwksError as exc:
+            result = "unusable"
+            self._note_failure(f"unusable: {exc}")
+            raise IdpUnavailable(f"jwks: unusable JWK Set: {exc}") from None
+        except IdpUnavailable as exc:
+            result = exc.detail.split(":", 1)[0]
+            self._note_failure(exc.detail)
+            raise
+        finally:
+            self._pending = None
+            self._metrics.idp_latency.labels("jwks").observe(time.perf_counter() - started)
+            self._metrics.idp_requests.labels("jwks", result).inc()
+
+    def _note_failure(self, error: str) -> None:
+        self._failed_at, self._last_error = self._clock(), error
+        expected = self._absent and not self._required  # auto: this IdP has no JWK Set
+        log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed", extra={"error": error})
+
+    async def _uri(self) -> str:
+        if self._configured_uri:  # explicit wins; no need for the discovery document
+            return self._configured_uri
+        try:
+            uri = (await self._discovery.get()).jwks_uri
+        except DiscoveryError as exc:
+            raise IdpUnavailable(f"discovery_failed: {exc}") from None
+        if uri is None:
+            self._absent = True
+            raise IdpUnavailable("no_jwks_uri: the IdP advertises no jwks_uri")
+        return uri
+
+    async def _download(self, uri: str) -> bytes:
+        try:
+            async with self._session.session.get(uri, headers=_ACCEPT) as response:
+                if response.status != 200:
+                    raise IdpUnavailable(f"http_{response.status}: jwks_uri answered {response.status}")
+                ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+                if ctype != "application/json" and not ctype.endswith("+json"):
+                    raise IdpUnavailable(f"content_type: unexpected {ctype!r}")
+                if (response.content_length or 0) > MAX_JWKS_BYTES:
+                    raise IdpUnavailable(f"too_large: JWK Set over {MAX_JWKS_BYTES} bytes")
+                return await _read_bounded(response.content, MAX_JWKS_BYTES)
+        except TimeoutError:
+            raise IdpUnavailable("timeout: no JWK Set within idp.timeout") from None
+        except aiohttp.ClientSSLError as exc:
+            raise IdpUnavailable(f"tls: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise IdpUnavailable(f"connection: {type(exc).__name__}") from None
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes. (``read(n)`` returns *up to* n bytes:
+    what is buffered, so a body spanning several chunks would be cut short.)"""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise IdpUnavailable(f"too_large: JWK Set over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_ACCEPT: Mapping[str, str] = {"Accept": "application/jwk-set+json, application/json"}
+
+
+__all__ = ["MAX_JWKS_BYTES", "Jwks", "JwksError", "KeySet", "VerifyKey", "parse_jwks"]

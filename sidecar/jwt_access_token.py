@@ -1,0 +1,136 @@
+"""RFC 9068 §4: validate a JWT access token locally with pyjwt against the issuer's JWK Set.
+
+In this order, each failure an :class:`InvalidToken` (401) with a stable reason:
+
+1. the token is a JWS whose header is a JSON object (``jwt_malformed``);
+2. header ``typ`` is ``at+jwt`` or ``application/at+jwt`` — "Resource servers ... MUST validate
+   the typ header value is at+jwt or application/at+jwt and reject tokens carrying any other
+   value" (``jwt_wrong_type``);
+3. ``alg`` is one of ``idp.jwt_algorithms`` — never ``none`` nor ``HS*`` (config refuses them;
+   RFC 9068 §4 "MUST reject any JWT in which the value of alg is none")
+   (``jwt_algorithm_not_allowed``);
+4. a key of the issuer's JWK Set named by ``kid`` exists (``jwt_unknown_key``, after at most one
+   rate-limited refresh; without ``kid``: at most ``MAX_KEYS_WITHOUT_KID`` keys are tried) and
+   fits ``alg``: key type, curve and the JWK's own ``alg`` (``jwt_key_mismatch``) — so a public
+   key can never be used as an HMAC secret;
+5. the signature (``jwt_invalid_signature``);
+6. ``exp`` is required; ``exp``, ``nbf`` and ``iat`` hold within ``policy.leeway``
+   (``token_expired``, ``token_not_yet_valid``);
+7. ``iss`` equals ``idp.issuer``, or is one of ``policy.allowed_issuers`` when those are set —
+   "The issuer identifier ... MUST exactly match the value of the iss claim"
+   (``issuer_not_allowed``);
+8. the claims become a :class:`TokenInfo` (``active=True``) by the same code as introspection
+   answers, so ``aud`` (``policy.audiences``, required for local validation), the
+   ``cnf.x5t#S256`` binding (RFC 8705 §3) and the scopes are checked exactly as for
+   introspected tokens.
+
+The JWK Set being unavailable is :class:`IdpUnavailable` (503), never an allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from .config import IdpConfig, PolicyConfig
+from .errors import InvalidToken
+from .jwk_set import VerifyKey
+from .token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# A token without kid is tried against each fitting key; more would let a forged token cost many
+# signature checks. IdPs that omit kid publish one key.
+MAX_KEYS_WITHOUT_KID = 3
+_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1, "ES256K": ec.SECP256K1,
+}
+_OPTIONS: Any = {"require": ["exp", "iss"], "verify_aud": False, "verify_iss": False}
+
+
+class KeySource(Protocol):
+    async def keys_for(self, kid: str | None) -> Sequence[VerifyKey]: ...
+
+
+def key_fits(key: VerifyKey, alg: str) -> bool:
+    """The key may verify ``alg``: right key type and curve, and the JWK's ``alg`` if it pins one."""
+    if key.alg is not None and key.alg != alg:
+        return False
+    if alg in _RSA:
+        return isinstance(key.key, rsa.RSAPublicKey)
+    if alg in _CURVES:
+        return isinstance(key.key, ec.EllipticCurvePublicKey) and isinstance(key.key.curve, _CURVES[alg])
+    if alg == "EdDSA":
+        return isinstance(key.key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    return False
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidToken("jwt_malformed", f"header: {exc}") from None
+
+
+class JwtAccessTokenVerifier:
+    """A :class:`~sidecar.decision.Verifier` for RFC 9068 JWT access tokens."""
+
+    def __init__(
+        self, idp: IdpConfig, policy: PolicyConfig, keys: KeySource, extra_claims: Collection[str] = ()
+    ) -> None:
+        self._keys = keys
+        self._algorithms = frozenset(a for a in idp.jwt_algorithms if a in _RSA or a in _CURVES or a == "EdDSA")
+        self._issuers = frozenset(policy.allowed_issuers or ((idp.issuer,) if idp.issuer else ()))
+        self._leeway = policy.leeway
+        self._extra = tuple(extra_claims)
+
+    async def verify(self, token: str) -> TokenInfo:
+        header = unverified_header(token)
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise InvalidToken("jwt_wrong_type", f"typ {str(typ)[:40]!r} is not at+jwt (RFC 9068 §4)")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise InvalidToken("jwt_algorithm_not_allowed", f"alg {str(alg)[:20]!r} is not in idp.jwt_algorithms")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("jwt_malformed", "kid is not a string")
+        candidates = await self._keys.keys_for(kid)
+        if not candidates:
+            raise InvalidToken("jwt_unknown_key", f"no key {str(kid)[:64]!r} in the issuer's JWK Set")
+        fitting = [k for k in candidates if key_fits(k, alg)]
+        if not fitting:
+            raise InvalidToken("jwt_key_mismatch", f"key {str(kid)[:64]!r} does not fit alg {alg}")
+        if kid is None and len(fitting) > MAX_KEYS_WITHOUT_KID:
+            raise InvalidToken("jwt_unknown_key", f"no kid and {len(fitting)} keys fit alg {alg}")
+        claims = self._decode(token, fitting, alg)
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or iss not in self._issuers:
+            raise InvalidToken("issuer_not_allowed", f"iss {str(iss)[:100]!r} is not the configured issuer")
+        try:
+            return token_info_from_claims(claims, self._extra, active=True)
+        except MalformedTokenInfo as exc:
+            raise InvalidToken("jwt_malformed", f"claims: {exc}") from None
+
+    def _decode(self, token: str, keys: Sequence[VerifyKey], alg: str) -> dict[str, Any]:
+        """Signature with each fitting key (one, unless the token names no kid), then time."""
+        for key in keys:
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token, key.key, algorithms=[alg], options=_OPTIONS, leeway=self._leeway
+                )
+                return claims
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.ExpiredSignatureError:
+                raise InvalidToken("token_expired", "exp is in the past") from None
+            except jwt.ImmatureSignatureError as exc:
+                raise InvalidToken("token_not_yet_valid", str(exc)) from None
+            except jwt.InvalidKeyError as exc:
+                raise InvalidToken("jwt_key_mismatch", str(exc)) from None
+            except jwt.PyJWTError as exc:  # DecodeError, MissingRequiredClaimError, ...
+                raise InvalidToken("jwt_malformed", f"{type(exc).__name__}: {exc}") from None
+        raise InvalidToken("jwt_invalid_signature", "signature verification failed")

@@ -1,0 +1,87 @@
+"""The admin purge endpoint: drop cached answers when a token is revoked (RFC 7009 events).
+
+``POST /purge`` on the admin port only, with ``Authorization: Bearer <server.admin_secret>``
+(RFC 6750 §2.1 syntax; compared in constant time over SHA-256 digests, so neither the content nor
+the length of the secret leaks through timing). A JSON body names what to drop:
+
+- ``{"token": "<access token>"}``: that token's entry (the token is hashed at once, never logged);
+- ``{"token_hash": "<12 hex>"}``: every entry with that ``token_hash`` (the value in the logs);
+- ``{"all": true}``: the whole cache.
+
+The answer is ``{"purged": <entries dropped>}``. Without a configured secret there is no route.
+A stale-if-error copy is purged along with the entry, so a revoked token is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+
+from aiohttp import web
+
+from .logs import token_hash
+from .runtime import SIDECAR
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 16 * 1024
+_TOKEN_HASH = re.compile(r"^[0-9a-f]{12}$")
+ADMIN_SECRET_DIGEST = web.AppKey("admin_secret_digest", bytes)
+
+
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def authorized(request: web.Request, expected: bytes) -> bool:
+    """The request carries ``Bearer <admin secret>``; constant time in the secret."""
+    values = request.headers.getall("Authorization", [])
+    if len(values) != 1:
+        return False
+    scheme, _, presented = values[0].partition(" ")
+    presented = presented.strip()
+    ok_scheme = scheme.lower() == "bearer"
+    return hmac.compare_digest(secret_digest(presented), expected) and ok_scheme and bool(presented)
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "invalid_token"}, status=401,
+                             headers={"WWW-Authenticate": 'Bearer realm="admin", error="invalid_token"'})
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"error": "invalid_request", "error_description": message}, status=400)
+
+
+async def purge(request: web.Request) -> web.Response:
+    if not authorized(request, request.app[ADMIN_SECRET_DIGEST]):
+        log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": request.remote})
+        return _unauthorized()
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _bad("body too large")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        return _bad("body too large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        return _bad("body must be a JSON object")
+    if not isinstance(body, dict) or len(body) != 1:
+        return _bad('give exactly one of "token", "token_hash", "all": true')
+    cache = request.app[SIDECAR].decider.cache
+    [(what, value)] = body.items()
+    if what == "token" and isinstance(value, str) and value:
+        hashed = token_hash(value)
+        purged = int(cache.purge(cache.key(value)))
+    elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
+        hashed = value
+        purged = cache.purge_hash(value)
+    elif what == "all" and value is True:
+        hashed = "*"
+        purged = cache.clear()
+    else:
+        return _bad('give exactly one of "token", "token_hash" (12 hex), "all": true')
+    log.warning("purge", extra={"by": what, "token": hashed, "purged": purged})
+    return web.json_response({"purged": purged})

@@ -1,0 +1,120 @@
+"""Which verifier applies to a token: RFC 7662 introspection or RFC 9068 local validation.
+
+``idp.token_format``:
+
+- ``introspection``: every token is introspected.
+- ``jwt``: every token is validated locally; a token that is not a JWT is ``jwt_malformed``.
+- ``jwt_then_introspection``: a token whose JOSE header declares ``typ`` ``at+jwt`` (RFC 9068
+  §2.1) is validated locally and that verdict is final: a bad signature, an unknown key, an
+  expired token or an unavailable JWK Set is never retried by introspection. Every other token
+  (opaque, JWE, a JWT of another ``typ``) is introspected.
+- ``auto`` (default): a token of JWT shape (three base64url segments, the first a JSON object
+  with ``alg``) is validated locally when the issuer has a ``jwks_uri`` (configured or
+  discovered); every other token is introspected. Local validation needs ``policy.audiences``
+  (RFC 9068 §4: the resource server MUST check ``aud``) and an expected issuer (``idp.issuer``
+  or ``policy.allowed_issuers``): without them ``auto`` introspects everything.
+
+``jwt`` and ``jwt_then_introspection`` refuse to start without those settings (config.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from typing import Any
+
+from .config import Config
+from .decision import Verifier
+from .discovery import Discovery, DiscoveryError
+from .errors import IdpUnavailable
+from .jwks import Jwks
+from .jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier
+from .token_info import TokenInfo
+
+log = logging.getLogger(__name__)
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+MAX_HEADER_CHARS = 4096
+
+
+def jwt_header(token: str) -> dict[str, Any] | None:
+    """The JOSE header when ``token`` has JWS compact shape, else None. Nothing is verified."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[0]) > MAX_HEADER_CHARS:
+        return None
+    head, body, signature = parts
+    if not (_SEGMENT.fullmatch(head) and _SEGMENT.fullmatch(body)) or not _SEGMENT.fullmatch(signature or "A"):
+        return None
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return header if isinstance(header, dict) and isinstance(header.get("alg"), str) else None
+
+
+def declares_access_token(header: dict[str, Any]) -> bool:
+    typ = header.get("typ")
+    return isinstance(typ, str) and typ.lower() in ACCESS_TOKEN_TYPES
+
+
+def local_jwt_enabled(config: Config) -> bool:
+    """Whether this configuration validates any token locally (and so needs the JWK Set)."""
+    mode = config.idp.token_format
+    if mode in ("jwt", "jwt_then_introspection"):
+        return True
+    return mode == "auto" and bool(config.policy.audiences) and bool(
+        config.idp.issuer or config.policy.allowed_issuers
+    )
+
+
+class TokenFormatVerifier:
+    """A :class:`Verifier` that routes each token per ``idp.token_format``."""
+
+    def __init__(
+        self, mode: str, introspector: Verifier | None, local: Verifier | None, discovery: Discovery,
+        jwks_uri: str | None = None,
+    ) -> None:
+        self._mode = mode
+        self._introspector = introspector
+        self._local = local
+        self._discovery = discovery
+        self._jwks_uri_configured = jwks_uri is not None
+
+    async def verify(self, token: str) -> TokenInfo:
+        return await (await self._choose(token)).verify(token)
+
+    async def _choose(self, token: str) -> Verifier:
+        if self._local is None:
+            assert self._introspector is not None  # built so by choose_verifier
+            return self._introspector
+        if self._introspector is None:
+            return self._local
+        header = jwt_header(token)
+        if header is None:
+            return self._introspector
+        if self._mode == "jwt_then_introspection":
+            return self._local if declares_access_token(header) else self._introspector
+        return self._local if await self._jwks_uri_known() else self._introspector
+
+    async def _jwks_uri_known(self) -> bool:
+        if self._jwks_uri_configured:
+            return True
+        try:
+            return (await self._discovery.get()).jwks_uri is not None
+        except DiscoveryError as exc:
+            raise IdpUnavailable(f"discovery: {exc}") from None
+
+
+def choose_verifier(config: Config, introspector: Verifier | None, jwks: Jwks | None,
+                    discovery: Discovery) -> Verifier:
+    """The verifier for ``idp.token_format``; ``jwks`` is None when nothing is validated locally."""
+    local: Verifier | None = None
+    if jwks is not None:
+        local = JwtAccessTokenVerifier(config.idp, config.policy, jwks, tuple(config.response.claims))
+    elif config.idp.token_format == "auto":
+        log.info("local JWT validation off: it needs policy.audiences and an issuer (RFC 9068 §4)")
+    if local is None and introspector is not None:
+        return introspector
+    return TokenFormatVerifier(config.idp.token_format, introspector, local, discovery, config.idp.jwks_uri)

@@ -1,0 +1,253 @@
+// A real, certified OpenID provider (oidc-provider 8.8.1) for the sidecar's interop tests.
+//
+// Two HTTPS listeners on 127.0.0.1, as RFC 8705 §5 deployments often have them:
+//   - the issuer's listener (no client certificate requested): discovery, JWKS, plain endpoints;
+//   - the mutual-TLS listener (requestCert): the endpoints advertised in `mtls_endpoint_aliases`.
+// A client that authenticates with tls_client_auth must use the aliases; on the issuer's
+// listener it has no certificate to present and its authentication fails.
+//
+// Usage: node server.mjs CONFIG.json   (written by tests/interop/oidc_idp.py)
+// Writes {"issuer", "mtls"} to CONFIG.ready_file once both listeners accept connections.
+// State (tokens, signing keys) lives in CONFIG.state_dir, so a restart keeps issued tokens.
+
+import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+
+import Provider, { errors } from 'oidc-provider';
+
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const stateDir = config.state_dir;
+const OPAQUE_RESOURCE = config.opaque_resource;
+const JWT_RESOURCE = config.jwt_resource;
+const SIDECAR_CLIENT = 'sidecar';
+
+// ---- persistence: one JSON file, so that stopping and starting the IdP keeps its tokens ----
+const storePath = path.join(stateDir, 'store.json');
+const store = existsSync(storePath) ? JSON.parse(readFileSync(storePath, 'utf8')) : {};
+
+function saveStore() {
+  const tmp = `${storePath}.tmp`;
+  writeFileSync(tmp, JSON.stringify(store));
+  renameSync(tmp, storePath);
+}
+
+function now() {
+  return Math.floor(Date.now() / 1000);
+}
+
+class FileAdapter {
+  constructor(model) { this.model = model; }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    store[this.key(id)] = { payload, expiresAt: expiresIn ? now() + expiresIn : null };
+    saveStore();
+  }
+
+  async find(id) {
+    const entry = store[this.key(id)];
+    if (!entry || (entry.expiresAt !== null && entry.expiresAt <= now())) return undefined;
+    return entry.payload;
+  }
+
+  async findByUid(uid) {
+    return Object.values(store).find((e) => e.payload.uid === uid)?.payload;
+  }
+
+  async findByUserCode(userCode) {
+    return Object.values(store).find((e) => e.payload.userCode === userCode)?.payload;
+  }
+
+  async consume(id) {
+    const entry = store[this.key(id)];
+    if (entry) { entry.payload.consumed = now(); saveStore(); }
+  }
+
+  async destroy(id) {
+    delete store[this.key(id)];
+    saveStore();
+  }
+
+  async revokeByGrantId(grantId) {
+    for (const [key, entry] of Object.entries(store)) {
+      if (entry.payload.grantId === grantId) delete store[key];
+    }
+    saveStore();
+  }
+}
+
+// ---- signing keys, made once per state directory ----
+function signingKeys() {
+  const keysPath = path.join(stateDir, 'jwks.json');
+  if (existsSync(keysPath)) return JSON.parse(readFileSync(keysPath, 'utf8'));
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const jwks = {
+    keys: [
+      { ...rsa, kid: randomBytes(8).toString('hex'), use: 'sig', alg: 'RS256' },
+      { ...ec, kid: randomBytes(8).toString('hex'), use: 'sig', alg: 'ES256' },
+    ],
+  };
+  writeFileSync(keysPath, JSON.stringify(jwks), { mode: 0o600 });
+  return jwks;
+}
+
+// ---- RFC 8705 §2.1 tls_client_auth: chain to our CA and compare the subject DN ----
+function peerCertificate(ctx) {
+  // getPeerX509Certificate() is undefined without a certificate; getPeerCertificate() would
+  // return {} and end in a 500 inside the provider.
+  const socket = ctx.req.socket;
+  return typeof socket.getPeerX509Certificate === 'function' ? socket.getPeerX509Certificate() : undefined;
+}
+
+function rfc4514(subject) {
+  // Node lists the RDNs one per line, most significant first; RFC 4514 is the reverse order.
+  return subject.split('\n').filter(Boolean).reverse().join(',');
+}
+
+function subjectMatches(ctx, property, expected) {
+  if (property !== 'tls_client_auth_subject_dn') return false;
+  const cert = peerCertificate(ctx);
+  return cert instanceof X509Certificate && rfc4514(cert.subject) === expected;
+}
+
+// ---- clients ----
+function mtlsClient(clientId, scope) {
+  return {
+    client_id: clientId,
+    token_endpoint_auth_method: 'tls_client_auth', // governs introspection/revocation too (8.x)
+    tls_client_auth_subject_dn: `CN=${clientId}`,
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope,
+  };
+}
+
+const clients = [
+  mtlsClient('alice', 'read write'),
+  mtlsClient('bob', 'read write'),
+  {
+    client_id: 'carol',
+    client_secret: config.carol_secret,
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  // The sidecar's own client: it only introspects (no grant, no scope).
+  {
+    client_id: SIDECAR_CLIENT,
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: `CN=${SIDECAR_CLIENT}`,
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  },
+];
+
+// ---- listeners first: the issuer and the aliases need their ports ----
+const tls = {
+  cert: readFileSync(config.server_cert),
+  key: readFileSync(config.server_key),
+  ca: readFileSync(config.ca),
+};
+const plain = https.createServer({ ...tls });
+const mtls = https.createServer({ ...tls, requestCert: true, rejectUnauthorized: false });
+
+function listen(server, port) {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server.address().port));
+  });
+}
+
+const plainPort = await listen(plain, config.plain_port ?? 0);
+const mtlsPort = await listen(mtls, config.mtls_port ?? 0);
+const issuer = `https://127.0.0.1:${plainPort}`;
+const mtlsBase = `https://127.0.0.1:${mtlsPort}`;
+
+const provider = new Provider(issuer, {
+  adapter: FileAdapter,
+  clients,
+  jwks: signingKeys(),
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  scopes: ['read', 'write', 'admin'],
+  clientAuthMethods: ['tls_client_auth', 'client_secret_basic', 'client_secret_post'],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    revocation: { enabled: true },
+    introspection: {
+      enabled: true,
+      // By default any authenticated client may introspect any token: only the sidecar may.
+      allowedPolicy: async (ctx, client) => client.clientId === SIDECAR_CLIENT,
+    },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      getCertificate: peerCertificate,
+      certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+      certificateSubjectMatches: subjectMatches,
+    },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => OPAQUE_RESOURCE,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (ctx, resource) => {
+        if (resource === OPAQUE_RESOURCE) {
+          return { scope: 'read write admin', audience: OPAQUE_RESOURCE, accessTokenFormat: 'opaque' };
+        }
+        if (resource === JWT_RESOURCE) {
+          return {
+            scope: 'read write admin',
+            audience: JWT_RESOURCE,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'ES256' } },
+          };
+        }
+        throw new errors.InvalidTarget();
+      },
+    },
+  },
+  ttl: {
+    ClientCredentials: () => config.token_ttl ?? 600,
+  },
+  discovery: {
+    // Not advertised by oidc-provider itself (RFC 8705 §5).
+    mtls_endpoint_aliases: {
+      token_endpoint: `${mtlsBase}/token`,
+      introspection_endpoint: `${mtlsBase}/token/introspection`,
+      revocation_endpoint: `${mtlsBase}/token/revocation`,
+    },
+  },
+});
+
+provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
+for (const event of ['grant.error', 'introspection.error', 'revocation.error']) {
+  // The client only ever reads "client authentication failed"; the reason is logged here.
+  provider.on(event, (ctx, err) => console.error(event, ctx.path, err.message, err.error_detail ?? ''));
+}
+
+const callback = provider.callback();
+plain.on('request', callback);
+mtls.on('request', callback);
+
+function shutdown() {
+  for (const server of [plain, mtls]) {
+    server.close();
+    server.closeAllConnections();
+  }
+  process.exit(0);
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+
+writeFileSync(`${config.ready_file}.tmp`, JSON.stringify({ issuer, mtls: mtlsBase }));
+renameSync(`${config.ready_file}.tmp`, config.ready_file);

@@ -1,0 +1,130 @@
+"""The real OpenID provider (oidc-provider 8.8.1 under Node, tests/interop/oidc/server.mjs).
+
+Its issuer listener serves discovery and the plain endpoints; its mutual-TLS listener serves the
+RFC 8705 §5 ``mtls_endpoint_aliases``. Clients: alice and bob (tls_client_auth, certificate-bound
+tokens), carol (client_secret_basic, unbound tokens) and the sidecar (tls_client_auth, the only
+client allowed to introspect). Tokens and signing keys persist in ``state_dir``, so
+:meth:`OidcProvider.stop` followed by :meth:`OidcProvider.start` is an outage, not a new IdP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+from tests.interop.https import Reply, request
+from tests.interop.processes import stop, tail, wait_until
+from tests.pki_fixtures import TestPki
+
+OIDC_DIR = Path(__file__).resolve().parent / "oidc"
+OPAQUE_RESOURCE = "https://api.example/opaque"
+JWT_RESOURCE = "https://api.example/jwt"
+
+
+class OidcProvider:
+    def __init__(self, pki: TestPki, state_dir: Path, *, token_ttl: int = 600) -> None:
+        self.pki = pki
+        self.state_dir = state_dir
+        self.carol_secret = secrets.token_urlsafe(24)
+        self.token_ttl = token_ttl
+        self.log = state_dir / "oidc-provider.log"
+        self.issuer = ""
+        self.mtls_base = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self._ports: dict[str, int] = {}
+        self._metadata: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Start (or start again on the same ports, keeping tokens and keys)."""
+        node = shutil.which("node")
+        assert node, "Node.js is required for the interop tests (./test.sh installs it)"
+        assert (OIDC_DIR / "node_modules" / "oidc-provider").is_dir(), "run `npm ci` in tests/interop/oidc"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config, ready_file = self.state_dir / "config.json", self.state_dir / "ready.json"
+        ready_file.unlink(missing_ok=True)
+        config.write_text(json.dumps({
+            "server_cert": str(self.pki.idp_files[0]), "server_key": str(self.pki.idp_files[1]),
+            "ca": str(self.pki.ca_file), "state_dir": str(self.state_dir),
+            "carol_secret": self.carol_secret, "token_ttl": self.token_ttl,
+            "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE,
+            "ready_file": str(ready_file), **self._ports,
+        }))
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [node, str(OIDC_DIR / "server.mjs"), str(config)], cwd=OIDC_DIR,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        # Written once both listeners accept connections.
+        wait_until(ready_file.exists, what="oidc-provider", process=self.process, log=self.log)
+        ready = json.loads(ready_file.read_text())
+        self.issuer, self.mtls_base = ready["issuer"], ready["mtls"]
+        self._ports = {"plain_port": _port(self.issuer), "mtls_port": _port(self.mtls_base)}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # ---- what a client of the IdP does ----
+
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            reply = request(f"{self.issuer}/.well-known/openid-configuration", ca_file=self.pki.ca_file)
+            assert reply.status == 200, reply.body
+            self._metadata = reply.json()
+        return self._metadata
+
+    def mtls_endpoint(self, name: str) -> str:
+        return str(self.metadata()["mtls_endpoint_aliases"][name])
+
+    def client_files(self, client_id: str) -> tuple[Path, Path]:
+        files: tuple[Path, Path] = getattr(self.pki, f"{client_id}_files")
+        return files
+
+    def token(self, client_id: str = "alice", *, scope: str = "read write",
+              resource: str = OPAQUE_RESOURCE) -> dict[str, Any]:
+        """Client credentials: alice and bob present their certificate at the mTLS alias
+        (tls_client_auth, RFC 8705 §2.1) and get a token bound to it; carol uses her secret."""
+        form = {"grant_type": "client_credentials", "scope": scope, "resource": resource}
+        if client_id == "carol":
+            reply = request(self.metadata()["token_endpoint"], ca_file=self.pki.ca_file, form=form,
+                            headers={"Authorization": _basic("carol", self.carol_secret)})
+        else:
+            reply = request(self.mtls_endpoint("token_endpoint"), ca_file=self.pki.ca_file,
+                            cert=self.client_files(client_id), form={**form, "client_id": client_id})
+        assert reply.status == 200, (reply.status, reply.body, tail(self.log))
+        answer: dict[str, Any] = reply.json()
+        return answer
+
+    def access_token(self, client_id: str = "alice", **kwargs: str) -> str:
+        return str(self.token(client_id, **kwargs)["access_token"])
+
+    def revoke(self, token: str, client_id: str = "alice") -> None:
+        """RFC 7009 at the mTLS alias, by the client the token was issued to."""
+        reply = request(self.mtls_endpoint("revocation_endpoint"), ca_file=self.pki.ca_file,
+                        cert=self.client_files(client_id), form={"client_id": client_id, "token": token})
+        assert reply.status == 200, (reply.status, reply.body)
+
+    def introspect(self, token: str, *, client_id: str = "sidecar", endpoint: str | None = None) -> Reply:
+        """RFC 7662 as the sidecar does it (the test's own view of what the IdP says)."""
+        return request(endpoint or self.mtls_endpoint("introspection_endpoint"), ca_file=self.pki.ca_file,
+                       cert=self.client_files(client_id), form={"client_id": client_id, "token": token})
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _basic(client_id: str, secret: str) -> str:
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode()

@@ -1,0 +1,203 @@
+"""The IdP guard without a network: deadline, concurrency bound, retry policy, circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sidecar.config import ConfigError, IdpConfig, from_mapping
+from sidecar.errors import IdpUnavailable
+from sidecar.idp_guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
+from sidecar.metrics import Metrics
+
+
+def guard(**overrides: Any) -> IdpGuard:
+    values: dict[str, Any] = {"timeout": 1.0, "connect_timeout": 0.1, "retries": 1, "retry_backoff": 0.0,
+                              "breaker_failures": 3, "breaker_open": 0.05}
+    values.update(overrides)
+    return IdpGuard(IdpConfig(**values), Metrics())
+
+
+class Script:
+    """An attempt that fails with the given results in turn, then answers "ok"."""
+
+    def __init__(self, *failures: str, retry_after: int = 1, delay: float = 0.0) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+        self.timeouts: list[float] = []
+        self.retry_after = retry_after
+        self.delay = delay
+
+    async def __call__(self, timeout: float) -> str:
+        self.calls += 1
+        self.timeouts.append(timeout)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.failures:
+            raise IdpUnavailable(f"{self.failures.pop(0)}: scripted", retry_after=self.retry_after)
+        return "ok"
+
+
+def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
+    value = g.metrics.registry.get_sample_value(name, labels or {})
+    return float(value or 0.0)
+
+
+@pytest.mark.parametrize("kind", ["refused", "connect_timeout", "disconnected"])
+async def test_a_failure_before_the_idp_did_any_work_is_retried_once(kind: str) -> None:
+    g, attempt = guard(), Script(kind)
+    assert await g.call(attempt) == "ok"
+    assert attempt.calls == 2
+    assert sample(g, "sidecar_idp_retries_total", {"result": kind}) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["timeout", "http_500", "http_503", "http_429", "tls_untrusted", "reset",
+                                  "truncated", "garbage", "dns"])
+async def test_a_failure_that_may_have_reached_the_idp_or_will_repeat_is_not_retried(kind: str) -> None:
+    g, attempt = guard(), Script(kind)
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert attempt.calls == 1
+
+
+async def test_retries_stop_at_the_configured_count() -> None:
+    g, attempt = guard(retries=2), Script("refused", "refused", "refused")
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert attempt.calls == 3
+
+
+async def test_no_retry_starts_when_less_than_a_connect_timeout_is_left_of_the_deadline() -> None:
+    g, attempt = guard(timeout=0.3, connect_timeout=0.25), Script("refused", delay=0.1)
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert attempt.calls == 1
+
+
+async def test_each_attempt_gets_only_what_is_left_of_the_deadline() -> None:
+    g, attempt = guard(timeout=1.0, connect_timeout=0.05), Script("refused", delay=0.2)
+    assert await g.call(attempt) == "ok"
+    assert attempt.timeouts[0] <= 1.0 and attempt.timeouts[1] <= 1.0 - 0.2
+
+
+async def test_the_breaker_opens_after_n_consecutive_failures_and_then_answers_without_calling() -> None:
+    g, attempt = guard(retries=0), Script("http_500", "http_500", "http_500")
+    for _ in range(3):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert g.breaker.state == OPEN and sample(g, "sidecar_idp_breaker_state") == OPEN
+    with pytest.raises(IdpUnavailable) as raised:
+        await g.call(attempt)
+    assert raised.value.detail.startswith("breaker_open") and attempt.calls == 3
+    assert sample(g, "sidecar_idp_rejections_total", {"reason": "breaker_open"}) == 1.0
+    await g.aclose()
+
+
+async def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    g, attempt = guard(retries=0), Script("http_500", "http_500")
+    for _ in range(2):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert await g.call(attempt) == "ok"
+    attempt.failures = ["http_500", "http_500"]
+    for _ in range(2):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert g.breaker.state == CLOSED
+
+
+async def test_a_429_opens_the_breaker_at_once_for_its_retry_after() -> None:
+    g, attempt = guard(retries=0), Script("http_429", retry_after=7)
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert g.breaker.state == OPEN
+    with pytest.raises(IdpUnavailable) as raised:
+        await g.call(attempt)
+    assert raised.value.retry_after == 7  # the proxy hears the IdP's Retry-After
+    await g.aclose()
+
+
+async def test_the_background_probe_closes_the_breaker_once_the_idp_answers() -> None:
+    g = guard(retries=0, breaker_failures=1)
+    probe = Script("http_503")  # the first probe fails, the second succeeds
+    half_open_seen: list[int] = []
+
+    async def watched(timeout: float) -> str:
+        half_open_seen.append(g.breaker.state)
+        return await probe(timeout)
+
+    g.set_probe(watched)
+    with pytest.raises(IdpUnavailable):
+        await g.call(Script("timeout"))
+    await wait_for(lambda: g.breaker.state == CLOSED)
+    assert probe.calls == 2 and half_open_seen == [HALF_OPEN, HALF_OPEN]
+    assert sample(g, "sidecar_idp_probes_total", {"result": "failure"}) == 1.0
+    assert await g.call(Script()) == "ok"
+
+
+async def test_a_probe_that_raises_a_bug_keeps_the_breaker_open() -> None:
+    g = guard(retries=0, breaker_failures=1, breaker_open=0.02)
+    calls = 0
+
+    async def broken(timeout: float) -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("bug")
+
+    g.set_probe(broken)
+    with pytest.raises(IdpUnavailable):
+        await g.call(Script("timeout"))
+    await wait_for(lambda: calls >= 2)
+    assert g.breaker.state != CLOSED
+    await g.aclose()
+
+
+async def test_breaker_failures_zero_turns_the_breaker_off_even_for_429() -> None:
+    g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_429"] * 10)
+    for _ in range(10):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert attempt.calls == 10 and g.breaker.state == CLOSED
+
+
+async def test_no_more_than_max_concurrent_calls_run_and_a_caller_without_a_slot_is_saturated() -> None:
+    g = guard(max_concurrent=2, timeout=0.3, breaker_failures=1)
+    running = peak = 0
+
+    async def slow(timeout: float) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.2)
+        running -= 1
+        return "ok"
+
+    results = await asyncio.gather(*(g.call(slow) for _ in range(6)), return_exceptions=True)
+    assert peak == 2
+    saturated = [r for r in results if isinstance(r, IdpUnavailable)]
+    assert saturated and all(r.detail.startswith("saturated") for r in saturated)
+    assert g.breaker.state == CLOSED  # our own limit is not an IdP failure
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_concurrent", 0), ("retries", -1), ("retries", 9),
+                                            ("retry_backoff", -0.1), ("breaker_failures", -1),
+                                            ("breaker_open", 0)])
+def test_invalid_guard_settings_name_their_key(key: str, value: float, tmp_path: Any) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    raw = {"idp": {"introspection_endpoint": "https://idp/introspect", "client_id": "s",
+                   "cert_file": str(cert), "key_file": str(cert), key: value}}
+    with pytest.raises(ConfigError) as raised:
+        from_mapping(raw)
+    assert raised.value.key == f"idp.{key}"
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
