@@ -91,7 +91,7 @@ class Introspector:
             raise IdpUnavailable(f"connection: {type(exc).__name__}") from None
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
             raise IdpUnavailable("garbage: introspection answer is not JSON") from None
 
 

@@ -16,8 +16,9 @@ from .config import ResponseConfig
 from .errors import Denial
 from .token_info import TokenInfo
 
-# C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value, nor lone
+# surrogates (JSON "\\ud800" decodes to one; it cannot be encoded and would fail the response).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
     ("sub", "sub"),
