@@ -18,12 +18,14 @@ from .runtime import SIDECAR
 async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     headers = request.headers
-    certificate = headers.get(sidecar.cert_header) if request.remote in sidecar.trusted_proxies else None
+    # Every copy of the certificate header: two copies mean a proxy appended instead of replacing.
+    certificates = headers.getall(sidecar.cert_header, ()) if request.remote in sidecar.trusted_proxies else ()
     sidecar.in_flight += 1
     try:
-        decision = await sidecar.decider.decide(
-            CheckRequest(headers.getall("Authorization", ()), certificate)
-        )
+        decision = await sidecar.decider.decide(CheckRequest(
+            headers.getall("Authorization", ()), certificates[0] if certificates else None,
+            certificate_duplicated=len(certificates) > 1,
+        ))
     finally:
         sidecar.in_flight -= 1
     if isinstance(decision, Allow):
