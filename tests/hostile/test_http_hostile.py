@@ -285,3 +285,15 @@ async def test_generated_authorization_and_certificate_headers_allow_only_what_t
         assert CertificateReader("auto").thumbprint(certificate[0]) == vector.x5t
     else:
         await _assert_clean_deny(response)
+
+
+@pytest.mark.parametrize("path", [b"/api/%0A", b"/%0D%0Ax", b"/a%00b", b"/%E2%80%A8"])
+async def test_a_path_with_an_encoded_line_break_or_nul_is_a_check_not_a_404(
+    sidecar: Running, idp: FakeIdp, pki: TestPki, path: bytes
+) -> None:
+    # Found here: the check route was "/{tail:.*}" and "." does not match a newline, so Envoy
+    # (which appends the original path) got a 404 for such a path instead of a decision.
+    head = (b"GET " + path + b" HTTP/1.1\r\nHost: s\r\nConnection: close\r\nAuthorization: Bearer "
+            + alice_token(idp, pki).encode() + b"\r\nX-Client-Cert: " + escaped_pem(pki.alice).encode() + b"\r\n\r\n")
+    status, _ = await raw_request(sidecar, head)
+    assert status == 200
