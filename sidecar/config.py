@@ -145,6 +145,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback
+            raise ConfigError("config", f"{path} is not UTF-8 (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
     return from_mapping(raw, env)

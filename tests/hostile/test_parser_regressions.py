@@ -7,11 +7,14 @@ broke every response.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sidecar.binding import check_binding
-from sidecar.config import ConfigError, from_mapping
+from sidecar.config import ConfigError, from_mapping, load
 from sidecar.errors import InvalidToken
 from sidecar.response import HeaderBuilder, sanitize
 from sidecar.token_info import MalformedTokenInfo, token_info_from_claims
@@ -67,3 +70,14 @@ def test_a_lone_surrogate_in_cnf_is_a_mismatch_not_an_encoding_error() -> None:
     with pytest.raises(InvalidToken) as denied:
         check_binding(info, "A" * 43, "strict")
     assert denied.value.reason == "cnf_mismatch"
+
+
+def test_a_configuration_file_that_is_not_utf8_is_a_config_error_and_exit_2(tmp_path: Path) -> None:
+    # read_text raised UnicodeDecodeError (a ValueError, not an OSError): a traceback and exit 1.
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"[server]\nport = 8080\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^config: .* is not UTF-8"):
+        load(path)
+    result = subprocess.run([sys.executable, "-m", "sidecar", "check-config", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "not UTF-8" in result.stderr
