@@ -51,6 +51,9 @@ def seeds() -> dict[str, dict[str, bytes]]:
     c["pem-tab-prefixed"] = b"p" + vector.pem.replace("\n", "\n\t").encode()  # nginx $ssl_client_cert
     c["der-two-certs"] = b"d" + base64.b64encode(vector.der + ca.der)
     c["not-x509"] = b"d" + base64.b64encode(b"\x30\x03\x02\x01\x01")
+    # Regression (found by this target): X.509 version 28 raised InvalidVersion, not a ValueError.
+    v28 = vector.der.replace(bytes.fromhex("a003020102"), bytes.fromhex("a00302011c"), 1)
+    c["regression-x509-version-28"] = b"d" + base64.b64encode(v28)
     i = out["introspection"]
     full = {"active": True, "scope": "read write", "client_id": "alice", "username": "alice@example",
             "token_type": "Bearer", "exp": 1_900_000_000, "iat": 1_700_000_000, "nbf": 1_700_000_000, "sub": "alice",

@@ -155,7 +155,7 @@ class CertificateReader:
 def _checked_thumbprint(der: bytes) -> str:
     try:
         x509.load_der_x509_certificate(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError (found by fuzzing)
         raise CertificateError("not an X.509 certificate") from None
     return thumbprint(der)
 

@@ -137,7 +137,7 @@ BAD_CERTIFICATES = (
     "invalid percent-encoding", "percent-encoded invalid utf-8", "percent-encoded NUL", "invalid base64 in the PEM",
     "base64 with a bit flipped", "not X.509", "a private key instead", "DER of two certificates",
 "truncated", "XFCC with an unterminated quote", "XFCC hash only (not trusted)",
-    "non-ASCII", "empty-looking",
+    "non-ASCII", "empty-looking", "X.509 version 28",
 )
 
 
@@ -159,6 +159,8 @@ def _bad_certificates(pki: TestPki) -> dict[str, str]:
         "XFCC hash only (not trusted)": "By=spiffe://a;Hash=" + "ab" * 32,
         "non-ASCII": "é" * 100,
         "empty-looking": "   ",
+        "X.509 version 28": base64.b64encode(pki.alice.der.replace(bytes.fromhex("a003020102"),
+                                                                   bytes.fromhex("a00302011c"), 1)).decode(),
     }
 
 

@@ -6,6 +6,7 @@ broke every response.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from sidecar.binding import check_binding
+from sidecar.client_cert import CertificateError, CertificateReader
 from sidecar.config import ConfigError, from_mapping, load
 from sidecar.errors import InvalidToken
 from sidecar.response import HeaderBuilder, sanitize
 from sidecar.token_info import MalformedTokenInfo, token_info_from_claims
+from tests.hostile.material import certificates
 
 
 @pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1" + "0" * 400, "1e300"])
@@ -81,3 +84,16 @@ def test_a_configuration_file_that_is_not_utf8_is_a_config_error_and_exit_2(tmp_
     result = subprocess.run([sys.executable, "-m", "sidecar", "check-config", "--config", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not UTF-8" in result.stderr
+
+
+def test_a_certificate_with_an_invalid_x509_version_is_a_certificate_error() -> None:
+    # Found by the atheris target: cryptography raises x509.InvalidVersion, which is not a
+    # ValueError, so it escaped the reader (an internal_error 503 instead of cert_invalid 401).
+    der = certificates()[0].der
+    at = der.find(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3)
+    bad = der[:at] + bytes.fromhex("a00302011c") + der[at + 5:]
+    encoded = base64.b64encode(bad).decode()
+    for fmt, value in (("der_base64", encoded),
+                       ("pem", f"-----BEGIN CERTIFICATE-----{encoded}-----END CERTIFICATE-----")):
+        with pytest.raises(CertificateError):
+            CertificateReader(fmt).thumbprint(value)  # type: ignore[arg-type]
