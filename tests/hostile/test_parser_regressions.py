@@ -97,3 +97,31 @@ def test_a_certificate_with_an_invalid_x509_version_is_a_certificate_error() -> 
                        ("pem", f"-----BEGIN CERTIFICATE-----{encoded}-----END CERTIFICATE-----")):
         with pytest.raises(CertificateError):
             CertificateReader(fmt).thumbprint(value)  # type: ignore[arg-type]
+
+
+def test_a_memoized_certificate_failure_does_not_grow_with_each_request() -> None:
+    # Found by bench/soak.py: the memo re-raised one exception instance, and each raise chained
+    # its traceback onto it (about 1 KiB per request with the same bad header: RSS grew without bound).
+    import traceback
+    import tracemalloc
+
+    reader = CertificateReader("xfcc")
+    value = "By=spiffe://a;Hash=" + "ab" * 32  # Istio's default XFCC, Hash not trusted: every request
+
+    def depth() -> int:
+        try:
+            reader.thumbprint(value)
+        except CertificateError as error:
+            return len(traceback.extract_tb(error.__traceback__))
+        raise AssertionError("no CertificateError")
+
+    assert depth() == depth()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5000):
+            depth()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown
