@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzz target (atheris / libFuzzer) over every parser of untrusted input.
 
 The first byte of an input picks the parser, the rest is the value (UTF-8 with

@@ -1,7 +1,9 @@
 """Write the seed corpus (fuzz/corpus/<kind>/<name>): real header shapes and documents.
 
-Each seed starts with the byte that picks its parser in fuzz_parsers.py. Certificates are public
-(minted by sidecar.pki; no key is written). Run again only to refresh the seeds:
+Each seed starts with the byte that picks its parser in fuzz_parsers.py. fuzz/corpus/found/ holds
+inputs that a longer fuzzing run added coverage with (libFuzzer ``-merge=1``), kept as seeds too.
+Certificates are public (minted by sidecar.pki; no key is written). Run again only to refresh
+the seeds:
 
     python fuzz/make_corpus.py
 """
@@ -85,9 +87,9 @@ def seeds() -> dict[str, dict[str, bytes]]:
 
 
 def main() -> None:
-    shutil.rmtree(CORPUS, ignore_errors=True)
     all_seeds = seeds()
-    for kind, files in all_seeds.items():
+    for kind, files in all_seeds.items():  # fuzz/corpus/found/ (inputs the fuzzer found) is kept
+        shutil.rmtree(CORPUS / kind, ignore_errors=True)
         (CORPUS / kind).mkdir(parents=True)
         for name, data in files.items():
             (CORPUS / kind / name).write_bytes(data)
