@@ -14,7 +14,9 @@ tokens are minted, expire and are revoked, and an oracle judges every decision:
 - an error is an exception out of ``decide()``, an ``internal_error`` deny, or an HTTP 5xx other
   than a 503 ``idp_unavailable``.
 
-It prints one summary line and exits 1 on any wrong allow or error:
+RSS (of this process: the sidecar and, in-process, the fake IdP) is sampled every tenth of the
+run; growth after the first fifth (when the caches are full) beyond ``--max-rss-growth`` counts as
+a leak. It prints one summary line and exits 1 on any wrong allow, error or leak:
 
     wrong_allows=0 decisions=N errors=0 ... rss_start=...MiB rss_end=...MiB
 
@@ -89,6 +91,11 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
+    rss_warm: float = 0.0  # RSS once a fifth of the decisions ran (caches full): the leak baseline
+
+    @property
+    def rss_growth(self) -> float:
+        return self.rss[-1] - (self.rss_warm or self.rss[0])
 
 
 def rss_mib() -> float:
@@ -270,6 +277,8 @@ async def _drive(run: Soak, http: aiohttp.ClientSession, url: str, decisions: in
         if sent >= next_report:
             next_report += report_every
             tally.rss.append(rss_mib())
+            if not tally.rss_warm and sent >= decisions // 5:
+                tally.rss_warm = tally.rss[-1]
             if not quiet:
                 rate = sent / max(time.monotonic() - began, 1e-9)
                 print(f"  {sent:>9} decisions  {rate:>8.0f}/s  rss={tally.rss[-1]:.1f}MiB  "
@@ -311,6 +320,7 @@ def summary(tally: Tally, seconds: float) -> str:
     return (f"wrong_allows={tally.wrong_allows} decisions={tally.decisions} errors={tally.errors} "
             f"http={tally.http} valid_allowed={valid_allowed} idp_unavailable={idp_denials} "
             f"rss_start={tally.rss[0]:.1f}MiB rss_end={tally.rss[-1]:.1f}MiB rss_max={max(tally.rss):.1f}MiB "
+            f"rss_growth_after_warmup={tally.rss_growth:.1f}MiB "
             f"seconds={seconds:.0f} rate={tally.decisions / max(seconds, 1e-9):.0f}/s")
 
 
@@ -321,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-every", type=int, default=100, help="every Nth decision goes through HTTP")
     parser.add_argument("--fault-period", type=float, default=1.0, help="seconds per IdP fault phase")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--max-rss-growth", type=float, default=32.0,
+                        help="MiB the RSS may grow after the first fifth of the run before it counts as a leak")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -337,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in tally.wrong:
             print(f"  WRONG ALLOW: {line}", file=sys.stderr)
     print(summary(tally, time.monotonic() - started), flush=True)
-    return 1 if tally.wrong_allows or tally.errors else 0
+    leak = tally.rss_growth > args.max_rss_growth
+    if leak:
+        print(f"RSS grew {tally.rss_growth:.1f}MiB after warm-up (limit {args.max_rss_growth}MiB)", file=sys.stderr)
+    return 1 if tally.wrong_allows or tally.errors or leak else 0
 
 
 if __name__ == "__main__":
