@@ -23,7 +23,8 @@ def check_app(sidecar: Sidecar) -> web.Application:
     """Any method on any path is a check (Envoy appends the original path to its prefix)."""
     app = web.Application(handler_args=handler_args(sidecar.config))
     app[SIDECAR] = sidecar
-    app.router.add_route("*", "/{tail:.*}", handlers.check)
+    # [\s\S], not ".": a path with an encoded line break (%0A) is a check too, not a 404.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handlers.check)
     return app
 
 

@@ -35,5 +35,6 @@ def check_binding(info: TokenInfo, presented: str | None, mode: BindingMode) -> 
     if presented is None:
         raise InvalidToken("cert_missing", "token is bound but no client certificate was presented")
     # Constant time: the thumbprint an attacker presents must not leak how much of it matched.
-    if not hmac.compare_digest(expected.encode(), presented.encode()):
+    # surrogatepass: a cnf from JSON may hold a lone surrogate; it must mismatch, not raise.
+    if not hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), presented.encode()):
         raise InvalidToken("cnf_mismatch", "cnf.x5t#S256 differs from the presented certificate")

@@ -126,7 +126,9 @@ class CertificateReader:
                 del self._memo[next(iter(self._memo))]
             self._memo[value] = found
         if isinstance(found, CertificateError):
-            raise found
+            # A fresh exception each time: re-raising the memoized instance would chain every
+            # raise's traceback (and its frames) onto it, a leak per request (found by the soak).
+            raise CertificateError(*found.args)
         return found
 
     def _compute(self, value: str) -> str | CertificateError:
@@ -157,7 +159,7 @@ class CertificateReader:
 def _checked_thumbprint(der: bytes) -> str:
     try:
         x509.load_der_x509_certificate(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError (found by fuzzing)
         raise CertificateError("not an X.509 certificate") from None
     return thumbprint(der)
 

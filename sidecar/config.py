@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -29,7 +30,8 @@ CertFormat = Literal[
 ]
 DecisionLogging = Literal["all", "deny", "off"]
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "name\n" through.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 class ConfigError(ValueError):
@@ -165,6 +167,8 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback
+            raise ConfigError("config", f"{path} is not UTF-8 (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
     return from_mapping(raw, env)
@@ -239,6 +243,8 @@ def _convert(key: str, tp: Any, value: Any, *, from_env: bool) -> Any:
             raise ConfigError(key, "must be a number")
         if tp is int and not isinstance(number, int):
             raise ConfigError(key, "must be a whole number")
+        if not math.isfinite(number):  # TOML and float() accept nan and inf; nan passes every "<" check
+            raise ConfigError(key, "must be a finite number")
         return tp(number)
     if tp is str:
         if not isinstance(value, str):
@@ -404,8 +410,8 @@ def _validate_response(r: ResponseConfig) -> None:
             raise ConfigError(f"response.claims.{claim}", f"not a valid header name: {header!r}")
     if not 16 <= r.max_value_length <= 8192:
         raise ConfigError("response.max_value_length", "must be between 16 and 8192")
-    if '"' in r.realm or "\\" in r.realm:
-        raise ConfigError("response.realm", "must not contain quotes or backslashes")
+    if '"' in r.realm or "\\" in r.realm or not r.realm.isprintable():
+        raise ConfigError("response.realm", "must not contain quotes, backslashes or control characters")
     for name in r.remove_upstream_headers:
         if not _HEADER_NAME.match(name):
             raise ConfigError("response.remove_upstream_headers", f"invalid header {name!r}")

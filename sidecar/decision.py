@@ -44,6 +44,7 @@ class CheckRequest:
     authorization: Sequence[str]  # every Authorization field value received
     certificate: str | None = None  # the forwarded certificate, only from a trusted peer
     reader: CertificateReader | None = None  # how to read it; None: the configured format
+    certificate_duplicated: bool = False  # the header came more than once: which one is the proxy's?
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,8 @@ class Decider:
         )
 
     def _thumbprint(self, request: CheckRequest) -> str | None:
+        if request.certificate_duplicated:  # fail closed rather than guess which copy the proxy set
+            raise InvalidToken("cert_invalid", "more than one client certificate header")
         if request.certificate is None:
             return None
         try:

@@ -18,14 +18,20 @@ from .runtime import SIDECAR
 async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     headers = request.headers
-    certificate = headers.get(sidecar.cert_header) if request.remote in sidecar.trusted_proxies else None
+    # Every copy of the certificate header: two copies mean a proxy appended instead of replacing.
+    certificates = headers.getall(sidecar.cert_header, ()) if request.remote in sidecar.trusted_proxies else ()
+    certificate = certificates[0] if certificates else None
+    duplicated = len(certificates) > 1
     authorization = headers.getall("Authorization", ())
-    hit = sidecar.decider.decide_hit(authorization, certificate)  # the hot path: no await
-    if hit is not None:
-        return web.Response(headers=hit.headers.pairs())  # always CredentialHeaders (HeaderBuilder.build)
+    if not duplicated:
+        hit = sidecar.decider.decide_hit(authorization, certificate)  # the hot path: no await
+        if hit is not None:
+            return web.Response(headers=hit.headers.pairs())  # always CredentialHeaders (HeaderBuilder.build)
     sidecar.in_flight += 1
     try:
-        decision = await sidecar.decider.decide(CheckRequest(authorization, certificate))
+        decision = await sidecar.decider.decide(
+            CheckRequest(authorization, certificate, certificate_duplicated=duplicated)
+        )
     finally:
         sidecar.in_flight -= 1
     if isinstance(decision, Allow):

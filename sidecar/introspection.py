@@ -107,7 +107,7 @@ class Introspector:
             raise IdpUnavailable("timeout: no answer within idp.timeout") from None
         try:
             return json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
             raise IdpUnavailable("garbage: introspection answer is not JSON") from None
 
 

@@ -21,8 +21,9 @@ from .token_info import TokenInfo
 # Envoy's HTTP ext_authz drops the request headers named here (comma-separated) on a 200.
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 
-# C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value, nor lone
+# surrogates (JSON "\\ud800" decodes to one; it cannot be encoded and would fail the response).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
     ("sub", "sub"),

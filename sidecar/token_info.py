@@ -48,6 +48,7 @@ class TokenInfo:
 
 
 INACTIVE = TokenInfo(active=False)
+_MAX_NUMERIC_DATE = 2**53  # the largest integer a float (the clock) holds exactly
 
 
 def token_info_from_claims(
@@ -102,6 +103,9 @@ def _opt_time(claims: Mapping[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedTokenInfo(f"{name}: must be a NumericDate")
+    # JSON allows NaN, Infinity and 400-digit integers; none is a time the clock can compare.
+    if not -_MAX_NUMERIC_DATE <= value <= _MAX_NUMERIC_DATE:
+        raise MalformedTokenInfo(f"{name}: NumericDate out of range")
     return int(value)
 
 
