@@ -293,3 +293,16 @@ def _json(value: dict[str, Any]) -> bytes:
     import json
 
     return json.dumps(value).encode()
+
+
+async def test_a_duplicated_certificate_header_is_denied_even_when_the_token_is_cached(
+    sidecar: Running, idp: FakeIdp, pki: TestPki
+) -> None:
+    from multidict import CIMultiDict
+
+    token = alice_token(idp, pki)
+    assert (await sidecar.check(token, pki.alice)).status == 200  # now cached: the fast path applies
+    headers = CIMultiDict([("Authorization", f"Bearer {token}"), ("x-client-cert", escaped_pem(pki.alice)),
+                           ("x-client-cert", escaped_pem(pki.alice))])
+    response = await sidecar.client.get("/", headers=headers)
+    assert response.status == 401 and (await response.json())["reason"] == "cert_invalid"
