@@ -371,7 +371,7 @@ async def profile(env: Env, sidecar: Server, script: Path, out: Path) -> None:
     stacks go to ``out`` (flamegraph.pl or speedscope read them)."""
     spy = await asyncio.create_subprocess_exec(
         str(Path(PY).parent / "py-spy"), "record", "-p", str(sidecar.proc.pid), "-o", str(out), "-f", "raw",
-        "-r", "250", "-d", str(int(env.args.duration) + 2), "--nonblocking",
+        "-r", "500", "-d", str(int(env.args.duration) + 2),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     await asyncio.sleep(1.0)
     run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=50, duration=env.args.duration)
