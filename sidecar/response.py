@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from multidict import istr
+
 from .config import ResponseConfig
 from .errors import Denial
 from .token_info import TokenInfo
@@ -56,10 +58,11 @@ class CredentialHeaders(Mapping[str, str]):
 
     __slots__ = ()
     _names: tuple[str, ...] = ()
+    _header_names: tuple[istr, ...] = ()  # the same names as multidict.istr (see pairs)
     _values: Callable[[CredentialHeaders], tuple[str, ...]]
 
     def __getitem__(self, name: str) -> str:
-        for known, value in self.pairs():
+        for known, value in zip(self._names, self._values(self), strict=True):
             if known == name:
                 return value
         raise KeyError(name)
@@ -71,8 +74,14 @@ class CredentialHeaders(Mapping[str, str]):
         return len(self._names)
 
     def pairs(self) -> Iterator[tuple[str, str]]:
-        """(name, value) pairs: what ``web.Response(headers=...)`` reads fastest from this."""
-        return zip(self._names, self._values(self), strict=True)
+        """(name, value) pairs: what ``web.Response(headers=...)`` reads fastest from this.
+
+        The names are ``multidict.istr`` (a ``str`` that compares and prints as itself): the
+        CIMultiDict that aiohttp builds from them takes their precomputed case-folded identity
+        instead of folding each name per response (about 4 µs of server CPU per cache hit, measured
+        with wrk: README, "Where the CPU of a cache hit goes").
+        """
+        return zip(self._header_names, self._values(self), strict=True)
 
 
 def _headers_class(names: tuple[str, ...]) -> Callable[[Sequence[str]], CredentialHeaders]:
@@ -80,7 +89,8 @@ def _headers_class(names: tuple[str, ...]) -> Callable[[Sequence[str]], Credenti
     slots = tuple(f"_v{i}" for i in range(len(names)))
     # 11 standard headers at least: attrgetter of several names returns a tuple.
     cls = type("CredentialHeaders", (CredentialHeaders,), {
-        "__slots__": slots, "_names": names, "_values": staticmethod(operator.attrgetter(*slots)),
+        "__slots__": slots, "_names": names, "_header_names": tuple(istr(n) for n in names),
+        "_values": staticmethod(operator.attrgetter(*slots)),
     })
 
     def make(values: Sequence[str]) -> CredentialHeaders:

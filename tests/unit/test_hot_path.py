@@ -9,6 +9,7 @@ import logging
 import re
 
 import pytest
+from multidict import CIMultiDict, istr
 from prometheus_client import generate_latest
 
 from sidecar import config as config_module
@@ -141,6 +142,15 @@ def test_equal_claim_values_of_different_tokens_are_shared() -> None:
     a = interner.info(token_info_from_claims(json.loads('{"active":true,"scope":"read write","iss":"https://i"}')))
     b = interner.info(token_info_from_claims(json.loads('{"active":true,"scope":"read write","iss":"https://i"}')))
     assert a == b and a.scopes is b.scopes and a.scope is b.scope and a.iss is b.iss
+
+
+def test_credential_header_pairs_name_each_header_exactly_as_configured() -> None:
+    builder = HeaderBuilder(config_module.ResponseConfig(prefix="X-Auth-", claims={"tenant": "Tenant-Id"}))
+    headers = builder.build(TokenInfo(active=True, sub="alice"))
+    names = [name for name, _ in headers.pairs()]
+    assert names == list(builder.names) == list(headers)
+    assert all(isinstance(name, istr) and str(name) == plain for name, plain in zip(names, builder.names, strict=True))
+    assert CIMultiDict(headers.pairs())["x-auth-sub"] == "alice"
 
 
 def test_credential_headers_read_like_a_dict() -> None:
