@@ -41,7 +41,7 @@ class AllowLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
-        self._pending: list[str] = []
+        self._pending: list[tuple[float, str, str, str | None]] = []  # (time, token hash, cache, client)
         self._fast = False
         self._second = -1
         self._prefix = ""
@@ -63,7 +63,13 @@ class AllowLog:
         elif not self._fast:  # pragma: no cover - pending is only filled on the fast path
             self._slow(token_hash, cache, client_id)
             return
-        now = time.time()
+        # Only the facts here; the line is formatted in flush(), for the whole batch at once (in a
+        # loop that stays in the CPU's caches, it costs a fraction of formatting per request).
+        pending.append((time.time(), token_hash, cache, client_id))
+        if len(pending) >= FLUSH_LINES:
+            self.flush()
+
+    def _line(self, now: float, token_hash: str, cache: str, client_id: str | None) -> str:
         second = int(now)
         if second != self._second:
             self._second = second
@@ -74,22 +80,21 @@ class AllowLog:
             if len(self._client_json) >= _MAX_CLIENT_IDS:
                 self._client_json.clear()
             self._client_json[client_id] = client
-        pending.append(
+        return (
             f'{self._prefix}.{int((now - second) * 1000):03d}Z","level":"info","logger":"{self._logger.name}",'
             f'"msg":"allow","outcome":"allow","reason":"ok","token":"{token_hash}","cache":"{cache}",'
             f'"client_id":{client}}}\n'
         )
-        if len(pending) >= FLUSH_LINES:
-            self.flush()
 
     def flush(self) -> None:
-        lines, self._pending = self._pending, []
+        facts, self._pending = self._pending, []
         handler = logs.HANDLER
-        if not lines or handler is None:
+        if not facts or handler is None:
             return
         handler.acquire()
         try:
-            handler.stream.write("".join(lines))
+            line = self._line
+            handler.stream.write("".join([line(*fact) for fact in facts]))
             handler.flush()
         except Exception:  # a broken log stream must not break checks
             handler.handleError(logging.makeLogRecord({"msg": "allow"}))
