@@ -61,7 +61,12 @@ async def purge(request: web.Request) -> web.Response:
         return _unauthorized()
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _bad("body too large")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = b""
+    while len(raw) <= MAX_BODY_BYTES:  # read(n) returns what has arrived so far, not the whole body
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         return _bad("body too large")
     try:

@@ -162,3 +162,21 @@ def test_invalid_purge_and_stale_settings_name_their_key(raw: dict[str, Any], ke
     with pytest.raises(ConfigError) as raised:
         from_mapping(raw)
     assert raised.value.key == key
+
+
+async def test_a_purge_body_that_arrives_in_several_pieces_is_read_whole(
+    running: Running, idp: FakeIdp, pki: TestPki
+) -> None:
+    import asyncio
+    import json
+
+    token = await cached(running, idp, pki)
+    body = json.dumps({"token": token}).encode()
+
+    async def pieces() -> Any:  # chunked transfer, with pauses so the server sees separate reads
+        for i in range(0, len(body), 8):
+            yield body[i:i + 8]
+            await asyncio.sleep(0.005)
+
+    response = await running.admin.post("/purge", data=pieces(), headers=AUTH)
+    assert response.status == 200 and await response.json() == {"purged": 1}
