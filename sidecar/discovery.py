@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from .body import BodyTooLarge, read_bounded
 from .config import IdpConfig
 from .tls import IdpSession
 
@@ -75,12 +76,11 @@ async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
                 if response.status != 200:
                     errors.append(f"{url}: HTTP {response.status}")
                     continue
-                body = bytearray()  # the whole body: content.read(n) returns as soon as some bytes came
-                async for chunk in response.content.iter_any():
-                    body += chunk
-                    if len(body) > MAX_METADATA_BYTES:
-                        raise DiscoveryError(f"{url}: metadata too large")
-                metadata = _json_object(bytes(body))
+                try:
+                    body = await read_bounded(response.content, MAX_METADATA_BYTES, response.content_length)
+                except BodyTooLarge:
+                    raise DiscoveryError(f"{url}: metadata too large") from None
+                metadata = _json_object(body)
         except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             errors.append(f"{url}: {type(exc).__name__}")
             continue

@@ -27,6 +27,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
+from .body import BodyTooLarge, read_bounded
 from .config import IdpConfig, client_secret
 from .discovery import Discovery, DiscoveryError
 from .errors import IdpUnavailable
@@ -112,16 +113,10 @@ class Introspector:
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, at most MAX_BODY_BYTES. (``content.read(n)`` returns as soon as *some*
-    bytes arrived, which would parse a partial answer; a short body raises ClientPayloadError.)"""
-    if (response.content_length or 0) > MAX_BODY_BYTES:
-        raise IdpUnavailable("too_large: introspection answer too large")
-    body = bytearray()
-    async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise IdpUnavailable("too_large: introspection answer too large")
-    return bytes(body)
+    try:
+        return await read_bounded(response.content, MAX_BODY_BYTES, response.content_length)
+    except BodyTooLarge:
+        raise IdpUnavailable("too_large: introspection answer too large") from None
 
 
 def _failure_class(exc: aiohttp.ClientError) -> str:

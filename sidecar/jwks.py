@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
+from .body import BodyTooLarge, read_bounded
 from .config import IdpConfig
 from .discovery import Discovery, DiscoveryError
 from .errors import IdpUnavailable
@@ -161,28 +162,16 @@ class Jwks:
                 ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
                 if ctype != "application/json" and not ctype.endswith("+json"):
                     raise IdpUnavailable(f"content_type: unexpected {ctype!r}")
-                if (response.content_length or 0) > MAX_JWKS_BYTES:
-                    raise IdpUnavailable(f"too_large: JWK Set over {MAX_JWKS_BYTES} bytes")
-                return await _read_bounded(response.content, MAX_JWKS_BYTES)
+                try:
+                    return await read_bounded(response.content, MAX_JWKS_BYTES, response.content_length)
+                except BodyTooLarge:
+                    raise IdpUnavailable(f"too_large: JWK Set over {MAX_JWKS_BYTES} bytes") from None
         except TimeoutError:
             raise IdpUnavailable("timeout: no JWK Set within idp.timeout") from None
         except aiohttp.ClientSSLError as exc:
             raise IdpUnavailable(f"tls: {type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise IdpUnavailable(f"connection: {type(exc).__name__}") from None
-
-
-async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes. (``read(n)`` returns *up to* n bytes:
-    what is buffered, so a body spanning several chunks would be cut short.)"""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise IdpUnavailable(f"too_large: JWK Set over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 _ACCEPT: Mapping[str, str] = {"Accept": "application/jwk-set+json, application/json"}

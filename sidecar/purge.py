@@ -22,6 +22,7 @@ import re
 
 from aiohttp import web
 
+from .body import BodyTooLarge, read_bounded
 from .logs import token_hash
 from .runtime import SIDECAR
 
@@ -59,15 +60,9 @@ async def purge(request: web.Request) -> web.Response:
     if not authorized(request, request.app[ADMIN_SECRET_DIGEST]):
         log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": request.remote})
         return _unauthorized()
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return _bad("body too large")
-    raw = b""
-    while len(raw) <= MAX_BODY_BYTES:  # read(n) returns what has arrived so far, not the whole body
-        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
-        if not chunk:
-            break
-        raw += chunk
-    if len(raw) > MAX_BODY_BYTES:
+    try:
+        raw = await read_bounded(request.content, MAX_BODY_BYTES, request.content_length)
+    except BodyTooLarge:
         return _bad("body too large")
     try:
         body = json.loads(raw)
