@@ -403,11 +403,18 @@ def _validate_client_cert(c: ClientCertConfig) -> None:
 
 
 def _validate_response(r: ResponseConfig) -> None:
-    if not _HEADER_NAME.match(r.prefix.rstrip("-") or "-"):
-        raise ConfigError("response.prefix", f"not a valid header prefix: {r.prefix!r}")
+    # A non-empty prefix keeps every header we emit apart from the proxy's own (Content-Length,
+    # Authorization, x-envoy-*), and is what the proxies' prefix rules match.
+    if not r.prefix.strip("-") or not _HEADER_NAME.match(r.prefix):
+        raise ConfigError("response.prefix", f"not a valid, non-empty header prefix: {r.prefix!r}")
+    from .response import STANDARD_HEADERS  # here: response.py imports this module
+
+    standard = {suffix for _, suffix in STANDARD_HEADERS}
     for claim, header in r.claims.items():
         if not _HEADER_NAME.match(header):
             raise ConfigError(f"response.claims.{claim}", f"not a valid header name: {header!r}")
+        if header.lower() in standard:
+            raise ConfigError(f"response.claims.{claim}", f"{header!r} is already a standard credential header")
     if not 16 <= r.max_value_length <= 8192:
         raise ConfigError("response.max_value_length", "must be between 16 and 8192")
     if '"' in r.realm or "\\" in r.realm or not r.realm.isprintable():
