@@ -14,9 +14,9 @@ import platform
 import time
 
 from sidecar.config import from_mapping
-from sidecar.decision import CheckRequest, Decider
-from sidecar.metrics import Metrics
-from sidecar.token_info import TokenInfo
+from sidecar.core.decision import CheckRequest, Decider
+from sidecar.core.token_info import TokenInfo
+from sidecar.support.metrics import Metrics
 
 
 class Verifier:

@@ -30,9 +30,9 @@ async def serve_child() -> None:
     """Child: IdP + sidecar (HTTP and gRPC fronts) on free ports; prints them; runs until stdin closes."""
     from sidecar import config as config_module
     from sidecar.app import check_app
-    from sidecar.devidp import Client, DevIdp, server_context
-    from sidecar.grpc_authz import GrpcFront
-    from sidecar.pki import CertificateAuthority
+    from sidecar.dev.devidp import Client, DevIdp, server_context
+    from sidecar.dev.pki import CertificateAuthority
+    from sidecar.fronts.grpc import GrpcFront
     from sidecar.runtime import Sidecar
 
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))

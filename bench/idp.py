@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.devidp import Client, DevIdp, server_context
+from sidecar.dev.devidp import Client, DevIdp, server_context
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

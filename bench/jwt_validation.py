@@ -16,11 +16,11 @@ import time
 from collections.abc import Sequence
 
 from sidecar.config import IdpConfig, PolicyConfig
-from sidecar.devidp import Client, DevIdp, SigningKey
-from sidecar.errors import InvalidToken
-from sidecar.jwk_set import KeySet, VerifyKey, parse_jwks
-from sidecar.jwt_access_token import JwtAccessTokenVerifier
-from sidecar.token_format import jwt_header
+from sidecar.core.errors import InvalidToken
+from sidecar.dev.devidp import Client, DevIdp, SigningKey
+from sidecar.idp.jwk_set import KeySet, VerifyKey, parse_jwks
+from sidecar.idp.jwt_access_token import JwtAccessTokenVerifier
+from sidecar.idp.token_format import jwt_header
 
 
 class Keys:

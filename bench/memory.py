@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sidecar import config as config_module
-from sidecar.decision import Allow, CheckRequest, Decider
-from sidecar.metrics import Metrics
-from sidecar.token_info import TokenInfo, token_info_from_claims
+from sidecar.core.decision import Allow, CheckRequest, Decider
+from sidecar.core.token_info import TokenInfo, token_info_from_claims
+from sidecar.support.metrics import Metrics
 
 
 def rss_bytes() -> int:

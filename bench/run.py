@@ -47,7 +47,7 @@ import aiohttp  # noqa: E402
 
 from bench.idp import BenchIdp, start_idp  # noqa: E402
 from sidecar.config import LogConfig  # noqa: E402
-from sidecar.pki import CertificateAuthority, Issued  # noqa: E402
+from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = sorted(os.sched_getaffinity(0))

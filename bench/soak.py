@@ -50,9 +50,9 @@ if str(ROOT) not in sys.path:
 
 from sidecar.app import check_app  # noqa: E402
 from sidecar.config import from_mapping  # noqa: E402
-from sidecar.decision import Allow, CheckRequest  # noqa: E402
-from sidecar.devidp import server_context  # noqa: E402
-from sidecar.pki import CertificateAuthority, Issued  # noqa: E402
+from sidecar.core.decision import Allow, CheckRequest  # noqa: E402
+from sidecar.dev.devidp import server_context  # noqa: E402
+from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 from sidecar.runtime import Sidecar  # noqa: E402
 from tests.fake_idp import FakeIdp, Fault, standard_idp  # noqa: E402
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["sidecar"]):
-    from sidecar.binding import check_binding
-    from sidecar.client_cert import CertificateError, CertificateReader
     from sidecar.config import Config, ConfigError, from_mapping, load
-    from sidecar.errors import Denial, InvalidToken
-    from sidecar.extract import MAX_TOKEN_LENGTH, bearer_token
-    from sidecar.policy import Policy
-    from sidecar.response import HeaderBuilder
-    from sidecar.token_info import MalformedTokenInfo, token_info_from_claims
+    from sidecar.core.binding import check_binding
+    from sidecar.core.client_cert import CertificateError, CertificateReader
+    from sidecar.core.errors import Denial, InvalidToken
+    from sidecar.core.extract import MAX_TOKEN_LENGTH, bearer_token
+    from sidecar.core.policy import Policy
+    from sidecar.core.response import HeaderBuilder
+    from sidecar.core.token_info import MalformedTokenInfo, token_info_from_claims
 
 THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
 B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

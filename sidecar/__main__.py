@@ -7,10 +7,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from . import config as config_module
-from . import logs
-from .config import ConfigError
-from .tls import TlsConfigError, client_context
+from sidecar import config as config_module
+from sidecar.config import ConfigError
+from sidecar.idp.tls import TlsConfigError, client_context
+from sidecar.support import logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def _run(coro: object) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
+        from sidecar.dev.demo import run_demo
 
         logs.setup("info")
         _run(run_demo())
@@ -56,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("configuration ok")
         return
     logs.setup(config.log.level)
-    from .app import serve
+    from sidecar.app import serve
 
     if config.server.workers > 1:
-        from .workers import run_workers
+        from sidecar.workers import run_workers
 
         raise SystemExit(run_workers(config, lambda worker: _run(serve(worker))))
     _run(serve(config))

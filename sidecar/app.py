@@ -12,9 +12,10 @@ import signal
 
 from aiohttp import web
 
-from . import handlers, purge
-from .config import Config, admin_secret
-from .runtime import SIDECAR, Sidecar
+from sidecar.config import Config, admin_secret
+from sidecar.fronts import http as handlers
+from sidecar.fronts import purge
+from sidecar.runtime import SIDECAR, Sidecar
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
         if s.grpc_port:
-            from .grpc_authz import GrpcFront  # grpc is imported only when the gRPC port is on
+            from sidecar.fronts.grpc import GrpcFront  # grpc is imported only when the gRPC port is on
 
             grpc_front = GrpcFront(sidecar)
             await grpc_front.start(s.grpc_host, s.grpc_port)

@@ -34,6 +34,22 @@ DecisionLogging = Literal["all", "deny", "off"]
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
+# (TokenInfo attribute, header suffix): the credential headers every allow carries.
+STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
+    ("sub", "sub"),
+    ("client_id", "client-id"),
+    ("scope", "scope"),
+    ("iss", "iss"),
+    ("aud", "aud"),
+    ("exp", "exp"),
+    ("iat", "iat"),
+    ("jti", "jti"),
+    ("token_type", "token-type"),
+    ("username", "username"),
+    ("cnf_x5t_s256", "cnf-x5t-s256"),
+)
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message begins with the dotted key."""
 
@@ -407,8 +423,6 @@ def _validate_response(r: ResponseConfig) -> None:
     # Authorization, x-envoy-*), and is what the proxies' prefix rules match.
     if not r.prefix.strip("-") or not _HEADER_NAME.match(r.prefix):
         raise ConfigError("response.prefix", f"not a valid, non-empty header prefix: {r.prefix!r}")
-    from .response import STANDARD_HEADERS  # here: response.py imports this module
-
     standard = {suffix for _, suffix in STANDARD_HEADERS}
     for claim, header in r.claims.items():
         if not _HEADER_NAME.match(header):

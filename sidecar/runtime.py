@@ -11,17 +11,17 @@ import logging
 
 from aiohttp import web
 
-from .config import Config
-from .decision import Decider, Verifier
-from .discovery import Discovery
-from .extract import TrustedProxies
-from .idp_guard import IdpGuard
-from .introspection import Introspector
-from .jwks import Jwks
-from .metrics import Metrics
-from .rotation import CertificateWatcher
-from .tls import IdpSession
-from .token_format import choose_verifier, local_jwt_enabled
+from sidecar.config import Config
+from sidecar.core.decision import Decider, Verifier
+from sidecar.core.extract import TrustedProxies
+from sidecar.idp.discovery import Discovery
+from sidecar.idp.guard import IdpGuard
+from sidecar.idp.introspection import Introspector
+from sidecar.idp.jwks import Jwks
+from sidecar.idp.rotation import CertificateWatcher
+from sidecar.idp.tls import IdpSession
+from sidecar.idp.token_format import choose_verifier, local_jwt_enabled
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .config import Config
+from sidecar.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar import config as config_module
 from sidecar.app import admin_app, check_app
-from sidecar.devidp import server_context
-from sidecar.pki import Issued
+from sidecar.dev.devidp import server_context
+from sidecar.dev.pki import Issued
 from sidecar.runtime import Sidecar
 from tests.fake_idp import FakeIdp, standard_idp
 from tests.pki_fixtures import TestPki, make_pki

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 
-from sidecar.pki import Issued
+from sidecar.dev.pki import Issued
 
 
 def url_encode_pem(pem: bytes, *, legacy: bool = False) -> str:

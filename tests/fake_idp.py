@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sidecar.devidp import Client, DevIdp, _peer
+from sidecar.dev.devidp import Client, DevIdp, _peer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.pki import CertificateAuthority, Issued
+from sidecar.dev.pki import CertificateAuthority, Issued
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.pki import Issued
+from sidecar.dev.pki import Issued
 from tests import envoy_side
 from tests.envoy_config import ENVOY_DIR, ext_authz_of, load_bootstrap
 from tests.fake_idp import FakeIdp, Fault

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from sidecar.devidp import Client
+from sidecar.dev.devidp import Client
 from tests.deploy.test_kubernetes import OVERLAYS, pod_spec, sidecar_env
 from tests.fake_idp import FakeIdp
 from tests.kubelet import SecretVolume

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from sidecar import config as config_module
-from sidecar.devidp import Client
+from sidecar.dev.devidp import Client
 from tests.conftest import escaped_pem
 from tests.deploy.test_deployment_env import process_env
 from tests.deploy.test_kubernetes import pod_spec, render, sidecar_env

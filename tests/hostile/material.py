@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
-from sidecar.pki import CertificateAuthority
+from sidecar.dev.pki import CertificateAuthority
 
 VECTOR_PEM = (Path(__file__).resolve().parents[1] / "unit" / "vectors" / "vector.crt").read_text()
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.client_cert import CertificateReader
-from sidecar.extract import bearer_token
+from sidecar.core.client_cert import CertificateReader
+from sidecar.core.extract import bearer_token
 from tests.conftest import Running, escaped_pem
 from tests.fake_idp import FakeIdp, Fault
 from tests.hostile.material import certificates, header_values

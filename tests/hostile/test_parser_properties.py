@@ -18,13 +18,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar import xfcc
-from sidecar.client_cert import PARSERS, CertificateError, CertificateReader
 from sidecar.config import Config, ConfigError, env_name, from_mapping
-from sidecar.errors import Denial, InvalidRequest, MissingToken
-from sidecar.extract import MAX_TOKEN_LENGTH, bearer_token
-from sidecar.response import HeaderBuilder
-from sidecar.token_info import STANDARD_CLAIMS, MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.core import xfcc
+from sidecar.core.client_cert import PARSERS, CertificateError, CertificateReader
+from sidecar.core.errors import Denial, InvalidRequest, MissingToken
+from sidecar.core.extract import MAX_TOKEN_LENGTH, bearer_token
+from sidecar.core.response import HeaderBuilder
+from sidecar.core.token_info import STANDARD_CLAIMS, MalformedTokenInfo, TokenInfo, token_info_from_claims
 from tests.hostile.material import certificates, header_values
 
 FORMATS = ("auto", *PARSERS, "xfcc")

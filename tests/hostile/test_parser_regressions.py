@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.binding import check_binding
-from sidecar.client_cert import CertificateError, CertificateReader
 from sidecar.config import ConfigError, from_mapping, load
-from sidecar.errors import InvalidToken
-from sidecar.response import HeaderBuilder, sanitize
-from sidecar.token_info import MalformedTokenInfo, token_info_from_claims
+from sidecar.core.binding import check_binding
+from sidecar.core.client_cert import CertificateError, CertificateReader
+from sidecar.core.errors import InvalidToken
+from sidecar.core.response import HeaderBuilder, sanitize
+from sidecar.core.token_info import MalformedTokenInfo, token_info_from_claims
 from tests.hostile.material import certificates
 
 

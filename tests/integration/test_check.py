@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidecar import decision
+from sidecar.core import decision
 from tests.conftest import MakeSidecar, Running, escaped_pem
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
@@ -242,7 +242,7 @@ async def test_the_idp_rejects_a_sidecar_without_the_right_client_certificate(
 
 async def test_the_sidecar_rejects_an_idp_it_cannot_verify(make_sidecar: MakeSidecar, idp: FakeIdp,
                                                            pki: TestPki, tmp_path: Any) -> None:
-    from sidecar.pki import CertificateAuthority
+    from sidecar.dev.pki import CertificateAuthority
 
     other_ca = tmp_path / "other.crt"
     other_ca.write_bytes(CertificateAuthority("other").root.cert_pem)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.pki import Issued
+from sidecar.dev.pki import Issued
 from tests import envoy_side
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp

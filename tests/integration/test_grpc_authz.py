@@ -18,7 +18,7 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import app
-from sidecar.grpc_authz import SERVICE, GrpcFront, peer_address
+from sidecar.fronts.grpc import SERVICE, GrpcFront, peer_address
 from tests import envoy_side
 from tests.conftest import MakeSidecar, Running, sidecar_config
 from tests.fake_idp import FakeIdp

@@ -25,8 +25,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.devidp import server_context
-from sidecar.pki import CertificateAuthority
+from sidecar.dev.devidp import server_context
+from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from sidecar.devidp import Client
+from sidecar.dev.devidp import Client
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
@@ -137,7 +137,7 @@ async def test_hs256_signed_with_the_public_key_as_secret_is_refused(
 async def test_a_jwt_signed_by_another_key_under_a_known_kid_is_an_invalid_signature(
     jwt_sidecar: Running, signing_idp: FakeIdp, pki: TestPki
 ) -> None:
-    from sidecar.devidp import SigningKey
+    from sidecar.dev.devidp import SigningKey
 
     impostor = SigningKey.generate("ES256", kid="k1")
     token = signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256, key=impostor)
@@ -161,7 +161,7 @@ async def test_a_jwt_for_another_audience_is_refused(jwt_sidecar: Running, signi
 async def test_unknown_kids_cause_one_jwks_refresh_then_deny_without_a_storm(
     jwt_sidecar: Running, signing_idp: FakeIdp, pki: TestPki
 ) -> None:
-    from sidecar.devidp import SigningKey
+    from sidecar.dev.devidp import SigningKey
 
     assert (await jwt_sidecar.check(signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256), pki.alice)).status == 200
     assert signing_idp.jwks_requests == 1
@@ -254,7 +254,7 @@ async def test_jwt_then_introspection_validates_at_jwt_locally_and_introspects_t
 async def test_jwt_then_introspection_never_introspects_an_at_jwt_that_failed_locally(
     make_sidecar: MakeSidecar, signing_idp: FakeIdp, pki: TestPki
 ) -> None:
-    from sidecar.devidp import SigningKey
+    from sidecar.dev.devidp import SigningKey
 
     running = await make_sidecar(idp={"token_format": "jwt_then_introspection"}, policy=JWT_POLICY)
     bad_signature = signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256, key=SigningKey.generate(kid="k1"))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, from_mapping
-from sidecar.logs import token_hash
+from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki

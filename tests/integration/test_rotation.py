@@ -20,9 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import admin_app, check_app
-from sidecar.client_cert import thumbprint
-from sidecar.devidp import server_context
-from sidecar.pki import CertificateAuthority, Issued
+from sidecar.core.client_cert import thumbprint
+from sidecar.dev.devidp import server_context
+from sidecar.dev.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
 from tests.conftest import escaped_pem, sidecar_config
 from tests.fake_idp import FakeIdp, Handler, standard_idp
@@ -164,7 +164,7 @@ async def test_a_key_that_does_not_match_the_certificate_keeps_the_old_one_and_c
     assert response.status == 200
     assert idp.seen[-1] == pki.sidecar.x5t_s256
     assert (await harness.admin.get("/readyz")).status == 200
-    errors = [r for r in captured_logs.records if r.name == "sidecar.rotation" and r.levelname == "ERROR"]
+    errors = [r for r in captured_logs.records if r.name == "sidecar.idp.rotation" and r.levelname == "ERROR"]
     assert len(errors) == 1 and "KEY_VALUES_MISMATCH" in getattr(errors[0], "error", "")
     secret_lines = [line for line in stranger.key_pem.decode().splitlines() if "PRIVATE KEY" not in line]
     assert not any(part in captured_logs.text for part in secret_lines)

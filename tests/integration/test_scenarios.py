@@ -16,7 +16,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from google.rpc import code_pb2
 
-from sidecar.grpc_authz import GrpcFront
+from sidecar.fronts.grpc import GrpcFront
 from tests import envoy_side
 from tests.conftest import MakeSidecar
 from tests.fake_idp import FakeIdp

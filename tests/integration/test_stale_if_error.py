@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.logs import token_hash
+from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp, Fault
 from tests.integration.test_idp_faults import metric

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.pki import CertificateAuthority
+from sidecar.dev.pki import CertificateAuthority
 from tests.interop.oidc_idp import OidcProvider
 from tests.interop.stack import Stack, start_stack
 from tests.pki_fixtures import TestPki

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config, load
-from sidecar.response import HeaderBuilder
+from sidecar.core.response import HeaderBuilder
 from tests.interop.nginx import DEPLOY, render
 from tests.pki_fixtures import TestPki
 

@@ -15,7 +15,7 @@ from urllib.parse import quote_plus
 import pytest
 from aiohttp import web
 
-from sidecar.devidp import server_context
+from sidecar.dev.devidp import server_context
 from tests.fake_idp import FakeIdp, Handler, standard_idp
 from tests.pki_fixtures import TestPki
 

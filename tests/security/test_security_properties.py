@@ -26,15 +26,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 
-from sidecar import binding, client_cert
 from sidecar.app import check_app
 from sidecar.config import ConfigError, from_mapping
-from sidecar.devidp import server_context
-from sidecar.errors import InvalidToken
-from sidecar.logs import JsonFormatter
+from sidecar.core import binding, client_cert
+from sidecar.core.errors import InvalidToken
+from sidecar.core.token_info import TokenInfo
+from sidecar.dev.devidp import server_context
+from sidecar.idp.tls import TlsConfigError, client_context
 from sidecar.runtime import Sidecar
-from sidecar.tls import TlsConfigError, client_context
-from sidecar.token_info import TokenInfo
+from sidecar.support.logs import JsonFormatter
 from tests.conftest import MakeSidecar, Running, escaped_pem, sidecar_config
 from tests.fake_idp import FakeIdp, Fault, standard_idp
 from tests.pki_fixtures import TestPki

@@ -6,10 +6,10 @@ import hmac
 
 import pytest
 
-from sidecar import binding
-from sidecar.binding import check_binding, needs_certificate
-from sidecar.errors import InvalidToken
-from sidecar.token_info import TokenInfo
+from sidecar.core import binding
+from sidecar.core.binding import check_binding, needs_certificate
+from sidecar.core.errors import InvalidToken
+from sidecar.core.token_info import TokenInfo
 
 BOUND = TokenInfo(active=True, cnf_x5t_s256="A" * 43)
 UNBOUND = TokenInfo(active=True)

@@ -8,7 +8,7 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from sidecar.body import BodyTooLarge, read_bounded
+from sidecar.support.body import BodyTooLarge, read_bounded
 
 
 def stream(*pieces: bytes) -> aiohttp.StreamReader:

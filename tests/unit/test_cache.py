@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar.cache import Entry, TokenCache
-from sidecar.errors import IdpUnavailable
-from sidecar.token_info import TokenInfo
+from sidecar.core.cache import Entry, TokenCache
+from sidecar.core.errors import IdpUnavailable
+from sidecar.core.token_info import TokenInfo
 
 
 class Clock:

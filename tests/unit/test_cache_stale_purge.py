@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sidecar.cache import Entry, TokenCache
-from sidecar.errors import InvalidToken
-from sidecar.token_info import INACTIVE, TokenInfo
+from sidecar.core.cache import Entry, TokenCache
+from sidecar.core.errors import InvalidToken
+from sidecar.core.token_info import INACTIVE, TokenInfo
 
 
 class Clock:

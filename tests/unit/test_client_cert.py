@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from sidecar import client_cert
-from sidecar.client_cert import CertificateError, CertificateReader, detect_format, thumbprint
+from sidecar.core import client_cert
+from sidecar.core.client_cert import CertificateError, CertificateReader, detect_format, thumbprint
 
 VECTORS = Path(__file__).parent / "vectors"
 PEM = (VECTORS / "vector.crt").read_text()

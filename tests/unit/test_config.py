@@ -99,7 +99,7 @@ def test_check_config_exits_non_zero_naming_the_key() -> None:
 
 def test_check_config_requires_an_idp_and_accepts_a_valid_one(tmp_path: Path) -> None:
     assert _cli("check-config", env={}).returncode == 2
-    from sidecar.pki import CertificateAuthority
+    from sidecar.dev.pki import CertificateAuthority
 
     cert, key = CertificateAuthority().issue("sidecar").write(tmp_path, "s")
     ok = _cli("check-config", env={"SIDECAR_IDP__ISSUER": "https://idp.example", "SIDECAR_IDP__CLIENT_ID": "s",

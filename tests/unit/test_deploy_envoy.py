@@ -115,7 +115,7 @@ def test_http_mode_calls_the_sidecar_check_port_with_a_prefix_and_passes_xfcc(pk
 def test_grpc_mode_calls_the_sidecar_grpc_port_over_http2_with_the_peer_certificate(pki: TestPki) -> None:
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-    from sidecar.grpc_authz import SERVICE
+    from sidecar.fronts.grpc import SERVICE
 
     authz = ext_authz_of(load_bootstrap("envoy-grpc.yaml"))
     config = sidecar_toml(ENVOY_DIR / "sidecar-grpc.toml", files(pki))

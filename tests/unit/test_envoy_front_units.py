@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from sidecar import config as config_module
-from sidecar.client_cert import CertificateError, CertificateReader
 from sidecar.config import ConfigError
-from sidecar.errors import IdpUnavailable, InsufficientScope, InvalidRequest, MissingToken
-from sidecar.response import render_denial
+from sidecar.core.client_cert import CertificateError, CertificateReader
+from sidecar.core.errors import IdpUnavailable, InsufficientScope, InvalidRequest, MissingToken
+from sidecar.core.response import render_denial
 from tests import envoy_side
 from tests.pki_fixtures import TestPki
 

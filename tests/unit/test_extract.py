@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.errors import InvalidRequest, MissingToken
-from sidecar.extract import TrustedProxies, bearer_token
+from sidecar.core.errors import InvalidRequest, MissingToken
+from sidecar.core.extract import TrustedProxies, bearer_token
 
 
 @pytest.mark.parametrize(

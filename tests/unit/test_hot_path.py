@@ -13,14 +13,15 @@ from multidict import CIMultiDict, istr
 from prometheus_client import generate_latest
 
 from sidecar import config as config_module
-from sidecar import decision_log, logs
-from sidecar.decision import Allow, CheckRequest, Decider
-from sidecar.decision_log import AllowLog
-from sidecar.interning import Interner
-from sidecar.metrics import Metrics
-from sidecar.response import HeaderBuilder
-from sidecar.token_info import TokenInfo, token_info_from_claims
-from sidecar.ttl_cache import TtlStore
+from sidecar.core import decision_log
+from sidecar.core.decision import Allow, CheckRequest, Decider
+from sidecar.core.decision_log import AllowLog
+from sidecar.core.interning import Interner
+from sidecar.core.response import HeaderBuilder
+from sidecar.core.token_info import TokenInfo, token_info_from_claims
+from sidecar.support import logs
+from sidecar.support.metrics import Metrics
+from sidecar.support.ttl_cache import TtlStore
 
 X5T = "A" * 43
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, IdpConfig, from_mapping
-from sidecar.errors import IdpUnavailable
-from sidecar.idp_guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
-from sidecar.metrics import Metrics
+from sidecar.core.errors import IdpUnavailable
+from sidecar.idp.guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
+from sidecar.support.metrics import Metrics
 
 
 def guard(**overrides: Any) -> IdpGuard:

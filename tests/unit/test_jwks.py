@@ -11,13 +11,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 
 from sidecar.config import IdpConfig
-from sidecar.devidp import SigningKey
-from sidecar.discovery import Discovery
-from sidecar.errors import IdpUnavailable
-from sidecar.jwk_set import MAX_KEYS, JwksError, parse_jwks
-from sidecar.jwks import Jwks
-from sidecar.metrics import Metrics
-from sidecar.tls import IdpSession
+from sidecar.core.errors import IdpUnavailable
+from sidecar.dev.devidp import SigningKey
+from sidecar.idp.discovery import Discovery
+from sidecar.idp.jwk_set import MAX_KEYS, JwksError, parse_jwks
+from sidecar.idp.jwks import Jwks
+from sidecar.idp.tls import IdpSession
+from sidecar.support.metrics import Metrics
 
 EC = SigningKey.generate("ES256", kid="ec")
 RSA = SigningKey.generate("RS256", kid="rsa")

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.config import IdpConfig, PolicyConfig
-from sidecar.devidp import SigningKey
-from sidecar.errors import InvalidToken
-from sidecar.jwk_set import KeySet, VerifyKey, parse_jwks
-from sidecar.jwt_access_token import MAX_KEYS_WITHOUT_KID, JwtAccessTokenVerifier, key_fits
+from sidecar.core.errors import InvalidToken
+from sidecar.dev.devidp import SigningKey
+from sidecar.idp.jwk_set import KeySet, VerifyKey, parse_jwks
+from sidecar.idp.jwt_access_token import MAX_KEYS_WITHOUT_KID, JwtAccessTokenVerifier, key_fits
 
 ISSUER = "https://idp.example"
 THUMBPRINT = "x" * 43

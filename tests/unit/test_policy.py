@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from sidecar.config import PolicyConfig
-from sidecar.errors import InvalidToken
-from sidecar.policy import Policy
-from sidecar.token_info import TokenInfo
+from sidecar.core.errors import InvalidToken
+from sidecar.core.policy import Policy
+from sidecar.core.token_info import TokenInfo
 
 TOKEN = TokenInfo(active=True, iss="https://idp", aud=("api", "other"), scopes=frozenset({"read"}),
                   exp=1000, nbf=500)

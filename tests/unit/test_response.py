@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 from sidecar.config import ResponseConfig
-from sidecar.errors import IdpUnavailable, InsufficientScope, InvalidToken, MissingToken
-from sidecar.response import HeaderBuilder, deny_body, deny_headers, sanitize
-from sidecar.token_info import TokenInfo
+from sidecar.core.errors import IdpUnavailable, InsufficientScope, InvalidToken, MissingToken
+from sidecar.core.response import HeaderBuilder, deny_body, deny_headers, sanitize
+from sidecar.core.token_info import TokenInfo
 
 
 def test_every_configured_header_is_present_and_empty_when_the_claim_is_absent() -> None:

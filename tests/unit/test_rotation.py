@@ -9,10 +9,10 @@ import pytest
 
 from sidecar import config as config_module
 from sidecar.config import ConfigError, IdpConfig
-from sidecar.metrics import Metrics
-from sidecar.pki import CertificateAuthority
-from sidecar.rotation import CertificateWatcher, certificate_expiry, snapshot
-from sidecar.tls import IdpSession
+from sidecar.dev.pki import CertificateAuthority
+from sidecar.idp.rotation import CertificateWatcher, certificate_expiry, snapshot
+from sidecar.idp.tls import IdpSession
+from sidecar.support.metrics import Metrics
 from tests.kubelet import SecretVolume
 
 

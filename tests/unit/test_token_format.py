@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from sidecar.config import Config, ConfigError, from_mapping
-from sidecar.discovery import Endpoints
-from sidecar.token_format import TokenFormatVerifier, jwt_header, local_jwt_enabled
-from sidecar.token_info import TokenInfo
+from sidecar.core.token_info import TokenInfo
+from sidecar.idp.discovery import Endpoints
+from sidecar.idp.token_format import TokenFormatVerifier, jwt_header, local_jwt_enabled
 
 ISSUER = "https://idp.example"
 
@@ -143,7 +143,7 @@ def test_jwks_settings_come_from_the_environment() -> None:
 
 class BrokenDiscovery:
     async def get(self) -> Endpoints:
-        from sidecar.discovery import DiscoveryError
+        from sidecar.idp.discovery import DiscoveryError
 
         raise DiscoveryError("metadata unreachable")
 
@@ -155,7 +155,7 @@ async def test_auto_with_a_configured_jwks_uri_does_not_need_the_discovery_docum
 
 
 async def test_auto_without_a_configured_jwks_uri_fails_closed_when_discovery_fails() -> None:
-    from sidecar.errors import IdpUnavailable
+    from sidecar.core.errors import IdpUnavailable
 
     chooser = TokenFormatVerifier("auto", Named("introspection"), Named("local"), BrokenDiscovery())  # type: ignore[arg-type]
     with pytest.raises(IdpUnavailable):

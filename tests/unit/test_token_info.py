@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.token_info import MalformedTokenInfo, token_info_from_claims
+from sidecar.core.token_info import MalformedTokenInfo, token_info_from_claims
 
 
 def test_full_introspection_answer_becomes_token_info() -> None:

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from .body import BodyTooLarge, read_bounded
-from .config import IdpConfig
-from .tls import IdpSession
+from sidecar.config import IdpConfig
+from sidecar.idp.tls import IdpSession
+from sidecar.support.body import BodyTooLarge, read_bounded
 
 log = logging.getLogger(__name__)
 MAX_METADATA_BYTES = 256 * 1024

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hmac
 
-from .config import BindingMode
-from .errors import InvalidToken
-from .token_info import TokenInfo
+from sidecar.config import BindingMode
+from sidecar.core.errors import InvalidToken
+from sidecar.core.token_info import TokenInfo
 
 
 def needs_certificate(info: TokenInfo, mode: BindingMode) -> bool:

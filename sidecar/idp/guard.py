@@ -36,9 +36,9 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from .config import IdpConfig
-from .errors import IdpUnavailable
-from .metrics import Metrics
+from sidecar.config import IdpConfig
+from sidecar.core.errors import IdpUnavailable
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

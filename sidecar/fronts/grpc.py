@@ -44,11 +44,11 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .client_cert import CertificateReader
-from .decision import Allow, CheckRequest
-from .errors import Denial
-from .response import REMOVE_HEADER, render_denial
-from .runtime import Sidecar
+from sidecar.core.client_cert import CertificateReader
+from sidecar.core.decision import Allow, CheckRequest
+from sidecar.core.errors import Denial
+from sidecar.core.response import REMOVE_HEADER, render_denial
+from sidecar.runtime import Sidecar
 
 log = logging.getLogger(__name__)
 

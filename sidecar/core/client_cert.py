@@ -18,8 +18,8 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from . import xfcc
-from .config import CertFormat
+from sidecar.config import CertFormat
+from sidecar.core import xfcc
 
 MAX_MEMO = 10_000
 _PEM_BODY = re.compile(

@@ -16,19 +16,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .binding import check_binding, needs_certificate
-from .cache import Entry, Lookup, TokenCache
-from .client_cert import CertificateError, CertificateReader
-from .config import Config
-from .decision_log import AllowLog
-from .errors import Denial, IdpUnavailable, InternalError, InvalidToken
-from .extract import bearer_token
-from .interning import Interner
-from .logs import token_hash
-from .metrics import Metrics
-from .policy import Policy
-from .response import CredentialHeaders, HeaderBuilder
-from .token_info import TokenInfo
+from sidecar.config import Config
+from sidecar.core.binding import check_binding, needs_certificate
+from sidecar.core.cache import Entry, Lookup, TokenCache
+from sidecar.core.client_cert import CertificateError, CertificateReader
+from sidecar.core.decision_log import AllowLog
+from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidToken
+from sidecar.core.extract import bearer_token
+from sidecar.core.interning import Interner
+from sidecar.core.policy import Policy
+from sidecar.core.response import CredentialHeaders, HeaderBuilder
+from sidecar.core.token_info import TokenInfo
+from sidecar.support.logs import token_hash
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger("sidecar.decision")
 

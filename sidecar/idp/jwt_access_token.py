@@ -35,10 +35,10 @@ from typing import Any, Protocol
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .config import IdpConfig, PolicyConfig
-from .errors import InvalidToken
-from .jwk_set import VerifyKey
-from .token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.config import IdpConfig, PolicyConfig
+from sidecar.core.errors import InvalidToken
+from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.idp.jwk_set import VerifyKey
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # A token without kid is tried against each fitting key; more would let a forged token cost many

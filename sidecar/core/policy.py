@@ -9,9 +9,9 @@ is never reused under another policy or issuer.
 
 from __future__ import annotations
 
-from .config import PolicyConfig
-from .errors import Denial, InsufficientScope, InvalidToken
-from .token_info import TokenInfo
+from sidecar.config import PolicyConfig
+from sidecar.core.errors import Denial, InsufficientScope, InvalidToken
+from sidecar.core.token_info import TokenInfo
 
 
 class Policy:

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Hashable
 from typing import TypeVar
 
-from .token_info import TokenInfo
+from sidecar.core.token_info import TokenInfo
 
 T = TypeVar("T", bound=Hashable)
 

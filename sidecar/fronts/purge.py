@@ -22,9 +22,9 @@ import re
 
 from aiohttp import web
 
-from .body import BodyTooLarge, read_bounded
-from .logs import token_hash
-from .runtime import SIDECAR
+from sidecar.runtime import SIDECAR
+from sidecar.support.body import BodyTooLarge, read_bounded
+from sidecar.support.logs import token_hash
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .client_cert import thumbprint
+from sidecar.core.client_cert import thumbprint
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from . import config as config_module
-from .app import serve
-from .devidp import Client, DevIdp, server_context
-from .pki import CertificateAuthority, Issued
+from sidecar import config as config_module
+from sidecar.app import serve
+from sidecar.dev.devidp import Client, DevIdp, server_context
+from sidecar.dev.pki import CertificateAuthority, Issued
 
 
 def escaped_pem(issued: Issued) -> str:

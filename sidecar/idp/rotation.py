@@ -27,9 +27,9 @@ import os
 
 from cryptography import x509
 
-from .config import IdpConfig
-from .metrics import Metrics
-from .tls import IdpSession, TlsConfigError, client_context
+from sidecar.config import IdpConfig
+from sidecar.idp.tls import IdpSession, TlsConfigError, client_context
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WATCHED = ("cert_file", "key_file", "ca_file")

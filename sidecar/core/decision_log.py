@@ -23,7 +23,7 @@ import logging
 import time
 import weakref
 
-from . import logs
+from sidecar.support import logs
 
 _MAX_CLIENT_IDS = 4096
 FLUSH_AFTER = 0.02  # seconds: one write per 20 ms instead of one per line

@@ -27,14 +27,14 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
-from .body import BodyTooLarge, read_bounded
-from .config import IdpConfig, client_secret
-from .discovery import Discovery, DiscoveryError
-from .errors import IdpUnavailable
-from .idp_guard import MAX_RETRY_AFTER, IdpGuard
-from .metrics import Metrics
-from .tls import IdpSession
-from .token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.config import IdpConfig, client_secret
+from sidecar.core.errors import IdpUnavailable
+from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.idp.discovery import Discovery, DiscoveryError
+from sidecar.idp.guard import MAX_RETRY_AFTER, IdpGuard
+from sidecar.idp.tls import IdpSession
+from sidecar.support.body import BodyTooLarge, read_bounded
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024

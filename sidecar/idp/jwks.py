@@ -24,13 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
-from .body import BodyTooLarge, read_bounded
-from .config import IdpConfig
-from .discovery import Discovery, DiscoveryError
-from .errors import IdpUnavailable
-from .jwk_set import JwksError, KeySet, VerifyKey, parse_jwks
-from .metrics import Metrics
-from .tls import IdpSession
+from sidecar.config import IdpConfig
+from sidecar.core.errors import IdpUnavailable
+from sidecar.idp.discovery import Discovery, DiscoveryError
+from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, parse_jwks
+from sidecar.idp.tls import IdpSession
+from sidecar.support.body import BodyTooLarge, read_bounded
+from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 256 * 1024

@@ -10,7 +10,7 @@ import ssl
 
 import aiohttp
 
-from .config import IdpConfig
+from sidecar.config import IdpConfig
 
 
 class TlsConfigError(ValueError):

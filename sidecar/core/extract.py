@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
-from .errors import InvalidRequest, MissingToken
+from sidecar.core.errors import InvalidRequest, MissingToken
 
 MAX_TOKEN_LENGTH = 16384
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import get_default_algorithms
 from multidict import MultiDictProxy
 
-from .client_cert import thumbprint
+from sidecar.core.client_cert import thumbprint
 
 
 @dataclass

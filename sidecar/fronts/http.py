@@ -10,9 +10,9 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .decision import Allow, CheckRequest
-from .response import render_denial
-from .runtime import SIDECAR
+from sidecar.core.decision import Allow, CheckRequest
+from sidecar.core.response import render_denial
+from sidecar.runtime import SIDECAR
 
 
 async def check(request: web.Request) -> web.Response:

@@ -27,9 +27,9 @@ from typing import Literal
 
 from cachetools import TLRUCache
 
-from .errors import Denial
-from .token_info import TokenInfo
-from .ttl_cache import TtlStore
+from sidecar.core.errors import Denial
+from sidecar.core.token_info import TokenInfo
+from sidecar.support.ttl_cache import TtlStore
 
 Lookup = Literal["hit", "miss", "coalesced", "stale"]
 

@@ -26,13 +26,13 @@ import logging
 import re
 from typing import Any
 
-from .config import Config
-from .decision import Verifier
-from .discovery import Discovery, DiscoveryError
-from .errors import IdpUnavailable
-from .jwks import Jwks
-from .jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier
-from .token_info import TokenInfo
+from sidecar.config import Config
+from sidecar.core.decision import Verifier
+from sidecar.core.errors import IdpUnavailable
+from sidecar.core.token_info import TokenInfo
+from sidecar.idp.discovery import Discovery, DiscoveryError
+from sidecar.idp.jwks import Jwks
+from sidecar.idp.jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier
 
 log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from multidict import istr
 
-from .config import ResponseConfig
-from .errors import Denial
-from .token_info import TokenInfo
+from sidecar.config import STANDARD_HEADERS, ResponseConfig
+from sidecar.core.errors import Denial
+from sidecar.core.token_info import TokenInfo
 
 # Envoy's HTTP ext_authz drops the request headers named here (comma-separated) on a 200.
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
@@ -26,21 +26,6 @@ REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 # C0 controls (CR, LF, NUL, ...), DEL and C1 controls never reach a header value, nor lone
 # surrogates (JSON "\\ud800" decodes to one; it cannot be encoded and would fail the response).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
-    ("sub", "sub"),
-    ("client_id", "client-id"),
-    ("scope", "scope"),
-    ("iss", "iss"),
-    ("aud", "aud"),
-    ("exp", "exp"),
-    ("iat", "iat"),
-    ("jti", "jti"),
-    ("token_type", "token-type"),
-    ("username", "username"),
-    ("cnf_x5t_s256", "cnf-x5t-s256"),
-)
-
 
 def sanitize(value: str, max_length: int) -> str:
     """Strip control characters (no header splitting) and bound the length."""
