@@ -115,6 +115,8 @@ class CacheConfig:
     max_entries: int = 100_000
     max_ttl: float = 300.0
     negative_ttl: float = 10.0
+    # Inactive answers live in a store of their own, so a flood of random tokens cannot evict valid ones.
+    negative_max_entries: int = 10_000
     # Seconds past its normal expiry (never past exp) an active, bound entry may answer while
     # the IdP is unavailable; 0 turns stale-if-error off.
     stale_if_error: float = 0.0
@@ -127,6 +129,20 @@ class PolicyConfig:
     allowed_issuers: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
     leeway: float = 5.0
+    # RFC 7662 token_type values accepted from introspection (case-insensitive); a refresh token
+    # (no token_type at oidc-provider, token_use/typ elsewhere) is never an access token.
+    token_types: tuple[str, ...] = ("Bearer", "DPoP")
+    allow_missing_token_type: bool = False
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    # Which header holds the client address a trusted proxy vouches for (its last element).
+    source_header: str = "x-forwarded-for"
+    miss_rate: float = 50.0  # new IdP calls per second per source; 0: no rate limit
+    miss_burst: int = 100
+    max_share: float = 0.5  # of idp.max_concurrent, per source
+    max_sources: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,10 @@ class ClientCertConfig:
     format: CertFormat = "auto"
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     xfcc_trust_hash: bool = False
+    # A certificate header longer than this is refused (cert_invalid); a forwarded chain fits.
+    max_size: int = 16384
+    # Bytes of header values whose thumbprints are memoized (the cache hit reads no X.509).
+    memo_max_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     client_cert: ClientCertConfig = field(default_factory=ClientCertConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -294,6 +315,8 @@ def validate(config: Config) -> None:
     c = config.cache
     if c.max_entries < 0:
         raise ConfigError("cache.max_entries", "must be >= 0 (0 turns the cache off)")
+    if c.negative_max_entries < 0:
+        raise ConfigError("cache.negative_max_entries", "must be >= 0 (0: inactive answers are not cached)")
     for name in ("max_ttl", "negative_ttl", "stale_if_error"):
         if getattr(c, name) < 0:
             raise ConfigError(f"cache.{name}", "must be >= 0")
@@ -304,6 +327,7 @@ def validate(config: Config) -> None:
         if not scope or " " in scope:
             raise ConfigError("policy.required_scopes", f"invalid scope {scope!r}")
     _validate_client_cert(config.client_cert)
+    _validate_admission(config.admission)
     _validate_response(config.response)
     if config.idp_configured:
         _validate_jwt_policy(config)
@@ -411,11 +435,28 @@ def _validate_idp_guard(i: IdpConfig) -> None:
 def _validate_client_cert(c: ClientCertConfig) -> None:
     if not _HEADER_NAME.match(c.header):
         raise ConfigError("client_cert.header", f"not a valid header name: {c.header!r}")
+    if not 1024 <= c.max_size <= 1 << 20:
+        raise ConfigError("client_cert.max_size", "must be between 1024 and 1048576 bytes")
+    if c.memo_max_bytes < c.max_size:
+        raise ConfigError("client_cert.memo_max_bytes", "must be at least client_cert.max_size")
     for cidr in c.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError("client_cert.trusted_proxies", f"not an address or CIDR: {cidr!r}") from None
+
+
+def _validate_admission(a: AdmissionConfig) -> None:
+    if not _HEADER_NAME.match(a.source_header):
+        raise ConfigError("admission.source_header", f"not a valid header name: {a.source_header!r}")
+    if a.miss_rate < 0:
+        raise ConfigError("admission.miss_rate", "must be >= 0 (0 turns the rate limit off)")
+    if a.miss_burst < 1:
+        raise ConfigError("admission.miss_burst", "must be >= 1")
+    if not 0 < a.max_share <= 1:
+        raise ConfigError("admission.max_share", "must be > 0 and <= 1")
+    if a.max_sources < 1:
+        raise ConfigError("admission.max_sources", "must be >= 1")
 
 
 def _validate_response(r: ResponseConfig) -> None:

@@ -12,8 +12,8 @@ import logging
 from aiohttp import web
 
 from sidecar.config import Config
-from sidecar.core.decision import Decider, Verifier
-from sidecar.core.extract import TrustedProxies
+from sidecar.core.decision import Decider
+from sidecar.core.verifier import Verifier
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.guard import IdpGuard
 from sidecar.idp.introspection import Introspector
@@ -37,12 +37,16 @@ class Sidecar:
         self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) if local_jwt_enabled(config) else None
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
-        self.trusted_proxies = TrustedProxies(config.client_cert.trusted_proxies)
         self.cert_header = config.client_cert.header
-        self.in_flight = 0
+        self.source_header = config.admission.source_header
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.inflight.set_function(lambda: self.in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Checks waiting for the IdP (drain waits for them; a cache hit never waits)."""
+        return self.decider.in_flight
         self.metrics.ready.set_function(lambda: 1 if self.readiness()[0] else 0)
 
     def readiness(self) -> tuple[bool, str]:

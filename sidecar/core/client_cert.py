@@ -2,7 +2,16 @@
 
 One small parser per header format turns the value into the leaf certificate's DER (or, for an
 XFCC ``Hash``, straight into the thumbprint). The result, or the failure, is memoized per header
-value, so a cache hit costs one dict lookup and no X.509 work (DESIGN: the hot path).
+value in a memo bounded by bytes (``client_cert.memo_max_bytes``), so a cache hit costs one dict
+lookup and no X.509 work, and a client sending many distinct certificates cannot grow memory
+past the bound. A value longer than ``client_cert.max_size`` is refused before any parsing. Every
+parser is linear in the size of the value.
+
+``auto`` never lets client-written bytes choose the certificate. A proxy that appends to a
+client-sent header (Envoy ``APPEND_FORWARD``, or any proxy that appends) puts the client's bytes
+first, so: a value holding any XFCC key is read as XFCC, whose last element is the nearest
+proxy's; any other value holding more than one certificate is refused. Chains in one header
+(Traefik's list, an ALB chain) need their explicit format.
 
 RFC 8705 §3.1: ``x5t#S256`` is the base64url encoding, without padding, of the SHA-256 of the DER.
 """
@@ -20,11 +29,14 @@ from cryptography import x509
 
 from sidecar.config import CertFormat
 from sidecar.core import xfcc
+from sidecar.support.memo import Memo
 
 MAX_MEMO = 10_000
-_PEM_BODY = re.compile(
-    r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL
-)
+MEMO_OVERHEAD = 200  # bytes per memoized value beyond the key's characters (dict slot, str, result)
+_BEGIN = "-----BEGIN CERTIFICATE-----"
+_END = "-----END CERTIFICATE-----"
+_XFCC_KEY = re.compile(r"(?:^|[,;])[ \t]*(?:by|hash|cert|chain|subject|uri|dns)=", re.IGNORECASE)
+_SEVERAL = ("BEGIN CERTIFICATE", "BEGIN%20CERTIFICATE", "BEGIN+CERTIFICATE")
 
 
 class CertificateError(ValueError):
@@ -49,11 +61,16 @@ def _b64decode(text: str) -> bytes:
 
 
 def _from_pem(text: str) -> bytes:
-    """The first (leaf) certificate of a PEM block; line breaks may be spaces or missing."""
-    match = _PEM_BODY.search(text)
-    if match is None:
+    """The first (leaf) certificate of a PEM block; line breaks may be spaces or missing.
+
+    Two ``find`` calls, not a regular expression: a search for ``BEGIN(.*?)END`` restarts at every
+    BEGIN and is quadratic on a header of BEGIN lines without an END.
+    """
+    start = text.find(_BEGIN)
+    end = text.find(_END, start + len(_BEGIN)) if start >= 0 else -1
+    if end < 0:
         raise CertificateError("no PEM certificate block")
-    return _b64decode(match.group(1))
+    return _b64decode(text[start + len(_BEGIN):end])
 
 
 def parse_escaped_pem(value: str) -> bytes:
@@ -94,37 +111,47 @@ PARSERS: dict[str, Callable[[str], bytes]] = {
 
 
 def detect_format(value: str) -> str:
-    """Guess the format for ``auto``; each format has a distinctive first character or key."""
+    """The format ``auto`` reads ``value`` in (see the module docstring for why it is safe).
+
+    Raises CertificateError for a value that holds more than one certificate outside XFCC.
+    """
+    if _XFCC_KEY.search(value):
+        return "xfcc"  # last element: the nearest proxy's, whatever the client wrote before it
+    if "," in value or sum(value.count(marker) for marker in _SEVERAL) > 1:
+        raise CertificateError("more than one certificate in the header (client_cert.format auto)")
     head = value.lstrip()[:64]
     if head.startswith(":"):
         return "rfc9440"
-    if re.match(r"(?i)(by|hash|cert|chain|subject|uri|dns)=", head):
-        return "xfcc"
-    if head.startswith("-----BEGIN ") or head.startswith("-----BEGIN\n"):
+    if head.startswith(("-----BEGIN ", "-----BEGIN\n")):
         return "pem"
     if "%" in head:
         return "escaped_pem"
-    return "traefik" if "," in value else "der_base64"
+    return "der_base64"
+
+
+def _memo_size(value: str, _result: object) -> int:
+    return len(value) + MEMO_OVERHEAD
 
 
 class CertificateReader:
-    """Header value -> thumbprint, memoized (bounded, oldest dropped first)."""
+    """Header value -> thumbprint, memoized (bounded by count and bytes, oldest dropped first)."""
 
-    __slots__ = ("_format", "_memo", "_trust_xfcc_hash")
+    __slots__ = ("_format", "_max_size", "_memo", "_trust_xfcc_hash")
 
-    def __init__(self, fmt: CertFormat, *, trust_xfcc_hash: bool = False) -> None:
+    def __init__(self, fmt: CertFormat, *, trust_xfcc_hash: bool = False, max_size: int = 16384,
+                 memo_bytes: int = 8 * 1024 * 1024) -> None:
         self._format = fmt
         self._trust_xfcc_hash = trust_xfcc_hash
-        self._memo: dict[str, str | CertificateError] = {}
+        self._max_size = max_size
+        self._memo: Memo[str, str | CertificateError] = Memo(MAX_MEMO, max_bytes=memo_bytes, size_of=_memo_size)
 
     def thumbprint(self, value: str) -> str:
         """The thumbprint of the leaf; raises CertificateError (also memoized)."""
         found = self._memo.get(value)
         if found is None:
-            found = self._compute(value)
-            if len(self._memo) >= MAX_MEMO:
-                del self._memo[next(iter(self._memo))]
-            self._memo[value] = found
+            if len(value) > self._max_size:
+                raise CertificateError(f"certificate header longer than {self._max_size} (client_cert.max_size)")
+            found = self._memo.put(value, self._compute(value))
         if isinstance(found, CertificateError):
             # A fresh exception each time: re-raising the memoized instance would chain every
             # raise's traceback (and its frames) onto it, a leak per request (found by the soak).

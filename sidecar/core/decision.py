@@ -1,70 +1,63 @@
-"""The decision: extract → lookup → bind → authorize → headers, for any front (HTTP or gRPC).
+"""The decision: extract → lookup → bind → authorize → headers, for every front (HTTP or gRPC).
 
-Fronts turn their protocol into a :class:`CheckRequest` and render the :class:`Allow` or
-:class:`Deny` they get back; only they know HTTP or gRPC. Nothing here raises to a front: every
-failure, including a bug, becomes a Deny (fail closed). With ``cache.stale_if_error``, a miss
-whose IdP call failed may use the token's last active, bound answer (still bound and policy
-checked); such decisions carry ``stale: true`` in the log, reason ``stale`` on allow, and
-``sidecar_cache_total{result="stale"}``.
+One path. :meth:`Decider.decide_now` is synchronous: it extracts the token and, when the cache
+holds it, returns the final :data:`Allow` or :class:`Deny` through :meth:`Decider._verdict`.
+Only on a miss does it return :class:`Miss`, and :meth:`Decider.decide` then awaits the IdP (one
+shared call per token, admitted per source) and runs the **same** :meth:`Decider._verdict` on the
+fresh entry. A front calls ``decide_now`` and awaits ``decide`` only for a miss, so a cache hit
+creates no coroutine; no check exists twice.
+
+Nothing here raises to a front: every failure, a bug included, becomes a Deny (fail closed).
+With ``cache.stale_if_error``, a miss whose IdP call failed may use the token's last active,
+bound answer (still bound and policy checked); such decisions carry ``stale: true`` in the log,
+reason ``stale`` on allow, and ``sidecar_cache_total{result="stale"}``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from sidecar.config import Config
+from sidecar.core.admission import Admission, source_of
 from sidecar.core.binding import check_binding, needs_certificate
-from sidecar.core.cache import Entry, Lookup, TokenCache
+from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.client_cert import CertificateError, CertificateReader
 from sidecar.core.decision_log import AllowLog
+from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidToken
-from sidecar.core.extract import bearer_token
+from sidecar.core.extract import TrustedProxies, bearer_token
 from sidecar.core.interning import Interner
 from sidecar.core.policy import Policy
-from sidecar.core.response import CredentialHeaders, HeaderBuilder
-from sidecar.core.token_info import TokenInfo
+from sidecar.core.request import CheckRequest
+from sidecar.core.response import HeaderBuilder
+from sidecar.core.verifier import Verifier
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger("sidecar.decision")
 
-
-class Verifier(Protocol):
-    """Says what a token is: introspection, local JWT validation, or a choice of the two."""
-
-    async def verify(self, token: str) -> TokenInfo: ...
+# An allow is the cache entry itself: its upstream headers were built when it was filled, so
+# allowing a cached token allocates nothing.
+Allow = Entry
 
 
-@dataclass(frozen=True, slots=True)
-class CheckRequest:
-    authorization: Sequence[str]  # every Authorization field value received
-    certificate: str | None = None  # the forwarded certificate, only from a trusted peer
-    reader: CertificateReader | None = None  # how to read it; None: the configured format
-    certificate_duplicated: bool = False  # the header came more than once: which one is the proxy's?
-
-
-@dataclass(frozen=True, slots=True)
-class Allow:
-    headers: Mapping[str, str]
-    entry: Entry
-    lookup: Lookup
-
-
-@dataclass(frozen=True, slots=True)
 class Deny:
-    denial: Denial
-    token_hash: str | None = None
+    __slots__ = ("denial", "token_hash")
+
+    def __init__(self, denial: Denial, hashed: str | None = None) -> None:
+        self.denial = denial
+        self.token_hash = hashed
 
 
-class HitEntry(Protocol):
-    """A cached entry as :meth:`Decider.decide_hit` returns it: headers built by HeaderBuilder."""
+class Miss:
+    """Not in the cache: :meth:`Decider.decide` must ask the IdP."""
 
-    @property
-    def headers(self) -> CredentialHeaders: ...
+    __slots__ = ("key", "token")
+
+    def __init__(self, token: str, key: bytes) -> None:
+        self.token = token
+        self.key = key
 
 
 class Decider:
@@ -72,12 +65,15 @@ class Decider:
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics) -> None:
         self.config = config
-        self.cache = TokenCache(config.cache.max_entries, stale_if_error=config.cache.stale_if_error)
+        self.cache = TokenCache(config.cache)
         self.headers = HeaderBuilder(config.response)
         self.policy = Policy(config.policy)
-        self.reader = CertificateReader(
-            config.client_cert.format, trust_xfcc_hash=config.client_cert.xfcc_trust_hash
-        )
+        cc = config.client_cert
+        self.reader = CertificateReader(cc.format, trust_xfcc_hash=cc.xfcc_trust_hash, max_size=cc.max_size,
+                                        memo_bytes=cc.memo_max_bytes)
+        self.trusted_proxies = TrustedProxies(cc.trusted_proxies)
+        self.admission = Admission(config.admission, config.idp.max_concurrent)
+        self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
         self._verifier = verifier
         self._metrics = metrics
         self._binding = config.policy.binding
@@ -88,92 +84,100 @@ class Decider:
         self._allow_log = AllowLog(log)
         self._interner = Interner()
 
-    def decide_hit(self, authorization: Sequence[str], certificate: str | None) -> HitEntry | None:
-        """The hot path: the entry when :meth:`decide` would allow from the cache, else None.
-
-        Synchronous and allocation-free: no CheckRequest, no Allow, no coroutine. On None nothing
-        was counted or logged; the caller runs :meth:`decide`, which repeats the cheap steps and
-        does the rest (miss, denial, error). An allow here is counted and logged as decide's.
-        """
-        try:
-            entry = self.cache.get(self.cache.key(bearer_token(authorization)))
-            if entry is None or entry.denial is not None or entry.scope_denial is not None:
-                return None
-            info = entry.info
-            self.policy.check_time(info, time.time())
-            if needs_certificate(info, self._binding):
-                presented = None if certificate is None else self.reader.thumbprint(certificate)
-                check_binding(info, presented, self._binding)
-        except Exception:  # a denial, an unreadable certificate or a bug: decide() handles it
-            return None
-        self._metrics.hit_allows += 1
-        if self._log_allows:
-            self._allow_log.write(entry.token_hash, "hit", info.client_id)
-        return entry  # type: ignore[return-value]  # cached entries carry HeaderBuilder's headers
-
-
-    async def decide(self, request: CheckRequest) -> Allow | Deny:
-        token: str | None = None
-        entry: Entry | None = None
-        lookup: Lookup = "hit"
+    def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
+        """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
         try:
             token = bearer_token(request.authorization)
             key = self.cache.key(token)
             entry = self.cache.get(key)
-            if entry is None:
-                entry, lookup = await self._lookup(key, token)
-            self._count_lookup(lookup)
-            if entry.denial is not None:
-                return self._deny(entry.denial, entry.token_hash)
-            self.policy.check_time(entry.info, time.time())
-            if needs_certificate(entry.info, self._binding):
-                check_binding(entry.info, self._thumbprint(request), self._binding)
-            if entry.scope_denial is not None:
-                return self._deny(entry.scope_denial, entry.token_hash, stale=lookup == "stale")
-            return self._allow(entry, lookup)
         except Denial as denial:
-            return self._deny(denial, _hash_of(entry, token), stale=lookup == "stale")
+            return self._deny(denial, None)
         except Exception as exc:  # a bug must deny, never answer 500 or allow
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
-            return self._deny(InternalError(type(exc).__name__), _hash_of(entry, token))
+            return self._deny(InternalError(type(exc).__name__), None)
+        if entry is None:
+            return Miss(token, key)
+        return self._verdict(entry, request, "hit")
 
-    async def _lookup(self, key: bytes, token: str) -> tuple[Entry, Lookup]:
-        """A miss: one shared IdP call; when the IdP cannot answer, the stale entry if allowed."""
+    async def decide(self, request: CheckRequest, now: Allow | Deny | Miss | None = None) -> Allow | Deny:
+        """The whole decision; ``now`` is what :meth:`decide_now` already said for this request."""
+        if now is None:
+            now = self.decide_now(request)
+        if not isinstance(now, Miss):
+            return now
+        self.in_flight += 1
         try:
-            return await self.cache.get_or_load(key, lambda: self._load(token))
-        except IdpUnavailable:
-            stale = self.cache.stale(key)
+            entry, lookup = await self._lookup(now, request)
+        except Denial as denial:
+            return self._deny(denial, token_hash(now.token))
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            return self._deny(InternalError(type(exc).__name__), token_hash(now.token))
+        finally:
+            self.in_flight -= 1
+        return self._verdict(entry, request, lookup)
+
+    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup) -> Allow | Deny:
+        """The checks of a token's answer against this request: the same for a hit and a miss."""
+        try:
+            denial = entry.denial
+            if denial is None:
+                info = entry.info
+                self.policy.check_time(info, time.time())
+                if needs_certificate(info, self._binding):
+                    check_binding(info, self._presented(request), self._binding)
+                denial = entry.scope_denial
+        except Denial as fresh:
+            denial = fresh
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            denial = InternalError(type(exc).__name__)
+        if denial is not None:
+            self._count_lookup(lookup)
+            return self._deny(denial, entry.token_hash, stale=lookup == "stale")
+        return self._allow(entry, lookup)
+
+    def _presented(self, request: CheckRequest) -> str | None:
+        """The thumbprint of the certificate the proxy vouches for; None when there is none.
+
+        A certificate header counts only from a trusted proxy. Two copies mean a proxy appended
+        instead of replacing: fail closed rather than guess which copy it set.
+        """
+        certificates = request.certificates
+        if not certificates or request.peer not in self.trusted_proxies:
+            return None
+        if len(certificates) > 1:
+            raise InvalidToken("cert_invalid", "more than one client certificate header")
+        try:
+            return (request.reader or self.reader).thumbprint(certificates[0])
+        except CertificateError as exc:
+            raise InvalidToken("cert_invalid", f"client certificate header: {exc}") from None
+
+    async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
+        """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""
+        try:
+            return await self.cache.get_or_load(miss.key, lambda: self._load(miss.token, request))
+        except IdpUnavailable as failure:
+            stale = self.cache.stale(miss.key, failure)
             if stale is None:
                 raise
             return stale, "stale"
 
-    async def _load(self, token: str) -> Entry:
-        """A cache miss: ask the verifier, then precompute everything a hit needs."""
-        info = self._interner.info(await self._verifier.verify(token))  # shared values: memory per token
-        wall, mono = time.time(), time.monotonic()
-        cache = self.config.cache
-        if info.active:
-            ttl = cache.max_ttl if info.exp is None else min(cache.max_ttl, info.exp - wall)
-        else:
-            ttl = cache.negative_ttl
+    async def _load(self, token: str, request: CheckRequest) -> Entry:
+        """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
+        source = source_of(request.forwarded, request.peer in self.trusted_proxies)
+        self.admission.enter(source)
+        try:
+            info = self._interner.info(await self._verifier.verify(token))  # shared values: memory per token
+        finally:
+            self.admission.leave(source)
         return Entry(
             info=info,
             headers=self.headers.build(info),
             denial=self.policy.static_denial(info),
             scope_denial=self.policy.scope_denial(info),
             token_hash=token_hash(token),
-            expires=mono + ttl,
         )
-
-    def _thumbprint(self, request: CheckRequest) -> str | None:
-        if request.certificate_duplicated:  # fail closed rather than guess which copy the proxy set
-            raise InvalidToken("cert_invalid", "more than one client certificate header")
-        if request.certificate is None:
-            return None
-        try:
-            return (request.reader or self.reader).thumbprint(request.certificate)
-        except CertificateError as exc:
-            raise InvalidToken("cert_invalid", f"client certificate header: {exc}") from None
 
     def _count_lookup(self, lookup: Lookup) -> None:
         m = self._metrics
@@ -183,18 +187,22 @@ class Decider:
     def _allow(self, entry: Entry, lookup: Lookup) -> Allow:
         if lookup == "stale":
             return self._allow_stale(entry)
-        self._metrics.decision("allow", "ok")
+        if lookup == "hit":
+            self._metrics.hit_allows += 1  # folded into the hit and allow counters when scraped
+        else:
+            self._count_lookup(lookup)
+            self._metrics.decision("allow", "ok")
         if self._log_allows:
-            log.info("allow", extra={"outcome": "allow", "reason": "ok", "token": entry.token_hash,
-                                     "cache": lookup, "client_id": entry.info.client_id})
-        return Allow(entry.headers, entry, lookup)
+            self._allow_log.write(entry.token_hash, lookup, entry.info.client_id)
+        return entry
 
     def _allow_stale(self, entry: Entry) -> Allow:
         """Always logged, whatever log.decisions says: an answer the IdP did not give just now."""
+        self._count_lookup("stale")
         self._metrics.decision("allow", "stale")
         log.warning("allow", extra={"outcome": "allow", "reason": "stale", "stale": True,
                                     "token": entry.token_hash, "client_id": entry.info.client_id})
-        return Allow(entry.headers, entry, "stale")
+        return entry
 
     def _deny(self, denial: Denial, hashed: str | None, *, stale: bool = False) -> Deny:
         self._metrics.decision("deny", denial.reason)
@@ -203,9 +211,3 @@ class Decider:
                      "token": hashed, "detail": denial.detail}
             log.info("deny", extra={**extra, "stale": True} if stale else extra)
         return Deny(denial, hashed)
-
-
-def _hash_of(entry: Entry | None, token: str | None) -> str | None:
-    if entry is not None:
-        return entry.token_hash
-    return token_hash(token) if token else None

@@ -8,6 +8,7 @@ The reason code is the log field and the metrics label; the public description s
     ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
     ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
     ├── InsufficientScope    403 insufficient_scope scope_missing
+    ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
     ├── IdpUnavailable       503 (fail closed)      idp_unavailable
     └── InternalError        503 (fail closed)      internal_error
 """
@@ -62,6 +63,18 @@ class InsufficientScope(Denial):
     status = 403
     error = "insufficient_scope"
     description = "The access token lacks a required scope"
+
+
+class RateLimited(Denial):
+    """Too many new tokens from one source (RFC 6585 §4 429 with Retry-After): not an IdP failure."""
+
+    status = 429
+    error = None
+    description = "Too many new tokens from this client"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__("rate_limited", detail)
+        self.retry_after = retry_after
 
 
 class IdpUnavailable(Denial):

@@ -46,4 +46,5 @@ class Interner:
         return dataclasses.replace(
             info, scopes=v(info.scopes), scope=v(info.scope), client_id=v(info.client_id),
             token_type=v(info.token_type), iss=v(info.iss), aud=v(info.aud), cnf_x5t_s256=v(info.cnf_x5t_s256),
+            token_use=v(info.token_use),
         )

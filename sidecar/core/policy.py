@@ -13,9 +13,12 @@ from sidecar.config import PolicyConfig
 from sidecar.core.errors import Denial, InsufficientScope, InvalidToken
 from sidecar.core.token_info import TokenInfo
 
+REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
+
 
 class Policy:
-    __slots__ = ("_audiences", "_issuers", "_leeway", "_required", "_scope_param")
+    __slots__ = ("_allow_missing_type", "_audiences", "_issuers", "_leeway", "_required", "_scope_param",
+                 "_token_types")
 
     def __init__(self, config: PolicyConfig) -> None:
         self._issuers = frozenset(config.allowed_issuers)
@@ -23,15 +26,39 @@ class Policy:
         self._required = frozenset(config.required_scopes)
         self._scope_param = " ".join(config.required_scopes) or None
         self._leeway = config.leeway
+        self._token_types = frozenset(t.lower() for t in config.token_types)
+        self._allow_missing_type = config.allow_missing_token_type
 
     def static_denial(self, info: TokenInfo) -> Denial | None:
         """The first 401 that does not depend on the clock, or None."""
         if not info.active:
             return InvalidToken("token_inactive", "the IdP reports the token inactive")
+        if info.cnf_unverifiable:
+            # Whatever the binding mode: a token bound by a method we cannot verify (DPoP jkt, x5t, jwk)
+            # must never pass as an unbound one.
+            methods = ", ".join(info.cnf_unverifiable)
+            return InvalidToken("cnf_unsupported", f"cnf holds {methods}, which this sidecar does not verify")
+        kind = self._not_an_access_token(info)
+        if kind is not None:
+            return kind
         if self._issuers and info.iss not in self._issuers:
             return InvalidToken("issuer_not_allowed", f"iss {info.iss!r} is not allowed")
         if self._audiences and self._audiences.isdisjoint(info.aud):
             return InvalidToken("audience_mismatch", "no required audience in aud")
+        return None
+
+    def _not_an_access_token(self, info: TokenInfo) -> Denial | None:
+        """Refresh tokens are introspectable too; only access tokens may pass (RFC 6749 §1.5)."""
+        if info.token_use in REFRESH_USES:
+            return InvalidToken("token_not_access", f"token_use/typ {info.token_use!r}: not an access token")
+        if not info.introspected:
+            return None  # a verified RFC 9068 JWT: its typ header (at+jwt) already said so
+        if info.token_type is None:
+            if self._allow_missing_type:
+                return None
+            return InvalidToken("token_not_access", "introspection gave no token_type (as for a refresh token)")
+        if info.token_type.lower() not in self._token_types:
+            return InvalidToken("token_type_not_allowed", f"token_type {info.token_type[:32]!r} is not accepted")
         return None
 
     def scope_denial(self, info: TokenInfo) -> Denial | None:

@@ -137,7 +137,7 @@ def _quote(value: str) -> str:
 
 def deny_headers(denial: Denial, realm: str) -> dict[str, str]:
     """RFC 6750 §3 challenge; no ``error`` attribute when the request had no credentials."""
-    if denial.status == 503:
+    if denial.status in (429, 503):
         return {"Retry-After": str(denial.retry_after), "Cache-Control": "no-store"}
     parts = [f"Bearer realm={_quote(realm)}"]
     if denial.error:
@@ -150,7 +150,7 @@ def deny_headers(denial: Denial, realm: str) -> dict[str, str]:
 
 def deny_body(denial: Denial) -> bytes:
     body: Mapping[str, str | None] = {
-        "error": denial.error or ("temporarily_unavailable" if denial.status == 503 else "unauthorized"),
+        "error": denial.error or ("temporarily_unavailable" if denial.status in (429, 503) else "unauthorized"),
         "reason": denial.reason,
     }
     return json.dumps(body, separators=(",", ":")).encode()

@@ -39,6 +39,13 @@ class TokenInfo:
     iss: str | None = None
     jti: str | None = None
     cnf_x5t_s256: str | None = None
+    # Confirmation methods this sidecar cannot verify (RFC 7800 cnf members other than x5t#S256):
+    # a token bound by them must never pass as unbound.
+    cnf_unverifiable: tuple[str, ...] = ()
+    # Whether the answer came from introspection (token_type then says what kind of token it is).
+    introspected: bool = False
+    # token_use (Ory Hydra) or typ (Keycloak) when present, lower-cased: "refresh_token", "refresh", ...
+    token_use: str | None = None
     # Only the claims configured for upstream headers are kept (memory per cached token).
     extra: Mapping[str, str] | None = None
 
@@ -61,6 +68,7 @@ def token_info_from_claims(
     """
     if not isinstance(claims, Mapping):
         raise MalformedTokenInfo("the answer is not a JSON object")
+    introspected = active is None  # an introspection answer, not the claims of a verified JWT
     if active is None:
         value = claims.get("active")
         if not isinstance(value, bool):
@@ -69,9 +77,10 @@ def token_info_from_claims(
     if not active:
         return INACTIVE
     scope = _opt_str(claims, "scope")
+    cnf = claims.get("cnf")
     return TokenInfo(
         active=True,
-        scopes=frozenset(scope.split()) if scope else frozenset(),
+        scopes=scope_set(scope),
         scope=scope,
         client_id=_opt_str(claims, "client_id"),
         username=_opt_str(claims, "username"),
@@ -83,9 +92,18 @@ def token_info_from_claims(
         aud=_audience(claims.get("aud")),
         iss=_opt_str(claims, "iss"),
         jti=_opt_str(claims, "jti"),
-        cnf_x5t_s256=_thumbprint(claims.get("cnf")),
+        cnf_x5t_s256=_thumbprint(cnf),
+        cnf_unverifiable=_unverifiable(cnf),
+        introspected=introspected,
+        token_use=_token_use(claims),
         extra=_extra(claims, extra_claims) or None,
     )
+
+
+def scope_set(scope: str | None) -> frozenset[str]:
+    """RFC 6749 §3.3: scope tokens are separated by %x20 only. ``str.split()`` would also split on
+    tabs, \x1f, NBSP or EM SPACE, letting a scope ``read\x1fadmin`` satisfy a required ``admin``."""
+    return frozenset(s for s in scope.split(" ") if s) if scope else frozenset()
 
 
 def _opt_str(claims: Mapping[str, Any], name: str) -> str | None:
@@ -131,6 +149,25 @@ def _thumbprint(cnf: object) -> str | None:
     if not isinstance(value, str) or not value:
         raise MalformedTokenInfo("cnf.x5t#S256: must be a non-empty string")
     return value
+
+
+MAX_CNF_MEMBERS = 8
+
+
+def _unverifiable(cnf: object) -> tuple[str, ...]:
+    """The cnf members other than ``x5t#S256`` (e.g. DPoP ``jkt``, ``x5t``, ``jwk``), sorted."""
+    if not isinstance(cnf, Mapping):
+        return ()
+    others = sorted(str(k)[:32] for k in cnf if k != "x5t#S256")
+    return tuple(others[:MAX_CNF_MEMBERS])
+
+
+def _token_use(claims: Mapping[str, Any]) -> str | None:
+    for name in ("token_use", "typ"):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value[:32].lower()
+    return None
 
 
 def _extra(claims: Mapping[str, Any], names: Collection[str]) -> dict[str, str]:

@@ -45,8 +45,9 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sidecar.core.client_cert import CertificateReader
-from sidecar.core.decision import Allow, CheckRequest
+from sidecar.core.decision import Allow, Miss
 from sidecar.core.errors import Denial
+from sidecar.core.request import CheckRequest
 from sidecar.core.response import REMOVE_HEADER, render_denial
 from sidecar.runtime import Sidecar
 
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.auth.v3.Authorization"
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 RPC_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED,
-             403: code_pb2.PERMISSION_DENIED, 503: code_pb2.UNAVAILABLE}
+             403: code_pb2.PERMISSION_DENIED, 429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE}
 MEMO_SIZE = 4096
 HEALTH_POLL = 0.25  # seconds between readiness checks for the health service
 
@@ -81,6 +82,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
         self._cert_header = sidecar.cert_header.lower()
+        self._keep_commas = sidecar.config.client_cert.format in ("xfcc", "traefik", "auto")
         self._source_reader = CertificateReader("escaped_pem")  # attributes.source.certificate
         config = sidecar.config
         self._realm = config.response.realm
@@ -91,41 +93,44 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._denied: dict[tuple[type[Denial], str, str | None, int], Any] = {}
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        sidecar = self._sidecar
-        http = request.attributes.request.http
-        authorization, forwarded = self._read_headers(http)
-        certificate: str | None = None
-        reader: CertificateReader | None = None
-        if peer_address(context.peer()) in sidecar.trusted_proxies:
-            source = request.attributes.source.certificate
-            if source:
-                certificate, reader = source, self._source_reader
-            else:
-                certificate = forwarded
-        sidecar.in_flight += 1
-        try:
-            decision = await sidecar.decider.decide(CheckRequest(authorization, certificate, reader))
-        finally:
-            sidecar.in_flight -= 1
+        attributes = request.attributes
+        authorization, forwarded = self._read_headers(attributes.request.http)
+        source = attributes.source.certificate  # the TLS peer Envoy verified (include_peer_certificate)
+        facts = CheckRequest(authorization, [source] if source else forwarded, peer_address(context.peer()),
+                             reader=self._source_reader if source else None,
+                             forwarded=attributes.source.address.socket_address.address or None)
+        decider = self._sidecar.decider
+        decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
+        if isinstance(decision, Miss):
+            decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
             return self._allow(decision.headers)
         return self._deny(decision.denial)
 
-    def _read_headers(self, http: Any) -> tuple[list[str], str | None]:
-        """(every Authorization value, the certificate header) from ``headers`` or ``header_map``."""
+    def _read_headers(self, http: Any) -> tuple[list[str], list[str]]:
+        """(every Authorization value, every certificate header value) from ``headers`` or ``header_map``.
+
+        In ``headers`` Envoy joins repeated fields with ``,``. A b64token never holds one, nor does a
+        certificate in a single-certificate format, so those are split back and a duplicated field
+        reaches the core as two values (denied there). XFCC (``,`` separates its elements: the last
+        one is the nearest proxy's), Traefik lists and ``auto`` (which reads XFCC) keep the value whole.
+        """
         if http.headers:
             joined = http.headers.get("authorization")
             authorization = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
-            return authorization, http.headers.get(self._cert_header)
-        authorization, forwarded = [], None
+            value = http.headers.get(self._cert_header)
+            if value is None:
+                return authorization, []
+            return authorization, [value] if self._keep_commas else [v.strip(" \t") for v in value.split(",")]
+        authorization, certificates = [], []
         for entry in http.header_map.headers:
             key = entry.key.lower()
             value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
             if key == "authorization":
                 authorization.append(value)
-            elif key == self._cert_header and forwarded is None:
-                forwarded = value
-        return authorization, forwarded
+            elif key == self._cert_header:
+                certificates.append(value)
+        return authorization, certificates
 
     def _allow(self, headers: Mapping[str, str]) -> Any:
         found = self._ok.get(id(headers))

@@ -2,7 +2,10 @@
 
 nginx ``auth_request`` calls a fixed location; Envoy's HTTP ext_authz calls ``path_prefix`` +
 the original path with the original method. Both get the same answer: 200 with the credential
-headers, or 401/403/400 with an RFC 6750 challenge, or 503 when the IdP cannot answer.
+headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-After``.
+
+The front only translates: it hands the core every certificate header copy, the peer address
+and the forwarded client address, and renders what the core decides.
 """
 
 from __future__ import annotations
@@ -10,32 +13,23 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar.core.decision import Allow, CheckRequest
+from sidecar.core.decision import Allow, Miss
+from sidecar.core.request import CheckRequest
 from sidecar.core.response import render_denial
 from sidecar.runtime import SIDECAR
 
 
 async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
+    decider = sidecar.decider
     headers = request.headers
-    # Every copy of the certificate header: two copies mean a proxy appended instead of replacing.
-    certificates = headers.getall(sidecar.cert_header, ()) if request.remote in sidecar.trusted_proxies else ()
-    certificate = certificates[0] if certificates else None
-    duplicated = len(certificates) > 1
-    authorization = headers.getall("Authorization", ())
-    if not duplicated:
-        hit = sidecar.decider.decide_hit(authorization, certificate)  # the hot path: no await
-        if hit is not None:
-            return web.Response(headers=hit.headers.pairs())  # always CredentialHeaders (HeaderBuilder.build)
-    sidecar.in_flight += 1
-    try:
-        decision = await sidecar.decider.decide(
-            CheckRequest(authorization, certificate, certificate_duplicated=duplicated)
-        )
-    finally:
-        sidecar.in_flight -= 1
+    facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(sidecar.cert_header, ()),
+                         request.remote, forwarded=headers.get(sidecar.source_header))
+    decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
+    if isinstance(decision, Miss):
+        decision = await decider.decide(facts, decision)
     if isinstance(decision, Allow):
-        return web.Response(headers=decision.headers)
+        return web.Response(headers=decision.headers.pairs())
     config = sidecar.config
     denied = render_denial(decision.denial, config.response.realm, config.server.invalid_request_status)
     return web.Response(status=denied.status, body=denied.body, headers=denied.headers)

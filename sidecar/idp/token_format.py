@@ -27,9 +27,9 @@ import re
 from typing import Any
 
 from sidecar.config import Config
-from sidecar.core.decision import Verifier
 from sidecar.core.errors import IdpUnavailable
 from sidecar.core.token_info import TokenInfo
+from sidecar.core.verifier import Verifier
 from sidecar.idp.discovery import Discovery, DiscoveryError
 from sidecar.idp.jwks import Jwks
 from sidecar.idp.jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier

@@ -139,12 +139,24 @@ async def test_any_method_on_any_path_is_a_check(sidecar: Running, idp: FakeIdp,
     assert response.status == 200
 
 
-async def test_a_certificate_chain_header_above_8kb_is_accepted(sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+async def test_a_certificate_chain_header_above_8kb_is_accepted(make_sidecar: MakeSidecar, idp: FakeIdp,
+                                                                 pki: TestPki) -> None:
+    running = await make_sidecar(client_cert={"format": "escaped_pem"})  # auto refuses chains in one header
     chain = escaped_pem(pki.alice) + escaped_pem(pki.bob) * 20
-    assert len(chain) > 8190
-    response = await sidecar.client.get("/", headers={"Authorization": f"Bearer {alice_token(idp, pki)}",
+    assert 8190 < len(chain) <= running.sidecar.config.client_cert.max_size
+    response = await running.client.get("/", headers={"Authorization": f"Bearer {alice_token(idp, pki)}",
                                                       "x-client-cert": chain})
     assert response.status == 200
+
+
+async def test_a_certificate_header_over_client_cert_max_size_is_refused_without_parsing(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(client_cert={"format": "escaped_pem", "max_size": 4096})
+    chain = escaped_pem(pki.alice) + escaped_pem(pki.bob) * 10
+    response = await running.client.get("/", headers={"Authorization": f"Bearer {alice_token(idp, pki)}",
+                                                      "x-client-cert": chain})
+    assert response.status == 401 and (await response.json())["reason"] == "cert_invalid"
 
 
 async def test_certificate_header_from_an_untrusted_peer_is_ignored(make_sidecar: MakeSidecar, idp: FakeIdp,

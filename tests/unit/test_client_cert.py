@@ -43,8 +43,12 @@ def test_each_header_format_gives_the_pinned_thumbprint(fmt: str, value: str) ->
 
 
 @pytest.mark.parametrize(("fmt", "value"), FORMATS)
-def test_auto_detects_every_format(fmt: str, value: str) -> None:
-    assert CertificateReader("auto").thumbprint(value) == EXPECTED
+def test_auto_reads_every_single_certificate_format_and_refuses_a_list(fmt: str, value: str) -> None:
+    if fmt == "traefik":  # a list of certificates: the explicit format only
+        with pytest.raises(CertificateError, match="more than one certificate"):
+            CertificateReader("auto").thumbprint(value)
+    else:
+        assert CertificateReader("auto").thumbprint(value) == EXPECTED
 
 
 def test_alb_plus_sign_is_not_a_space() -> None:

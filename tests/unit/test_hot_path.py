@@ -14,9 +14,10 @@ from prometheus_client import generate_latest
 
 from sidecar import config as config_module
 from sidecar.core import decision_log
-from sidecar.core.decision import Allow, CheckRequest, Decider
+from sidecar.core.decision import Allow, Decider, Deny, Miss
 from sidecar.core.decision_log import AllowLog
 from sidecar.core.interning import Interner
+from sidecar.core.request import CheckRequest
 from sidecar.core.response import HeaderBuilder
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support import logs
@@ -29,7 +30,7 @@ X5T = "A" * 43
 class Verifier:
     def __init__(self, **claims: object) -> None:
         self.claims = {"active": True, "client_id": "alice", "scope": "read", "exp": 4_000_000_000,
-                       "cnf": {"x5t#S256": X5T}, **claims}
+                       "token_type": "Bearer", "cnf": {"x5t#S256": X5T}, **claims}
         self.calls = 0
 
     async def verify(self, token: str) -> TokenInfo:
@@ -52,39 +53,58 @@ def decider(**policy: object) -> tuple[Decider, Verifier, Metrics]:
     return d, verifier, metrics
 
 
-async def test_a_hit_is_decided_without_awaiting_only_when_the_full_decision_would_allow() -> None:
+def req(authorization: list[str], cert: str | None = X5T) -> CheckRequest:
+    return CheckRequest(authorization, [cert] if cert else [], "127.0.0.1")
+
+
+async def test_a_cached_token_is_answered_now_without_awaiting_by_the_same_checks() -> None:
     d, verifier, _ = decider()
     auth = ["Bearer tok"]
-    assert d.decide_hit(auth, X5T) is None  # not cached yet
-    assert isinstance(await d.decide(CheckRequest(auth, X5T)), Allow)
-    hit = d.decide_hit(auth, X5T)
-    assert hit is not None and hit.headers["x-credential-client-id"] == "alice"
-    assert d.decide_hit(auth, "B" * 43) is None  # another certificate: the full path denies
-    assert d.decide_hit(auth, None) is None
-    assert d.decide_hit(["Bearer tok", "Bearer tok"], X5T) is None
-    assert d.decide_hit(["Basic abc"], X5T) is None
+    assert isinstance(d.decide_now(req(auth)), Miss)  # not cached yet: only the miss awaits
+    assert isinstance(await d.decide(req(auth)), Allow)
+    hit = d.decide_now(req(auth))
+    assert isinstance(hit, Allow) and hit.headers["x-credential-client-id"] == "alice"
+    reasons = {
+        "cnf_mismatch": req(auth, "B" * 43),
+        "cert_missing": req(auth, None),
+        "cert_invalid": CheckRequest(auth, [X5T, X5T], "127.0.0.1"),  # two certificate headers
+        "token_duplicated": req(["Bearer tok", "Bearer tok"]),
+        "token_missing": req(["Basic abc"]),
+    }
+    for reason, request in reasons.items():
+        decided = d.decide_now(request)
+        assert isinstance(decided, Deny) and decided.denial.reason == reason
     assert verifier.calls == 1
 
 
-async def test_fast_hits_are_counted_like_full_ones_when_the_registry_is_read() -> None:
+async def test_a_certificate_from_an_untrusted_peer_is_not_presented() -> None:
+    d, _, _ = decider()
+    await d.decide(req(["Bearer tok"]))
+    decided = d.decide_now(CheckRequest(["Bearer tok"], [X5T], "192.0.2.7"))
+    assert isinstance(decided, Deny) and decided.denial.reason == "cert_missing"
+
+
+async def test_hits_are_counted_like_misses_when_the_registry_is_read() -> None:
     d, _, metrics = decider()
-    await d.decide(CheckRequest(["Bearer tok"], X5T))
+    await d.decide(req(["Bearer tok"]))
     for _ in range(3):
-        assert d.decide_hit(["Bearer tok"], X5T) is not None
+        assert isinstance(d.decide_now(req(["Bearer tok"])), Allow)
     text = generate_latest(metrics.registry).decode()
     assert 'sidecar_decisions_total{outcome="allow",reason="ok"} 4.0' in text
     assert 'sidecar_cache_total{result="hit"} 3.0' in text
     assert 'sidecar_cache_total{result="miss"} 1.0' in text
 
 
-async def test_an_expired_or_scope_denied_cached_token_takes_the_full_path() -> None:
+async def test_a_scope_denied_cached_token_is_denied_now_and_an_expired_one_is_never_cached() -> None:
     d, _, _ = decider(required_scopes=["write"])
-    await d.decide(CheckRequest(["Bearer tok"], X5T))
-    assert d.decide_hit(["Bearer tok"], X5T) is None
+    await d.decide(req(["Bearer tok"]))
+    decided = d.decide_now(req(["Bearer tok"]))
+    assert isinstance(decided, Deny) and decided.denial.reason == "scope_missing"
     d2, verifier2, _ = decider()  # exp in the past (beyond the leeway)
     verifier2.claims["exp"] = 1
-    await d2.decide(CheckRequest(["Bearer old"], X5T))
-    assert d2.decide_hit(["Bearer old"], X5T) is None
+    denied = await d2.decide(req(["Bearer old"]))
+    assert isinstance(denied, Deny) and denied.denial.reason == "token_expired"
+    assert isinstance(d2.decide_now(req(["Bearer old"])), Miss)
 
 
 async def test_the_fast_allow_line_is_the_line_the_json_formatter_writes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,82 @@
+"""Fair admission of cache misses to the IdP: one client cannot spend everyone's IdP capacity.
+
+A cache miss costs an IdP call, and a client can make every request a miss (random tokens). So
+each new IdP call is charged to its **source** — the client address a trusted proxy vouches for
+(``admission.source_header``, last element: the hop the proxy itself added; for gRPC the
+downstream address Envoy reports) — and a source gets at most:
+
+- ``admission.miss_rate`` new calls per second (a token bucket of ``admission.miss_burst``);
+- ``admission.max_share`` of the IdP slots (``idp.max_concurrent``) at once.
+
+Past either, the check is denied at once with 429 ``rate_limited`` and ``Retry-After`` (fail
+closed, and without waiting for a slot): cached tokens are unaffected, other sources keep their
+share, and the refusal is not an IdP failure (it opens no breaker and serves nothing stale).
+Per-source state is a bounded memo (``admission.max_sources``). A check without a vouched-for
+source (no header, or not from a trusted proxy) is not limited: its peer is the proxy, which
+speaks for every client, and limiting it would limit them all. The shipped proxy files send the
+header; without it there is no per-client fairness.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from sidecar.config import AdmissionConfig
+from sidecar.core.errors import RateLimited
+from sidecar.support.memo import Memo
+
+MAX_SOURCE_LENGTH = 64
+
+
+def source_of(forwarded: str | None, trusted: bool) -> str | None:
+    """The last hop of the forwarded header from a trusted peer; None when there is none."""
+    if trusted and forwarded:
+        last = forwarded.rpartition(",")[2].strip()
+        if last:
+            return last[:MAX_SOURCE_LENGTH]
+    return None
+
+
+class _Bucket:
+    __slots__ = ("in_flight", "stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.in_flight = 0
+
+
+class Admission:
+    def __init__(self, config: AdmissionConfig, max_concurrent: int, *,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self._rate = config.miss_rate
+        self._burst = float(config.miss_burst)
+        self._share = max(1, int(max_concurrent * config.max_share))
+        self._timer = timer
+        self._buckets: Memo[str, _Bucket] = Memo(config.max_sources)
+
+    def enter(self, source: str | None) -> None:
+        """Charge one IdP call to ``source``, or raise :class:`RateLimited`; pair with :meth:`leave`."""
+        if source is None:
+            return
+        now = self._timer()
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets.put(source, _Bucket(self._burst, now))
+        if bucket.in_flight >= self._share:
+            raise RateLimited(f"source has {bucket.in_flight} IdP calls in flight (admission.max_share)")
+        if self._rate > 0:
+            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
+            bucket.stamp = now
+            if bucket.tokens < 1.0:
+                wait = math.ceil((1.0 - bucket.tokens) / self._rate)
+                raise RateLimited("source is over admission.miss_rate", retry_after=max(1, wait))
+            bucket.tokens -= 1.0
+        bucket.in_flight += 1
+
+    def leave(self, source: str | None) -> None:
+        bucket = None if source is None else self._buckets.get(source)
+        if bucket is not None and bucket.in_flight > 0:
+            bucket.in_flight -= 1
