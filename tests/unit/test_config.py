@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sidecar.config import ConfigError, env_name, from_mapping, load
+import sidecar
+from sidecar.config import KEY, KEYS, ConfigError, Key, env_name, from_mapping, load
 
 
 def test_defaults_are_strict_binding_and_loopback_ports() -> None:
@@ -110,3 +113,90 @@ def test_check_config_requires_an_idp_and_accepts_a_valid_one(tmp_path: Path) ->
                                     "SIDECAR_IDP__CERT_FILE": str(cert), "SIDECAR_IDP__KEY_FILE": str(key)})
     assert bad.returncode == 2 and "idp.cert_file/idp.key_file" in bad.stderr
     assert "broken" not in bad.stderr
+
+
+_JWT_ONLY_IDP: dict[str, Any] = {"idp": {"jwks_uri": "https://idp.example/jwks", "token_format": "jwt"},
+                                  "policy": {"audiences": ["api"], "allowed_issuers": ["https://idp.example"]}}
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_bad_connect_timeout_is_reported_as_idp_connect_timeout(source: str) -> None:
+    raw: dict[str, Any] = {**_JWT_ONLY_IDP, "idp": {**_JWT_ONLY_IDP["idp"]}}
+    env: dict[str, str] = {}
+    if source == "file":
+        raw["idp"]["connect_timeout"] = 0
+    else:
+        env["SIDECAR_IDP__CONNECT_TIMEOUT"] = "0"
+    with pytest.raises(ConfigError) as error:
+        from_mapping(raw, env)
+    assert error.value.key == "idp.connect_timeout"
+    assert str(error.value) == "idp.connect_timeout: must be > 0; got 0.0"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SIDECAR_IDP__RETRIES": "6"}, "idp.retries: must be between 0 and 5; got 6"),
+        ({"SIDECAR_CACHE__MAX_ENTRIES": "-1"}, "cache.max_entries: must be >= 0; got -1"),
+        ({"SIDECAR_SERVER__PORT": "70000"}, "server.port: must be a TCP port (0-65535); got 70000"),
+        ({"SIDECAR_SERVER__INVALID_REQUEST_STATUS": "500"}, "server.invalid_request_status: must be one of 400, 401;"
+                                                            " got 500"),
+        ({"SIDECAR_LOG__LEVEL": "loud"}, "log.level: must be one of debug, info, warning, error; got 'loud'"),
+    ],
+)
+def test_bound_messages_are_derived_from_the_declaration(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        from_mapping({}, env)
+    assert str(error.value) == message
+
+
+def test_a_short_admin_secret_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        from_mapping({}, {"SIDECAR_SERVER__ADMIN_SECRET": "tooshort-secret"})
+    assert error.value.key == "server.admin_secret"
+    assert "tooshort" not in str(error.value)
+
+
+def _env_form(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if k.default not in (None, "", (), {})], ids=lambda k: k.dotted)
+def test_every_key_reads_its_default_back_from_its_environment_variable(key: Key) -> None:
+    config = from_mapping({}, {key.env: _env_form(key.default)})
+    assert getattr(getattr(config, key.section), key.name) == key.default
+
+
+def test_every_declared_default_passes_its_own_bounds() -> None:
+    assert all(k.spec.problem(k.default) is None for k in KEYS)
+
+
+def test_every_key_has_one_line_of_doc_and_a_derived_environment_variable() -> None:
+    for k in KEYS:
+        assert k.spec.doc and "\n" not in k.spec.doc, k.dotted
+        assert k.env == f"SIDECAR_{k.section.upper()}__{k.name.upper()}"
+    assert len({k.env for k in KEYS}) == len(KEYS)
+
+
+def test_key_names_refuse_an_undeclared_key() -> None:
+    assert KEY.idp.connect_timeout == "idp.connect_timeout"
+    with pytest.raises(AttributeError):
+        _ = KEY.idp.conect_timeout
+    with pytest.raises(AttributeError):
+        _ = KEY.ipd
+
+
+def test_every_key_named_in_the_package_source_is_declared() -> None:
+    """``KEY.section.name`` fails only when reached; this finds a misspelt one in a rule never run."""
+    named = set()
+    for path in Path(sidecar.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
+                    isinstance(node.value.value, ast.Name) and node.value.value.id == "KEY":
+                named.add(f"{node.value.attr}.{node.attr}")
+    assert "server.admin_port" in named
+    assert named <= {k.dotted for k in KEYS}

@@ -1,0 +1,69 @@
+"""Single-value rules a key can declare (``checks=``): each returns what is wrong, or None.
+
+Rules that compare two keys live in :mod:`sidecar.config.rules`; these see one value only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+# \Z, not $: "$" also matches before a trailing newline, which would let "name\n" through.
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+
+
+def https_url(url: str) -> str | None:
+    return None if url.startswith("https://") else f"must be an https:// URL; got {url!r}"
+
+
+def existing_file(path: str) -> str | None:
+    return None if not path or Path(path).is_file() else f"file not found: {path}"
+
+
+def header_name(name: str) -> str | None:
+    return None if HEADER_NAME.match(name) else f"not a valid header name: {name!r}"
+
+
+def header_prefix(prefix: str) -> str | None:
+    # A non-empty prefix keeps every header we emit apart from the proxy's own (Content-Length,
+    # Authorization, x-envoy-*), and is what the proxies' prefix rules match.
+    if not prefix.strip("-") or not HEADER_NAME.match(prefix):
+        return f"not a valid, non-empty header prefix: {prefix!r}"
+    return None
+
+
+def header_names(names: tuple[str, ...]) -> str | None:
+    bad = next((n for n in names if not HEADER_NAME.match(n)), None)
+    return None if bad is None else f"invalid header {bad!r}"
+
+
+def scopes(values: tuple[str, ...]) -> str | None:
+    bad = next((s for s in values if not s or " " in s), None)
+    return None if bad is None else f"invalid scope {bad!r}"
+
+
+def networks(values: tuple[str, ...]) -> str | None:
+    for cidr in values:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            return f"not an address or CIDR: {cidr!r}"
+    return None
+
+
+def asymmetric_algorithms(names: tuple[str, ...]) -> str | None:
+    if "none" in (a.lower() for a in names) or any(a.startswith("HS") for a in names):
+        return "only asymmetric algorithms are allowed"
+    unknown = sorted(set(names) - JWT_ALGORITHMS)
+    return f"unsupported: {', '.join(unknown)}" if unknown else None
+
+
+def realm(value: str) -> str | None:
+    if '"' in value or "\\" in value or not value.isprintable():
+        return "must not contain quotes, backslashes or control characters"
+    return None

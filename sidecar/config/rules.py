@@ -1,0 +1,107 @@
+"""Cross-field rules: what no single key's declaration can say (ports differ, JWTs need audiences).
+
+Each failure names the key to fix through :data:`KEY`, which refuses an undeclared name, so a rule
+cannot report a key that does not exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sidecar.config import checks
+from sidecar.config.declare import ConfigError
+from sidecar.config.sections import (
+    KEY,
+    STANDARD_HEADERS,
+    ClientCertConfig,
+    Config,
+    IdpConfig,
+    ResponseConfig,
+    ServerConfig,
+)
+
+
+def validate(config: Config) -> None:
+    """Run every cross-field rule; single keys were checked against their declaration on reading."""
+    _validate_server(config.server)
+    if config.idp_configured:
+        _validate_idp(config.idp)
+        _validate_jwt_policy(config)
+    _validate_client_cert(config.client_cert)
+    _validate_response(config.response)
+
+
+def _validate_server(s: ServerConfig) -> None:
+    if s.port and s.port == s.admin_port and s.host == s.admin_host:
+        raise ConfigError(KEY.server.admin_port, f"must differ from {KEY.server.port}")
+    if s.grpc_port and s.grpc_port in (s.port, s.admin_port):
+        raise ConfigError(KEY.server.grpc_port, f"must differ from {KEY.server.port} and {KEY.server.admin_port}")
+    if s.workers > 1 and s.port == 0:
+        raise ConfigError(KEY.server.workers, f"several workers need a fixed {KEY.server.port} (they share it)")
+    if s.workers > 1 and s.admin_port and s.host == s.admin_host and \
+            s.admin_port <= s.port < s.admin_port + s.workers:
+        raise ConfigError(KEY.server.admin_port,
+                          f"worker admin ports (admin_port + i) must not include {KEY.server.port}")
+
+
+def _validate_idp(i: IdpConfig) -> None:
+    introspects = i.token_format != "jwt"
+    if not i.client_id and introspects:
+        raise ConfigError(KEY.idp.client_id, "is required for introspection")
+    if i.auth_method == "tls_client_auth" and introspects:
+        if not i.cert_file:
+            raise ConfigError(KEY.idp.cert_file, "is required with auth_method tls_client_auth")
+        if not i.key_file:
+            raise ConfigError(KEY.idp.key_file, "is required with auth_method tls_client_auth")
+    elif not (i.client_secret or i.client_secret_file) and introspects:
+        raise ConfigError(KEY.idp.client_secret, f"is required with auth_method {i.auth_method}")
+    if not i.jwt_algorithms and i.token_format != "introspection":
+        raise ConfigError(KEY.idp.jwt_algorithms, "must not be empty unless token_format is introspection")
+
+
+def _validate_jwt_policy(config: Config) -> None:
+    """RFC 9068 §4: the RS MUST check ``iss`` and ``aud``, so local validation needs both."""
+    if config.idp.token_format not in ("jwt", "jwt_then_introspection"):
+        return
+    if not config.policy.audiences:
+        raise ConfigError(KEY.policy.audiences, f"is required with {KEY.idp.token_format} "
+                          f"{config.idp.token_format} (RFC 9068 §4: aud MUST be validated)")
+    if not (config.idp.issuer or config.policy.allowed_issuers):
+        raise ConfigError(KEY.idp.issuer, f"or {KEY.policy.allowed_issuers} is required to validate iss of JWTs")
+    if not (config.idp.issuer or config.idp.jwks_uri):
+        raise ConfigError(KEY.idp.jwks_uri, f"or {KEY.idp.issuer} (discovery) is required to validate JWTs")
+
+
+def _validate_client_cert(c: ClientCertConfig) -> None:
+    if c.memo_max_bytes < c.max_size:
+        raise ConfigError(KEY.client_cert.memo_max_bytes, f"must be at least {KEY.client_cert.max_size}")
+
+
+def _validate_response(r: ResponseConfig) -> None:
+    standard = {suffix for _, suffix in STANDARD_HEADERS}
+    for claim, header in r.claims.items():
+        if not checks.HEADER_NAME.match(header):
+            raise ConfigError(f"{KEY.response.claims}.{claim}", f"not a valid header name: {header!r}")
+        if header.lower() in standard:
+            raise ConfigError(f"{KEY.response.claims}.{claim}", f"{header!r} is already a standard credential header")
+    for name in r.remove_upstream_headers:
+        if name.lower().startswith(r.prefix.lower()):
+            # Envoy applies removals after the credential headers are set: it would drop ours.
+            raise ConfigError(KEY.response.remove_upstream_headers, f"{name!r} is a credential header")
+
+
+def admin_secret(s: ServerConfig) -> str | None:
+    """The admin purge secret, from the config or its file (read at start, never logged)."""
+    if s.admin_secret_file:
+        secret = Path(s.admin_secret_file).read_text(encoding="utf-8").strip()
+        if len(secret) < 16:
+            raise ConfigError(KEY.server.admin_secret_file, "the secret must be at least 16 characters")
+        return secret
+    return s.admin_secret
+
+
+def client_secret(i: IdpConfig) -> str | None:
+    """The client secret, from the config or its file (read at start, never logged)."""
+    if i.client_secret_file:
+        return Path(i.client_secret_file).read_text(encoding="utf-8").strip()
+    return i.client_secret

@@ -1,0 +1,245 @@
+"""Every configuration key, declared once: section, name, type, default, bounds and one line of doc.
+
+The section dataclasses are the typed, frozen values the rest of the service reads
+(``config.idp.timeout``); :data:`KEYS` lists the declarations in order for the loader and the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sidecar.config import checks
+from sidecar.config.declare import Spec, env_name, key, spec_of, tcp_port
+
+BindingMode = Literal["off", "optional", "strict"]
+AuthMethod = Literal["tls_client_auth", "client_secret_basic", "client_secret_post"]
+TokenFormat = Literal["auto", "introspection", "jwt", "jwt_then_introspection"]
+CertFormat = Literal[
+    "auto", "escaped_pem", "pem", "der_base64", "xfcc", "alb", "traefik", "rfc9440"
+]
+DecisionLogging = Literal["all", "deny", "off"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+# (TokenInfo attribute, header suffix): the credential headers every allow carries.
+STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
+    ("sub", "sub"),
+    ("client_id", "client-id"),
+    ("scope", "scope"),
+    ("iss", "iss"),
+    ("aud", "aud"),
+    ("exp", "exp"),
+    ("iat", "iat"),
+    ("jti", "jti"),
+    ("token_type", "token-type"),
+    ("username", "username"),
+    ("cnf_x5t_s256", "cnf-x5t-s256"),
+)
+
+_FILE = (checks.existing_file,)
+_URL = (checks.https_url,)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = key("127.0.0.1", "address of the check port (any method, any path)")
+    port: int = tcp_port(8080, "the check port")
+    admin_host: str = key("127.0.0.1", "address of the admin port (`/healthz`, `/readyz`, `/metrics`)")
+    admin_port: int = tcp_port(8081, "the admin port")
+    max_header_size: int = key(65536, "header field limit; forwarded chains exceed aiohttp's 8190", ge=8190)
+    invalid_request_status: int = key(400, "status of a malformed request; nginx turns 400 into 500, so set 401 there",
+                                      choices=(400, 401))
+    shutdown_grace: float = key(20.0, "time for checks in flight to finish after SIGTERM", ge=0, unit="seconds")
+    admin_secret: str | None = key(None, "bearer secret of `POST /purge` on the admin port; unset: no purge endpoint",
+                                   min_length=16, secret=True)
+    admin_secret_file: str | None = key(None, "file holding `server.admin_secret` (at least 16 characters)",
+                                        checks=_FILE)
+    grpc_port: int = tcp_port(0, "Envoy gRPC ext_authz port (`envoy.service.auth.v3.Authorization`, `grpc.health.v1`); "
+                            "`0` turns it off")
+    grpc_host: str = key("127.0.0.1", "address of the gRPC port")
+    grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)")
+    workers: int = key(1, "processes sharing the check port (`SO_REUSEPORT`); worker *i* has admin port "
+                          "`admin_port + i`", ge=1, le=64)
+
+
+@dataclass(frozen=True)
+class IdpConfig:
+    issuer: str | None = key(None, "discovery: OpenID `/.well-known/openid-configuration`, then RFC 8414",
+                             checks=_URL)
+    introspection_endpoint: str | None = key(None, "explicit introspection endpoint (wins over discovery)",
+                                             checks=_URL)
+    jwks_uri: str | None = key(None, "explicit JWK Set URL (wins over discovery)", checks=_URL)
+    client_id: str = key("", "our client at the IdP (sent in the form for `tls_client_auth`)")
+    auth_method: AuthMethod = key("tls_client_auth", "how we authenticate to the IdP")
+    client_secret: str | None = key(None, "secret for the `client_secret_*` methods", secret=True)
+    client_secret_file: str | None = key(None, "file holding `idp.client_secret`", checks=_FILE)
+    cert_file: str | None = key(None, "our client certificate (RFC 8705 §2.1), PEM", checks=_FILE)
+    key_file: str | None = key(None, "the private key of `idp.cert_file`, PEM", checks=_FILE)
+    key_password: str | None = key(None, "password of `idp.key_file`, if encrypted", secret=True)
+    ca_file: str | None = key(None, "CA bundle that verifies the IdP's server certificate (default: system store)",
+                              checks=_FILE)
+    connect_timeout: float = key(0.5, "TCP and TLS connect timeout to the IdP; keep below the proxy's timeout",
+                                 gt=0, unit="seconds")
+    timeout: float = key(1.5, "whole IdP call timeout; keep below the proxy's timeout", gt=0, unit="seconds")
+    max_connections: int = key(32, "keep-alive pool to the IdP", ge=1)
+    token_format: TokenFormat = key("auto", "how tokens are validated: by introspection, as JWTs, or both")
+    jwt_algorithms: tuple[str, ...] = key(("RS256", "PS256", "ES256", "EdDSA"),
+                                          "accepted JWT signature algorithms (asymmetric only)",
+                                          checks=(checks.asymmetric_algorithms,))
+    reload_interval: float = key(10.0, "time between checks of `cert_file`, `key_file`, `ca_file` for a rotation; "
+                                       "`0` turns reloading off", ge=0, unit="seconds")
+    max_concurrent: int = key(32, "introspection calls in flight at once; a call that finds no slot within "
+                                  "`idp.timeout` is denied (`saturated`)", ge=1)
+    retries: int = key(1, "repeats of a call that never reached the IdP (refused, connect timeout, closed "
+                          "without answer)", ge=0, le=5)
+    retry_backoff: float = key(0.05, "full-jitter exponential backoff base between retries", ge=0, unit="seconds")
+    breaker_failures: int = key(5, "consecutive IdP failures that open the circuit breaker; `0` turns it off", ge=0)
+    breaker_open: float = key(5.0, "time the breaker stays open before each background probe (longer if a "
+                                   "429/503 `Retry-After` says so)", gt=0, unit="seconds")
+    jwks_max_age: float = key(300.0, "time a fetched JWK Set is used before it is fetched again", gt=0,
+                              unit="seconds")
+    jwks_min_refresh_interval: float = key(10.0, "at most one JWK Set refresh per interval for tokens naming an "
+                                                 "unknown `kid`", ge=0, unit="seconds")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    max_entries: int = key(100_000, "cached decisions at most; `0` turns the cache off", ge=0)
+    max_ttl: float = key(300.0, "longest life of an entry; never past the token's `exp`", ge=0, unit="seconds")
+    negative_ttl: float = key(10.0, "how long an inactive answer is remembered", ge=0, unit="seconds")
+    negative_max_entries: int = key(10_000, "inactive answers at most, in a store of their own (a flood of random "
+                                            "tokens cannot evict valid ones); `0`: not cached", ge=0)
+    stale_if_error: float = key(0.0, "time past its expiry (never past `exp`) an active, bound entry may answer "
+                                     "while the IdP is unavailable; `0` turns it off", ge=0, unit="seconds")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    binding: BindingMode = key("strict", "`strict`; `optional`: checked when the token is bound; `off`")
+    required_scopes: tuple[str, ...] = key((), "all must be in the token's `scope`", checks=(checks.scopes,))
+    allowed_issuers: tuple[str, ...] = key((), "`iss` must be one of them (when set)")
+    audiences: tuple[str, ...] = key((), "`aud` must contain one of them (when set)")
+    leeway: float = key(5.0, "clock skew allowed for `exp`/`nbf`", ge=0, le=300, unit="seconds")
+    token_types: tuple[str, ...] = key(("Bearer", "DPoP"), "introspected `token_type` values accepted "
+                                                           "(case-insensitive)")
+    allow_missing_token_type: bool = key(False, "accept an introspection answer without `token_type` (oidc-provider "
+                                                "omits it only for refresh tokens)")
+
+
+@dataclass(frozen=True)
+class ClientCertConfig:
+    header: str = key("x-client-cert", "the header the proxy forwards the certificate in",
+                      checks=(checks.header_name,))
+    format: CertFormat = key("auto", "encoding of that header (see Certificate header formats)")
+    trusted_proxies: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "peers whose certificate header is honoured",
+                                           checks=(checks.networks,))
+    xfcc_trust_hash: bool = key(False, "use XFCC `Hash=` when there is no `Cert=` (Istio default)")
+    max_size: int = key(16384, "a longer certificate header is refused (`cert_invalid`)", ge=1024, le=1 << 20,
+                        unit="bytes")
+    memo_max_bytes: int = key(8 * 1024 * 1024, "header values whose thumbprints are remembered, in bytes",
+                              ge=1024, unit="bytes")
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
+                                                "misses are charged to it", checks=(checks.header_name,))
+    miss_rate: float = key(50.0, "new IdP calls per second per source; `0`: no rate limit", ge=0)
+    miss_burst: int = key(100, "burst of new IdP calls per source", ge=1)
+    max_share: float = key(0.5, "share of `idp.max_concurrent` one source may hold", gt=0, le=1)
+    max_sources: int = key(10_000, "sources remembered at once", ge=1)
+
+
+@dataclass(frozen=True)
+class ResponseConfig:
+    prefix: str = key("x-credential-", "prefix of every upstream header", checks=(checks.header_prefix,))
+    claims: Mapping[str, str] = key({}, "extra claim → header suffix (`tenant = \"tenant\"` → `x-credential-tenant`)")
+    max_value_length: int = key(1024, "header values are cut to this length", ge=16, le=8192)
+    realm: str = key("api", "realm in `WWW-Authenticate`", checks=(checks.realm,))
+    remove_upstream_headers: tuple[str, ...] = key((), "sent as `x-envoy-auth-headers-to-remove` on allow",
+                                                   checks=(checks.header_names,))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: LogLevel = key("info", "log level")
+    decisions: DecisionLogging = key("all", "one log line per decision: all, denials only, or none")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    idp: IdpConfig = field(default_factory=IdpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    client_cert: ClientCertConfig = field(default_factory=ClientCertConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    response: ResponseConfig = field(default_factory=ResponseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def idp_configured(self) -> bool:
+        i = self.idp
+        return bool(i.issuer or i.introspection_endpoint or i.jwks_uri)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One declared key with everything derived from its place in the schema."""
+
+    section: str
+    name: str
+    type: Any
+    default: Any
+    spec: Spec
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return env_name(self.section, self.name)
+
+
+def _declared() -> tuple[Key, ...]:
+    found = []
+    for section, cls in typing.get_type_hints(Config).items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            spec = spec_of(f)
+            if typing.get_origin(hints[f.name]) is Literal:  # the choices are the type's
+                spec = dataclasses.replace(spec, choices=typing.get_args(hints[f.name]))
+            found.append(Key(section, f.name, hints[f.name], default, spec))
+    return tuple(found)
+
+
+KEYS: tuple[Key, ...] = _declared()
+SECTIONS: dict[str, type[Any]] = typing.get_type_hints(Config)
+
+
+class _SectionKeys:
+    def __init__(self, section: str) -> None:
+        self._section = section
+        self._names = {k.name for k in KEYS if k.section == section}
+
+    def __getattr__(self, name: str) -> str:
+        if name not in self._names:
+            raise AttributeError(f"no key {self._section}.{name} is declared")
+        return f"{self._section}.{name}"
+
+
+class _Keys:
+    """``KEY.server.admin_port == "server.admin_port"``, refusing any key that is not declared."""
+
+    def __getattr__(self, section: str) -> _SectionKeys:
+        if section not in SECTIONS:
+            raise AttributeError(f"no section {section} is declared")
+        return _SectionKeys(section)
+
+
+KEY = _Keys()

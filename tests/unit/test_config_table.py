@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import KEYS
+from sidecar.config.table import BEGIN, END, main, markdown_table, replace_between_markers
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_table_is_the_one_generated_from_the_declarations() -> None:
+    text = README.read_text(encoding="utf-8")
+    between = text.partition(BEGIN)[2].partition(END)[0]
+    assert between == "\n" + markdown_table(), "run: python -m sidecar.config.table README.md"
+
+
+def test_the_table_has_one_row_per_key_with_its_environment_variable_and_default() -> None:
+    rows = markdown_table().splitlines()[2:]
+    assert len(rows) == len(KEYS)
+    assert "| `idp.connect_timeout` | number > 0, seconds | `0.5` | `SIDECAR_IDP__CONNECT_TIMEOUT` |" in rows[
+        [k.dotted for k in KEYS].index("idp.connect_timeout")]
+    trusted = next(r for r in rows if r.startswith("| `client_cert.trusted_proxies`"))
+    assert "| `127.0.0.1/32,::1/128` |" in trusted
+
+
+def test_regenerating_rewrites_only_what_lies_between_the_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# Title\n\nbefore\n{BEGIN}\n| stale |\n{END}\nafter\n", encoding="utf-8")
+    assert main([str(doc)]) == 0
+    assert doc.read_text(encoding="utf-8") == f"# Title\n\nbefore\n{BEGIN}\n{markdown_table()}{END}\nafter\n"
+
+
+def test_regenerating_a_file_without_markers_is_refused() -> None:
+    with pytest.raises(ValueError, match="markers"):
+        replace_between_markers("# no table here\n", markdown_table())
