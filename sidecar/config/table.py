@@ -1,7 +1,9 @@
-"""The README's configuration table, generated from the declarations.
+"""The configuration tables, generated from the declarations.
 
-``python -m sidecar.config.table`` prints it; ``python -m sidecar.config.table README.md``
-rewrites the lines between the ``config-table`` markers of that file in place.
+Two tables: the README's short one (key, default, meaning: ``config-table`` markers) and the full
+reference in docs/configuration.md (also the type with its range and the environment variable:
+``config-reference`` markers). ``python -m sidecar.config.table`` prints the full table;
+``python -m sidecar.config.table FILE...`` rewrites every marked region of those files in place.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from sidecar.config.sections import KEYS, Key
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
+REFERENCE_BEGIN = "<!-- config-reference:begin -->"
+REFERENCE_END = "<!-- config-reference:end -->"
+
+
+def short_table() -> str:
+    """The README's table: one row per declared key, its default and meaning (the doc up to its
+    first ``;``: the rest is in the reference)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for k in KEYS:
+        meaning = k.spec.doc.split("; ", 1)[0].replace("|", "\\|")
+        rows.append(f"| `{k.dotted}` | {default_text(k.default)} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def markdown_table() -> str:
@@ -70,21 +84,33 @@ _TYPE_WORDS: dict[Any, str] = {
 }
 
 
-def replace_between_markers(text: str, table: str) -> str:
+def replace_between_markers(text: str, table: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with the lines between the markers replaced by ``table``."""
-    head, begin, rest = text.partition(BEGIN)
-    _, end, tail = rest.partition(END)
-    if not begin or not end:
-        raise ValueError(f"the markers {BEGIN} and {END} are missing")
-    return f"{head}{BEGIN}\n{table}{END}{tail}"
+    head, found_begin, rest = text.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not found_begin or not found_end:
+        raise ValueError(f"the markers {begin} and {end} are missing")
+    return f"{head}{begin}\n{table}{end}{tail}"
+
+
+def regenerate(text: str) -> str:
+    """Every marked region of ``text`` filled with its table; ValueError when there is none."""
+    regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table))
+    present = [(b, e, make) for b, e, make in regions if b in text]
+    if not present:
+        raise ValueError(f"the markers {BEGIN} and {END} (or {REFERENCE_BEGIN}) are missing")
+    for begin, end, make in present:
+        text = replace_between_markers(text, make(), begin, end)
+    return text
 
 
 def main(argv: Sequence[str]) -> int:
     if not argv:
         sys.stdout.write(markdown_table())
         return 0
-    path = Path(argv[0])
-    path.write_text(replace_between_markers(path.read_text(encoding="utf-8"), markdown_table()), encoding="utf-8")
+    for name in argv:
+        path = Path(name)
+        path.write_text(regenerate(path.read_text(encoding="utf-8")), encoding="utf-8")
     return 0
 
 

@@ -5,15 +5,39 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import KEYS
-from sidecar.config.table import BEGIN, END, main, markdown_table, replace_between_markers
+from sidecar.config.table import (
+    BEGIN,
+    END,
+    REFERENCE_BEGIN,
+    REFERENCE_END,
+    main,
+    markdown_table,
+    replace_between_markers,
+    short_table,
+)
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "configuration.md"
+REGENERATE = "run: python -m sidecar.config.table README.md docs/configuration.md"
 
 
 def test_the_readme_table_is_the_one_generated_from_the_declarations() -> None:
     text = README.read_text(encoding="utf-8")
     between = text.partition(BEGIN)[2].partition(END)[0]
-    assert between == "\n" + markdown_table(), "run: python -m sidecar.config.table README.md"
+    assert between == "\n" + short_table(), REGENERATE
+
+
+def test_the_reference_table_is_the_one_generated_from_the_declarations() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    between = text.partition(REFERENCE_BEGIN)[2].partition(REFERENCE_END)[0]
+    assert between == "\n" + markdown_table(), REGENERATE
+
+
+def test_the_short_table_has_every_key_with_its_default() -> None:
+    rows = short_table().splitlines()[2:]
+    assert len(rows) == len(KEYS)
+    assert "| `idp.timeout` | `1.5` |" in rows[[k.dotted for k in KEYS].index("idp.timeout")]
 
 
 def test_the_table_has_one_row_per_key_with_its_environment_variable_and_default() -> None:
@@ -29,7 +53,7 @@ def test_regenerating_rewrites_only_what_lies_between_the_markers(tmp_path: Path
     doc = tmp_path / "README.md"
     doc.write_text(f"# Title\n\nbefore\n{BEGIN}\n| stale |\n{END}\nafter\n", encoding="utf-8")
     assert main([str(doc)]) == 0
-    assert doc.read_text(encoding="utf-8") == f"# Title\n\nbefore\n{BEGIN}\n{markdown_table()}{END}\nafter\n"
+    assert doc.read_text(encoding="utf-8") == f"# Title\n\nbefore\n{BEGIN}\n{short_table()}{END}\nafter\n"
 
 
 def test_regenerating_a_file_without_markers_is_refused() -> None:

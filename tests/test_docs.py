@@ -1,0 +1,129 @@
+"""The README stays short, starts with the two commands, and every path the docs name exists.
+
+Checked in README.md and docs/*.md: relative markdown links (to an existing file, no anchor:
+headings move and an anchor breaks silently), repository paths written in code (inline or
+fenced: ``sidecar/core/decision.py``, ``deploy/nginx/``, globs included), and documents cited
+by name (``SOMETHING.md``), which must be in the repository.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_README_BYTES = 12 * 1024
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REFERENCE = re.compile(r"^\s*\[[^\]\n]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$", re.M)
+_REPO_PATH = re.compile(r"(?<![\w./-])(?:sidecar|deploy|tests|bench|docs|fuzz)/[\w./*-]*")
+_CITED_DOC = re.compile(r"(?<![\w/.-])[\w-]+\.md\b")
+_ISSUE = re.compile(r"\bissues? #?\d+", re.I)
+
+
+def _documents() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _code(text: str) -> list[str]:
+    """The contents of fenced blocks and inline code spans (inline spans outside fences only)."""
+    fences = [m.group(0) for m in _FENCE.finditer(text)]
+    prose = _FENCE.sub("", text)
+    return fences + _INLINE_CODE.findall(prose)
+
+
+def _links(text: str) -> list[str]:
+    prose = _FENCE.sub("", text)
+    prose = _INLINE_CODE.sub("", prose)
+    return _LINK.findall(prose) + _REFERENCE.findall(prose)
+
+
+def _exists(pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return any(ROOT.glob(pattern))
+    return (ROOT / pattern).exists()
+
+
+def test_readme_is_at_most_12_kib() -> None:
+    size = len(README.read_bytes())
+    assert size <= MAX_README_BYTES, f"README.md is {size} bytes; move detail to docs/"
+
+
+def test_the_two_commands_come_before_the_first_section() -> None:
+    text = README.read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("# "), "README.md starts with its title"
+    intro = text.split("\n## ", 1)[0]
+    for command in ("./run.sh", "./test.sh"):
+        assert re.search(rf"^{re.escape(command)}\b", intro, re.M), f"{command} is not at the top of README.md"
+
+
+def test_the_configuration_table_region_is_marked_once_under_configuration() -> None:
+    """The key table is generated into this region: one pair of markers, inside the section."""
+    text = README.read_text()
+    begin, end = "<!-- config-table:begin -->", "<!-- config-table:end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    assert begin in section and end in section and section.index(begin) < section.index(end)
+    region = section.split(begin, 1)[1].split(end, 1)[0]
+    assert region.strip().startswith("| key | default | meaning |")
+
+
+@pytest.mark.parametrize("document", _documents(), ids=_id)
+def test_relative_links_point_to_existing_files(document: Path) -> None:
+    broken = []
+    for target in _links(document.read_text()):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:
+            continue
+        if "#" in target:
+            broken.append(f"{target} (anchor)")
+            continue
+        resolved = (document.parent / target).resolve()
+        if not resolved.is_relative_to(ROOT) or not resolved.exists():
+            broken.append(target)
+    assert not broken, f"{_id(document)}: {broken}"
+
+
+@pytest.mark.parametrize("document", _documents(), ids=_id)
+def test_repository_paths_in_code_exist(document: Path) -> None:
+    missing = []
+    for code in _code(document.read_text()):
+        for path in _REPO_PATH.findall(code):
+            path = path.rstrip(".")
+            if not _exists(path):
+                missing.append(path)
+    assert not missing, f"{_id(document)} names paths that are not in the repository: {missing}"
+
+
+@pytest.mark.parametrize("document", _documents(), ids=_id)
+def test_no_citation_of_documents_outside_the_repository(document: Path) -> None:
+    text = document.read_text()
+    cited = {name for name in _CITED_DOC.findall(text)}
+    outside = sorted(n for n in cited if not (ROOT / n).exists() and not (ROOT / "docs" / n).exists())
+    assert not outside, f"{_id(document)} cites documents that are not in the repository: {outside}"
+    assert not _ISSUE.findall(text), f"{_id(document)} cites the issue tracker: {_ISSUE.findall(text)}"
+
+
+def test_the_checks_catch_what_they_claim_to() -> None:
+    """The extractors see a broken link, an anchor, a moved path and an outside document."""
+    sample = (
+        "See [the design](DESIGN.md), [perf](#performance) and `sidecar/decision.py`.\n"
+        "```sh\nSIDECAR_CONFIG=deploy/nginx/sidecar.toml ./run.sh  # /etc/sidecar/tls/ is not ours\n```\n"
+        "[ref]: docs/missing.md\n"
+    )
+    assert _links(sample) == ["DESIGN.md", "#performance", "docs/missing.md"]
+    paths = [p for code in _code(sample) for p in _REPO_PATH.findall(code)]
+    assert sorted(paths) == ["deploy/nginx/sidecar.toml", "sidecar/decision.py"]
+    assert not _exists("sidecar/decision.py") and _exists("deploy/nginx/sidecar.toml")
+    assert _exists("deploy/nginx/snippets/*.conf")
+    assert _CITED_DOC.findall(sample) == ["DESIGN.md"]
+    assert _ISSUE.findall("the figures of issue 6") == ["issue 6"]
