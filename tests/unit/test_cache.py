@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sidecar.core.cache import Entry, TokenCache
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import TokenInfo
 
 
@@ -66,7 +66,7 @@ async def test_errors_reach_every_waiter_and_are_never_cached() -> None:
 
     async def failing() -> Entry:
         await asyncio.sleep(0.01)
-        raise IdpUnavailable("down")
+        raise IdpUnavailable(IdpFailure.HTTP_5XX, "down", status=500)
 
     results = await asyncio.gather(*(cache.get_or_load(key, failing) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(r, IdpUnavailable) for r in results)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, IdpConfig, from_mapping
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.idp.guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
 from sidecar.support.metrics import Metrics
 
@@ -22,7 +22,8 @@ def guard(**overrides: Any) -> IdpGuard:
 
 
 class Script:
-    """An attempt that fails with the given results in turn, then answers "ok"."""
+    """An attempt that fails with the given results (``http_<status>`` or a kind) in turn, then
+    answers "ok"."""
 
     def __init__(self, *failures: str, retry_after: int = 1, delay: float = 0.0) -> None:
         self.failures = list(failures)
@@ -37,8 +38,15 @@ class Script:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.failures:
-            raise IdpUnavailable(f"{self.failures.pop(0)}: scripted", retry_after=self.retry_after)
+            raise failure(self.failures.pop(0), self.retry_after)
         return "ok"
+
+
+def failure(result: str, retry_after: int = 1) -> IdpUnavailable:
+    if result.startswith("http_") and result[5:].isdigit():
+        status = int(result[5:])
+        return IdpUnavailable(IdpFailure.of_status(status), "scripted", status=status, retry_after=retry_after)
+    return IdpUnavailable(IdpFailure(result), "scripted", retry_after=retry_after)
 
 
 def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
@@ -91,7 +99,7 @@ async def test_the_breaker_opens_after_n_consecutive_failures_and_then_answers_w
     assert g.breaker.state == OPEN and sample(g, "sidecar_idp_breaker_state") == OPEN
     with pytest.raises(IdpUnavailable) as raised:
         await g.call(attempt)
-    assert raised.value.detail.startswith("breaker_open") and attempt.calls == 3
+    assert raised.value.kind is IdpFailure.BREAKER_OPEN and attempt.calls == 3
     assert sample(g, "sidecar_idp_rejections_total", {"reason": "breaker_open"}) == 1.0
     await g.aclose()
 
@@ -178,7 +186,7 @@ async def test_no_more_than_max_concurrent_calls_run_and_a_caller_without_a_slot
     results = await asyncio.gather(*(g.call(slow) for _ in range(6)), return_exceptions=True)
     assert peak == 2
     saturated = [r for r in results if isinstance(r, IdpUnavailable)]
-    assert saturated and all(r.detail.startswith("saturated") for r in saturated)
+    assert saturated and all(r.kind is IdpFailure.SATURATED for r in saturated)
     assert g.breaker.state == CLOSED  # our own limit is not an IdP failure
 
 
