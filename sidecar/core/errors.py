@@ -85,7 +85,7 @@ class IdpFailure(Enum):
     TRUNCATED = "truncated"
     CONNECTION = "connection"
     # An answer, but not a usable one.
-    HTTP_4XX = "http_4xx"
+    HTTP_4XX = "http_4xx"  # about this request (a token the IdP will not look at): not an outage
     HTTP_429 = "http_429"  # RFC 6585 §4: the IdP asks us to back off
     HTTP_5XX = "http_5xx"
     HTTP_503 = "http_503"
@@ -109,14 +109,14 @@ class IdpFailure(Enum):
 
     @property
     def is_idp_failure(self) -> bool:
-        """The IdP (or the way to it) failed: counts toward the circuit breaker. Not our own
-        limits."""
+        """The IdP (or the way to it) failed: counts toward the circuit breaker. Not a per-request
+        4xx answer, not our own limits, not a missing endpoint."""
         return self not in _NOT_IDP_FAILURES
 
     @property
     def idp_down(self) -> bool:
         """The IdP is failing or known to be down (the breaker is open): what may let a stale
-        cache entry answer. Never ``saturated``: then the IdP works."""
+        cache entry answer. Never ``saturated`` or a 4xx: then the IdP works."""
         return self.is_idp_failure or self is IdpFailure.BREAKER_OPEN
 
     @classmethod
@@ -130,7 +130,8 @@ class IdpFailure(Enum):
 
 
 _RETRYABLE = frozenset({IdpFailure.REFUSED, IdpFailure.CONNECT_TIMEOUT, IdpFailure.DISCONNECTED})
-_NOT_IDP_FAILURES = frozenset({IdpFailure.NO_JWKS_URI, IdpFailure.SATURATED, IdpFailure.BREAKER_OPEN})
+_NOT_IDP_FAILURES = frozenset({IdpFailure.HTTP_4XX, IdpFailure.NO_ENDPOINT, IdpFailure.NO_JWKS_URI,
+                               IdpFailure.SATURATED, IdpFailure.BREAKER_OPEN})
 
 
 class IdpUnavailable(Denial):

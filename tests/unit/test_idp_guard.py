@@ -163,6 +163,28 @@ async def test_a_probe_that_raises_a_bug_keeps_the_breaker_open() -> None:
     await g.aclose()
 
 
+@pytest.mark.parametrize("result", ["http_400", "http_401", "http_403", "http_404"])
+async def test_answers_about_one_token_never_open_the_breaker(result: str) -> None:
+    g, attempt = guard(retries=1, breaker_failures=3), Script(*[result] * 5)
+    for _ in range(5):
+        with pytest.raises(IdpUnavailable) as raised:
+            await g.call(attempt)
+        assert raised.value.result == result  # still a fail-closed 503 for that request
+    assert attempt.calls == 5 and g.breaker.state == CLOSED  # not retried either
+
+
+async def test_a_4xx_between_idp_failures_neither_counts_nor_resets_the_count() -> None:
+    g, attempt = guard(retries=0, breaker_failures=3), Script("http_500", "http_400", "http_500", "http_500")
+    for _ in range(3):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert g.breaker.state == CLOSED  # two IdP failures so far
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert g.breaker.state == OPEN
+    await g.aclose()
+
+
 async def test_breaker_failures_zero_turns_the_breaker_off_even_for_429() -> None:
     g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_429"] * 10)
     for _ in range(10):
