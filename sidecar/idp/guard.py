@@ -6,8 +6,11 @@ time. Hence:
 
 - **Deadline**: one introspection (waiting for a slot, every attempt, every backoff) gets
   ``idp.timeout`` seconds in all; each attempt gets what is left.
-- **Concurrency bound**: at most ``idp.max_concurrent`` calls at once; a caller that finds no
-  slot before its deadline is denied with ``saturated`` (our limit, not an IdP failure).
+- **Concurrency bound**: at most ``idp.max_concurrent`` calls at once. A caller waits for a slot
+  only while a fair budget (:func:`fair_budget`: half of ``idp.timeout``, at least
+  ``idp.connect_timeout``) is still left, and is denied with ``saturated`` (our own limit, not
+  an IdP failure) otherwise; so every call sent has that budget, and a healthy IdP that is
+  merely busy cannot be blamed for the time callers spent queueing.
 - **Retries** (``idp.retries``, full-jitter exponential backoff from ``idp.retry_backoff``) only
   where the IdP did no work on the request: the connection could not be made (``refused``,
   ``connect_timeout``) or the IdP closed a connection without answering (``disconnected``,
@@ -16,8 +19,9 @@ time. Hence:
   failure is deterministic. A retry starts only if ``idp.connect_timeout`` is still left.
 - **Circuit breaker**: after ``idp.breaker_failures`` consecutive IdP failures
   (:attr:`IdpFailure.is_idp_failure`: no connection, no answer, a 5xx, a 429, an unusable
-  answer; never a per-token 4xx, never ``saturated``) the breaker opens and
-  every call is denied at once (``breaker_open``) without touching the IdP. A background probe
+  answer; never a per-token 4xx, never ``saturated``; a timeout only when the call had a fair
+  budget, which a retry may not have had: then the failure before it counts) the breaker opens
+  and every call is denied at once (``breaker_open``) without touching the IdP. A background probe
   (introspection of a random, unknown token: any well-formed answer means the IdP works) runs
   every ``idp.breaker_open`` seconds (jittered) while open — the half-open state — and closes the
   breaker on success. A 429 opens the breaker at once for its ``Retry-After`` (RFC 6585 §4,
@@ -47,6 +51,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2  # values of the sidecar_idp_breaker_state gauge
 _HINTS = (IdpFailure.HTTP_429, IdpFailure.HTTP_503)  # answers whose Retry-After we honour
+
+
+def fair_budget(idp: IdpConfig) -> float:
+    """The least time a sent call gets: half of ``idp.timeout``, at least ``idp.connect_timeout``."""
+    return min(idp.timeout, max(idp.connect_timeout, idp.timeout / 2))
 
 
 class GuardMetrics:
@@ -126,6 +135,7 @@ class IdpGuard:
     def __init__(self, idp: IdpConfig, metrics: Metrics) -> None:
         self._timeout = idp.timeout
         self._connect_timeout = idp.connect_timeout
+        self._fair_budget = fair_budget(idp)
         self._retries = idp.retries
         self._backoff = idp.retry_backoff
         self._slots = asyncio.Semaphore(idp.max_concurrent)
@@ -142,22 +152,28 @@ class IdpGuard:
         self.breaker.check()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        await self._acquire(deadline)
+        await self._acquire(deadline - self._fair_budget)
         try:
             tries = 0
+            blamed: IdpUnavailable | None = None  # the last failure that was the IdP's fault
+            least = self._fair_budget  # the first attempt gets at least a fair budget
             while True:
+                budget = max(deadline - loop.time(), least)
                 try:
-                    result = await attempt(max(deadline - loop.time(), 0.001))
+                    result = await attempt(budget)
                 except IdpUnavailable as exc:
                     kind = exc.kind
+                    if kind.is_idp_failure and self._fair(kind, budget):
+                        blamed = exc
                     if kind.retryable and tries < self._retries:
                         delay = random.uniform(0, self._backoff * 2**tries)  # noqa: S311 - jitter, not a secret
                         if deadline - loop.time() - delay >= self._connect_timeout:
                             tries += 1
+                            least = self._connect_timeout
                             self.metrics.retries.labels(exc.result).inc()
                             await asyncio.sleep(delay)
                             continue
-                    if kind.is_idp_failure and self.breaker.failure(exc):
+                    if kind.is_idp_failure and blamed is not None and self.breaker.failure(blamed):
                         self._start_probing()
                     raise
                 self.breaker.success()
@@ -166,13 +182,21 @@ class IdpGuard:
         finally:
             self._slots.release()
 
-    async def _acquire(self, deadline: float) -> None:
+    def _fair(self, kind: IdpFailure, budget: float) -> bool:
+        """Whether a timeout is the IdP's fault: the call had the time a healthy IdP needs."""
+        if kind is IdpFailure.TIMEOUT:
+            return budget >= self._fair_budget
+        if kind is IdpFailure.CONNECT_TIMEOUT:
+            return budget >= self._connect_timeout
+        return True
+
+    async def _acquire(self, wait_until: float) -> None:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(wait_until):
                 await self._slots.acquire()
         except TimeoutError:
             self.metrics.rejections.labels("saturated").inc()
-            raise IdpUnavailable(IdpFailure.SATURATED, "no introspection slot within idp.timeout") from None
+            raise IdpUnavailable(IdpFailure.SATURATED, "no introspection slot in time") from None
 
     def _start_probing(self) -> None:
         if self._probe is not None and (self._prober is None or self._prober.done()):

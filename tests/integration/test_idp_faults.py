@@ -398,6 +398,22 @@ async def test_a_check_that_finds_no_introspection_slot_in_time_is_503_saturated
     assert (await running.check(alice_token(idp, pki), pki.alice)).status == 200
 
 
+async def test_a_burst_of_new_tokens_against_a_slow_but_healthy_idp_never_opens_the_breaker(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(idp={"max_concurrent": 2, "timeout": 1.6, "connect_timeout": 0.2,
+                                      "breaker_failures": 2, "breaker_open": 30})
+    await running.sidecar.discovery.get()
+    idp.fault = Fault(delay=0.3)  # healthy, answers every call, but slowly
+    responses = await asyncio.gather(*(running.check(alice_token(idp, pki), pki.alice) for _ in range(16)))
+    assert {r.status for r in responses} <= {200, 503} and 200 in {r.status for r in responses}
+    assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="timeout") == 0.0
+    assert await metric(running, "sidecar_idp_rejections_total", reason="saturated") >= 1.0
+    assert await metric(running, "sidecar_idp_breaker_state") == 0.0
+    idp.fault = None
+    assert (await running.check(alice_token(idp, pki), pki.alice)).status == 200
+
+
 def in_pieces() -> Any:
     """Middleware: a valid answer written in three pieces with pauses between them."""
 

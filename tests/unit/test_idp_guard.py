@@ -212,6 +212,42 @@ async def test_no_more_than_max_concurrent_calls_run_and_a_caller_without_a_slot
     assert g.breaker.state == CLOSED  # our own limit is not an IdP failure
 
 
+async def test_every_call_sent_has_at_least_half_of_the_timeout_and_later_callers_are_saturated() -> None:
+    g, attempt = guard(max_concurrent=1, timeout=1.0, connect_timeout=0.1), Script(delay=0.3)
+    results = await asyncio.gather(*(g.call(attempt) for _ in range(5)), return_exceptions=True)
+    assert attempt.calls >= 1 and all(budget >= 0.5 for budget in attempt.timeouts)
+    assert {r.kind for r in results if isinstance(r, IdpUnavailable)} <= {IdpFailure.SATURATED}
+    assert results.count("ok") == attempt.calls
+
+
+async def test_a_busy_but_healthy_idp_is_not_blamed_for_the_time_callers_spent_queueing() -> None:
+    g = guard(max_concurrent=1, timeout=1.0, connect_timeout=0.1, breaker_failures=1)
+
+    async def healthy_in_a_quarter_second(budget: float) -> str:
+        """Like a real call: the answer comes after 0.25 s, or the budget runs out first."""
+        await asyncio.sleep(min(budget, 0.25))
+        if budget < 0.25:
+            raise IdpUnavailable(IdpFailure.TIMEOUT, "scripted")
+        return "ok"
+
+    results = await asyncio.gather(*(g.call(healthy_in_a_quarter_second) for _ in range(6)),
+                                   return_exceptions=True)
+    assert not [r for r in results if isinstance(r, IdpUnavailable) and r.kind is IdpFailure.TIMEOUT]
+    assert g.breaker.state == CLOSED
+
+
+async def test_a_retry_that_times_out_on_what_was_left_is_not_blamed_the_refusal_before_it_is(
+    captured_logs: pytest.LogCaptureFixture,
+) -> None:
+    g = guard(timeout=1.0, connect_timeout=0.1, retries=1, breaker_failures=1)
+    with pytest.raises(IdpUnavailable) as raised:
+        await g.call(Script("refused", "timeout", delay=0.6))  # the retry has < 0.5 s left
+    assert raised.value.kind is IdpFailure.TIMEOUT and g.breaker.state == OPEN
+    [opened] = [r for r in captured_logs.records if r.getMessage() == "idp breaker open"]
+    assert getattr(opened, "result", None) == "refused"
+    await g.aclose()
+
+
 @pytest.mark.parametrize(("key", "value"), [("max_concurrent", 0), ("retries", -1), ("retries", 9),
                                             ("retry_backoff", -0.1), ("breaker_failures", -1),
                                             ("breaker_open", 0)])
