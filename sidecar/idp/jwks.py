@@ -103,9 +103,9 @@ class Jwks:
         keys = self._keys
         if keys is not None and self._clock() - self._fetched_at < self._max_age:
             return keys
-        if self._pending is None and self._clock() - self._failed_at < self.retry_after:
-            assert self._last_failure is not None  # _failed_at is set with it
-            raise _again(self._last_failure)
+        last = self._last_failure
+        if self._pending is None and last is not None and self._clock() - self._failed_at < self.retry_after:
+            raise _again(last)
         return await self._refresh()
 
     async def _refresh(self) -> KeySet:

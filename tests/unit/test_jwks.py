@@ -156,8 +156,9 @@ async def test_a_failed_load_is_idp_unavailable_and_retried_only_after_a_pause()
     jwks = ScriptedJwks()
     jwks.documents = [IdpUnavailable(IdpFailure.REFUSED), document(EC.public_jwk())]
     for _ in range(3):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpUnavailable) as raised:
             await jwks.keys_for("ec")
+        assert raised.value.kind is IdpFailure.REFUSED  # the repeat keeps what went wrong
     assert jwks.downloads == 1 and not jwks.ready
     jwks.clock.now += jwks.retry_after
     assert len(await jwks.keys_for("ec")) == 1 and jwks.ready
