@@ -114,9 +114,10 @@ class IdpFailure(Enum):
         return self not in _NOT_IDP_FAILURES
 
     @property
-    def idp_down(self) -> bool:
-        """The IdP is failing or known to be down (the breaker is open): what may let a stale
-        cache entry answer. Never ``saturated`` or a 4xx: then the IdP works."""
+    def allows_stale(self) -> bool:
+        """Whether stale-if-error may answer: the IdP itself failed, or the breaker it opened is
+        open. Never ``saturated`` or a 4xx: then the IdP works, and only our limits or this
+        request stood in the way."""
         return self.is_idp_failure or self is IdpFailure.BREAKER_OPEN
 
     @classmethod

@@ -28,7 +28,7 @@ def test_our_own_limits_are_not_idp_failures(kind: IdpFailure) -> None:
 
 
 def test_an_answer_about_one_request_is_not_an_idp_failure_and_an_unusable_answer_is() -> None:
-    assert not IdpFailure.HTTP_4XX.is_idp_failure and not IdpFailure.HTTP_4XX.idp_down
+    assert not IdpFailure.HTTP_4XX.is_idp_failure and not IdpFailure.HTTP_4XX.allows_stale
     failing = {IdpFailure.HTTP_429, IdpFailure.HTTP_5XX, IdpFailure.HTTP_503, IdpFailure.HTTP_OTHER,
                IdpFailure.TIMEOUT, IdpFailure.REFUSED, IdpFailure.GARBAGE, IdpFailure.MALFORMED,
                IdpFailure.CONTENT_TYPE, IdpFailure.TOO_LARGE, IdpFailure.TLS_UNTRUSTED, IdpFailure.DISCOVERY_FAILED}
@@ -39,9 +39,9 @@ def test_a_missing_endpoint_is_configuration_not_an_idp_failure() -> None:
     assert not IdpFailure.NO_ENDPOINT.is_idp_failure and not IdpFailure.NO_JWKS_URI.is_idp_failure
 
 
-def test_an_open_breaker_means_the_idp_is_down_and_a_full_queue_does_not() -> None:
-    assert IdpFailure.BREAKER_OPEN.idp_down and IdpFailure.TIMEOUT.idp_down
-    assert not IdpFailure.SATURATED.idp_down
+def test_an_idp_failure_or_the_breaker_it_opened_allows_stale_and_a_full_queue_does_not() -> None:
+    assert IdpFailure.BREAKER_OPEN.allows_stale and IdpFailure.TIMEOUT.allows_stale
+    assert not IdpFailure.SATURATED.allows_stale
 
 
 @pytest.mark.parametrize(("status", "kind"), [(400, IdpFailure.HTTP_4XX), (404, IdpFailure.HTTP_4XX),
