@@ -47,11 +47,6 @@ def _stale_until(_key: bytes, kept: tuple[Entry, float], _now: float) -> float:
     return kept[1]
 
 
-def allows_stale(failure: IdpUnavailable) -> bool:
-    """Only a failure of the IdP itself (or the breaker it opened) may fall back to a stale answer."""
-    return failure.detail.split(":", 1)[0] not in ("saturated", "rate_limited")
-
-
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time) -> None:
         self._secret = os.urandom(32)
@@ -132,7 +127,7 @@ class TokenCache:
 
     def stale(self, key: bytes, failure: IdpUnavailable) -> Entry | None:
         """The last good answer for a token, when ``failure`` says the IdP itself is failing."""
-        if self._stale is None or not allows_stale(failure):
+        if self._stale is None or not failure.kind.allows_stale:
             return None
         kept = self._stale.get(key)
         return None if kept is None else kept[0]

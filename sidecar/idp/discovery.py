@@ -9,7 +9,6 @@ mutual TLS uses ``mtls_endpoint_aliases`` where the server lists them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -20,15 +19,20 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from sidecar.config import IdpConfig
+from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.fetch import fetch_json
 from sidecar.idp.tls import IdpSession
-from sidecar.support.body import BodyTooLarge, read_bounded
 
 log = logging.getLogger(__name__)
 MAX_METADATA_BYTES = 256 * 1024
 
 
-class DiscoveryError(Exception):
-    """The metadata could not be fetched or is not acceptable."""
+class DiscoveryError(IdpUnavailable):
+    """The metadata could not be fetched or is not acceptable: ``discovery_failed``, a 503."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(IdpFailure.DISCOVERY_FAILED, detail)
+        self.message = detail
 
 
 @dataclass(frozen=True)
@@ -72,27 +76,19 @@ async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
     errors: list[str] = []
     for url in metadata_urls(idp.issuer):
         try:
-            async with session.get(url, headers={"Accept": "application/json"}) as response:
-                if response.status != 200:
-                    errors.append(f"{url}: HTTP {response.status}")
-                    continue
-                try:
-                    body = await read_bounded(response.content, MAX_METADATA_BYTES, response.content_length)
-                except BodyTooLarge:
-                    raise DiscoveryError(f"{url}: metadata too large") from None
-                metadata = _json_object(body)
-        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
-            errors.append(f"{url}: {type(exc).__name__}")
+            metadata = await fetch_json(session, "GET", url, what=url, max_bytes=MAX_METADATA_BYTES,
+                                        headers=_ACCEPT)
+        except IdpUnavailable as exc:
+            errors.append(exc.detail)
+            continue
+        if not isinstance(metadata, dict):
+            errors.append(f"malformed: {url}: not a JSON object")
             continue
         return endpoints_from_metadata(metadata, idp)
     raise DiscoveryError("; ".join(errors))
 
 
-def _json_object(body: bytes) -> Mapping[str, Any]:
-    value = json.loads(body)
-    if not isinstance(value, dict):
-        raise ValueError("metadata is not a JSON object")
-    return value
+_ACCEPT: Mapping[str, str] = {"Accept": "application/json"}
 
 
 class Discovery:
@@ -131,8 +127,8 @@ class Discovery:
             return self._endpoints
         except DiscoveryError as exc:
             self._failed_at = time.monotonic()
-            self._last_error = str(exc)
-            log.warning("discovery failed", extra={"error": str(exc)})
+            self._last_error = exc.message
+            log.warning("discovery failed", extra={"error": exc.message})
             raise
         finally:
             self._pending = None

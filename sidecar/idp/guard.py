@@ -6,16 +6,22 @@ time. Hence:
 
 - **Deadline**: one introspection (waiting for a slot, every attempt, every backoff) gets
   ``idp.timeout`` seconds in all; each attempt gets what is left.
-- **Concurrency bound**: at most ``idp.max_concurrent`` calls at once; a caller that finds no
-  slot before its deadline is denied with ``saturated`` (our limit, not an IdP failure).
+- **Concurrency bound**: at most ``idp.max_concurrent`` calls at once. A caller waits for a slot
+  only while a fair budget (:func:`fair_budget`: half of ``idp.timeout``, at least
+  ``idp.connect_timeout``) is still left, and is denied with ``saturated`` (our own limit, not
+  an IdP failure) otherwise; so every call sent has that budget, and a healthy IdP that is
+  merely busy cannot be blamed for the time callers spent queueing.
 - **Retries** (``idp.retries``, full-jitter exponential backoff from ``idp.retry_backoff``) only
   where the IdP did no work on the request: the connection could not be made (``refused``,
   ``connect_timeout``) or the IdP closed a connection without answering (``disconnected``,
   typically a keep-alive connection it had closed while idle). Never after a read timeout, a
   5xx, a 429 or a TLS failure: the request may be in progress at an overloaded IdP, or the
   failure is deterministic. A retry starts only if ``idp.connect_timeout`` is still left.
-- **Circuit breaker**: after ``idp.breaker_failures`` consecutive failures the breaker opens and
-  every call is denied at once (``breaker_open``) without touching the IdP. A background probe
+- **Circuit breaker**: after ``idp.breaker_failures`` consecutive IdP failures
+  (:attr:`IdpFailure.is_idp_failure`: no connection, no answer, a 5xx, a 429, an unusable
+  answer; never a per-token 4xx, never ``saturated``; a timeout only when the call had a fair
+  budget, which a retry may not have had: then the failure before it counts) the breaker opens
+  and every call is denied at once (``breaker_open``) without touching the IdP. A background probe
   (introspection of a random, unknown token: any well-formed answer means the IdP works) runs
   every ``idp.breaker_open`` seconds (jittered) while open — the half-open state — and closes the
   breaker on success. A 429 opens the breaker at once for its ``Retry-After`` (RFC 6585 §4,
@@ -37,20 +43,19 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.fetch import MAX_RETRY_AFTER
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_RETRY_AFTER = 300.0
-RETRYABLE = frozenset({"refused", "connect_timeout", "disconnected"})
-NOT_IDP_FAILURES = frozenset({"saturated", "breaker_open"})
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2  # values of the sidecar_idp_breaker_state gauge
+_HINTS = (IdpFailure.HTTP_429, IdpFailure.HTTP_503)  # answers whose Retry-After we honour
 
 
-def result_of(exc: IdpUnavailable) -> str:
-    """The failure class of an IdP error: the ``sidecar_idp_requests_total`` result label."""
-    return exc.detail.split(":", 1)[0]
+def fair_budget(idp: IdpConfig) -> float:
+    """The least time a sent call gets: half of ``idp.timeout``, at least ``idp.connect_timeout``."""
+    return min(idp.timeout, max(idp.connect_timeout, idp.timeout / 2))
 
 
 class GuardMetrics:
@@ -84,7 +89,7 @@ class Breaker:
         if self.state != CLOSED:
             self._metrics.rejections.labels("breaker_open").inc()
             wait = max(self.open_until - self._timer(), 1.0)
-            raise IdpUnavailable("breaker_open: the IdP is known to be down",
+            raise IdpUnavailable(IdpFailure.BREAKER_OPEN, "the IdP is known to be down",
                                  retry_after=min(math.ceil(wait), int(MAX_RETRY_AFTER)))
 
     def success(self) -> None:
@@ -94,24 +99,24 @@ class Breaker:
         self._set(CLOSED)
 
     def failure(self, exc: IdpUnavailable) -> bool:
-        """Count a failure; True when this one opened the breaker."""
+        """Count an IdP failure; True when this one opened the breaker."""
         self.failures += 1
         if not self._threshold:
             return False
-        rate_limited = result_of(exc) == "http_429"
+        rate_limited = exc.kind is IdpFailure.HTTP_429
         if self.state != CLOSED or not (rate_limited or self.failures >= self._threshold):
             return False
-        hint = float(exc.retry_after) if result_of(exc) in ("http_429", "http_503") else 0.0
+        hint = float(exc.retry_after) if exc.kind in _HINTS else 0.0
         self.open_until = self._timer() + max(self._open_seconds, min(hint, MAX_RETRY_AFTER))
         self._set(OPEN)
-        log.warning("idp breaker open", extra={"failures": self.failures, "result": result_of(exc),
+        log.warning("idp breaker open", extra={"failures": self.failures, "result": exc.result,
                                                "open_for": round(self.open_until - self._timer(), 3)})
         return True
 
     def reopen(self, exc: Exception) -> None:
         """A failed probe: stay open for another interval (longer if the IdP asked for it)."""
         hint = 0.0
-        if isinstance(exc, IdpUnavailable) and result_of(exc) in ("http_429", "http_503"):
+        if isinstance(exc, IdpUnavailable) and exc.kind in _HINTS:
             hint = min(float(exc.retry_after), MAX_RETRY_AFTER)
         self.open_until = self._timer() + max(self._open_seconds, hint)
         self._set(OPEN)
@@ -130,6 +135,7 @@ class IdpGuard:
     def __init__(self, idp: IdpConfig, metrics: Metrics) -> None:
         self._timeout = idp.timeout
         self._connect_timeout = idp.connect_timeout
+        self._fair_budget = fair_budget(idp)
         self._retries = idp.retries
         self._backoff = idp.retry_backoff
         self._slots = asyncio.Semaphore(idp.max_concurrent)
@@ -146,22 +152,28 @@ class IdpGuard:
         self.breaker.check()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        await self._acquire(deadline)
+        await self._acquire(deadline - self._fair_budget)
         try:
             tries = 0
+            blamed: IdpUnavailable | None = None  # the last failure that was the IdP's fault
+            least = self._fair_budget  # the first attempt gets at least a fair budget
             while True:
+                budget = max(deadline - loop.time(), least)
                 try:
-                    result = await attempt(max(deadline - loop.time(), 0.001))
+                    result = await attempt(budget)
                 except IdpUnavailable as exc:
-                    kind = result_of(exc)
-                    if kind in RETRYABLE and tries < self._retries:
+                    kind = exc.kind
+                    if kind.is_idp_failure and self._fair(kind, budget):
+                        blamed = exc
+                    if kind.retryable and tries < self._retries:
                         delay = random.uniform(0, self._backoff * 2**tries)  # noqa: S311 - jitter, not a secret
                         if deadline - loop.time() - delay >= self._connect_timeout:
                             tries += 1
-                            self.metrics.retries.labels(kind).inc()
+                            least = self._connect_timeout
+                            self.metrics.retries.labels(exc.result).inc()
                             await asyncio.sleep(delay)
                             continue
-                    if kind not in NOT_IDP_FAILURES and self.breaker.failure(exc):
+                    if kind.is_idp_failure and blamed is not None and self.breaker.failure(blamed):
                         self._start_probing()
                     raise
                 self.breaker.success()
@@ -170,13 +182,21 @@ class IdpGuard:
         finally:
             self._slots.release()
 
-    async def _acquire(self, deadline: float) -> None:
+    def _fair(self, kind: IdpFailure, budget: float) -> bool:
+        """Whether a timeout is the IdP's fault: the call had the time a healthy IdP needs."""
+        if kind is IdpFailure.TIMEOUT:
+            return budget >= self._fair_budget
+        if kind is IdpFailure.CONNECT_TIMEOUT:
+            return budget >= self._connect_timeout
+        return True
+
+    async def _acquire(self, wait_until: float) -> None:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(wait_until):
                 await self._slots.acquire()
         except TimeoutError:
             self.metrics.rejections.labels("saturated").inc()
-            raise IdpUnavailable("saturated: no introspection slot within idp.timeout") from None
+            raise IdpUnavailable(IdpFailure.SATURATED, "no introspection slot in time") from None
 
     def _start_probing(self) -> None:
         if self._probe is not None and (self._prober is None or self._prober.done()):
@@ -202,7 +222,7 @@ class IdpGuard:
                     self._slots.release()
             except Exception as exc:  # any failure, even a bug, keeps the breaker open: fail closed
                 self.metrics.probes.labels("failure").inc()
-                result = result_of(exc) if isinstance(exc, IdpUnavailable) else type(exc).__name__
+                result = exc.result if isinstance(exc, IdpUnavailable) else type(exc).__name__
                 log.info("idp probe failed", extra={"result": result})
                 self.breaker.reopen(exc)
                 continue

@@ -47,8 +47,13 @@ def parse_jwks(body: bytes) -> KeySet:
     """Pure: the usable public signature keys of a JWK Set document."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise JwksError("not JSON") from None
+    return keys_from_document(document)
+
+
+def keys_from_document(document: object) -> KeySet:
+    """Pure: the usable public signature keys of a decoded JWK Set document."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise JwksError("not a JWK Set (an object with a keys array)")
     if len(document["keys"]) > MAX_KEYS:

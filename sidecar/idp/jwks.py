@@ -22,14 +22,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-import aiohttp
-
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpUnavailable
-from sidecar.idp.discovery import Discovery, DiscoveryError
-from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, parse_jwks
+from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.discovery import Discovery
+from sidecar.idp.fetch import fetch_json
+from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, keys_from_document, parse_jwks
 from sidecar.idp.tls import IdpSession
-from sidecar.support.body import BodyTooLarge, read_bounded
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,7 @@ class Jwks:
         self._fetched_at = -1e18
         self._failed_at = -1e18
         self._kid_refresh_at = -1e18
-        self._last_error: str | None = None
+        self._last_failure: IdpUnavailable | None = None
         self._absent = False
         self._pending: asyncio.Future[KeySet] | None = None
         self.retry_after = self.RETRY_AFTER
@@ -83,8 +81,8 @@ class Jwks:
         if self._pending is None:
             now = self._clock()
             if now - self._kid_refresh_at < self._min_interval:
-                if self._last_error is not None:
-                    raise IdpUnavailable(f"jwks: refresh failed recently: {self._last_error}")
+                if self._last_failure is not None:
+                    raise _again(self._last_failure)
                 return ()
             self._kid_refresh_at = now
             log.info("unknown kid: refreshing the JWK Set")
@@ -105,8 +103,9 @@ class Jwks:
         keys = self._keys
         if keys is not None and self._clock() - self._fetched_at < self._max_age:
             return keys
-        if self._pending is None and self._clock() - self._failed_at < self.retry_after:
-            raise IdpUnavailable(f"jwks: fetch failed recently: {self._last_error}")
+        last = self._last_failure
+        if self._pending is None and last is not None and self._clock() - self._failed_at < self.retry_after:
+            raise _again(last)
         return await self._refresh()
 
     async def _refresh(self) -> KeySet:
@@ -119,59 +118,50 @@ class Jwks:
         started = time.perf_counter()
         result = "error"
         try:
-            keys = parse_jwks(await self._download(await self._uri()))
+            keys = keys_from_document(await self._download(await self._uri()))
             result = "ok"
-            self._keys, self._fetched_at, self._last_error = keys, self._clock(), None
+            self._keys, self._fetched_at, self._last_failure = keys, self._clock(), None
             log.info("JWK Set loaded", extra={"keys": len(keys.keys)})
             return keys
         except JwksError as exc:
-            result = "unusable"
-            self._note_failure(f"unusable: {exc}")
-            raise IdpUnavailable(f"jwks: unusable JWK Set: {exc}") from None
+            result = IdpFailure.UNUSABLE.value
+            failure = IdpUnavailable(IdpFailure.UNUSABLE, f"JWK Set: {exc}")
+            self._note_failure(failure)
+            raise failure from None
         except IdpUnavailable as exc:
-            result = exc.detail.split(":", 1)[0]
-            self._note_failure(exc.detail)
+            result = exc.result
+            self._note_failure(exc)
             raise
         finally:
             self._pending = None
             self._metrics.idp_latency.labels("jwks").observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels("jwks", result).inc()
 
-    def _note_failure(self, error: str) -> None:
-        self._failed_at, self._last_error = self._clock(), error
+    def _note_failure(self, failure: IdpUnavailable) -> None:
+        self._failed_at, self._last_failure = self._clock(), failure
         expected = self._absent and not self._required  # auto: this IdP has no JWK Set
-        log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed", extra={"error": error})
+        log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed",
+                extra={"error": failure.detail})
 
     async def _uri(self) -> str:
         if self._configured_uri:  # explicit wins; no need for the discovery document
             return self._configured_uri
-        try:
-            uri = (await self._discovery.get()).jwks_uri
-        except DiscoveryError as exc:
-            raise IdpUnavailable(f"discovery_failed: {exc}") from None
+        uri = (await self._discovery.get()).jwks_uri  # DiscoveryError: discovery_failed
         if uri is None:
             self._absent = True
-            raise IdpUnavailable("no_jwks_uri: the IdP advertises no jwks_uri")
+            raise IdpUnavailable(IdpFailure.NO_JWKS_URI, "the IdP advertises no jwks_uri")
         return uri
 
-    async def _download(self, uri: str) -> bytes:
-        try:
-            async with self._session.session.get(uri, headers=_ACCEPT) as response:
-                if response.status != 200:
-                    raise IdpUnavailable(f"http_{response.status}: jwks_uri answered {response.status}")
-                ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-                if ctype != "application/json" and not ctype.endswith("+json"):
-                    raise IdpUnavailable(f"content_type: unexpected {ctype!r}")
-                try:
-                    return await read_bounded(response.content, MAX_JWKS_BYTES, response.content_length)
-                except BodyTooLarge:
-                    raise IdpUnavailable(f"too_large: JWK Set over {MAX_JWKS_BYTES} bytes") from None
-        except TimeoutError:
-            raise IdpUnavailable("timeout: no JWK Set within idp.timeout") from None
-        except aiohttp.ClientSSLError as exc:
-            raise IdpUnavailable(f"tls: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise IdpUnavailable(f"connection: {type(exc).__name__}") from None
+    async def _download(self, uri: str) -> object:
+        """The decoded JWK Set document."""
+        return await fetch_json(self._session.session, "GET", uri, what="JWK Set", max_bytes=MAX_JWKS_BYTES,
+                                headers=_ACCEPT)
+
+
+def _again(failure: IdpUnavailable) -> IdpUnavailable:
+    """A recent failure, reported again (same kind) without asking the IdP."""
+    return IdpUnavailable(failure.kind, "JWK Set fetch failed recently", status=failure.idp_status,
+                          retry_after=failure.retry_after)
 
 
 _ACCEPT: Mapping[str, str] = {"Accept": "application/jwk-set+json, application/json"}

@@ -27,10 +27,9 @@ import re
 from typing import Any
 
 from sidecar.config import Config
-from sidecar.core.errors import IdpUnavailable
 from sidecar.core.token_info import TokenInfo
 from sidecar.core.verifier import Verifier
-from sidecar.idp.discovery import Discovery, DiscoveryError
+from sidecar.idp.discovery import Discovery
 from sidecar.idp.jwks import Jwks
 from sidecar.idp.jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier
 
@@ -101,10 +100,7 @@ class TokenFormatVerifier:
     async def _jwks_uri_known(self) -> bool:
         if self._jwks_uri_configured:
             return True
-        try:
-            return (await self._discovery.get()).jwks_uri is not None
-        except DiscoveryError as exc:
-            raise IdpUnavailable(f"discovery: {exc}") from None
+        return (await self._discovery.get()).jwks_uri is not None  # DiscoveryError: a 503
 
 
 def choose_verifier(config: Config, introspector: Verifier | None, jwks: Jwks | None,

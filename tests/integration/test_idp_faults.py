@@ -339,6 +339,21 @@ async def test_after_n_consecutive_failures_the_breaker_answers_at_once_and_a_pr
     assert await metric(running, "sidecar_idp_requests_total", kind="probe", result="inactive") >= 1.0
 
 
+async def test_tokens_the_idp_answers_400_for_are_503_but_never_open_the_breaker_for_everyone(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(idp={**FAST, "breaker_failures": 3, "breaker_open": 30})
+    idp.fault = Fault(status=400, body=b'{"error": "invalid_request"}')
+    for n in range(5):
+        await assert_idp_unavailable(running, f"junk-{n}", pki)
+    assert idp.introspect_requests == 5
+    assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="http_400") == 5.0
+    assert await metric(running, "sidecar_idp_breaker_state") == 0.0
+    idp.fault = None
+    response = await running.check(alice_token(idp, pki), pki.alice)
+    assert response.status == 200  # at once: the breaker (open for 30 s) never opened
+
+
 def concurrency_meter(seen: dict[str, int]) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -379,6 +394,22 @@ async def test_a_check_that_finds_no_introspection_slot_in_time_is_503_saturated
     assert await metric(running, "sidecar_idp_rejections_total", reason="saturated") == 1.0
     assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="timeout") == 1.0
     assert await metric(running, "sidecar_idp_breaker_state") == 0.0  # one IdP failure of two allowed
+    idp.fault = None
+    assert (await running.check(alice_token(idp, pki), pki.alice)).status == 200
+
+
+async def test_a_burst_of_new_tokens_against_a_slow_but_healthy_idp_never_opens_the_breaker(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(idp={"max_concurrent": 2, "timeout": 1.6, "connect_timeout": 0.2,
+                                      "breaker_failures": 2, "breaker_open": 30})
+    await running.sidecar.discovery.get()
+    idp.fault = Fault(delay=0.3)  # healthy, answers every call, but slowly
+    responses = await asyncio.gather(*(running.check(alice_token(idp, pki), pki.alice) for _ in range(16)))
+    assert {r.status for r in responses} <= {200, 503} and 200 in {r.status for r in responses}
+    assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="timeout") == 0.0
+    assert await metric(running, "sidecar_idp_rejections_total", reason="saturated") >= 1.0
+    assert await metric(running, "sidecar_idp_breaker_state") == 0.0
     idp.fault = None
     assert (await running.check(alice_token(idp, pki), pki.alice)).status == 200
 

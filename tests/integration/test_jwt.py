@@ -297,12 +297,14 @@ async def test_the_jwk_set_is_fetched_over_mutual_tls_with_the_sidecars_certific
 JWKS_FAULTS = {
     "503": (Fault(status=503), "http_503"),
     "HTML": (Fault(body=b"<html>oops</html>", content_type="text/html"), "content_type"),
-    "garbage JSON": (Fault(body=b"{not json"), "unusable"),
+    "garbage JSON": (Fault(body=b"{not json"), "garbage"),
+    "deeply nested JSON": (Fault(body=b"[" * 100_000), "garbage"),
     "only a symmetric key": (Fault(body=b'{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}'), "unusable"),
     "over 256 KiB": (Fault(body=b'{"keys": [], "pad": "' + b"x" * 300_000 + b'"}'), "too_large"),
     "over 256 KiB, chunked": (Fault(body=b"x" * 300_000, chunked=True), "too_large"),
     "slow": (Fault(delay=1.5), "timeout"),
-    "dropped connection": (Fault(drop=True), "connection"),
+    "dropped connection": (Fault(drop=True), "disconnected"),
+    "404": (Fault(status=404), "http_404"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sidecar.config import CacheConfig
 from sidecar.core.cache import Entry, TokenCache
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import INACTIVE, TokenInfo
 
 ACTIVE = TokenInfo(active=True)
@@ -82,7 +82,7 @@ async def test_errors_reach_every_waiter_and_are_never_cached() -> None:
 
     async def failing() -> Entry:
         await asyncio.sleep(0.01)
-        raise IdpUnavailable("down")
+        raise IdpUnavailable(IdpFailure.HTTP_5XX, "down", status=500)
 
     results = await asyncio.gather(*(cache.get_or_load(key, failing) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(r, IdpUnavailable) for r in results)

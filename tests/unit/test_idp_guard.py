@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, IdpConfig, from_mapping
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.idp.guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
 from sidecar.support.metrics import Metrics
 
@@ -22,7 +22,8 @@ def guard(**overrides: Any) -> IdpGuard:
 
 
 class Script:
-    """An attempt that fails with the given results in turn, then answers "ok"."""
+    """An attempt that fails with the given results (``http_<status>`` or a kind) in turn, then
+    answers "ok"."""
 
     def __init__(self, *failures: str, retry_after: int = 1, delay: float = 0.0) -> None:
         self.failures = list(failures)
@@ -37,8 +38,15 @@ class Script:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.failures:
-            raise IdpUnavailable(f"{self.failures.pop(0)}: scripted", retry_after=self.retry_after)
+            raise failure(self.failures.pop(0), self.retry_after)
         return "ok"
+
+
+def failure(result: str, retry_after: int = 1) -> IdpUnavailable:
+    if result.startswith("http_") and result[5:].isdigit():
+        status = int(result[5:])
+        return IdpUnavailable(IdpFailure.of_status(status), "scripted", status=status, retry_after=retry_after)
+    return IdpUnavailable(IdpFailure(result), "scripted", retry_after=retry_after)
 
 
 def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
@@ -91,7 +99,7 @@ async def test_the_breaker_opens_after_n_consecutive_failures_and_then_answers_w
     assert g.breaker.state == OPEN and sample(g, "sidecar_idp_breaker_state") == OPEN
     with pytest.raises(IdpUnavailable) as raised:
         await g.call(attempt)
-    assert raised.value.detail.startswith("breaker_open") and attempt.calls == 3
+    assert raised.value.kind is IdpFailure.BREAKER_OPEN and attempt.calls == 3
     assert sample(g, "sidecar_idp_rejections_total", {"reason": "breaker_open"}) == 1.0
     await g.aclose()
 
@@ -155,6 +163,28 @@ async def test_a_probe_that_raises_a_bug_keeps_the_breaker_open() -> None:
     await g.aclose()
 
 
+@pytest.mark.parametrize("result", ["http_400", "http_401", "http_403", "http_404"])
+async def test_answers_about_one_token_never_open_the_breaker(result: str) -> None:
+    g, attempt = guard(retries=1, breaker_failures=3), Script(*[result] * 5)
+    for _ in range(5):
+        with pytest.raises(IdpUnavailable) as raised:
+            await g.call(attempt)
+        assert raised.value.result == result  # still a fail-closed 503 for that request
+    assert attempt.calls == 5 and g.breaker.state == CLOSED  # not retried either
+
+
+async def test_a_4xx_between_idp_failures_neither_counts_nor_resets_the_count() -> None:
+    g, attempt = guard(retries=0, breaker_failures=3), Script("http_500", "http_400", "http_500", "http_500")
+    for _ in range(3):
+        with pytest.raises(IdpUnavailable):
+            await g.call(attempt)
+    assert g.breaker.state == CLOSED  # two IdP failures so far
+    with pytest.raises(IdpUnavailable):
+        await g.call(attempt)
+    assert g.breaker.state == OPEN
+    await g.aclose()
+
+
 async def test_breaker_failures_zero_turns_the_breaker_off_even_for_429() -> None:
     g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_429"] * 10)
     for _ in range(10):
@@ -178,8 +208,44 @@ async def test_no_more_than_max_concurrent_calls_run_and_a_caller_without_a_slot
     results = await asyncio.gather(*(g.call(slow) for _ in range(6)), return_exceptions=True)
     assert peak == 2
     saturated = [r for r in results if isinstance(r, IdpUnavailable)]
-    assert saturated and all(r.detail.startswith("saturated") for r in saturated)
+    assert saturated and all(r.kind is IdpFailure.SATURATED for r in saturated)
     assert g.breaker.state == CLOSED  # our own limit is not an IdP failure
+
+
+async def test_every_call_sent_has_at_least_half_of_the_timeout_and_later_callers_are_saturated() -> None:
+    g, attempt = guard(max_concurrent=1, timeout=1.0, connect_timeout=0.1), Script(delay=0.3)
+    results = await asyncio.gather(*(g.call(attempt) for _ in range(5)), return_exceptions=True)
+    assert attempt.calls >= 1 and all(budget >= 0.5 for budget in attempt.timeouts)
+    assert {r.kind for r in results if isinstance(r, IdpUnavailable)} <= {IdpFailure.SATURATED}
+    assert results.count("ok") == attempt.calls
+
+
+async def test_a_busy_but_healthy_idp_is_not_blamed_for_the_time_callers_spent_queueing() -> None:
+    g = guard(max_concurrent=1, timeout=1.0, connect_timeout=0.1, breaker_failures=1)
+
+    async def healthy_in_a_quarter_second(budget: float) -> str:
+        """Like a real call: the answer comes after 0.25 s, or the budget runs out first."""
+        await asyncio.sleep(min(budget, 0.25))
+        if budget < 0.25:
+            raise IdpUnavailable(IdpFailure.TIMEOUT, "scripted")
+        return "ok"
+
+    results = await asyncio.gather(*(g.call(healthy_in_a_quarter_second) for _ in range(6)),
+                                   return_exceptions=True)
+    assert not [r for r in results if isinstance(r, IdpUnavailable) and r.kind is IdpFailure.TIMEOUT]
+    assert g.breaker.state == CLOSED
+
+
+async def test_a_retry_that_times_out_on_what_was_left_is_not_blamed_the_refusal_before_it_is(
+    captured_logs: pytest.LogCaptureFixture,
+) -> None:
+    g = guard(timeout=1.0, connect_timeout=0.1, retries=1, breaker_failures=1)
+    with pytest.raises(IdpUnavailable) as raised:
+        await g.call(Script("refused", "timeout", delay=0.6))  # the retry has < 0.5 s left
+    assert raised.value.kind is IdpFailure.TIMEOUT and g.breaker.state == OPEN
+    [opened] = [r for r in captured_logs.records if r.getMessage() == "idp breaker open"]
+    assert getattr(opened, "result", None) == "refused"
+    await g.aclose()
 
 
 @pytest.mark.parametrize(("key", "value"), [("max_concurrent", 0), ("retries", -1), ("retries", 9),

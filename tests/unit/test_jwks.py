@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpUnavailable
+from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.dev.devidp import SigningKey
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.jwk_set import MAX_KEYS, JwksError, parse_jwks
@@ -88,14 +88,14 @@ class ScriptedJwks(Jwks):
         self.gate: asyncio.Event | None = None
         ScriptedJwks.made.append(self)
 
-    async def _download(self, uri: str) -> bytes:
+    async def _download(self, uri: str) -> object:
         self.downloads += 1
         if self.gate is not None:
             await self.gate.wait()
         answer = self.documents[0] if len(self.documents) == 1 else self.documents.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return json.loads(answer)
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +142,7 @@ async def test_a_rotated_key_is_found_by_the_unknown_kid_refresh() -> None:
 
 async def test_keys_older_than_max_age_are_fetched_again_and_never_used_when_that_fails() -> None:
     jwks = ScriptedJwks(jwks_max_age=60.0)
-    jwks.documents = [document(EC.public_jwk()), IdpUnavailable("http_500: down")]
+    jwks.documents = [document(EC.public_jwk()), IdpUnavailable(IdpFailure.HTTP_5XX, "down", status=500)]
     assert len(await jwks.keys_for("ec")) == 1
     jwks.clock.now += 59
     assert len(await jwks.keys_for("ec")) == 1 and jwks.downloads == 1
@@ -154,10 +154,11 @@ async def test_keys_older_than_max_age_are_fetched_again_and_never_used_when_tha
 
 async def test_a_failed_load_is_idp_unavailable_and_retried_only_after_a_pause() -> None:
     jwks = ScriptedJwks()
-    jwks.documents = [IdpUnavailable("connection: refused"), document(EC.public_jwk())]
+    jwks.documents = [IdpUnavailable(IdpFailure.REFUSED), document(EC.public_jwk())]
     for _ in range(3):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpUnavailable) as raised:
             await jwks.keys_for("ec")
+        assert raised.value.kind is IdpFailure.REFUSED  # the repeat keeps what went wrong
     assert jwks.downloads == 1 and not jwks.ready
     jwks.clock.now += jwks.retry_after
     assert len(await jwks.keys_for("ec")) == 1 and jwks.ready
@@ -168,12 +169,12 @@ async def test_an_unusable_set_is_idp_unavailable() -> None:
     jwks.documents = [document({"kty": "oct", "k": "c2VjcmV0", "kid": "ec"})]
     with pytest.raises(IdpUnavailable) as raised:
         await jwks.keys_for("ec")
-    assert raised.value.detail.startswith("jwks: unusable JWK Set")
+    assert raised.value.kind is IdpFailure.UNUSABLE
 
 
 async def test_an_unknown_kid_after_a_failed_refresh_is_unavailable_not_unknown() -> None:
     jwks = ScriptedJwks()
-    jwks.documents = [document(EC.public_jwk()), IdpUnavailable("timeout: slow")]
+    jwks.documents = [document(EC.public_jwk()), IdpUnavailable(IdpFailure.TIMEOUT, "slow")]
     await jwks.keys_for("ec")
     with pytest.raises(IdpUnavailable):
         await jwks.keys_for("rotated")
@@ -188,5 +189,5 @@ async def test_without_a_jwks_uri_auto_is_ready_and_jwt_is_not() -> None:
         jwks = ScriptedJwks(token_format=token_format, jwks_uri=None)
         with pytest.raises(IdpUnavailable) as raised:
             await jwks.keys_for("ec")
-        assert raised.value.detail.startswith("no_jwks_uri")
+        assert raised.value.kind is IdpFailure.NO_JWKS_URI
         assert jwks.ready is ready and jwks.downloads == 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from sidecar.config import ResponseConfig
-from sidecar.core.errors import IdpUnavailable, InsufficientScope, InvalidToken, MissingToken
+from sidecar.core.errors import IdpFailure, IdpUnavailable, InsufficientScope, InvalidToken, MissingToken
 from sidecar.core.response import HeaderBuilder, deny_body, deny_headers, sanitize
 from sidecar.core.token_info import TokenInfo
 
@@ -45,7 +45,7 @@ def test_www_authenticate_follows_rfc6750_and_escapes_values() -> None:
 
 
 def test_idp_unavailable_carries_retry_after_and_a_generic_body() -> None:
-    denial = IdpUnavailable("timeout: secret detail", retry_after=3)
+    denial = IdpUnavailable(IdpFailure.TIMEOUT, "secret detail", retry_after=3)
     assert deny_headers(denial, "api")["Retry-After"] == "3"
     body = json.loads(deny_body(denial))
     assert body == {"error": "temporarily_unavailable", "reason": "idp_unavailable"}

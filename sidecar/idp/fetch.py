@@ -1,0 +1,104 @@
+"""One way to ask the IdP for a JSON document: introspection, discovery metadata, the JWK Set.
+
+Every such call has the same failure vocabulary, so the retries, the circuit breaker and the
+metrics read one :class:`~sidecar.core.errors.IdpFailure` instead of three dialects. The
+answer must be a 200 with a JSON content type (RFC 7662 §2.2, RFC 8414 §3.2, RFC 7517 §8.5),
+a body of at most ``max_bytes`` and valid JSON; anything else raises :class:`IdpUnavailable`.
+Redirects are not followed for a POST: the form carries the token (and maybe our secret).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import aiohttp
+
+from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.support.body import BodyTooLarge, read_bounded
+
+MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After from the IdP we honour
+
+
+def call_timeout(budget: float | None, connect_timeout: float) -> aiohttp.ClientTimeout | None:
+    """The aiohttp limits of one call with ``budget`` seconds in all (None: the session's)."""
+    if budget is None:
+        return None
+    return aiohttp.ClientTimeout(total=budget, sock_connect=min(connect_timeout, budget))
+
+
+async def fetch_json(
+    session: aiohttp.ClientSession, method: Literal["GET", "POST"], url: str, *, what: str,
+    max_bytes: int, headers: Mapping[str, str], form: Mapping[str, str] | None = None,
+    timeout: aiohttp.ClientTimeout | None = None,
+) -> object:
+    """The decoded JSON answer to one call; ``what`` names the document in error details."""
+    try:
+        async with session.request(method, url, data=form, headers=headers, allow_redirects=method == "GET",
+                                   timeout=timeout or session.timeout) as response:
+            if response.status != 200:
+                raise IdpUnavailable(IdpFailure.of_status(response.status), f"{what}: HTTP {response.status}",
+                                     status=response.status,
+                                     retry_after=retry_after(response.headers.get("Retry-After")))
+            ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/json" and not ctype.endswith("+json"):
+                raise IdpUnavailable(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
+            body = await read_bounded(response.content, max_bytes, response.content_length)
+    except BodyTooLarge:
+        raise IdpUnavailable(IdpFailure.TOO_LARGE, f"{what}: over {max_bytes} bytes") from None
+    except aiohttp.ClientError as exc:
+        raise IdpUnavailable(failure_of(exc), f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
+    except TimeoutError:
+        raise IdpUnavailable(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
+        raise IdpUnavailable(IdpFailure.GARBAGE, f"{what}: not JSON") from None
+
+
+def failure_of(exc: aiohttp.ClientError) -> IdpFailure:
+    """Where in the call it failed, and how."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return IdpFailure.CONNECT_TIMEOUT
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return IdpFailure.TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        code = getattr(exc.certificate_error, "verify_code", None)
+        # X509_V_ERR_HOSTNAME_MISMATCH 62, _IP_ADDRESS_MISMATCH 64; _CERT_HAS_EXPIRED 10
+        return _VERIFY_CODES.get(code or 0, IdpFailure.TLS_UNTRUSTED)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return IdpFailure.TLS
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, socket.gaierror):
+            return IdpFailure.DNS
+        return IdpFailure.REFUSED if isinstance(exc.os_error, ConnectionRefusedError) else IdpFailure.CONNECT_FAILED
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return IdpFailure.DISCONNECTED
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return IdpFailure.TRUNCATED
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET:
+        return IdpFailure.RESET
+    return IdpFailure.CONNECTION
+
+
+_VERIFY_CODES = {62: IdpFailure.TLS_HOSTNAME, 64: IdpFailure.TLS_HOSTNAME, 10: IdpFailure.TLS_EXPIRED}
+
+
+def retry_after(value: str | None) -> int:
+    """RFC 9110 §10.2.3 Retry-After: delay-seconds or an HTTP-date; 1 when absent or unreadable."""
+    if not value:
+        return 1
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 1
+    return int(min(max(seconds, 1.0), MAX_RETRY_AFTER))
