@@ -24,6 +24,7 @@ import time
 import weakref
 
 from sidecar.support import logs
+from sidecar.support.memo import Memo, text_size
 
 _MAX_CLIENT_IDS = 4096
 FLUSH_AFTER = 0.02  # seconds: one write per 20 ms instead of one per line
@@ -46,7 +47,8 @@ class AllowLog:
         self._fast = False
         self._second = -1
         self._prefix = ""
-        self._client_json: dict[str | None, str] = {}
+        self._client_json: Memo[str | None, str] = Memo(_MAX_CLIENT_IDS, max_bytes=1 << 20,
+                                                        size_of=lambda key, value: text_size(key) + text_size(value))
         _LIVE.add(self)
 
     def write(self, token_hash: str, cache: str, client_id: str | None) -> None:
@@ -77,10 +79,7 @@ class AllowLog:
             self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         client = self._client_json.get(client_id)
         if client is None:
-            client = json.dumps(client_id)
-            if len(self._client_json) >= _MAX_CLIENT_IDS:
-                self._client_json.clear()
-            self._client_json[client_id] = client
+            client = self._client_json.put(client_id, json.dumps(client_id))
         return (
             f'{self._prefix}.{int((now - second) * 1000):03d}Z","level":"info","logger":"{self._logger.name}",'
             f'"msg":"allow","outcome":"allow","reason":"ok","token":"{token_hash}","cache":"{cache}",'

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from sidecar.core.errors import InvalidRequest, MissingToken
+from sidecar.support.memo import Memo
 
 MAX_TOKEN_LENGTH = 16384
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -44,15 +45,12 @@ class TrustedProxies:
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         self._networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-        self._memo: dict[str | None, bool] = {}
+        self._memo: Memo[str | None, bool] = Memo(4096)  # peer address strings: short, bounded by count
 
     def __contains__(self, peer: str | None) -> bool:
         known = self._memo.get(peer)
         if known is None:
-            known = self._check(peer)
-            if len(self._memo) > 4096:
-                self._memo.clear()
-            self._memo[peer] = known
+            known = self._memo.put(peer, self._check(peer))
         return known
 
     def _check(self, peer: str | None) -> bool:

@@ -4,7 +4,7 @@ Tokens of one deployment carry a handful of issuers, clients, scope strings, aud
 certificate thumbprints; parsed from JSON, each token would hold its own copies (a ``frozenset``
 of scopes alone is 216 bytes). At cache fill the shared fields of a :class:`TokenInfo` are
 replaced by the first equal value seen. The memo is bounded: when full it starts over, so a
-flood of distinct values costs at most ``max_values`` references.
+flood of distinct values costs at most ``max_values`` references and ``max_bytes`` (estimated).
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ from collections.abc import Hashable
 from typing import TypeVar
 
 from sidecar.core.token_info import TokenInfo
+from sidecar.support.memo import Memo, text_size
 
 T = TypeVar("T", bound=Hashable)
 
 
 class Interner:
-    __slots__ = ("_max", "_memo")
+    __slots__ = ("_memo",)
 
-    def __init__(self, max_values: int = 65536) -> None:
-        self._max = max_values
-        self._memo: dict[Hashable, Hashable] = {}
+    def __init__(self, max_values: int = 65536, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._memo: Memo[Hashable, Hashable] = Memo(max_values, max_bytes=max_bytes,
+                                                    size_of=lambda key, _value: 2 * text_size(key))
 
     def __len__(self) -> int:
         return len(self._memo)
@@ -33,9 +34,7 @@ class Interner:
             return value
         shared = self._memo.get(value)
         if shared is None:
-            if len(self._memo) >= self._max:
-                self._memo.clear()
-            self._memo[value] = shared = value
+            shared = self._memo.put(value, value)
         return shared  # type: ignore[return-value]
 
     def info(self, info: TokenInfo) -> TokenInfo:

@@ -19,6 +19,7 @@ from multidict import istr
 from sidecar.config import STANDARD_HEADERS, ResponseConfig
 from sidecar.core.errors import Denial
 from sidecar.core.token_info import TokenInfo
+from sidecar.support.memo import Memo, text_size
 
 # Envoy's HTTP ext_authz drops the request headers named here (comma-separated) on a 200.
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
@@ -97,7 +98,9 @@ class HeaderBuilder:
         self._max = config.max_value_length
         self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
         self._remove = ", ".join(self.removals)
-        self._joined: dict[tuple[str, ...], str] = {}  # one string per audience list (memory)
+        # One string per audience list (memory per token); audiences come from tokens: bytes-bounded.
+        self._joined: Memo[tuple[str, ...], str] = Memo(4096, max_bytes=1 << 20,
+                                                        size_of=lambda key, value: text_size(key) + text_size(value))
         self._make = _headers_class(self.names + ((REMOVE_HEADER,) if self._remove else ()))
 
     @property
@@ -123,9 +126,7 @@ class HeaderBuilder:
         if isinstance(value, tuple):
             joined = self._joined.get(value)
             if joined is None:
-                if len(self._joined) >= 4096:
-                    self._joined.clear()
-                joined = self._joined[value] = sanitize(" ".join(value), self._max)
+                joined = self._joined.put(value, sanitize(" ".join(value), self._max))
             return joined
         return sanitize(str(value), self._max)
 

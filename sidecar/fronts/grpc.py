@@ -50,6 +50,7 @@ from sidecar.core.errors import Denial
 from sidecar.core.request import CheckRequest
 from sidecar.core.response import REMOVE_HEADER, render_denial
 from sidecar.runtime import Sidecar
+from sidecar.support.memo import Memo
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._invalid_request_status = config.server.invalid_request_status
         self._removals = sidecar.decider.headers.removals
         # Rendered answers, reused: a cache hit builds no protobuf (entry headers are per token).
-        self._ok: dict[int, tuple[Mapping[str, str], Any]] = {}
-        self._denied: dict[tuple[type[Denial], str, str | None, int], Any] = {}
+        self._ok: Memo[int, tuple[Mapping[str, str], Any]] = Memo(MEMO_SIZE)
+        self._denied: Memo[tuple[type[Denial], str, str | None, int], Any] = Memo(MEMO_SIZE)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         attributes = request.attributes
@@ -139,9 +140,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         ok = pb.OkHttpResponse(headers=_options((k, v) for k, v in headers.items() if k != REMOVE_HEADER),
                                headers_to_remove=self._removals)
         response = pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
-        if len(self._ok) >= MEMO_SIZE:
-            self._ok.clear()
-        self._ok[id(headers)] = (headers, response)  # holding headers keeps its id unique
+        self._ok.put(id(headers), (headers, response))  # holding headers keeps its id unique
         return response
 
     def _deny(self, denial: Denial) -> Any:
@@ -157,9 +156,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                     headers=_options(rendered.headers.items()), body=rendered.body.decode(),
                 ),
             )
-            if len(self._denied) >= MEMO_SIZE:
-                self._denied.clear()
-            self._denied[key] = response
+            self._denied.put(key, response)
         return response
 
 

@@ -8,7 +8,6 @@ mutual TLS uses ``mtls_endpoint_aliases`` where the server lists them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from sidecar.config import IdpConfig
 from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.idp.fetch import fetch_json
 from sidecar.idp.tls import IdpSession
+from sidecar.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 MAX_METADATA_BYTES = 256 * 1024
@@ -100,7 +100,7 @@ class Discovery:
         self._idp = idp
         self._session = session
         self._endpoints: Endpoints | None = None
-        self._pending: asyncio.Task[Endpoints] | None = None
+        self._flight: SingleFlight[str, Endpoints] = SingleFlight()  # concurrent callers share one fetch
         self._failed_at = -1e9
         self._last_error = ""
 
@@ -111,13 +111,9 @@ class Discovery:
     async def get(self) -> Endpoints:
         if self._endpoints is not None:
             return self._endpoints
-        if self._pending is None:
-            if time.monotonic() - self._failed_at < self.RETRY_AFTER:
-                raise DiscoveryError(f"discovery failed recently: {self._last_error}")
-            self._pending = asyncio.ensure_future(self._resolve())
-            # Retrieved here too: a caller cancelled at shutdown must not leave it unobserved.
-            self._pending.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return await asyncio.shield(self._pending)
+        if "metadata" not in self._flight and time.monotonic() - self._failed_at < self.RETRY_AFTER:
+            raise DiscoveryError(f"discovery failed recently: {self._last_error}")
+        return (await self._flight.run("metadata", self._resolve))[0]
 
     async def _resolve(self) -> Endpoints:
         try:
@@ -130,5 +126,3 @@ class Discovery:
             self._last_error = exc.message
             log.warning("discovery failed", extra={"error": exc.message})
             raise
-        finally:
-            self._pending = None

@@ -29,14 +29,13 @@ from sidecar.idp.fetch import fetch_json
 from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, keys_from_document, parse_jwks
 from sidecar.idp.tls import IdpSession
 from sidecar.support.metrics import Metrics
+from sidecar.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 256 * 1024
 
 
-def _retrieve(task: asyncio.Future[KeySet]) -> None:
-    if not task.cancelled():
-        task.exception()
+_SET = "jwks"  # the single-flight key of the one key set
 
 
 class Jwks:
@@ -63,7 +62,7 @@ class Jwks:
         self._kid_refresh_at = -1e18
         self._last_failure: IdpUnavailable | None = None
         self._absent = False
-        self._pending: asyncio.Future[KeySet] | None = None
+        self._flight: SingleFlight[str, KeySet] = SingleFlight()  # one fetch at a time, shared
         self.retry_after = self.RETRY_AFTER
 
     @property
@@ -78,7 +77,7 @@ class Jwks:
         found = (await self._current()).find(kid)
         if found or self._fetched_at != fetched_before:
             return found  # a set fetched while this token waited is as fresh as a refresh
-        if self._pending is None:
+        if _SET not in self._flight:
             now = self._clock()
             if now - self._kid_refresh_at < self._min_interval:
                 if self._last_failure is not None:
@@ -104,15 +103,12 @@ class Jwks:
         if keys is not None and self._clock() - self._fetched_at < self._max_age:
             return keys
         last = self._last_failure
-        if self._pending is None and last is not None and self._clock() - self._failed_at < self.retry_after:
+        if _SET not in self._flight and last is not None and self._clock() - self._failed_at < self.retry_after:
             raise _again(last)
         return await self._refresh()
 
     async def _refresh(self) -> KeySet:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._fetch())
-            self._pending.add_done_callback(_retrieve)
-        return await asyncio.shield(self._pending)
+        return (await self._flight.run(_SET, self._fetch))[0]
 
     async def _fetch(self) -> KeySet:
         started = time.perf_counter()
@@ -133,7 +129,6 @@ class Jwks:
             self._note_failure(exc)
             raise
         finally:
-            self._pending = None
             self._metrics.idp_latency.labels("jwks").observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels("jwks", result).inc()
 

@@ -9,7 +9,7 @@ recomputed at most once per cycle through the memo).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -42,6 +42,9 @@ class Memo(Generic[K, V]):
     def get(self, key: K) -> V | None:
         return self._data.get(key)
 
+    def values(self) -> Iterator[V]:
+        return iter(list(self._data.values()))
+
     def put(self, key: K, value: V) -> V:
         """Remember ``value`` (unless it alone exceeds the byte bound) and return it."""
         data = self._data
@@ -68,3 +71,12 @@ class Memo(Generic[K, V]):
     def clear(self) -> None:
         self._data.clear()
         self._bytes = 0
+
+
+def text_size(value: object) -> int:
+    """A cheap estimate of the bytes a claim value holds: characters of its strings plus overhead."""
+    if isinstance(value, str):
+        return 56 + len(value)
+    if isinstance(value, tuple | frozenset | list):
+        return 64 + sum(text_size(v) for v in value)
+    return 64
