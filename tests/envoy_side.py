@@ -65,18 +65,18 @@ def xfcc_element(
 
 
 def http_check_headers(
-    authorization: Sequence[str] = (), xfcc: str | None = None, host: str = "api.example.com",
+    authorization: Sequence[str] = (), xfcc: str | Sequence[str] | None = None, host: str = "api.example.com",
 ) -> list[tuple[str, str]]:
-    """The headers of Envoy's HTTP authorization request (allowed_headers: XFCC)."""
+    """The headers of Envoy's HTTP authorization request (allowed_headers: XFCC, each field)."""
     headers = [("host", host), ("content-length", "0")]
     headers += [("authorization", value) for value in authorization]
-    if xfcc is not None:
-        headers.append(("x-forwarded-client-cert", xfcc))
+    for value in [xfcc] if isinstance(xfcc, str) else xfcc or ():
+        headers.append(("x-forwarded-client-cert", value))
     return headers
 
 
 def check_request(
-    authorization: Sequence[str] = (), *, peer_certificate: str = "", xfcc: str | None = None,
+    authorization: Sequence[str] = (), *, peer_certificate: str = "", xfcc: str | Sequence[str] | None = None,
     method: str = "GET", path: str = "/api/items?page=2", host: str = "api.example.com",
     extra: Mapping[str, str] | None = None, raw_headers: bool = False,
 ) -> Any:
@@ -84,16 +84,18 @@ def check_request(
     headers: dict[str, str] = {":authority": host, ":method": method, ":path": path, "user-agent": "curl/8"}
     if authorization:
         headers["authorization"] = ",".join(authorization)
-    if xfcc is not None:
-        headers["x-forwarded-client-cert"] = xfcc
+    fields = [xfcc] if isinstance(xfcc, str) else list(xfcc or ())
+    if fields:
+        headers["x-forwarded-client-cert"] = ",".join(fields)  # how Envoy joins repeated fields
     headers.update(extra or {})
     request = pb.CheckRequest()
     http = request.attributes.request.http
     http.method, http.path, http.host, http.scheme, http.protocol = method, path, host, "https", "HTTP/2"
     http.query = path.partition("?")[2]
     if raw_headers:
-        pairs = [(k, v) for k, v in headers.items() if k != "authorization"]
+        pairs = [(k, v) for k, v in headers.items() if k not in ("authorization", "x-forwarded-client-cert")]
         pairs += [("authorization", v) for v in authorization]
+        pairs += [("x-forwarded-client-cert", v) for v in fields]
         http.header_map.headers.extend(base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs)
     else:
         http.headers.update(headers)

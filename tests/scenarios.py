@@ -10,6 +10,7 @@ ext_authz.cc), so a case can also state what the client and the upstream end up 
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,14 +38,17 @@ def deploy_sections(front: str) -> dict[str, dict[str, Any]]:
 @dataclass(frozen=True)
 class Case:
     name: str
-    token: str  # bound | unbound | read_only | unknown | none | malformed | duplicated
-    cert: str | None = "alice"  # whose certificate Envoy verified: alice | bob | garbage | None
+    token: str  # bound | unbound | read_only | unknown | none | malformed | duplicated | expired | future
+    #             | dpop_bound | refresh | mac (see authorization_for)
+    cert: str | None = "alice"  # whose certificate Envoy verified: alice | bob | garbage | twice | None
+    # (twice: two certificate header fields, bob's then alice's, as from a proxy that appended)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fault: Fault | None = None
     status: int = 200
     reason: str | None = None
     error: str | None = None
     scope: str | None = None
+    allowed_on: tuple[str, ...] = ()  # fronts where this case is an allow (a divergence by design)
 
 
 CASES = [
@@ -71,6 +75,23 @@ CASES = [
          error="invalid_request"),
     Case("denies an unreadable certificate as invalid_token", "bound", cert="garbage", status=401,
          reason="cert_invalid", error="invalid_token"),
+    Case("denies two certificate headers as invalid, except where Envoy's own peer certificate decides", "bound",
+         cert="twice", status=401, reason="cert_invalid", error="invalid_token", allowed_on=("grpc",)),
+    Case("denies an expired token", "expired", status=401, reason="token_expired", error="invalid_token"),
+    Case("denies a token that is not yet valid", "future", status=401, reason="token_not_yet_valid",
+         error="invalid_token"),
+    Case("denies a token from an issuer that is not allowed", "bound",
+         sections={"policy": {"allowed_issuers": ["https://other.example"]}}, status=401,
+         reason="issuer_not_allowed", error="invalid_token"),
+    Case("denies a token without a required audience", "bound", sections={"policy": {"audiences": ["billing"]}},
+         status=401, reason="audience_mismatch", error="invalid_token"),
+    Case("denies a DPoP-bound token under optional binding: its proof is not verified here", "dpop_bound",
+         sections={"policy": {"binding": "optional"}}, status=401, reason="cnf_unsupported",
+         error="invalid_token"),
+    Case("denies a refresh token presented as an access token", "refresh",
+         sections={"policy": {"binding": "optional"}}, status=401, reason="token_not_access", error="invalid_token"),
+    Case("denies a token whose token_type is not accepted", "mac", status=401, reason="token_type_not_allowed",
+         error="invalid_token"),
     Case("fails closed with 503 when the IdP answers 500", "bound", fault=Fault(status=500), status=503,
          reason="idp_unavailable"),
     Case("fails closed with 503 when the IdP drops the connection", "bound", fault=Fault(drop=True), status=503,
@@ -78,7 +99,27 @@ CASES = [
 ]
 
 
+def _edited(idp: FakeIdp, token: str, **changes: Any) -> str:
+    """``token``'s record with ``changes`` applied (a value of None removes the claim)."""
+    record = idp.tokens[token]
+    for name, value in changes.items():
+        if value is None:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return token
+
+
+def _expired_but_active(idp: FakeIdp, token: str) -> str:
+    """An IdP whose clock is behind ours: it still calls the token active, past its exp."""
+    idp.fault = Fault(body=json.dumps({**idp.tokens[token], "exp": int(time.time()) - 3600}).encode())
+    return token
+
+
 def authorization_for(case: Case, idp: FakeIdp, pki: TestPki) -> list[str]:
+    """The Authorization values of the case (``idp.fault`` set first: a token may replace it)."""
+    alice = pki.alice.x5t_s256
+    now = int(time.time())
     tokens: dict[str, Callable[[], list[str]]] = {
         "bound": lambda: [f"Bearer {idp.mint('alice', cnf=pki.alice.x5t_s256, scope='read write')}"],
         "unbound": lambda: [f"Bearer {idp.mint('carol')}"],
@@ -87,21 +128,30 @@ def authorization_for(case: Case, idp: FakeIdp, pki: TestPki) -> list[str]:
         "none": lambda: [],
         "malformed": lambda: ["Bearer a b"],
         "duplicated": lambda: [f"Bearer {idp.mint('alice', cnf=pki.alice.x5t_s256)}", "Bearer other"],
+        "expired": lambda: [f"Bearer {_expired_but_active(idp, idp.mint('alice', cnf=alice))}"],
+        "future": lambda: [f"Bearer {idp.mint('alice', cnf=alice, nbf=now + 3600)}"],
+        "dpop_bound": lambda: [f"Bearer {_edited(idp, idp.mint('alice'), cnf={'jkt': 'A' * 43})}"],
+        # oidc-provider introspects a refresh token with no token_type (lib/actions/introspection.js)
+        "refresh": lambda: [f"Bearer {_edited(idp, idp.mint('alice'), token_type=None)}"],
+        "mac": lambda: [f"Bearer {_edited(idp, idp.mint('alice', cnf=alice), token_type='mac')}"],
     }
     return tokens[case.token]()
 
 
 def certificate_for(case: Case, pki: TestPki) -> Issued | str | None:
-    return {"alice": pki.alice, "bob": pki.bob, "garbage": "garbage", None: None}[case.cert]
+    """The certificate Envoy verified (for ``twice``: alice's, and a second header field is added)."""
+    return {"alice": pki.alice, "bob": pki.bob, "garbage": "garbage", "twice": pki.alice, None: None}[case.cert]
 
 
-def xfcc_for(cert: Issued | str | None) -> str | None:
-    """The XFCC header Envoy sets (SANITIZE_SET, cert: true) for the verified certificate."""
+def xfcc_for(cert: Issued | str | None, case: Case | None = None, pki: TestPki | None = None) -> list[str]:
+    """The XFCC header fields Envoy sends (SANITIZE_SET, cert: true) for the verified certificate."""
     if cert is None:
-        return None
+        return []
     if isinstance(cert, str):
-        return f'Hash={"0" * 64};Cert="{cert}"'
-    return envoy_side.xfcc_element(cert)
+        return [f'Hash={"0" * 64};Cert="{cert}"']
+    if case is not None and case.cert == "twice" and pki is not None:
+        return [envoy_side.xfcc_element(pki.bob), envoy_side.xfcc_element(cert)]
+    return [envoy_side.xfcc_element(cert)]
 
 
 @dataclass
