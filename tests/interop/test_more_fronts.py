@@ -149,14 +149,14 @@ def test_no_credential_header_a_client_sends_reaches_the_upstream_whatever_its_n
     forged = {f"X-Credential-{name}": "forged" for name in STANDARD}
     # Names the sidecar never emits, and spellings that some frameworks read as the same header.
     forged |= {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X_Credential_Sub": "forged",
-               "X_Credential_Tenant": "forged"}
+               "X_Credential_Tenant": "forged", "X.Credential.Scope": "forged"}
     reply = stack.call(token, "alice", headers=forged)
     assert reply.status == 200, stack.diagnostics()
     seen = stack.upstream.last
     for name, value in seen.headers:
         assert value != "forged", f"{name} reached the upstream through {stack.front.name} as the client sent it"
     emitted = {f"x-credential-{name}" for name in STANDARD}
-    names = {name.lower().replace("_", "-") for name, _ in seen.headers}
+    names = {name.lower().replace("_", "-").replace(".", "-") for name, _ in seen.headers}
     assert {name for name in names if name.startswith("x-credential-")} <= emitted
     assert seen.header("x-credential-client-id") == "alice" and seen.header("x-credential-scope") == "read"
 
