@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.interop.https import Reply, request
+from tests.interop.https import Reply, request, tls_context
 from tests.interop.oidc_idp import OidcProvider
 from tests.interop.processes import free_port, stop, tail, wait_until
 from tests.interop.stack import ROOT, EchoUpstream, SidecarProcess
@@ -152,6 +154,24 @@ class FrontStack:
             sent["Authorization"] = f"Bearer {token}"
         return request(self.front.url + path, ca_file=self.idp.pki.ca_file, method=method, headers=sent,
                        cert=self.client_files[cert] if cert else None)
+
+    def call_on_resumed_session(self, token: str, cert: str) -> list[tuple[bool, int]]:
+        """Two requests on two TLS connections, the second resuming the first's session (a ticket,
+        as browsers and HTTP client libraries do): (session reused, status) for each."""
+        context = tls_context(self.idp.pki.ca_file, self.client_files[cert])
+        session: ssl.SSLSession | None = None
+        results = []
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", self.front.port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=self.front.host, session=session) as tls:
+                tls.sendall(f"GET /orders/42 HTTP/1.1\r\nHost: {self.front.host}:{self.front.port}\r\n"
+                            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                results.append((bool(tls.session_reused), int(answer.split(b" ", 2)[1])))
+                session = tls.session  # read after the answer: TLS 1.3 tickets come after the handshake
+        return results
 
     def diagnostics(self) -> str:
         return (f"--- sidecar\n{self.sidecar.logs()}\n--- {self.front.name}\n{self.front.logs()}\n"

@@ -101,6 +101,14 @@ def test_a_bound_jwt_access_token_is_validated_locally_and_allowed_only_with_its
     denied(stack, stack.call(token, "bob"), len(stack.upstream.received))
 
 
+def test_a_resumed_tls_session_still_carries_the_client_certificate_to_the_sidecar(
+    stack: FrontStack, idp: OidcProvider
+) -> None:
+    token = idp.access_token("alice")
+    assert stack.call_on_resumed_session(token, "alice") == [(False, 200), (True, 200)], stack.diagnostics()
+    assert stack.call_on_resumed_session(token, "bob") == [(False, 401), (True, 401)]
+
+
 def test_the_token_with_another_clients_certificate_is_401_with_a_bearer_challenge_and_never_reaches_the_upstream(
     stack: FrontStack, idp: OidcProvider
 ) -> None:
