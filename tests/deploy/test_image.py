@@ -1,7 +1,8 @@
 """The container image: the Dockerfile lints clean, and the install step it runs gives a working
-``sidecar`` command. No Docker engine runs here, so the build stage is replayed: the files the
+``sidecar`` command. Here the build stage is replayed without a container engine: the files the
 Dockerfile copies are the only build context, the wheel is built from them and installed with its
-runtime dependencies into a fresh venv, and the entry point runs from there.
+runtime dependencies into a fresh venv, and the entry point runs from there. The image itself is
+built and run with podman in test_image_podman.py.
 """
 
 from __future__ import annotations
