@@ -148,6 +148,8 @@ class Decider:
             return None
         if len(certificates) > 1:
             raise InvalidToken("cert_invalid", "more than one client certificate header")
+        if not certificates[0].strip():
+            return None  # an empty header (Caddy sends one without a client certificate): none presented
         try:
             return (request.reader or self.reader).thumbprint(certificates[0])
         except CertificateError as exc:

@@ -64,6 +64,8 @@ async def test_a_cached_token_is_answered_now_without_awaiting_by_the_same_check
     assert isinstance(await d.decide(req(auth)), Allow)
     hit = d.decide_now(req(auth))
     assert isinstance(hit, Allow) and hit.headers["x-credential-client-id"] == "alice"
+    empty = d.decide_now(CheckRequest(auth, [" "], "127.0.0.1"))  # an empty header is no certificate
+    assert isinstance(empty, Deny) and empty.denial.reason == "cert_missing"
     reasons = {
         "cnf_mismatch": req(auth, "B" * 43),
         "cert_missing": req(auth, None),
