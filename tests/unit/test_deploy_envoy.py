@@ -5,6 +5,7 @@ filter at the ports of the matching sidecar TOML, with the settings PROTOCOLS.md
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,10 +38,17 @@ def test_the_envoy_file_parses_into_bootstrap_and_passes_envoys_field_rules(name
     assert len(bootstrap.static_resources.listeners) == 1
 
 
+def ext_authz_config(hcm: dict[str, Any]) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [f["typed_config"] for f in hcm["http_filters"]
+                                   if f["name"] == "envoy.filters.http.ext_authz"]
+    (config,) = found
+    return config
+
+
 def test_a_misspelled_field_fails_to_parse() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-grpc.yaml").read_text())
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"][0]["typed_config"]["include_peer_certificates"] = True
+    ext_authz_config(hcm)["include_peer_certificates"] = True
     with pytest.raises(json_format.ParseError, match="include_peer_certificates"):
         parse_bootstrap(document)
 
@@ -49,7 +57,7 @@ def test_an_unknown_typed_config_type_fails_to_parse() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-http.yaml").read_text())
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     misspelled = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuth"
-    hcm["http_filters"][0]["typed_config"]["@type"] = misspelled
+    ext_authz_config(hcm)["@type"] = misspelled
     with pytest.raises(json_format.ParseError):
         parse_bootstrap(document)
 
@@ -58,7 +66,7 @@ def test_a_missing_required_field_breaks_the_field_rules() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-grpc.yaml").read_text())
     document["static_resources"]["clusters"][0]["connect_timeout"] = "0s"
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["http_filters"][0]["typed_config"]["grpc_service"]["envoy_grpc"]
+    del ext_authz_config(hcm)["grpc_service"]["envoy_grpc"]
     errors = pgv_errors(parse_bootstrap(document))
     assert any("connect_timeout" in e for e in errors) and any("target_specifier" in e for e in errors)
 
