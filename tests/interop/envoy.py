@@ -91,13 +91,13 @@ def shipped_ports(name: str) -> set[int]:
 class Envoy:
     """``envoy -c <rendered shipped file>``: listener, admin and clusters on test ports."""
 
-    def __init__(self, name: str, pki: TestPki, sidecar: ConfiguredSidecar, upstream_port: int) -> None:
+    def __init__(self, name: str, pki: TestPki, *, upstream: int, check: int, admin: int, grpc: int = 0) -> None:
+        """``check``, ``admin``, ``grpc``: the sidecar's ports (shipped as 9191, 9192, 9193)."""
         self.name = name
         self.port, self.admin_port = free_port(), free_port()
-        ports = {8443: self.port, 9901: self.admin_port, 8000: upstream_port, 9191: sidecar.port,
-                 9192: sidecar.admin_port}
-        if sidecar.grpc_port:
-            ports[9193] = sidecar.grpc_port
+        ports = {8443: self.port, 9901: self.admin_port, 8000: upstream, 9191: check, 9192: admin}
+        if grpc:
+            ports[9193] = grpc
         missing = shipped_ports(name) - ports.keys()
         assert not missing, f"{name}: ports the test does not know: {missing}"
         self.directory = Path(tempfile.mkdtemp(prefix="sidecar-envoy-"))
@@ -227,8 +227,9 @@ class ThreadedFakeIdp:
         return int(server.sockets[0].getsockname()[1])
 
     def mint(self, client_id: str = "alice", **claims: Any) -> str:
+        """An opaque token for the API "api", bound to the client's certificate (alice, bob)."""
         cnf = getattr(self.pki, client_id).x5t_s256 if client_id in ("alice", "bob") else None
-        return self.idp.mint(client_id, cnf=cnf, **claims)
+        return self.idp.mint(client_id, cnf=cnf, **{"aud": "api", **claims})
 
     def close(self) -> None:
         if self.runner is not None:
@@ -249,7 +250,8 @@ class EnvoyFront:
         self.upstream = EchoUpstream()
         self.sidecar = ConfiguredSidecar(ENVOY_DIR / sidecar_file, issuer, pki, log_dir, overrides,
                                          grpc=mode == "grpc")
-        self.envoy = Envoy(envoy_file, pki, self.sidecar, self.upstream.port)
+        self.envoy = Envoy(envoy_file, pki, upstream=self.upstream.port, check=self.sidecar.port,
+                           admin=self.sidecar.admin_port, grpc=self.sidecar.grpc_port)
 
     def start(self) -> EnvoyFront:
         try:
