@@ -52,6 +52,10 @@ def test_the_deployment_values_replace_keys_the_shipped_sidecar_toml_has(mode: s
         assert key in shipped[section], f"{section}.{key} is not in {MODES[mode][1]}"
 
 
+def test_envoy_loads_the_shipped_file_without_warning_of_a_deprecated_field(front: EnvoyFront) -> None:
+    assert "Deprecated field" not in front.envoy.logs()
+
+
 def test_a_bound_opaque_token_with_its_certificate_reaches_the_upstream_with_credentials_but_not_the_token(
     front: EnvoyFront, oidc: OidcProvider, pki: TestPki
 ) -> None:

@@ -109,7 +109,8 @@ def test_http_mode_calls_the_sidecar_check_port_with_a_prefix_and_passes_xfcc(pk
     assert endpoint_port(authz.cluster) == config.server.port
     assert service.server_uri.uri == f"http://{config.server.host}:{config.server.port}"
     assert service.path_prefix.startswith("/") and not service.path_prefix.endswith("/")
-    allowed = [p.exact for p in service.authorization_request.allowed_headers.patterns]
+    assert not service.authorization_request.HasField("allowed_headers")  # deprecated: the filter's own
+    allowed = [p.exact for p in authz.filter.allowed_headers.patterns]
     assert config.client_cert.header in allowed
     upstream = service.authorization_response.allowed_upstream_headers.patterns
     assert [p.prefix for p in upstream] == [config.response.prefix]
