@@ -110,10 +110,14 @@ def test_the_scenario_table_through_the_real_envoy(front: EnvoyFront, idp: Threa
         challenge = reply.headers["www-authenticate"]
         assert challenge.startswith('Bearer realm="api"')
         assert (f'error="{case.error}"' in challenge) if case.error else ("error=" not in challenge)
-    if case.status >= 500:
-        # An error, not a denial: Envoy answers status_on_error itself (HTTP: any 5xx from the
-        # service; gRPC: the sidecar's denied_response carries 503).
-        assert reply.status == 503
+    if case.status >= 500 and front.mode == "http":
+        # Any 5xx from an HTTP service is an error to Envoy, not a denial: it answers
+        # status_on_error (503) itself, without the sidecar's Retry-After or body.
+        assert "retry-after" not in reply.headers and reply.body == b""
+    elif case.status >= 500:
+        # gRPC: the sidecar's denied_response (503) reaches the client whole.
+        assert int(reply.headers["retry-after"]) > 0
+        assert reply.json() == {"error": "temporarily_unavailable", "reason": "idp_unavailable"}
 
 
 def test_an_idp_slower_than_idp_timeout_is_503_from_the_sidecar_before_envoys_own_timeout(

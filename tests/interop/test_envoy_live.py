@@ -121,6 +121,8 @@ def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its
     forged = {f"X-Credential-{name}": "forged" for name in STANDARD}
     # Names the sidecar does not emit in the shipped config: only a prefix rule can catch them.
     forged |= {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X-CREDENTIAL-ADMIN": "forged"}
+    # Underscores: a CGI or WSGI upstream reads X_Credential_Sub as X-Credential-Sub.
+    forged |= {"X_Credential_Sub": "forged", "x_credential_tenant": "forged"}
     reply = front.call(token, "alice", headers=forged)
     assert reply.status == 200, front.diagnostics()
     seen = front.upstream.last

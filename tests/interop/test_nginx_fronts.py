@@ -45,7 +45,9 @@ def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its
     # Names the sidecar does not emit in the shipped config: the snippet's per-name lines cannot
     # cover them; the template's more_clear_input_headers "X-Credential-*" does.
     forged = {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X-CREDENTIAL-ADMIN": "forged",
-              "X-Credential-Sub": "forged", "X-Credential-Scope": "forged"}
+              "X-Credential-Sub": "forged", "X-Credential-Scope": "forged",
+              # nginx ignores names with underscores (underscores_in_headers off, the default).
+              "X_Credential_Sub": "forged", "x_credential_tenant": "forged"}
     reply = stack.call(token, "alice", headers=forged)
     assert reply.status == 200, stack.diagnostics()
     seen = stack.upstream.last
