@@ -9,8 +9,9 @@ binary.
 
 from __future__ import annotations
 
+import http.client
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -21,6 +22,7 @@ import pytest
 from tests import envoy_side
 from tests.fake_idp import Fault
 from tests.interop.envoy import MODES, Envoy, EnvoyFront, ThreadedFakeIdp
+from tests.interop.https import Reply, request, tls_context
 from tests.interop.stack import EchoUpstream, Received
 from tests.pki_fixtures import TestPki
 from tests.scenarios import CASES, Case
@@ -62,22 +64,19 @@ def idp(fake_idp: ThreadedFakeIdp) -> Iterator[ThreadedFakeIdp]:
 
 
 def authorization(case: Case, idp: ThreadedFakeIdp) -> list[str]:
-    return {
+    tokens: dict[str, Callable[[], list[str]]] = {
         "bound": lambda: [f"Bearer {idp.mint('alice', scope='read write')}"],
         "unbound": lambda: [f"Bearer {idp.mint('carol')}"],
         "unknown": lambda: ["Bearer not-a-real-token"],
         "none": lambda: [],
         "malformed": lambda: ["Bearer a b"],
         "duplicated": lambda: [f"Bearer {idp.mint('alice')}", "Bearer other"],
-    }[case.token]()
+    }
+    return tokens[case.token]()
 
 
-def send(front: EnvoyFront, values: list[str], cert: str) -> Any:
+def send(front: EnvoyFront, values: list[str], cert: str) -> Reply:
     """One request through Envoy with each Authorization value as a header line of its own."""
-    import http.client
-
-    from tests.interop.https import Reply, tls_context
-
     connection = http.client.HTTPSConnection("127.0.0.1", front.envoy.port, timeout=10,
                                              context=tls_context(front.pki.ca_file, front.client_files[cert]))
     try:
@@ -200,8 +199,6 @@ def test_envoy_sends_the_http_check_the_way_tests_envoy_side_models_it(
                   admin=recorder.port(recorder.admin))
     try:
         envoy.start()
-        from tests.interop.https import request
-
         forged_xfcc = envoy_side.xfcc_element(pki.bob)
         reply = request(f"{envoy.url}/orders/42?page=2&q=a%2Fb", ca_file=pki.ca_file, cert=client_files["alice"],
                         method="POST", headers={"Authorization": "Bearer abc", "X-Forwarded-Client-Cert": forged_xfcc,
