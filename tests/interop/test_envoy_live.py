@@ -69,9 +69,16 @@ def test_a_bound_opaque_token_with_its_certificate_reaches_the_upstream_with_cre
     assert seen.header("x-credential-aud") == OPAQUE_RESOURCE
     assert seen.header("x-credential-iss") == oidc.issuer
     assert seen.header("x-credential-cnf-x5t-s256") == pki.alice.x5t_s256
-    # The shipped choice: neither the raw token nor the certificate header goes upstream.
+    # The shipped choice: neither the raw token nor the certificate header goes upstream, on the
+    # first check nor on one answered from the cache.
     assert seen.header("authorization") is None
     assert seen.header("x-forwarded-client-cert") is None
+    hits = front.sidecar.metric("sidecar_cache_total", result="hit")
+    assert front.call(token, "alice").status == 200
+    assert front.sidecar.metric("sidecar_cache_total", result="hit") == hits + 1
+    again = front.upstream.last
+    assert again.header("authorization") is None and again.header("x-forwarded-client-cert") is None
+    assert again.header("x-credential-client-id") == "alice"
 
 
 def test_a_bound_jwt_access_token_is_validated_locally_and_reaches_the_upstream_with_its_certificate(

@@ -145,3 +145,23 @@ def test_the_deploy_tomls_use_only_known_keys(pki: TestPki) -> None:
         path.write_text(text)
         with pytest.raises(config_module.ConfigError, match=r"response\.no_such_key"):
             sidecar_toml(path, files(pki))
+
+
+@pytest.mark.parametrize(("name", "toml"), MODES.items())
+def test_before_ext_authz_every_client_header_in_the_credential_namespace_is_removed(
+    name: str, toml: str, pki: TestPki
+) -> None:
+    """The live proof is tests/interop/test_envoy_live.py; this keeps the order and the prefix."""
+    from envoy.config.core.v3 import protocol_pb2
+    from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+
+    authz = ext_authz_of(load_bootstrap(name))
+    names = [f.name for f in authz.hcm.http_filters]
+    assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.ext_authz")
+    mutation = header_mutation_pb2.HeaderMutation()
+    assert authz.hcm.http_filters[names.index("envoy.filters.http.header_mutation")].typed_config.Unpack(mutation)
+    (rule,) = mutation.mutations.request_mutations
+    matcher = rule.remove_on_match.key_matcher
+    assert matcher.prefix == sidecar_toml(ENVOY_DIR / toml, files(pki)).response.prefix and matcher.ignore_case
+    drop = protocol_pb2.HttpProtocolOptions.DROP_HEADER  # x_credential_sub would pass a prefix rule
+    assert authz.hcm.common_http_protocol_options.headers_with_underscores_action == drop
