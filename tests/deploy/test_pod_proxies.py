@@ -52,6 +52,7 @@ DEPLOYMENT_CHOICES = {
     ("server", "shutdown_grace"),  # below the pod's terminationGracePeriodSeconds
     ("idp", "issuer"), ("idp", "client_id"),  # your IdP and your client
     ("idp", "cert_file"), ("idp", "key_file"), ("idp", "ca_file"),  # where the Secret is mounted
+    ("policy", "audiences"),  # your API's identifier (the aud of its tokens)
     ("cache", "max_entries"), ("cache", "max_ttl"), ("cache", "negative_ttl"), ("cache", "stale_if_error"),
 }
 

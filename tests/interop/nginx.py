@@ -20,7 +20,10 @@ from tests.interop.processes import accepts_connections, free_port, stop, tail, 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 
+# The templates clear the x-credential-* namespace with headers-more (./test.sh installs it).
+HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
 MAIN_CONF = """\
+load_module {headers_more};
 daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -62,7 +65,7 @@ class Nginx:
         shutil.copytree(DEPLOY / "snippets", self.prefix / "snippets")
         conf = render((DEPLOY / template).read_text(), {**values, "API_LISTEN": f"127.0.0.1:{self.port}"})
         (self.prefix / "conf.d" / "api.conf").write_text(conf)
-        (self.prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=self.prefix))
+        (self.prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=self.prefix, headers_more=HEADERS_MORE))
         self.log = self.prefix / "error.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tests.interop.https import Reply, request
 from tests.interop.nginx import DEPLOY, Nginx
-from tests.interop.oidc_idp import OidcProvider
+from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.processes import free_port, stop, tail, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +94,8 @@ class SidecarProcess:
             "SIDECAR_SERVER__PORT": str(self.port), "SIDECAR_SERVER__ADMIN_PORT": str(self.admin_port),
             "SIDECAR_IDP__ISSUER": idp.issuer, "SIDECAR_IDP__CA_FILE": str(pki.ca_file),
             "SIDECAR_IDP__CERT_FILE": str(pki.sidecar_files[0]), "SIDECAR_IDP__KEY_FILE": str(pki.sidecar_files[1]),
+            # The API's identifiers at the test IdP, as a deployment fills in policy.audiences.
+            "SIDECAR_POLICY__AUDIENCES": f"{OPAQUE_RESOURCE},{JWT_RESOURCE}",
             **overrides,
         })
         self.log = log_dir / f"sidecar-{self.port}.log"

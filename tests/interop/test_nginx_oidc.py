@@ -19,7 +19,7 @@ from tests.interop.oidc_idp import OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import SidecarProcess, start_stack
 from tests.pki_fixtures import TestPki
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 
 CREDENTIALS = ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti", "token-type", "username",
                "cnf-x5t-s256")

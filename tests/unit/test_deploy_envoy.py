@@ -5,6 +5,7 @@ filter at the ports of the matching sidecar TOML, with the settings PROTOCOLS.md
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,10 +38,17 @@ def test_the_envoy_file_parses_into_bootstrap_and_passes_envoys_field_rules(name
     assert len(bootstrap.static_resources.listeners) == 1
 
 
+def ext_authz_config(hcm: dict[str, Any]) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [f["typed_config"] for f in hcm["http_filters"]
+                                   if f["name"] == "envoy.filters.http.ext_authz"]
+    (config,) = found
+    return config
+
+
 def test_a_misspelled_field_fails_to_parse() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-grpc.yaml").read_text())
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"][0]["typed_config"]["include_peer_certificates"] = True
+    ext_authz_config(hcm)["include_peer_certificates"] = True
     with pytest.raises(json_format.ParseError, match="include_peer_certificates"):
         parse_bootstrap(document)
 
@@ -49,7 +57,7 @@ def test_an_unknown_typed_config_type_fails_to_parse() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-http.yaml").read_text())
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     misspelled = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuth"
-    hcm["http_filters"][0]["typed_config"]["@type"] = misspelled
+    ext_authz_config(hcm)["@type"] = misspelled
     with pytest.raises(json_format.ParseError):
         parse_bootstrap(document)
 
@@ -58,7 +66,7 @@ def test_a_missing_required_field_breaks_the_field_rules() -> None:
     document = yaml.safe_load((ENVOY_DIR / "envoy-grpc.yaml").read_text())
     document["static_resources"]["clusters"][0]["connect_timeout"] = "0s"
     hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["http_filters"][0]["typed_config"]["grpc_service"]["envoy_grpc"]
+    del ext_authz_config(hcm)["grpc_service"]["envoy_grpc"]
     errors = pgv_errors(parse_bootstrap(document))
     assert any("connect_timeout" in e for e in errors) and any("target_specifier" in e for e in errors)
 
@@ -101,7 +109,8 @@ def test_http_mode_calls_the_sidecar_check_port_with_a_prefix_and_passes_xfcc(pk
     assert endpoint_port(authz.cluster) == config.server.port
     assert service.server_uri.uri == f"http://{config.server.host}:{config.server.port}"
     assert service.path_prefix.startswith("/") and not service.path_prefix.endswith("/")
-    allowed = [p.exact for p in service.authorization_request.allowed_headers.patterns]
+    assert not service.authorization_request.HasField("allowed_headers")  # deprecated: the filter's own
+    allowed = [p.exact for p in authz.filter.allowed_headers.patterns]
     assert config.client_cert.header in allowed
     upstream = service.authorization_response.allowed_upstream_headers.patterns
     assert [p.prefix for p in upstream] == [config.response.prefix]
@@ -136,3 +145,23 @@ def test_the_deploy_tomls_use_only_known_keys(pki: TestPki) -> None:
         path.write_text(text)
         with pytest.raises(config_module.ConfigError, match=r"response\.no_such_key"):
             sidecar_toml(path, files(pki))
+
+
+@pytest.mark.parametrize(("name", "toml"), MODES.items())
+def test_before_ext_authz_every_client_header_in_the_credential_namespace_is_removed(
+    name: str, toml: str, pki: TestPki
+) -> None:
+    """The live proof is tests/interop/test_envoy_live.py; this keeps the order and the prefix."""
+    from envoy.config.core.v3 import protocol_pb2
+    from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+
+    authz = ext_authz_of(load_bootstrap(name))
+    names = [f.name for f in authz.hcm.http_filters]
+    assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.ext_authz")
+    mutation = header_mutation_pb2.HeaderMutation()
+    assert authz.hcm.http_filters[names.index("envoy.filters.http.header_mutation")].typed_config.Unpack(mutation)
+    (rule,) = mutation.mutations.request_mutations
+    matcher = rule.remove_on_match.key_matcher
+    assert matcher.prefix == sidecar_toml(ENVOY_DIR / toml, files(pki)).response.prefix and matcher.ignore_case
+    drop = protocol_pb2.HttpProtocolOptions.DROP_HEADER  # x_credential_sub would pass a prefix rule
+    assert authz.hcm.common_http_protocol_options.headers_with_underscores_action == drop

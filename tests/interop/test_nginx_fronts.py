@@ -1,0 +1,99 @@
+"""Real nginx running the shipped deploy/nginx templates and snippets, the sidecar running the
+shipped deploy/nginx/sidecar.toml, the real OpenID provider behind: what the shipped files
+promise about headers and token formats (tests/interop/test_nginx_oidc.py has the decisions).
+
+The sidecar gets only the deployment's values through SIDECAR_* variables (ports, the IdP's
+address and files, the API's audiences), each a key the shipped file already has.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from tests.interop.conftest import StartStack
+from tests.interop.nginx import DEPLOY
+from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
+from tests.interop.stack import Stack
+from tests.pki_fixtures import TestPki
+
+pytestmark = [pytest.mark.interop, pytest.mark.fronts]
+
+# The API's two resource identifiers at the test IdP (opaque and JWT access tokens).
+DEPLOYMENT = {"SIDECAR_POLICY__AUDIENCES": f"{OPAQUE_RESOURCE},{JWT_RESOURCE}"}
+TEMPLATES = ("api.conf.template", "api-verify-on.conf.template")
+
+
+def shipped(stacks: StartStack, template: str = "api.conf.template") -> Stack:
+    return stacks(template=template, **DEPLOYMENT)
+
+
+def test_the_deployment_values_replace_keys_the_shipped_sidecar_toml_has() -> None:
+    config = tomllib.loads((DEPLOY / "sidecar.toml").read_text())
+    for name in DEPLOYMENT:
+        section, key = name.removeprefix("SIDECAR_").lower().split("__")
+        assert key in config[section], f"{section}.{key} is not in deploy/nginx/sidecar.toml"
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its_name(
+    stacks: StartStack, oidc: OidcProvider, template: str
+) -> None:
+    stack = shipped(stacks, template)
+    token = oidc.access_token("alice", scope="read")
+    # Names the sidecar does not emit in the shipped config: the snippet's per-name lines cannot
+    # cover them; the template's more_clear_input_headers "X-Credential-*" does.
+    forged = {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X-CREDENTIAL-ADMIN": "forged",
+              "X-Credential-Sub": "forged", "X-Credential-Scope": "forged",
+              # nginx ignores names with underscores (underscores_in_headers off, the default).
+              "X_Credential_Sub": "forged", "x_credential_tenant": "forged"}
+    reply = stack.call(token, "alice", headers=forged)
+    assert reply.status == 200, stack.diagnostics()
+    seen = stack.upstream.last
+    assert [(k, v) for k, v in seen.headers if v == "forged"] == []
+    for name in ("tenant", "role", "admin", "sub"):  # sub: the IdP's client-credentials token has none
+        assert seen.header(f"x-credential-{name}") is None
+    assert seen.header("x-credential-client-id") == "alice" and seen.header("x-credential-scope") == "read"
+
+
+def test_the_raw_token_does_not_go_upstream_but_every_other_client_header_does(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    stack = shipped(stacks)
+    reply = stack.call(oidc.access_token("alice"), "alice", headers={"X-Request-Id": "r-1", "Accept": "text/csv"})
+    assert reply.status == 200, stack.diagnostics()
+    seen = stack.upstream.last
+    assert seen.header("authorization") is None  # the shipped choice (sidecar-protect.conf)
+    assert seen.header("x-request-id") == "r-1" and seen.header("accept") == "text/csv"
+    assert seen.header("x-credential-client-id") == "alice"
+
+
+@pytest.mark.parametrize("resource", [OPAQUE_RESOURCE, JWT_RESOURCE])
+def test_the_shipped_config_allows_an_opaque_and_a_jwt_access_token_only_with_their_certificate(
+    stacks: StartStack, oidc: OidcProvider, pki: TestPki, resource: str
+) -> None:
+    stack = shipped(stacks)
+    token = oidc.access_token("alice", scope="read write", resource=resource)
+    introspections = stack.sidecar.metric("sidecar_idp_requests_total", kind="introspection")
+    reply = stack.call(token, "alice")
+    assert reply.status == 200, stack.diagnostics()
+    seen = stack.upstream.last
+    assert seen.header("x-credential-aud") == resource
+    assert seen.header("x-credential-cnf-x5t-s256") == pki.alice.x5t_s256
+    # The JWT is validated locally against the IdP's JWK Set (the IdP would not introspect it).
+    asked = stack.sidecar.metric("sidecar_idp_requests_total", kind="introspection") - introspections
+    assert asked == (0 if resource == JWT_RESOURCE else 1)
+    reached = len(stack.upstream.received)
+    assert stack.call(token, "bob").status == 401
+    assert stack.call(token).status == 401
+    assert len(stack.upstream.received) == reached
+
+
+def test_a_token_for_another_api_is_denied_by_the_shipped_audience_check(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    stack = stacks(SIDECAR_POLICY__AUDIENCES=JWT_RESOURCE)  # this API accepts JWT_RESOURCE only
+    reply = stack.call(oidc.access_token("alice", resource=OPAQUE_RESOURCE), "alice")
+    assert reply.status == 401
+    assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="audience_mismatch") == 1
