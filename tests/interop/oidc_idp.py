@@ -109,6 +109,13 @@ class OidcProvider:
     def access_token(self, client_id: str = "alice", **kwargs: str) -> str:
         return str(self.token(client_id, **kwargs)["access_token"])
 
+    def refresh_token(self, client_id: str = "alice") -> str:
+        """A refresh token the provider stores and introspects as its own (test-only route)."""
+        reply = request(f"{self.issuer}/__test__/refresh_token", ca_file=self.pki.ca_file,
+                        form={"client_id": client_id})
+        assert reply.status == 200, (reply.status, reply.body, tail(self.log))
+        return str(reply.json()["refresh_token"])
+
     def revoke(self, token: str, client_id: str = "alice") -> None:
         """RFC 7009 at the mTLS alias, by the client the token was issued to."""
         reply = request(self.mtls_endpoint("revocation_endpoint"), ca_file=self.pki.ca_file,

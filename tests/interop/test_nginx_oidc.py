@@ -171,6 +171,21 @@ def test_credential_and_certificate_headers_sent_by_the_client_never_reach_the_u
     assert decisions(stack.sidecar, "cert_missing") == missing + 1
 
 
+def test_a_refresh_token_the_real_idp_introspects_as_active_is_refused_even_under_optional_binding(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    refresh = oidc.refresh_token("carol")
+    answer = oidc.introspect(refresh).json()
+    assert answer["active"] is True and "token_type" not in answer  # the shape oidc-provider gives
+    stack = stacks(SIDECAR_POLICY__BINDING="optional")
+    reached = len(stack.upstream.received)
+    reply = stack.call(refresh, "alice")
+    assert reply.status == 401, stack.diagnostics()
+    assert len(stack.upstream.received) == reached
+    assert decisions(stack.sidecar, "token_not_access") == 1
+    assert stack.call(oidc.access_token("carol", scope="read"), "alice").status == 200  # its access tokens pass
+
+
 def test_a_garbage_or_malformed_token_is_401_never_500(stacks: StartStack) -> None:
     stack = stacks()
     reached = len(stack.upstream.received)

@@ -177,7 +177,8 @@ const provider = new Provider(issuer, {
   clients,
   jwks: signingKeys(),
   cookies: { keys: [randomBytes(32).toString('hex')] },
-  scopes: ['read', 'write', 'admin'],
+  // offline_access: the refresh_token grant exists, so refresh tokens are introspectable (a shape to refuse).
+  scopes: ['read', 'write', 'admin', 'offline_access'],
   clientAuthMethods: ['tls_client_auth', 'client_secret_basic', 'client_secret_post'],
   features: {
     devInteractions: { enabled: false },
@@ -236,7 +237,31 @@ for (const event of ['grant.error', 'introspection.error', 'revocation.error']) 
 }
 
 const callback = provider.callback();
-plain.on('request', callback);
+
+// Test-only: a refresh token as the provider itself stores and introspects it (the code flow
+// that issues one needs a browser here). POST /__test__/refresh_token with client_id=...
+async function mintRefreshToken(req, res) {
+  let body = '';
+  for await (const chunk of req) body += chunk;
+  const clientId = new URLSearchParams(body).get('client_id');
+  const client = await provider.Client.find(clientId);
+  const accountId = `${clientId}-user`;
+  const grant = new provider.Grant({ accountId, clientId });
+  grant.addOIDCScope('openid');
+  const grantId = await grant.save();
+  const token = new provider.RefreshToken({ client, accountId, grantId, scope: 'openid', gty: 'authorization_code' });
+  const value = await token.save();
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ refresh_token: value }));
+}
+
+plain.on('request', (req, res) => {
+  if (req.method === 'POST' && req.url === '/__test__/refresh_token') {
+    mintRefreshToken(req, res).catch((err) => { res.writeHead(500); res.end(String(err)); });
+  } else {
+    callback(req, res);
+  }
+});
 mtls.on('request', callback);
 
 function shutdown() {
