@@ -60,16 +60,19 @@ def _b64decode(text: str) -> bytes:
         raise CertificateError("invalid base64") from None
 
 
-def _from_pem(text: str) -> bytes:
+def _from_pem(text: str, *, alone: bool = False) -> bytes:
     """The first (leaf) certificate of a PEM block; line breaks may be spaces or missing.
 
     Two ``find`` calls, not a regular expression: a search for ``BEGIN(.*?)END`` restarts at every
-    BEGIN and is quadratic on a header of BEGIN lines without an END.
+    BEGIN and is quadratic on a header of BEGIN lines without an END. ``alone``: nothing but white
+    space may stand around the block (``auto``: bytes before or after it may be a client's).
     """
     start = text.find(_BEGIN)
     end = text.find(_END, start + len(_BEGIN)) if start >= 0 else -1
     if end < 0:
         raise CertificateError("no PEM certificate block")
+    if alone and (text[:start].strip() or text[end + len(_END):].strip()):
+        raise CertificateError("more than the certificate in the header (client_cert.format auto)")
     return _b64decode(text[start + len(_BEGIN):end])
 
 
@@ -160,9 +163,15 @@ class CertificateReader:
 
     def _compute(self, value: str) -> str | CertificateError:
         try:
-            fmt = detect_format(value) if self._format == "auto" else self._format
+            if self._format != "auto":
+                fmt = self._format
+                return self._from_xfcc(value) if fmt == "xfcc" else _checked_thumbprint(PARSERS[fmt](value))
+            fmt = detect_format(value)
             if fmt == "xfcc":
                 return self._from_xfcc(value)
+            if fmt in ("pem", "escaped_pem"):  # exactly one certificate, nothing around it
+                text = value if fmt == "pem" else unquote(value, errors="strict")
+                return _checked_thumbprint(_from_pem(text, alone=True))
             return _checked_thumbprint(PARSERS[fmt](value))
         except CertificateError as exc:
             return exc

@@ -13,8 +13,14 @@ class XfccError(ValueError):
     """The header does not follow the XFCC grammar."""
 
 
+# Keys naming the certificate: one of each per element, or the element is refused (a second
+# one could only come from bytes written into the element, e.g. by a client before an append).
+SINGLE_KEYS = frozenset({"cert", "chain", "hash"})
+
+
 def last_element(header: str) -> dict[str, str]:
-    """The pairs of the last element, keys lower-cased; repeated keys keep the first value."""
+    """The pairs of the last element, keys lower-cased; other repeated keys (URI, DNS: one per SAN)
+    keep the first value."""
     elements = _split(header, ",")
     if not elements or not elements[-1].strip():
         raise XfccError("empty XFCC element")
@@ -24,6 +30,8 @@ def last_element(header: str) -> dict[str, str]:
         key = key.strip().lower()
         if not sep or not key:
             raise XfccError("XFCC pair without key=value")
+        if key in SINGLE_KEYS and key in pairs:
+            raise XfccError(f"XFCC element with two {key} keys")
         pairs.setdefault(key, _unquote(value.strip()))
     return pairs
 
@@ -50,6 +58,8 @@ def _split(text: str, separator: str) -> list[str]:
 
 
 def _unquote(value: str) -> str:
+    if value[:1] == '"' and (len(value) < 2 or value[-1] != '"'):
+        raise XfccError("XFCC value with text after its closing quote")
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         out: list[str] = []
         chars = iter(value[1:-1])
