@@ -53,7 +53,7 @@ class Admission:
                  timer: Callable[[], float] = time.monotonic) -> None:
         self._rate = config.miss_rate
         self._burst = float(config.miss_burst)
-        self._share = max(1, int(max_concurrent * config.max_share))
+        self._share = max(1, math.floor(max_concurrent * config.max_share + 1e-9))
         self._timer = timer
         self._buckets: Memo[str, _Bucket] = Memo(config.max_sources)
 

@@ -166,13 +166,13 @@ class CertificateReader:
             if self._format != "auto":
                 fmt = self._format
                 return self._from_xfcc(value) if fmt == "xfcc" else _checked_thumbprint(PARSERS[fmt](value))
-            fmt = detect_format(value)
-            if fmt == "xfcc":
+            detected = detect_format(value)
+            if detected == "xfcc":
                 return self._from_xfcc(value)
-            if fmt in ("pem", "escaped_pem"):  # exactly one certificate, nothing around it
-                text = value if fmt == "pem" else unquote(value, errors="strict")
+            if detected in ("pem", "escaped_pem"):  # exactly one certificate, nothing around it
+                text = value if detected == "pem" else unquote(value, errors="strict")
                 return _checked_thumbprint(_from_pem(text, alone=True))
-            return _checked_thumbprint(PARSERS[fmt](value))
+            return _checked_thumbprint(PARSERS[detected](value))
         except CertificateError as exc:
             return exc
         except (ValueError, UnicodeError) as exc:

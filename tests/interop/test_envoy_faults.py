@@ -10,6 +10,7 @@ binary.
 from __future__ import annotations
 
 import http.client
+import json
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,8 +64,24 @@ def idp(fake_idp: ThreadedFakeIdp) -> Iterator[ThreadedFakeIdp]:
     fake_idp.idp.fault = None
 
 
+def _expired_but_active(idp: ThreadedFakeIdp) -> str:
+    """An IdP whose clock is behind ours: it still calls the token active, past its exp."""
+    token = idp.mint("alice")
+    idp.idp.fault = Fault(body=json.dumps({**idp.idp.tokens[token], "exp": int(time.time()) - 3600}).encode())
+    return token
+
+
+def _with_token_type(idp: ThreadedFakeIdp, token_type: str) -> str:
+    token = idp.mint("alice")
+    idp.idp.tokens[token]["token_type"] = token_type
+    return token
+
+
 def authorization(case: Case, idp: ThreadedFakeIdp) -> list[str]:
     tokens: dict[str, Callable[[], list[str]]] = {
+        "expired": lambda: [f"Bearer {_expired_but_active(idp)}"],
+        "future": lambda: [f"Bearer {idp.mint('alice', nbf=int(time.time()) + 3600)}"],
+        "mac": lambda: [f"Bearer {_with_token_type(idp, 'mac')}"],
         "bound": lambda: [f"Bearer {idp.mint('alice', scope='read write')}"],
         "unbound": lambda: [f"Bearer {idp.mint('carol')}"],
         "unknown": lambda: ["Bearer not-a-real-token"],
