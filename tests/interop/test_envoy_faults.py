@@ -219,7 +219,8 @@ def test_envoy_sends_the_http_check_the_way_tests_envoy_side_models_it(
         forged_xfcc = envoy_side.xfcc_element(pki.bob)
         reply = request(f"{envoy.url}/orders/42?page=2&q=a%2Fb", ca_file=pki.ca_file, cert=client_files["alice"],
                         method="POST", headers={"Authorization": "Bearer abc", "X-Forwarded-Client-Cert": forged_xfcc,
-                                                "X-Credential-Tenant": "forged", "X-Other": "kept"})
+                                                "X-Credential-Tenant": "forged", "X-Other": "kept",
+                                                "X-Forwarded-For": "203.0.113.66"})
         assert reply.status == 403, envoy.logs()
         (seen,) = recorder.received
         assert (seen.method, seen.path) == ("POST", "/ext_authz/orders/42?page=2&q=a%2Fb")
@@ -228,6 +229,11 @@ def test_envoy_sends_the_http_check_the_way_tests_envoy_side_models_it(
         # SANITIZE_SET with cert: true: Hash= and Cert= of the verified certificate, the client's dropped.
         xfcc = seen.header("x-forwarded-client-cert")
         assert xfcc in (envoy_side.xfcc_element(pki.alice), envoy_side.xfcc_element(pki.alice, legacy=True)), xfcc
+        # use_remote_address: Envoy appends the address it saw; that last element is what the
+        # sidecar charges new tokens to (admission.source_header), whatever the client wrote before.
+        # (For a loopback peer Envoy appends its own local address instead of 127.0.0.1.)
+        written, added = (seen.header("x-forwarded-for") or "").split(",")
+        assert written == "203.0.113.66" and added and added != written
         # allowed_headers: nothing else of the client's request goes to the service.
         assert seen.header("x-other") is None and seen.header("x-credential-tenant") is None
         assert upstream.received == []
