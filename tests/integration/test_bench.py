@@ -30,3 +30,16 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
     calls, handshakes = found.groups()
     assert int(handshakes) <= 32 < int(calls)  # keep-alive: at most one handshake per pooled connection
     assert out.rstrip().splitlines()[-1].startswith("ratio (b)/(a) cache hit, escaped PEM: ")
+
+
+def test_the_flood_bench_quick_run_prints_the_legitimate_success_rate_with_the_breaker_closed() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "flood.py"), "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    found = re.match(r"flood: admission=on legit_ok=(\d+)/(\d+) \(\d+%\) idp_calls_per_s=\d+ breaker=(\w+) "
+                     r"attacker_requests=(\d+) attacker_429=(\d+)", line)
+    assert found is not None, line
+    _ok, total, breaker, requests, limited = found.groups()
+    assert int(total) == 10 and breaker == "closed"  # per-token refusals never open the breaker
+    assert int(limited) > int(requests) // 2  # most of the flood is refused at once, not sent to the IdP
