@@ -72,7 +72,8 @@ async def main_async(count: int) -> None:
             values = [f"{escaped}{pad}%0A{i:07d}" for i in range(count)]  # distinct, all of one size
             counts = await send(url, token, values)
             grown = (rss_kib(proc.pid) - base) / 1024
-            print(f"cert memory: {count} distinct values of ~{size // 1000} KB -> answers {dict(sorted(counts.items()))},"
+            answers = dict(sorted(counts.items()))
+            print(f"cert memory: {count} distinct values of ~{size // 1000} KB -> answers {answers},"
                   f" RSS growth {grown:.1f} MiB (bound {MEMO_BYTES / 2**20:.0f} MiB)", flush=True)
     finally:
         proc.terminate()
