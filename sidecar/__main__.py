@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -53,9 +54,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     config = _load_checked(args.config)
     if args.command == "check-config":
+        for warning in config_module.warnings(config):
+            print(f"sidecar: warning: {warning}", file=sys.stderr)
         print("configuration ok")
         return
     logs.setup(config.log.level)
+    for warning in config_module.warnings(config):
+        logging.getLogger("sidecar").warning("configuration", extra={"warning": warning})
     from sidecar.app import serve
 
     if config.server.workers > 1:

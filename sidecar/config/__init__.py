@@ -9,7 +9,7 @@ raises :class:`ConfigError`, whose message starts with the dotted key.
 
 from sidecar.config.declare import ENV_PREFIX, ConfigError, env_name
 from sidecar.config.load import from_mapping, load
-from sidecar.config.rules import admin_secret, client_secret, validate
+from sidecar.config.rules import admin_secret, client_secret, validate, warnings
 from sidecar.config.sections import (
     KEY,
     KEYS,
@@ -58,4 +58,5 @@ __all__ = [
     "from_mapping",
     "load",
     "validate",
+    "warnings",
 ]

@@ -6,6 +6,7 @@ cannot report a key that does not exist.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from sidecar.config import checks
@@ -88,6 +89,20 @@ def _validate_response(r: ResponseConfig) -> None:
         if name.lower().startswith(r.prefix.lower()):
             # Envoy applies removals after the credential headers are set: it would drop ours.
             raise ConfigError(KEY.response.remove_upstream_headers, f"{name!r} is a credential header")
+
+
+def warnings(config: Config) -> list[str]:
+    """Valid but risky settings: ``check-config`` prints them and the service logs them at start."""
+    found = []
+    if config.client_cert.format == "auto":
+        found.append(f"{KEY.client_cert.format} is auto: set the format your proxy writes. auto reads XFCC by "
+                     "its last element and refuses any other header holding more than one certificate, so a "
+                     "proxy that appends to a client-sent header cannot be fooled, but an explicit format is "
+                     "clearer")
+    if any(ipaddress.ip_network(cidr, strict=False).prefixlen == 0 for cidr in config.client_cert.trusted_proxies):
+        found.append(f"{KEY.client_cert.trusted_proxies} trusts every address: any client can then forward a "
+                     "certificate header")
+    return found
 
 
 def admin_secret(s: ServerConfig) -> str | None:

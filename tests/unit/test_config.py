@@ -108,6 +108,13 @@ def test_check_config_requires_an_idp_and_accepts_a_valid_one(tmp_path: Path) ->
     ok = _cli("check-config", env={"SIDECAR_IDP__ISSUER": "https://idp.example", "SIDECAR_IDP__CLIENT_ID": "s",
                                    "SIDECAR_IDP__CERT_FILE": str(cert), "SIDECAR_IDP__KEY_FILE": str(key)})
     assert ok.returncode == 0, ok.stderr
+    assert "warning: client_cert.format is auto" in ok.stderr  # valid, but worth setting explicitly
+    explicit = _cli("check-config", env={"SIDECAR_IDP__ISSUER": "https://idp.example", "SIDECAR_IDP__CLIENT_ID": "s",
+                                         "SIDECAR_IDP__CERT_FILE": str(cert), "SIDECAR_IDP__KEY_FILE": str(key),
+                                         "SIDECAR_CLIENT_CERT__FORMAT": "xfcc",
+                                         "SIDECAR_CLIENT_CERT__TRUSTED_PROXIES": "0.0.0.0/0"})
+    assert explicit.returncode == 0 and "format is auto" not in explicit.stderr
+    assert "trusted_proxies trusts every address" in explicit.stderr
     key.write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
     bad = _cli("check-config", env={"SIDECAR_IDP__ISSUER": "https://idp.example", "SIDECAR_IDP__CLIENT_ID": "s",
                                     "SIDECAR_IDP__CERT_FILE": str(cert), "SIDECAR_IDP__KEY_FILE": str(key)})
