@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sidecar import config as config_module
-from sidecar.core.decision import Allow, CheckRequest, Decider
+from sidecar.core.decision import Allow, Decider
+from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support.metrics import Metrics
 

@@ -50,7 +50,8 @@ if str(ROOT) not in sys.path:
 
 from sidecar.app import check_app  # noqa: E402
 from sidecar.config import from_mapping  # noqa: E402
-from sidecar.core.decision import Allow, CheckRequest  # noqa: E402
+from sidecar.core.decision import Allow  # noqa: E402
+from sidecar.core.request import CheckRequest  # noqa: E402
 from sidecar.dev.devidp import server_context  # noqa: E402
 from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 from sidecar.runtime import Sidecar  # noqa: E402
@@ -290,7 +291,7 @@ async def _drive(run: Soak, http: aiohttp.ClientSession, url: str, decisions: in
 
 async def _direct(decider: Any, auth: list[str], cert: str | None) -> tuple[bool, str, int]:
     try:
-        decision = await decider.decide(CheckRequest(auth, cert))
+        decision = await decider.decide(CheckRequest(auth, [cert] if cert is not None else [], "127.0.0.1"))
     except Exception as exc:  # decide() must never raise: count it
         return False, f"exception:{type(exc).__name__}", 599
     if isinstance(decision, Allow):
