@@ -78,6 +78,22 @@ class ServerConfig:
     grpc_reflection: bool = False
     # Processes serving the check port (SO_REUSEPORT); worker i has admin port admin_port + i.
     workers: int = 1
+    # Seconds a request head (and a purge body) may take from its first byte (both HTTP ports).
+    header_timeout: float = 10.0
+    # Bytes of an incomplete request head on the check port (aiohttp alone allows 128 fields).
+    max_head_size: int = 131072
+    # Open connections on the check port (Envoy's default cluster cap is 1024 too) and the admin
+    # port; both are lowered at start to fit the file-descriptor limit, admin first served.
+    max_connections: int = 1024
+    admin_max_connections: int = 16
+    # Peers that may call POST /purge (the pod's own containers by default), the attempts per
+    # second and at once over all peers, and the lockout after a failed authentication
+    # (purge_backoff seconds, doubled per further failure, at most purge_backoff_max).
+    purge_peers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    purge_rate: float = 5.0
+    purge_burst: int = 10
+    purge_backoff: float = 1.0
+    purge_backoff_max: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -334,6 +350,31 @@ def _validate_server(s: ServerConfig) -> None:
     if s.workers > 1 and s.admin_port and s.host == s.admin_host and \
             s.admin_port <= s.port < s.admin_port + s.workers:
         raise ConfigError("server.admin_port", "worker admin ports (admin_port + i) must not include server.port")
+    _validate_server_limits(s)
+
+
+def _validate_server_limits(s: ServerConfig) -> None:
+    if not 0 < s.header_timeout <= 300:
+        raise ConfigError("server.header_timeout", "must be > 0 and <= 300 seconds")
+    if s.max_head_size < s.max_header_size:
+        raise ConfigError("server.max_head_size", "must be >= server.max_header_size")
+    if s.max_connections < 1:
+        raise ConfigError("server.max_connections", "must be >= 1")
+    if not 1 <= s.admin_max_connections <= 1024:
+        raise ConfigError("server.admin_max_connections", "must be between 1 and 1024")
+    for cidr in s.purge_peers:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError("server.purge_peers", f"not an address or CIDR: {cidr!r}") from None
+    if s.purge_rate <= 0:
+        raise ConfigError("server.purge_rate", "must be > 0")
+    if s.purge_burst < 1:
+        raise ConfigError("server.purge_burst", "must be >= 1")
+    if s.purge_backoff <= 0:
+        raise ConfigError("server.purge_backoff", "must be > 0")
+    if s.purge_backoff_max < s.purge_backoff:
+        raise ConfigError("server.purge_backoff_max", "must be >= server.purge_backoff")
 
 
 def _validate_idp(i: IdpConfig) -> None:
