@@ -28,7 +28,7 @@ import time
 from collections import Counter as Tally
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -160,9 +160,13 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._gate.refused(self._reason)
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(_BUSY)
-        transport.close()
+        _busy(transport)
+
+
+def _busy(transport: asyncio.BaseTransport) -> None:
+    """503 and close. (uvloop's transports are not asyncio.WriteTransport subclasses.)"""
+    cast(asyncio.WriteTransport, transport).write(_BUSY)
+    transport.close()
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -191,9 +195,7 @@ class GuardedHandler(web.RequestHandler):
         refusal = self._gate.admit(peer)
         if refusal is not None:
             self._gate.refused(refusal)
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(_BUSY)
-            transport.close()
+            _busy(transport)
             return
         self._peer = peer
         super().connection_made(transport)
