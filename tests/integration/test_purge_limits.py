@@ -80,3 +80,20 @@ async def test_a_purge_body_that_never_completes_is_answered_after_the_header_ti
         writer.close()
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert len(running.sidecar.decider.cache) == 1
+
+
+async def test_by_default_purge_answers_the_pods_own_containers_only(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    import aiohttp
+
+    running = await make_sidecar(server={"admin_secret": SECRET})  # server.purge_peers: loopback only
+    await cache_one(running, idp, pki)
+    url = f"http://127.0.0.1:{running.admin.server.port}/purge"
+    # 127.0.0.2 is a real peer address outside 127.0.0.1/32: another pod, as far as purge knows.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as elsewhere, \
+            elsewhere.post(url, json={"all": True}, headers=AUTH) as refused:
+        assert refused.status == 403 and await refused.json() == {"error": "forbidden"}
+    assert len(running.sidecar.decider.cache) == 1
+    assert (await purge(running)).status == 200  # from 127.0.0.1: the pod's own containers
