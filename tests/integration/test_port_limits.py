@@ -28,13 +28,23 @@ HEADER_TIMEOUT = 0.5
 PORTS = ("check", "admin")
 
 
+def two_ports() -> tuple[int, int]:
+    """Two free ports, distinct (two calls of free_port may return the same one)."""
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
 def env(pki: TestPki, idp: FakeIdp, **extra: str) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    port, admin = two_ports()
     values.update(
         SIDECAR_IDP__ISSUER=idp.issuer, SIDECAR_IDP__CLIENT_ID="sidecar",
         SIDECAR_IDP__CERT_FILE=str(pki.sidecar_files[0]), SIDECAR_IDP__KEY_FILE=str(pki.sidecar_files[1]),
-        SIDECAR_IDP__CA_FILE=str(pki.ca_file), SIDECAR_SERVER__PORT=str(free_port()),
-        SIDECAR_SERVER__ADMIN_PORT=str(free_port()), SIDECAR_SERVER__HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        SIDECAR_IDP__CA_FILE=str(pki.ca_file), SIDECAR_SERVER__PORT=str(port),
+        SIDECAR_SERVER__ADMIN_PORT=str(admin), SIDECAR_SERVER__HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         SIDECAR_LOG__LEVEL="warning",
     )
     values.update(extra)
