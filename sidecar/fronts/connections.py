@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -177,9 +177,10 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection handler with a head deadline, a head byte bound and fixed error bodies.
 
-    It reads two attributes of ``web.RequestHandler`` that aiohttp does not document:
-    ``_request_count`` (heads parsed on this connection) and ``_request_in_progress`` (a
-    handler is running). tests/unit/test_connections.py fails if an aiohttp upgrade drops them.
+    It reads three attributes of ``web.RequestHandler`` that aiohttp does not document:
+    ``_request_count`` (heads parsed on this connection), ``_request_in_progress`` (a handler
+    is running) and ``_messages`` (parsed requests not yet handled, with their bodies).
+    tests/unit/test_connections.py fails if an aiohttp upgrade drops them.
     """
 
     def __init__(self, manager: web.Server, *, gate: Gate, **kwargs: Any) -> None:
@@ -189,6 +190,7 @@ class GuardedHandler(web.RequestHandler):
         self._deadline: asyncio.TimerHandle | None = None
         self._heads_at_deadline = 0
         self._pending = 0  # bytes received towards a head not yet complete
+        self._body: StreamReader | None = None  # the body of the last head parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = _peer(transport)
@@ -215,6 +217,9 @@ class GuardedHandler(web.RequestHandler):
         if self._request_count != heads:  # a head is complete (or refused by the parser)
             self._pending = 0
             self._disarm()
+            self._body = self._messages[-1][1] if self._messages else None
+        elif self._body is not None and not self._body.is_eof():
+            pass  # the body of the last request, read (or discarded) by aiohttp under its own bounds
         elif data and not self._request_in_progress:
             self._pending += len(data)
             if self._pending > self._gate.limits.max_head_bytes:

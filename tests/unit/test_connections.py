@@ -18,8 +18,8 @@ from sidecar.support.metrics import Metrics
 
 
 async def test_the_aiohttp_attributes_the_handler_reads_exist() -> None:
-    # GuardedHandler reads _request_count and _request_in_progress: an aiohttp upgrade that
-    # renames them must fail here, not silently disable the head deadline.
+    # GuardedHandler reads _request_count, _request_in_progress and _messages: an aiohttp
+    # upgrade that renames them must fail here, not silently disable the head deadline.
     async def handler(request: web.BaseRequest) -> web.Response:
         return web.Response()
 
@@ -29,6 +29,7 @@ async def test_the_aiohttp_attributes_the_handler_reads_exist() -> None:
     protocol = gate()
     assert isinstance(protocol, GuardedHandler)
     assert protocol._request_count == 0 and protocol._request_in_progress is False
+    assert len(protocol._messages) == 0
 
 
 def caps_under(nofile: int, check: int, admin: int) -> list[int]:
