@@ -11,6 +11,7 @@ does not answer (the ports serve; checks without a token are answered 401):
 
     python bench/half_open.py held --port admin --connections 100 --head-bytes 15000
     python bench/half_open.py held --port check --connections 100 --head-bytes 120000
+    python bench/half_open.py held --port check --connections 50 --head-bytes 7500000 --field-bytes 60000
     python bench/half_open.py flood --connections 1100 --nofile 1024
 
 Bounded: at most 2,000 connections and 120 s of waiting.
@@ -106,12 +107,12 @@ async def is_open(reader: asyncio.StreamReader) -> bool:
     return False
 
 
-def partial_head(size: int) -> bytes:
-    """A request line and fields of up to 8,000 bytes, B bytes in all, never the final CRLF."""
+def partial_head(size: int, field: int) -> bytes:
+    """A request line and fields of up to ``field`` bytes, B bytes in all, never the final CRLF."""
     head = bytearray(b"GET /check HTTP/1.1\r\nHost: sidecar\r\n")
     number = 0
     while len(head) < size:
-        value = b"a" * min(8000, max(1, size - len(head) - 16))
+        value = b"a" * min(field, max(1, size - len(head) - 16))
         head += b"X-Pad-%d: " % number + value + b"\r\n"
         number += 1
     return bytes(head)
@@ -124,12 +125,16 @@ async def held(args: argparse.Namespace) -> dict[str, object]:
         target = admin if args.port == "admin" else port
         await asyncio.sleep(0.5)
         before = rss_bytes(process.pid)
-        head = partial_head(args.head_bytes)
+        head = partial_head(args.head_bytes, args.field_bytes)
         writers = []
+        cut = 0  # connections the sidecar closed while the head was being sent
         for _ in range(args.connections):
             reader, writer = await asyncio.open_connection("127.0.0.1", target)
-            writer.write(head)
-            await writer.drain()
+            try:
+                writer.write(head)
+                await writer.drain()
+            except OSError:
+                cut += 1
             writers.append((reader, writer))
         await asyncio.sleep(1.0)
         after = rss_bytes(process.pid)
@@ -142,6 +147,7 @@ async def held(args: argparse.Namespace) -> dict[str, object]:
                 "head_bytes": len(head), "rss_before_mib": round(before / 2**20, 1),
                 "rss_after_mib": round(after / 2**20, 1),
                 "rss_per_connection_kib": round((after - before) / args.connections / 1024, 1),
+                "closed_while_sending": cut,
                 "still_open_after_s": round(time.monotonic() - started, 1), "still_open": still_open}
 
 
@@ -169,6 +175,7 @@ def main() -> None:
     parser.add_argument("--port", choices=("check", "admin"), default="admin")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--head-bytes", type=int, default=15000)
+    parser.add_argument("--field-bytes", type=int, default=8000)
     parser.add_argument("--admin-max-connections", type=int, default=0)
     parser.add_argument("--wait", type=float, default=12.0)
     parser.add_argument("--nofile", type=int, default=1024)
