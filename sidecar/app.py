@@ -1,7 +1,9 @@
 """The aiohttp applications (check port, admin port) and serving them until SIGTERM.
 
 The admin port (health, readiness, metrics) is apart from the check port so that no proxied
-client can reach it.
+client can reach it. Each port is served through a connection gate (fronts/connections.py):
+bounded connections, head deadlines and sizes, fixed error bodies. The admin port's cap is
+small and both caps fit the file-descriptor limit, so the admin port cannot starve checks.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import signal
 from aiohttp import web
 
 from sidecar.config import Config, admin_secret
+from sidecar.core.extract import TrustedProxies
+from sidecar.fronts import admin, purge
 from sidecar.fronts import http as handlers
-from sidecar.fronts import purge
+from sidecar.fronts.connections import Gate, GuardedSite, PortLimits, PortMetrics, fit_file_descriptors
+from sidecar.fronts.purge_guard import PurgeGuard
 from sidecar.runtime import SIDECAR, Sidecar
 
 log = logging.getLogger(__name__)
@@ -32,12 +37,15 @@ def check_app(sidecar: Sidecar) -> web.Application:
 def admin_app(sidecar: Sidecar) -> web.Application:
     app = web.Application()
     app[SIDECAR] = sidecar
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
-    secret = admin_secret(sidecar.config.server)
+    app.router.add_get("/healthz", admin.healthz)
+    app.router.add_get("/readyz", admin.readyz)
+    app.router.add_get("/metrics", admin.metrics)
+    s = sidecar.config.server
+    secret = admin_secret(s)
     if secret:  # no secret, no purge route
         app[purge.ADMIN_SECRET_DIGEST] = purge.secret_digest(secret)
+        guard = PurgeGuard(s.purge_rate, s.purge_burst, s.purge_backoff, s.purge_backoff_max)
+        app[purge.PURGE_ACCESS] = purge.PurgeAccess(TrustedProxies(s.purge_peers), guard, s.header_timeout)
         app.router.add_post("/purge", purge.purge)
     return app
 
@@ -46,6 +54,24 @@ def handler_args(config: Config) -> dict[str, int]:
     """Forwarded certificate chains exceed aiohttp's default 8190-byte field limit."""
     size = config.server.max_header_size
     return {"max_field_size": size, "max_line_size": size}
+
+
+# The admin port serves probes, scrapes and purges: small heads, few connections, short idles.
+ADMIN_MAX_HEAD = 16384
+ADMIN_IDLE_TIMEOUT = 15.0
+CHECK_IDLE_TIMEOUT = 75.0  # aiohttp's default; longer than nginx's upstream keepalive_timeout (60 s)
+
+
+def port_limits(config: Config) -> tuple[PortLimits, PortLimits]:
+    """(check port, admin port) limits, the caps lowered to fit the file-descriptor limit."""
+    s = config.server
+    check_cap, admin_cap = fit_file_descriptors(s.max_connections, s.admin_max_connections,
+                                                reserve=config.idp.max_connections + 128)
+    check = PortLimits("check", check_cap, s.header_timeout, s.max_head_size, CHECK_IDLE_TIMEOUT,
+                       max_field_size=s.max_header_size)
+    admin_limits = PortLimits("admin", admin_cap, s.header_timeout, ADMIN_MAX_HEAD, ADMIN_IDLE_TIMEOUT,
+                              max_per_peer=max(1, admin_cap // 4))
+    return check, admin_limits
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
@@ -59,9 +85,12 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     runners = [check_runner, admin_runner]
     grpc_front = None
     try:
-        for runner, (host, port) in zip(runners, ((s.host, s.port), (s.admin_host, s.admin_port)), strict=True):
+        port_metrics = PortMetrics(sidecar.metrics.registry)
+        ports = ((s.host, s.port), (s.admin_host, s.admin_port))
+        for runner, (host, port), limits in zip(runners, ports, port_limits(config), strict=True):
             await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_port=True).start()
+            assert runner.server is not None  # set by setup()
+            await GuardedSite(runner, host, port, Gate(runner.server, limits, port_metrics)).start()
         if s.grpc_port:
             from sidecar.fronts.grpc import GrpcFront  # grpc is imported only when the gRPC port is on
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -40,10 +41,18 @@ class Process:
 
 
 @asynccontextmanager
-async def running_sidecar(env: dict[str, str], *args: str) -> AsyncIterator[Process]:
-    """Start ``sidecar`` with ``env`` and wait (bounded) until /readyz says 200; kill it at the end."""
+async def running_sidecar(env: dict[str, str], *args: str, nofile: int | None = None) -> AsyncIterator[Process]:
+    """Start ``sidecar`` with ``env`` and wait (bounded) until /readyz says 200; kill it at the end.
+
+    ``nofile``: the process's file-descriptor limit, soft and hard (as a container runtime sets it).
+    """
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     popen = subprocess.Popen([sys.executable, "-m", "sidecar", *args], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     process = Process(popen, f"http://127.0.0.1:{env['SIDECAR_SERVER__PORT']}/check",
                       f"http://127.0.0.1:{env['SIDECAR_SERVER__ADMIN_PORT']}")
     try:

@@ -75,7 +75,7 @@ def test_the_configuration_table_region_is_marked_once_under_configuration() -> 
     section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     assert begin in section and end in section and section.index(begin) < section.index(end)
     region = section.split(begin, 1)[1].split(end, 1)[0]
-    assert region.strip().startswith("| key | default | meaning |")
+    assert region.strip().startswith("| section | keys |")
 
 
 @pytest.mark.parametrize("document", _documents(), ids=_id)

@@ -25,11 +25,19 @@ from sidecar.config.sections import (
 def validate(config: Config) -> None:
     """Run every cross-field rule; single keys were checked against their declaration on reading."""
     _validate_server(config.server)
+    _validate_server_limits(config.server)
     if config.idp_configured:
         _validate_idp(config.idp)
         _validate_jwt_policy(config)
     _validate_client_cert(config.client_cert)
     _validate_response(config.response)
+
+
+def _validate_server_limits(s: ServerConfig) -> None:
+    if s.max_head_size < s.max_header_size:
+        raise ConfigError(KEY.server.max_head_size, f"must be >= {KEY.server.max_header_size}")
+    if s.purge_backoff_max < s.purge_backoff:
+        raise ConfigError(KEY.server.purge_backoff_max, f"must be >= {KEY.server.purge_backoff}")
 
 
 def _validate_server(s: ServerConfig) -> None:

@@ -63,6 +63,21 @@ class ServerConfig:
     grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)")
     workers: int = key(1, "processes sharing the check port (`SO_REUSEPORT`); worker *i* has admin port "
                           "`admin_port + i`", ge=1, le=64)
+    header_timeout: float = key(10.0, "time a request head (and a purge body) may take from its first byte, both "
+                                      "HTTP ports; `408` past it", gt=0, le=300, unit="seconds")
+    max_head_size: int = key(131072, "bytes of an unfinished request head on the check port; `431` past it",
+                             ge=8190, unit="bytes")
+    max_connections: int = key(1024, "open connections on the check port; lowered at start to fit the open-files "
+                                     "limit", ge=1)
+    admin_max_connections: int = key(16, "open connections on the admin port (a quarter per address); lowered "
+                                         "first to fit", ge=1, le=1024)
+    purge_peers: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "addresses that may call `POST /purge`",
+                                       checks=(checks.networks,))
+    purge_rate: float = key(5.0, "purge attempts per second, all addresses together", gt=0)
+    purge_burst: int = key(10, "purge attempts at once, all addresses together", ge=1)
+    purge_backoff: float = key(1.0, "lockout after a failed purge authentication, doubled per further failure",
+                               gt=0, unit="seconds")
+    purge_backoff_max: float = key(300.0, "longest purge lockout", gt=0, unit="seconds")
 
 
 @dataclass(frozen=True)

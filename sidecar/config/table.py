@@ -22,12 +22,13 @@ REFERENCE_END = "<!-- config-reference:end -->"
 
 
 def short_table() -> str:
-    """The README's table: one row per declared key, its default and meaning (the doc up to its
-    first ``;``: the rest is in the reference)."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+    """The README's table: every declared key, by section (types, defaults and meanings are in the
+    reference table, which a README of a fixed size cannot hold)."""
+    rows = ["| section | keys |", "|---|---|"]
+    sections: dict[str, list[str]] = {}
     for k in KEYS:
-        meaning = k.spec.doc.split("; ", 1)[0].replace("|", "\\|")
-        rows.append(f"| `{k.dotted}` | {default_text(k.default)} | {meaning} |")
+        sections.setdefault(k.section, []).append(f"`{k.name}`")
+    rows += [f"| `[{section}]` | {', '.join(names)} |" for section, names in sections.items()]
     return "\n".join(rows) + "\n"
 
 

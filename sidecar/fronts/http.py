@@ -1,4 +1,4 @@
-"""The HTTP front: one check route for any method on any path, and the admin routes.
+"""The HTTP front: one check route for any method on any path (the admin routes: admin.py).
 
 nginx ``auth_request`` calls a fixed location; Envoy's HTTP ext_authz calls ``path_prefix`` +
 the original path with the original method. Both get the same answer: 200 with the credential
@@ -11,7 +11,6 @@ and the forwarded client address, and renders what the core decides.
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.core.decision import Allow, Miss
 from sidecar.core.request import CheckRequest
@@ -34,17 +33,3 @@ async def check(request: web.Request) -> web.Response:
     denied = render_denial(decision.denial, config.response.realm, config.server.invalid_request_status)
     return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
 
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    sidecar = request.app[SIDECAR]
-    ready, reason = sidecar.readiness()
-    return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[SIDECAR].metrics.registry
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

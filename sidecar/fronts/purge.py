@@ -10,18 +10,26 @@ the length of the secret leaks through timing). A JSON body names what to drop:
 
 The answer is ``{"purged": <entries dropped>}``. Without a configured secret there is no route.
 A stale-if-error copy is purged along with the entry, so a revoked token is never served stale.
+
+Only peers in ``server.purge_peers`` are heard (403 otherwise); attempts are rate-limited and a
+failed authentication locks its peer out for a growing time (429 with Retry-After): see
+purge_guard.py. The body must arrive within ``server.header_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import re
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from sidecar.core.extract import TrustedProxies
+from sidecar.fronts.purge_guard import PurgeGuard, retry_after
 from sidecar.runtime import SIDECAR
 from sidecar.support.body import BodyTooLarge, read_bounded
 from sidecar.support.logs import token_hash
@@ -30,6 +38,18 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{12}$")
 ADMIN_SECRET_DIGEST = web.AppKey("admin_secret_digest", bytes)
+
+
+@dataclass
+class PurgeAccess:
+    """Who may purge (by peer address), how often, and how long a body may take to arrive."""
+
+    peers: TrustedProxies
+    guard: PurgeGuard
+    body_timeout: float
+
+
+PURGE_ACCESS = web.AppKey("purge_access", PurgeAccess)
 
 
 def secret_digest(secret: str) -> bytes:
@@ -56,14 +76,41 @@ def _bad(message: str) -> web.Response:
     return web.json_response({"error": "invalid_request", "error_description": message}, status=400)
 
 
+def _refused(access: PurgeAccess, peer: str) -> web.Response | None:
+    """403 for a peer not in server.purge_peers, 429 while rate-limited or locked out."""
+    if peer not in access.peers:
+        if count := access.guard.quiet("peer_not_allowed"):
+            log.warning("purge refused", extra={"reason": "peer_not_allowed", "peer": peer, "count": count})
+        return web.json_response({"error": "forbidden"}, status=403)
+    wait = access.guard.wait(peer)
+    if wait:
+        if count := access.guard.quiet("rate_limited"):
+            log.warning("purge refused", extra={"reason": "rate_limited", "peer": peer, "count": count,
+                                                "retry_after": round(wait, 3)})
+        return web.json_response({"error": "too_many_requests"}, status=429,
+                                 headers={"Retry-After": retry_after(wait)})
+    return None
+
+
 async def purge(request: web.Request) -> web.Response:
+    access = request.app[PURGE_ACCESS]
+    peer = request.remote or ""
+    refused = _refused(access, peer)
+    if refused is not None:
+        return refused
     if not authorized(request, request.app[ADMIN_SECRET_DIGEST]):
-        log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": request.remote})
+        lockout = access.guard.failed(peer)
+        log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": peer,
+                                            "failures": access.guard.failures(peer), "locked_for": lockout})
         return _unauthorized()
+    access.guard.succeeded(peer)
     try:
-        raw = await read_bounded(request.content, MAX_BODY_BYTES, request.content_length)
+        async with asyncio.timeout(access.body_timeout):
+            raw = await read_bounded(request.content, MAX_BODY_BYTES, request.content_length)
     except BodyTooLarge:
         return _bad("body too large")
+    except TimeoutError:
+        return _bad("body too slow")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays

@@ -158,7 +158,7 @@ def test_each_overlay_sets_the_certificate_header_format_its_proxy_sends() -> No
 
 
 # The fields of the cert-manager Certificate (cert-manager.io/v1) and Prometheus Operator
-# ServiceMonitor (monitoring.coreos.com/v1) CRDs that the examples use, transcribed from their
+# PodMonitor (monitoring.coreos.com/v1) CRDs that the examples use, transcribed from their
 # published CRD schemas; additionalProperties false makes them as strict as kubernetes-validate.
 def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
@@ -186,32 +186,37 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "issuerRef": _object({"name": _STRING, "kind": _STRING, "group": _STRING}, ("name",)),
         }, ("secretName", "issuerRef")),
     }, ("apiVersion", "kind", "metadata", "spec")),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): _object({
+    ("monitoring.coreos.com/v1", "PodMonitor"): _object({
         "apiVersion": _STRING, "kind": _STRING, "metadata": _METADATA,
         "spec": _object({
             "selector": _object({"matchLabels": {"type": "object"}}),
             "namespaceSelector": _object({"any": {"type": "boolean"}, "matchNames": _STRINGS}),
-            "endpoints": {"type": "array", "items": _object({
+            "podMetricsEndpoints": {"type": "array", "items": _object({
                 "port": _STRING, "path": _STRING, "scheme": {"enum": ["http", "https"]},
                 "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
                 "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?)$"},
             })},
-        }, ("selector", "endpoints")),
+        }, ("selector", "podMetricsEndpoints")),
     }, ("apiVersion", "kind", "metadata", "spec")),
 }
 
 
-def test_the_cert_manager_and_servicemonitor_examples_match_their_crd_schemas_and_the_base() -> None:
+def test_the_examples_match_their_schemas_and_the_base() -> None:
     docs = render_dir(KUBE / "examples")
     for doc in docs:
-        jsonschema.validate(doc, CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])])
+        if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:
+            jsonschema.validate(doc, CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])])
+        else:  # NetworkPolicy: a built-in kind
+            kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
     secrets = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
     volumes = [v["secret"]["secretName"] for v in pod_spec("nginx")["volumes"] if "secret" in v]
     assert set(volumes) <= secrets
-    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
-    service = one(render("base"), "Service")
-    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    labels = one(render("base"), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for overlay in OVERLAYS:  # the admin port by name, whatever number the overlay gives it
+        (sidecar,) = pod_spec(overlay)["initContainers"]
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in sidecar["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (client,) = [d for d in docs if d["metadata"]["name"] == "sidecar-idp-tls"]
     assert "client auth" in client["spec"]["usages"]
     assert client["spec"]["commonName"] == sidecar_env("nginx")["SIDECAR_IDP__CLIENT_ID"]

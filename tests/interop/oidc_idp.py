@@ -25,6 +25,13 @@ from tests.pki_fixtures import TestPki
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 OPAQUE_RESOURCE = "https://api.example/opaque"
 JWT_RESOURCE = "https://api.example/jwt"
+# dave's tokens carry these claims (extraTokenClaims in server.mjs), in four-byte UTF-8
+# characters: sub, username and five more at 8,192 characters (response.max_value_length at its
+# maximum) and one shorter, so that the introspection answer stays just under the 256 KiB the
+# sidecar reads of it (idp/introspection.py). The largest answers the sidecar can send (nginx).
+BULKY_VALUE = "\U0001d518" * 8192
+BULKY_CLAIMS = {"sub": BULKY_VALUE, "username": BULKY_VALUE, **{f"bulky_{i}": BULKY_VALUE for i in range(5)},
+                "bulky_5": "\U0001d518" * 7700}
 
 
 class OidcProvider:
@@ -52,7 +59,7 @@ class OidcProvider:
             "server_cert": str(self.pki.idp_files[0]), "server_key": str(self.pki.idp_files[1]),
             "ca": str(self.pki.ca_file), "state_dir": str(self.state_dir),
             "carol_secret": self.carol_secret, "token_ttl": self.token_ttl,
-            "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE,
+            "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE, "bulky_claims": BULKY_CLAIMS,
             "ready_file": str(ready_file), **self._ports,
         }))
         with self.log.open("ab") as log:

@@ -131,6 +131,8 @@ function mtlsClient(clientId, scope) {
 const clients = [
   mtlsClient('alice', 'read write'),
   mtlsClient('bob', 'read write'),
+  // dave's tokens carry config.bulky_claims (extraTokenClaims below): the largest answers.
+  mtlsClient('dave', 'read write'),
   {
     client_id: 'carol',
     client_secret: config.carol_secret,
@@ -220,6 +222,8 @@ const provider = new Provider(issuer, {
   ttl: {
     ClientCredentials: () => config.token_ttl ?? 600,
   },
+  // Returned by introspection; sub and username too, as no grant of dave's sets them.
+  extraTokenClaims: async (ctx, token) => (token.clientId === 'dave' ? config.bulky_claims : undefined),
   discovery: {
     // Not advertised by oidc-provider itself (RFC 8705 §5).
     mtls_endpoint_aliases: {

@@ -1,0 +1,88 @@
+"""Who may call ``POST /purge`` and how often: the guessing of its secret is slowed to a crawl.
+
+- Only peers in ``server.purge_peers`` (loopback by default: the pod's own containers) reach it.
+- A token bucket bounds the attempts of every peer together (``server.purge_rate`` per second,
+  ``server.purge_burst`` at once): many addresses cannot multiply the guessing rate.
+- Each failed authentication locks its peer out for ``purge_backoff`` seconds, doubled with each
+  further failure up to ``purge_backoff_max``; a success clears the peer's record.
+
+A refused attempt is answered ``429`` with ``Retry-After`` before the secret is even compared.
+Peer records are bounded (oldest dropped first), so memory does not grow with source addresses.
+During an attack a legitimate purge may be delayed too: ``cache.max_ttl`` still bounds how long
+a revoked token is honoured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_PEERS = 4096
+LOG_EVERY = 1.0  # seconds between log lines about refused attempts (a flood of them is cheap)
+
+
+@dataclass
+class _Peer:
+    failures: int = 0
+    locked_until: float = 0.0
+
+
+class PurgeGuard:
+    def __init__(self, rate: float, burst: int, backoff: float, backoff_max: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate, self._burst = rate, float(burst)
+        self._backoff, self._backoff_max = backoff, backoff_max
+        self._clock = clock
+        self._tokens = self._burst
+        self._refilled = clock()
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    def wait(self, peer: str) -> float:
+        """0 when ``peer`` may try now (one attempt is taken); else the seconds to wait."""
+        now = self._clock()
+        record = self._peers.get(peer)
+        if record is not None and record.locked_until > now:
+            return record.locked_until - now
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return (1 - self._tokens) / self._rate
+        self._tokens -= 1
+        return 0.0
+
+    def failed(self, peer: str) -> float:
+        """Record a failed authentication; the lockout it starts, in seconds."""
+        record = self._peers.pop(peer, None) or _Peer()
+        record.failures += 1
+        lockout = min(self._backoff * (1 << min(record.failures - 1, 62)), self._backoff_max)
+        record.locked_until = self._clock() + lockout
+        self._peers[peer] = record  # most recent last
+        while len(self._peers) > MAX_PEERS:
+            self._peers.popitem(last=False)
+        return lockout
+
+    def quiet(self, reason: str) -> int | None:
+        """Refusals to log: the count since the last line, at most one line per second per reason."""
+        now = self._clock()
+        last, count = self._logged.get(reason, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._logged[reason] = (last, count + 1)
+            return None
+        self._logged[reason] = (now, 0)
+        return count + 1
+
+    def succeeded(self, peer: str) -> None:
+        self._peers.pop(peer, None)
+
+    def failures(self, peer: str) -> int:
+        record = self._peers.get(peer)
+        return record.failures if record else 0
+
+
+def retry_after(seconds: float) -> str:
+    """Whole seconds, at least 1 (RFC 9110 §10.2.3 delay-seconds)."""
+    return str(max(1, math.ceil(seconds)))

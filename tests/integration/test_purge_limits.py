@@ -1,0 +1,99 @@
+"""POST /purge against guessing (issue 11, item 5): peers by address, a global rate of attempts,
+a per-peer lockout after each failed authentication (429 with Retry-After), a bounded body wait,
+and a log line for each refusal that never holds the secret."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import MakeSidecar, Running
+from tests.fake_idp import FakeIdp
+from tests.pki_fixtures import TestPki
+
+SECRET = "purge-secret-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+WRONG = {"Authorization": "Bearer wrong-secret-0123456789abcdef"}
+
+
+async def purge(running: Running, headers: dict[str, str] = AUTH) -> Any:
+    return await running.admin.post("/purge", json={"all": True}, headers=headers)
+
+
+async def cache_one(running: Running, idp: FakeIdp, pki: TestPki) -> None:
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await running.check(token, pki.alice)).status == 200
+
+
+async def test_a_failed_authentication_locks_the_peer_out_even_for_the_right_secret_until_it_passes(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, captured_logs: pytest.LogCaptureFixture
+) -> None:
+    running = await make_sidecar(server={"admin_secret": SECRET, "purge_backoff": 0.5})
+    await cache_one(running, idp, pki)
+    assert (await purge(running, WRONG)).status == 401
+    locked = await purge(running)  # the right secret, during the lockout: not even compared
+    assert locked.status == 429 and locked.headers["Retry-After"] == "1"
+    assert await locked.json() == {"error": "too_many_requests"}
+    assert len(running.sidecar.decider.cache) == 1
+    await asyncio.sleep(0.6)
+    assert (await purge(running)).status == 200
+    assert len(running.sidecar.decider.cache) == 0
+    text = "\n".join(r.getMessage() + repr(r.__dict__) for r in captured_logs.records)
+    assert "'reason': 'admin_unauthorized'" in text and "'reason': 'rate_limited'" in text
+    assert SECRET not in text and "wrong-secret" not in text
+
+
+async def test_attempts_over_the_global_rate_are_429_with_the_wait_in_retry_after(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(server={"admin_secret": SECRET, "purge_burst": 2, "purge_rate": 0.01})
+    assert [(await purge(running)).status for _ in range(2)] == [200, 200]
+    await cache_one(running, idp, pki)
+    limited = await purge(running)
+    assert limited.status == 429 and 90 <= int(limited.headers["Retry-After"]) <= 100
+    assert len(running.sidecar.decider.cache) == 1
+
+
+async def test_a_peer_outside_purge_peers_is_403_whatever_it_presents(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, captured_logs: pytest.LogCaptureFixture
+) -> None:
+    running = await make_sidecar(server={"admin_secret": SECRET, "purge_peers": ["10.0.0.0/8"]})
+    await cache_one(running, idp, pki)
+    refused = await purge(running)  # the test client is 127.0.0.1
+    assert refused.status == 403 and len(running.sidecar.decider.cache) == 1
+    assert any(getattr(r, "reason", None) == "peer_not_allowed" for r in captured_logs.records)
+
+
+async def test_a_purge_body_that_never_completes_is_answered_after_the_header_timeout(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await make_sidecar(server={"admin_secret": SECRET, "header_timeout": 0.3})
+    await cache_one(running, idp, pki)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.admin.server.port)
+    try:
+        writer.write(f"POST /purge HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SECRET}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"all\"".encode())
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # before: waits forever
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert len(running.sidecar.decider.cache) == 1
+
+
+async def test_by_default_purge_answers_the_pods_own_containers_only(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    import aiohttp
+
+    running = await make_sidecar(server={"admin_secret": SECRET})  # server.purge_peers: loopback only
+    await cache_one(running, idp, pki)
+    url = f"http://127.0.0.1:{running.admin.server.port}/purge"
+    # 127.0.0.2 is a real peer address outside 127.0.0.1/32: another pod, as far as purge knows.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as elsewhere, \
+            elsewhere.post(url, json={"all": True}, headers=AUTH) as refused:
+        assert refused.status == 403 and await refused.json() == {"error": "forbidden"}
+    assert len(running.sidecar.decider.cache) == 1
+    assert (await purge(running)).status == 200  # from 127.0.0.1: the pod's own containers
