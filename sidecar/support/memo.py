@@ -19,7 +19,7 @@ V = TypeVar("V")
 class Memo(Generic[K, V]):
     """``get``/``put`` with a bound on entries and, with ``size_of``, on their total bytes."""
 
-    __slots__ = ("_bytes", "_data", "_max_bytes", "_max_entries", "_size_of")
+    __slots__ = ("_bytes", "_data", "_max_bytes", "_max_entries", "_size_of", "get")
 
     def __init__(self, max_entries: int, *, max_bytes: int = 0,
                  size_of: Callable[[K, V], int] | None = None) -> None:
@@ -30,6 +30,8 @@ class Memo(Generic[K, V]):
         self._size_of = size_of if max_bytes else None
         self._data: dict[K, V] = {}
         self._bytes = 0
+        # The dict's own get, bound once: a lookup on the hot path runs no Python frame of ours.
+        self.get: Callable[[K], V | None] = self._data.get
 
     def __len__(self) -> int:
         return len(self._data)
@@ -38,9 +40,6 @@ class Memo(Generic[K, V]):
     def bytes(self) -> int:
         """The accounted size of what is held (0 when the memo is bounded by entries only)."""
         return self._bytes
-
-    def get(self, key: K) -> V | None:
-        return self._data.get(key)
 
     def values(self) -> Iterator[V]:
         return iter(list(self._data.values()))
