@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from sidecar import config as config_module
 from sidecar.config import ConfigError
+from sidecar.core.client_trust import ClientTrust
 from sidecar.idp.tls import TlsConfigError, client_context
 from sidecar.support import logs
 
@@ -28,6 +29,11 @@ def _load_checked(path: str | None) -> config_module.Config:
         if not config.idp_configured:
             raise ConfigError("idp.issuer", "set idp.issuer or idp.introspection_endpoint (or run 'sidecar demo')")
         client_context(config.idp)
+        if config.client_cert.ca_file:
+            try:
+                ClientTrust(config.client_cert.ca_file)
+            except ValueError as exc:
+                raise ConfigError("client_cert.ca_file", str(exc).removeprefix("client_cert.ca_file: ")) from None
         config_module.admin_secret(config.server)  # a secret file's content is checked too
     except (ConfigError, TlsConfigError) as exc:
         print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)

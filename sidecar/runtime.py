@@ -66,6 +66,14 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self.cert_watcher.run()))
         if self.jwks is not None:
             self._tasks.append(asyncio.create_task(self.jwks.load_until_ready()))
+        if self.decider.trust is not None and self.config.idp.reload_interval > 0:
+            self._tasks.append(asyncio.create_task(self._reload_client_trust()))
+
+    async def _reload_client_trust(self) -> None:
+        """``client_cert.ca_file`` is polled like the IdP's files (a Secret volume updates in place)."""
+        while True:
+            await asyncio.sleep(self.config.idp.reload_interval)
+            self.decider.reload_client_trust()
 
     async def _discover_until_done(self) -> None:
         delay = 0.5

@@ -156,6 +156,9 @@ class ClientCertConfig:
                         unit="bytes")
     memo_max_bytes: int = key(8 * 1024 * 1024, "header values whose thumbprints are remembered, in bytes",
                               ge=1024, unit="bytes")
+    ca_file: str | None = key(None, "CA bundle the forwarded certificate must chain to (validity and path "
+                                    "checked; reloaded on change); unset: the thumbprint alone", checks=_FILE)
+    require_client_auth: bool = key(False, "with `ca_file`: the leaf must carry the EKU `clientAuth`")
 
 
 @dataclass(frozen=True)

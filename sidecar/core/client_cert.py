@@ -29,6 +29,7 @@ from cryptography import x509
 
 from sidecar.config import CertFormat
 from sidecar.core import xfcc
+from sidecar.core.client_trust import ClientTrust, Presented
 from sidecar.support.memo import Memo
 
 MAX_MEMO = 10_000
@@ -74,6 +75,21 @@ def _from_pem(text: str, *, alone: bool = False) -> bytes:
     if alone and (text[:start].strip() or text[end + len(_END):].strip()):
         raise CertificateError("more than the certificate in the header (client_cert.format auto)")
     return _b64decode(text[start + len(_BEGIN):end])
+
+
+def _all_pem(text: str, limit: int = 9) -> list[bytes]:
+    """Every PEM certificate block, leaf first (at most ``limit``): a chain's intermediates."""
+    found: list[bytes] = []
+    start = text.find(_BEGIN)
+    while start >= 0 and len(found) < limit:
+        end = text.find(_END, start + len(_BEGIN))
+        if end < 0:
+            break
+        found.append(_b64decode(text[start + len(_BEGIN):end]))
+        start = text.find(_BEGIN, end + len(_END))
+    if not found:
+        raise CertificateError("no PEM certificate block")
+    return found
 
 
 def parse_escaped_pem(value: str) -> bytes:
@@ -137,58 +153,100 @@ def _memo_size(value: str, _result: object) -> int:
 
 
 class CertificateReader:
-    """Header value -> thumbprint, memoized (bounded by count and bytes, oldest dropped first)."""
+    """Header value -> thumbprint (or, with a ``trust``, a :class:`Presented` verdict), memoized
+    (bounded by count and bytes, oldest dropped first)."""
 
-    __slots__ = ("_format", "_max_size", "_memo", "_trust_xfcc_hash")
+    __slots__ = ("_format", "_max_size", "_memo", "_trust", "_trust_xfcc_hash")
 
     def __init__(self, fmt: CertFormat, *, trust_xfcc_hash: bool = False, max_size: int = 16384,
-                 memo_bytes: int = 8 * 1024 * 1024) -> None:
+                 memo_bytes: int = 8 * 1024 * 1024, trust: ClientTrust | None = None) -> None:
         self._format = fmt
         self._trust_xfcc_hash = trust_xfcc_hash
         self._max_size = max_size
-        self._memo: Memo[str, str | CertificateError] = Memo(MAX_MEMO, max_bytes=memo_bytes, size_of=_memo_size)
+        self._trust = trust
+        self._memo: Memo[str, str | Presented | CertificateError] = Memo(MAX_MEMO, max_bytes=memo_bytes,
+                                                                         size_of=_memo_size)
 
     def thumbprint(self, value: str) -> str:
         """The thumbprint of the leaf; raises CertificateError (also memoized)."""
         found = self._memo.get(value)
         if found is None:
-            if len(value) > self._max_size:
-                raise CertificateError(f"certificate header longer than {self._max_size} (client_cert.max_size)")
-            found = self._memo.put(value, self._compute(value))
-        if isinstance(found, CertificateError):
-            # A fresh exception each time: re-raising the memoized instance would chain every
-            # raise's traceback (and its frames) onto it, a leak per request (found by the soak).
-            raise CertificateError(*found.args)
-        return found
+            found = self._compute_checked(value)
+        if isinstance(found, str):
+            return found
+        if isinstance(found, Presented):
+            return found.thumbprint
+        # A fresh exception each time: re-raising the memoized instance would chain every
+        # raise's traceback (and its frames) onto it, a leak per request (found by the soak).
+        raise CertificateError(*found.args)
 
-    def _compute(self, value: str) -> str | CertificateError:
+    def presented(self, value: str) -> Presented:
+        """With a trust: the leaf's thumbprint with its chain's verdict and validity window."""
+        found = self._memo.get(value)
+        if found is None:
+            found = self._compute_checked(value)
+        if isinstance(found, Presented):
+            return found
+        if isinstance(found, str):  # no trust configured on this reader
+            return Presented(found, float("-inf"), float("inf"), None)
+        raise CertificateError(*found.args)
+
+    def forget(self) -> None:
+        """Drop every memoized verdict (the CA bundle changed)."""
+        self._memo.clear()
+
+    def _compute_checked(self, value: str) -> str | Presented | CertificateError:
+        if len(value) > self._max_size:
+            raise CertificateError(f"certificate header longer than {self._max_size} (client_cert.max_size)")
+        return self._memo.put(value, self._compute(value))
+
+    def _compute(self, value: str) -> str | Presented | CertificateError:
         try:
-            if self._format != "auto":
-                fmt = self._format
-                return self._from_xfcc(value) if fmt == "xfcc" else _checked_thumbprint(PARSERS[fmt](value))
-            detected = detect_format(value)
-            if detected == "xfcc":
-                return self._from_xfcc(value)
-            if detected in ("pem", "escaped_pem"):  # exactly one certificate, nothing around it
-                text = value if detected == "pem" else unquote(value, errors="strict")
-                return _checked_thumbprint(_from_pem(text, alone=True))
-            return _checked_thumbprint(PARSERS[detected](value))
+            ders, hashed = self._certificates(value)
+            if hashed is not None:  # an XFCC Hash alone: nothing to validate a chain with
+                return hashed if self._trust is None else Presented(hashed, 0.0, 0.0, "cert_untrusted")
+            print_ = _checked_thumbprint(ders[0])
+            return print_ if self._trust is None else self._trust.check(print_, ders[0], ders[1:])
         except CertificateError as exc:
             return exc
         except (ValueError, UnicodeError) as exc:
             return CertificateError(f"unreadable certificate header: {type(exc).__name__}")
 
-    def _from_xfcc(self, value: str) -> str:
+    def _certificates(self, value: str) -> tuple[list[bytes], str | None]:
+        """(leaf DER and the chain the header carries, or an XFCC Hash thumbprint)."""
+        fmt: str = self._format
+        if fmt == "auto":
+            fmt = detect_format(value)
+            if fmt in ("pem", "escaped_pem"):  # exactly one certificate, nothing around it
+                text = value if fmt == "pem" else unquote(value, errors="strict")
+                return [_from_pem(text, alone=True)], None
+        if fmt == "xfcc":
+            return self._from_xfcc(value)
+        if self._trust is None:  # the leaf is all a thumbprint needs
+            return [PARSERS[fmt](value)], None
+        if fmt in ("escaped_pem", "alb"):
+            return _all_pem(unquote(value, errors="strict")), None
+        if fmt == "pem":
+            return _all_pem(value), None
+        if fmt == "traefik":
+            return [_b64decode(part) for part in value.split(",")[:9]], None
+        return [PARSERS[fmt](value)], None
+
+    def _from_xfcc(self, value: str) -> tuple[list[bytes], str | None]:
         try:
             pairs = xfcc.last_element(value)
         except xfcc.XfccError as exc:
             raise CertificateError(str(exc)) from None
         # Cert is the leaf; Chain (set_current_client_cert_details chain) starts with the leaf.
-        pem = pairs.get("cert") or pairs.get("chain")
-        if pem:
-            return _checked_thumbprint(parse_escaped_pem(pem))
+        cert, chain = pairs.get("cert"), pairs.get("chain")
+        if cert or chain:
+            chain_ders = _all_pem(unquote(chain, errors="strict")) if chain and self._trust is not None else []
+            if not cert:
+                return chain_ders or [parse_escaped_pem(chain or "")], None
+            leaf = parse_escaped_pem(cert)
+            return [leaf, *[der for der in chain_ders if der != leaf]], None
         if self._trust_xfcc_hash and "hash" in pairs:
-            return _hash_to_thumbprint(pairs["hash"])
+            return [], _hash_to_thumbprint(pairs["hash"])
         raise CertificateError("XFCC element has no Cert or Chain (and Hash is not trusted)")
 
 

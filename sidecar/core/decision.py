@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import time
 
-from sidecar.config import Config
+from sidecar.config import CertFormat, Config
 from sidecar.core.admission import Admission, source_of
 from sidecar.core.binding import check_binding, needs_certificate
 from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.client_cert import CertificateError, CertificateReader
+from sidecar.core.client_trust import ClientTrust, window_problem
 from sidecar.core.decision_log import AllowLog
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidToken
@@ -69,8 +70,9 @@ class Decider:
         self.headers = HeaderBuilder(config.response)
         self.policy = Policy(config.policy)
         cc = config.client_cert
-        self.reader = CertificateReader(cc.format, trust_xfcc_hash=cc.xfcc_trust_hash, max_size=cc.max_size,
-                                        memo_bytes=cc.memo_max_bytes)
+        self.trust = ClientTrust(cc.ca_file, require_client_auth=cc.require_client_auth) if cc.ca_file else None
+        self._readers: list[CertificateReader] = []
+        self.reader = self.reader_for(cc.format)
         self.trusted_proxies = TrustedProxies(cc.trusted_proxies)
         self.admission = Admission(config.admission, config.idp.max_concurrent)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
@@ -83,6 +85,22 @@ class Decider:
         self._cache_stale = metrics.cache.labels("stale")
         self._allow_log = AllowLog(log)
         self._interner = Interner()
+
+    def reader_for(self, fmt: CertFormat) -> CertificateReader:
+        """A certificate reader for ``fmt`` with this configuration's limits and CA trust."""
+        cc = self.config.client_cert
+        reader = CertificateReader(fmt, trust_xfcc_hash=cc.xfcc_trust_hash, max_size=cc.max_size,
+                                   memo_bytes=cc.memo_max_bytes, trust=self.trust)
+        self._readers.append(reader)
+        return reader
+
+    def reload_client_trust(self) -> bool:
+        """Reload ``client_cert.ca_file`` if it changed; every memoized verdict is then dropped."""
+        if self.trust is None or not self.trust.reload():
+            return False
+        for reader in self._readers:
+            reader.forget()
+        return True
 
     def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
         """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
@@ -151,10 +169,17 @@ class Decider:
         value = certificates[0]
         if not value or value.isspace():  # isspace, not strip: no copy of a 2 KB header per request
             return None  # an empty header (Caddy sends one without a client certificate): none presented
+        reader = request.reader or self.reader
         try:
-            return (request.reader or self.reader).thumbprint(value)
+            if self.trust is None:
+                return reader.thumbprint(value)
+            presented = reader.presented(value)
         except CertificateError as exc:
             raise InvalidToken("cert_invalid", f"client certificate header: {exc}") from None
+        problem = window_problem(presented, time.time(), self.config.policy.leeway) or presented.problem
+        if problem is not None:
+            raise InvalidToken(problem, "the client certificate is not valid under client_cert.ca_file")
+        return presented.thumbprint
 
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
         """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""

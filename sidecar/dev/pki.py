@@ -55,40 +55,60 @@ def _name(common_name: str) -> x509.Name:
 
 
 class CertificateAuthority:
-    def __init__(self, common_name: str = "sidecar test CA") -> None:
+    """A root CA (or, with ``parent``, an intermediate signed by it), RFC 5280 profile: key
+    identifiers and key usages, so strict path validation (cryptography's verifier) accepts it."""
+
+    def __init__(self, common_name: str = "sidecar test CA", *, parent: CertificateAuthority | None = None) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        issuer = parent.root if parent is not None else None
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name)).issuer_name(_name(common_name))
+            .subject_name(_name(common_name)).issuer_name(issuer.cert.subject if issuer else _name(common_name))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(key, hashes.SHA256())
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         )
-        self.root = Issued(cert, key)
+        if issuer is not None:
+            builder = builder.add_extension(_authority_key_id(issuer), critical=False)
+        self.root: Issued = Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+    def intermediate(self, common_name: str) -> CertificateAuthority:
+        """A CA signed by this one: its leaves chain to this CA through it."""
+        return CertificateAuthority(common_name, parent=self)
 
     def issue(
         self, common_name: str, *, server_names: tuple[str, ...] = (), days: float = 7,
-        not_before: dt.datetime | None = None,
+        not_before: dt.datetime | None = None, client_auth: bool = True,
     ) -> Issued:
         """A leaf for TLS clients, and for servers when ``server_names`` are given."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server_names else [])
+        usages = ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else []) + (
+            [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else [])
+        usages = usages or [ExtendedKeyUsageOID.CODE_SIGNING]  # client_auth=False: a leaf not for TLS clients
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name)).issuer_name(self.root.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, True, False, False, False, False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_authority_key_id(self.root), critical=False)
         )
         if server_names:
             names = x509.SubjectAlternativeName([_san(n) for n in server_names])
             builder = builder.add_extension(names, critical=False)
         return Issued(builder.sign(self.root.key, hashes.SHA256()), key)
+
+
+def _authority_key_id(issuer: Issued) -> x509.AuthorityKeyIdentifier:
+    ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def _san(name: str) -> x509.GeneralName:

@@ -44,7 +44,6 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from sidecar.core.client_cert import CertificateReader
 from sidecar.core.decision import Allow, Miss
 from sidecar.core.errors import Denial
 from sidecar.core.request import CheckRequest
@@ -84,7 +83,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._sidecar = sidecar
         self._cert_header = sidecar.cert_header.lower()
         self._keep_commas = sidecar.config.client_cert.format in ("xfcc", "traefik", "auto")
-        self._source_reader = CertificateReader("escaped_pem")  # attributes.source.certificate
+        self._source_reader = sidecar.decider.reader_for("escaped_pem")  # attributes.source.certificate
         config = sidecar.config
         self._realm = config.response.realm
         self._invalid_request_status = config.server.invalid_request_status
