@@ -57,11 +57,14 @@ def _validate_idp(i: IdpConfig) -> None:
     introspects = i.token_format != "jwt"
     if not i.client_id and introspects:
         raise ConfigError(KEY.idp.client_id, "is required for introspection")
-    if i.auth_method == "tls_client_auth" and introspects:
+    if i.auth_method in ("tls_client_auth", "self_signed_tls_client_auth") and introspects:
         if not i.cert_file:
-            raise ConfigError(KEY.idp.cert_file, "is required with auth_method tls_client_auth")
+            raise ConfigError(KEY.idp.cert_file, f"is required with auth_method {i.auth_method}")
         if not i.key_file:
-            raise ConfigError(KEY.idp.key_file, "is required with auth_method tls_client_auth")
+            raise ConfigError(KEY.idp.key_file, f"is required with auth_method {i.auth_method}")
+    elif i.auth_method == "private_key_jwt":
+        if introspects and not i.assertion_key_file:
+            raise ConfigError(KEY.idp.assertion_key_file, "is required with auth_method private_key_jwt")
     elif not (i.client_secret or i.client_secret_file) and introspects:
         raise ConfigError(KEY.idp.client_secret, f"is required with auth_method {i.auth_method}")
     if not i.jwt_algorithms and i.token_format != "introspection":

@@ -16,7 +16,8 @@ from sidecar.config import checks
 from sidecar.config.declare import Spec, env_name, key, spec_of, tcp_port
 
 BindingMode = Literal["off", "optional", "strict"]
-AuthMethod = Literal["tls_client_auth", "client_secret_basic", "client_secret_post"]
+AuthMethod = Literal["tls_client_auth", "self_signed_tls_client_auth", "private_key_jwt", "client_secret_basic",
+                     "client_secret_post"]
 TokenFormat = Literal["auto", "introspection", "jwt", "jwt_then_introspection"]
 CertFormat = Literal[
     "auto", "escaped_pem", "pem", "der_base64", "xfcc", "alb", "traefik", "rfc9440"
@@ -94,6 +95,13 @@ class IdpConfig:
     cert_file: str | None = key(None, "our client certificate (RFC 8705 §2.1), PEM", checks=_FILE)
     key_file: str | None = key(None, "the private key of `idp.cert_file`, PEM", checks=_FILE)
     key_password: str | None = key(None, "password of `idp.key_file`, if encrypted", secret=True)
+    assertion_key_file: str | None = key(None, "`private_key_jwt`: the PEM private key that signs our client "
+                                               "assertions (re-read when it changes)", checks=_FILE)
+    assertion_alg: Literal["RS256", "PS256", "ES256", "ES384", "EdDSA"] = key(
+        "ES256", "`private_key_jwt`: the assertion's signature algorithm (fits the key)")
+    assertion_kid: str | None = key(None, "`private_key_jwt`: the `kid` of that key at the IdP")
+    assertion_audience: str | None = key(None, "`private_key_jwt`: the assertion's `aud` (default: `idp.issuer`, "
+                                               "else the endpoint)")
     ca_file: str | None = key(None, "CA bundle that verifies the IdP's server certificate (default: system store)",
                               checks=_FILE)
     connect_timeout: float = key(0.5, "TCP and TLS connect timeout to the IdP; keep below the proxy's timeout",

@@ -58,7 +58,7 @@ def endpoints_from_metadata(metadata: Mapping[str, Any], idp: IdpConfig) -> Endp
         raise DiscoveryError(f"metadata issuer {metadata.get('issuer')!r} != configured issuer")
     aliases = metadata.get("mtls_endpoint_aliases")
     aliases = aliases if isinstance(aliases, Mapping) else {}
-    use_mtls = idp.auth_method == "tls_client_auth"
+    use_mtls = idp.auth_method in ("tls_client_auth", "self_signed_tls_client_auth")
     introspection = idp.introspection_endpoint or (
         (use_mtls and aliases.get("introspection_endpoint")) or metadata.get("introspection_endpoint")
     )

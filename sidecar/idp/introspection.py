@@ -1,9 +1,8 @@
 """RFC 7662 token introspection over mutual TLS: the only code that asks the IdP about a token.
 
 §2.1: POST ``application/x-www-form-urlencoded`` with ``token`` and ``token_type_hint``.
-RFC 8705 §2.1 ``tls_client_auth``: the client certificate authenticates us; ``client_id`` is
-still sent in the form. For IdPs without mTLS, ``client_secret_basic`` (RFC 6749 §2.3.1, with
-form-urlencoded id and secret) or ``client_secret_post``.
+How we authenticate (RFC 8705 ``tls_client_auth`` and ``self_signed_tls_client_auth``, client
+secrets, RFC 7523 ``private_key_jwt``): sidecar/idp/client_auth.py.
 
 Anything but a 200 with a JSON object of the right types is an IdP failure: fail closed
 (:class:`IdpUnavailable`, its ``kind`` says why and its ``result`` is the
@@ -14,16 +13,15 @@ retries and circuit breaker.
 
 from __future__ import annotations
 
-import base64
 import logging
 import secrets
 import time
 from collections.abc import Collection
-from urllib.parse import quote_plus
 
-from sidecar.config import IdpConfig, client_secret
+from sidecar.config import IdpConfig
 from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
+from sidecar.idp.client_auth import ClientAuth
 from sidecar.idp.discovery import Discovery, DiscoveryError
 from sidecar.idp.fetch import call_timeout, fetch_json
 from sidecar.idp.guard import IdpGuard
@@ -44,7 +42,7 @@ class Introspector:
         self._discovery = discovery
         self._extra = tuple(extra_claims)
         self._metrics = metrics
-        self._form_base, self._headers = _client_auth(idp)
+        self._auth = ClientAuth(idp)
         self._guard = guard
         if guard is not None:
             # An unknown random token: any well-formed answer ({"active": false}) means the IdP works.
@@ -65,13 +63,15 @@ class Introspector:
             raise
         if endpoint is None:
             raise IdpUnavailable(IdpFailure.NO_ENDPOINT, "the IdP advertises no introspection endpoint")
-        form = {**self._form_base, "token": token, "token_type_hint": "access_token"}
+        form, headers = self._auth.credentials(endpoint)
+        form["token"] = token
+        form["token_type_hint"] = "access_token"
         started = time.perf_counter()
         result = "error"
         try:
             payload = await fetch_json(
                 self._session.session, "POST", endpoint, what="introspection answer", form=form,
-                max_bytes=MAX_BODY_BYTES, headers=self._headers,
+                max_bytes=MAX_BODY_BYTES, headers=headers,
                 timeout=call_timeout(timeout, self._idp.connect_timeout))
             info = token_info_from_claims(payload, self._extra)
             result = "active" if info.active else "inactive"
@@ -85,17 +85,3 @@ class Introspector:
         finally:
             self._metrics.idp_latency.labels(kind).observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels(kind, result).inc()
-
-
-def _client_auth(idp: IdpConfig) -> tuple[dict[str, str], dict[str, str]]:
-    """Form fields and headers that authenticate us, per the configured method."""
-    headers = {"Accept": "application/json"}
-    if idp.auth_method == "tls_client_auth":
-        return {"client_id": idp.client_id}, headers
-    secret = client_secret(idp) or ""
-    if idp.auth_method == "client_secret_post":
-        return {"client_id": idp.client_id, "client_secret": secret}, headers
-    # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
-    pair = f"{quote_plus(idp.client_id)}:{quote_plus(secret)}".encode()
-    headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return {}, headers

@@ -46,6 +46,11 @@ class OidcProvider:
         self.process: subprocess.Popen[bytes] | None = None
         self._ports: dict[str, int] = {}
         self._metadata: dict[str, Any] | None = None
+        # Our other ways to authenticate: an assertion key (private_key_jwt) and a self-signed
+        # certificate (self_signed_tls_client_auth); the IdP knows only their public keys.
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.assertion_key_file, self.assertion_jwk = _assertion_key(state_dir)
+        self.self_signed_files, self.self_signed_jwk = _self_signed(state_dir)
 
     def start(self) -> None:
         """Start (or start again on the same ports, keeping tokens and keys)."""
@@ -60,6 +65,7 @@ class OidcProvider:
             "ca": str(self.pki.ca_file), "state_dir": str(self.state_dir),
             "carol_secret": self.carol_secret, "token_ttl": self.token_ttl,
             "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE, "bulky_claims": BULKY_CLAIMS,
+            "pkjwt_jwk": self.assertion_jwk, "self_signed_jwk": self.self_signed_jwk,
             "ready_file": str(ready_file), **self._ports,
         }))
         with self.log.open("ab") as log:
@@ -142,3 +148,46 @@ def _port(url: str) -> int:
 def _basic(client_id: str, secret: str) -> str:
     pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
     return "Basic " + base64.b64encode(pair).decode()
+
+
+def _public_jwk(public_key: Any) -> dict[str, Any]:
+    import jwt
+
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public_key))
+    return jwk
+
+
+def _assertion_key(directory: Path) -> tuple[Path, dict[str, Any]]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = directory / "assertion.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path, {**_public_jwk(key.public_key()), "kid": "sidecar-assertion-1", "use": "sig", "alg": "ES256"}
+
+
+def _self_signed(directory: Path) -> tuple[tuple[Path, Path], dict[str, Any]]:
+    """A self-signed client certificate, registered at the IdP by its x5t#S256 (RFC 8705 §2.2)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from sidecar.core.client_cert import thumbprint
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidecar-self")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=7)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "self-signed.crt", directory / "self-signed.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return (cert_path, key_path), {**_public_jwk(key.public_key()), "x5t#S256": thumbprint(der)}

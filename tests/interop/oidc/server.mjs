@@ -142,6 +142,25 @@ const clients = [
     redirect_uris: [],
     scope: 'read write',
   },
+  // The sidecar authenticating with a signed JWT (RFC 7523 private_key_jwt) instead of mTLS.
+  {
+    client_id: 'sidecar-pkjwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: { keys: [config.pkjwt_jwk] },
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  },
+  // The sidecar with a self-signed certificate the IdP knows by its key (RFC 8705 §2.2).
+  {
+    client_id: 'sidecar-self',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    jwks: { keys: [config.self_signed_jwk] },
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  },
   // The sidecar's own client: it only introspects (no grant, no scope).
   {
     client_id: SIDECAR_CLIENT,
@@ -181,7 +200,8 @@ const provider = new Provider(issuer, {
   cookies: { keys: [randomBytes(32).toString('hex')] },
   // offline_access: the refresh_token grant exists, so refresh tokens are introspectable (a shape to refuse).
   scopes: ['read', 'write', 'admin', 'offline_access'],
-  clientAuthMethods: ['tls_client_auth', 'client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['tls_client_auth', 'self_signed_tls_client_auth', 'private_key_jwt', 'client_secret_basic',
+    'client_secret_post'],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -189,12 +209,13 @@ const provider = new Provider(issuer, {
     introspection: {
       enabled: true,
       // By default any authenticated client may introspect any token: only the sidecar may.
-      allowedPolicy: async (ctx, client) => client.clientId === SIDECAR_CLIENT,
+      allowedPolicy: async (ctx, client) => [SIDECAR_CLIENT, 'sidecar-pkjwt', 'sidecar-self'].includes(client.clientId),
     },
     mTLS: {
       enabled: true,
       certificateBoundAccessTokens: true,
       tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
       getCertificate: peerCertificate,
       certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
       certificateSubjectMatches: subjectMatches,
