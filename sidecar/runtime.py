@@ -34,7 +34,9 @@ class Sidecar:
         self.discovery = Discovery(config.idp, self.idp)
         self.cert_watcher = CertificateWatcher(config.idp, self.idp, self.metrics)
         self.idp_guard = IdpGuard(config.idp, self.metrics)
-        self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) if local_jwt_enabled(config) else None
+        signed = config.idp.introspection_response != "json"
+        self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) \
+            if local_jwt_enabled(config) or signed else None
         self.verifier: Verifier = build_verifier(config, self)
         self.decider = Decider(config, self.verifier, self.metrics)
         self.cert_header = config.client_cert.header
@@ -99,8 +101,12 @@ def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
     introspector = None if config.idp.token_format == "jwt" else Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
         extra_claims=tuple(config.response.claims), metrics=sidecar.metrics, guard=sidecar.idp_guard,
+        keys=sidecar.jwks, leeway=config.policy.leeway,
     )
-    return choose_verifier(config, introspector, sidecar.jwks, sidecar.discovery)
+    # The JWK Set may be there for signed introspection answers only: local JWT validation still
+    # needs what RFC 9068 §4 requires (local_jwt_enabled).
+    local = sidecar.jwks if local_jwt_enabled(config) else None
+    return choose_verifier(config, introspector, local, sidecar.discovery)
 
 
 SIDECAR = web.AppKey("sidecar", Sidecar)

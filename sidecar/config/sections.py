@@ -104,6 +104,9 @@ class IdpConfig:
                                                "else the endpoint)")
     ca_file: str | None = key(None, "CA bundle that verifies the IdP's server certificate (default: system store)",
                               checks=_FILE)
+    introspection_response: Literal["json", "jwt_preferred", "jwt_required"] = key(
+        "json", "ask for RFC 9701 signed introspection answers (verified with the issuer's JWK Set); `jwt_required`: "
+                "an unsigned answer fails closed")
     connect_timeout: float = key(0.5, "TCP and TLS connect timeout to the IdP; keep below the proxy's timeout",
                                  gt=0, unit="seconds")
     timeout: float = key(1.5, "whole IdP call timeout; keep below the proxy's timeout", gt=0, unit="seconds")

@@ -38,6 +38,24 @@ async def fetch_json(
     timeout: aiohttp.ClientTimeout | None = None,
 ) -> object:
     """The decoded JSON answer to one call; ``what`` names the document in error details."""
+    _, body = await fetch_body(session, method, url, what=what, max_bytes=max_bytes, headers=headers, form=form,
+                               timeout=timeout)
+    return decode_json(body, what)
+
+
+def decode_json(body: bytes, what: str) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
+        raise IdpUnavailable(IdpFailure.GARBAGE, f"{what}: not JSON") from None
+
+
+async def fetch_body(
+    session: aiohttp.ClientSession, method: Literal["GET", "POST"], url: str, *, what: str,
+    max_bytes: int, headers: Mapping[str, str], form: Mapping[str, str] | None = None,
+    timeout: aiohttp.ClientTimeout | None = None, also: tuple[str, ...] = (),
+) -> tuple[str, bytes]:
+    """(content type, body) of a 200 answer with a JSON content type, or one of ``also``."""
     try:
         async with session.request(method, url, data=form, headers=headers, allow_redirects=method == "GET",
                                    timeout=timeout or session.timeout) as response:
@@ -46,7 +64,7 @@ async def fetch_json(
                                      status=response.status,
                                      retry_after=retry_after(response.headers.get("Retry-After")))
             ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json" and not ctype.endswith("+json"):
+            if ctype != "application/json" and not ctype.endswith("+json") and ctype not in also:
                 raise IdpUnavailable(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
             body = await read_bounded(response.content, max_bytes, response.content_length)
     except BodyTooLarge:
@@ -55,10 +73,7 @@ async def fetch_json(
         raise IdpUnavailable(failure_of(exc), f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
     except TimeoutError:
         raise IdpUnavailable(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
-        raise IdpUnavailable(IdpFailure.GARBAGE, f"{what}: not JSON") from None
+    return ctype, body
 
 
 def failure_of(exc: aiohttp.ClientError) -> IdpFailure:

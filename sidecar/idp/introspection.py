@@ -16,27 +16,36 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from sidecar.config import IdpConfig
 from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
 from sidecar.idp.client_auth import ClientAuth
 from sidecar.idp.discovery import Discovery, DiscoveryError
-from sidecar.idp.fetch import call_timeout, fetch_json
+from sidecar.idp.fetch import call_timeout, decode_json, fetch_body
 from sidecar.idp.guard import IdpGuard
+from sidecar.idp.jwt_access_token import KeySource
+from sidecar.idp.signed_introspection import MEDIA_TYPE, verify_signed_answer
 from sidecar.idp.tls import IdpSession
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# RFC 9701 §4: ask for the signed answer; "preferred" also takes plain JSON from an IdP without it.
+SIGNED_ACCEPT = {"jwt_preferred": f"{MEDIA_TYPE}, application/json;q=0.5", "jwt_required": MEDIA_TYPE}
 MAX_BODY_BYTES = 256 * 1024
 
 
 class Introspector:
+    """RFC 7662 §2 calls; with ``idp.introspection_response`` not ``json``, RFC 9701 signed answers."""
+
     def __init__(
         self, idp: IdpConfig, session: IdpSession, discovery: Discovery,
         extra_claims: Collection[str], metrics: Metrics, guard: IdpGuard | None = None,
+        keys: KeySource | None = None, leeway: float = 5.0,
     ) -> None:
+        self._keys = keys  # the issuer's JWK Set, for signed answers
+        self._leeway = leeway
         self._idp = idp
         self._session = session
         self._discovery = discovery
@@ -47,6 +56,25 @@ class Introspector:
         if guard is not None:
             # An unknown random token: any well-formed answer ({"active": false}) means the IdP works.
             guard.set_probe(lambda timeout: self._attempt(secrets.token_urlsafe(32), timeout, "probe"))
+
+    async def _answer(self, endpoint: str, form: dict[str, str], headers: Mapping[str, str],
+                      timeout: float | None) -> object:
+        """The RFC 7662 object: as JSON, or inside a verified RFC 9701 JWT (fail closed otherwise)."""
+        mode = self._idp.introspection_response
+        if mode != "json":
+            headers = {**headers, "Accept": SIGNED_ACCEPT[mode]}
+        ctype, body = await fetch_body(
+            self._session.session, "POST", endpoint, what="introspection answer", form=form,
+            max_bytes=MAX_BODY_BYTES, headers=headers, timeout=call_timeout(timeout, self._idp.connect_timeout),
+            also=(MEDIA_TYPE,) if mode != "json" else ())
+        if ctype == MEDIA_TYPE and self._keys is not None:
+            return await verify_signed_answer(
+                body.decode("ascii", "replace"), self._keys, issuer=self._idp.issuer, client_id=self._idp.client_id,
+                algorithms=self._idp.jwt_algorithms, leeway=self._leeway)
+        if mode == "jwt_required":
+            raise IdpUnavailable(IdpFailure.CONTENT_TYPE, f"introspection answer: {ctype[:60]!r}, not signed "
+                                                          "(idp.introspection_response = jwt_required)")
+        return decode_json(body, "introspection answer")
 
     async def verify(self, token: str) -> TokenInfo:
         """What the IdP says about ``token``; raises IdpUnavailable when it cannot say."""
@@ -69,10 +97,7 @@ class Introspector:
         started = time.perf_counter()
         result = "error"
         try:
-            payload = await fetch_json(
-                self._session.session, "POST", endpoint, what="introspection answer", form=form,
-                max_bytes=MAX_BODY_BYTES, headers=headers,
-                timeout=call_timeout(timeout, self._idp.connect_timeout))
+            payload = await self._answer(endpoint, form, headers, timeout)
             info = token_info_from_claims(payload, self._extra)
             result = "active" if info.active else "inactive"
             return info

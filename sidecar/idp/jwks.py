@@ -55,7 +55,7 @@ class Jwks:
         self._max_age = idp.jwks_max_age
         self._min_interval = idp.jwks_min_refresh_interval
         # Under `auto`, an IdP without a jwks_uri simply means: no local JWT validation.
-        self._required = idp.token_format != "auto"
+        self._required = idp.token_format != "auto" or idp.introspection_response != "json"
         self._keys: KeySet | None = None
         self._fetched_at = -1e18
         self._failed_at = -1e18

@@ -68,3 +68,14 @@ def test_self_signed_tls_client_auth_with_another_certificate_fails_closed(
                    SIDECAR_IDP__CERT_FILE=str(cert), SIDECAR_IDP__KEY_FILE=str(key))
     assert stack.call(oidc.access_token("alice"), "alice").status == 500
     assert decisions(stack.sidecar, "idp_unavailable") >= 1
+
+
+def test_signed_introspection_answers_are_verified_with_the_issuers_keys(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    stack = stacks(SIDECAR_IDP__INTROSPECTION_RESPONSE="jwt_required")
+    reply = stack.call(oidc.access_token("alice", scope="read write"), "alice")
+    assert reply.status == 200, stack.diagnostics()
+    assert stack.upstream.last.header("x-credential-scope") == "read write"
+    assert stack.call(oidc.access_token("alice"), "bob").status == 401
+    assert stack.call("not-a-token-the-idp-issued", "alice").status == 401  # a signed {"active": false}

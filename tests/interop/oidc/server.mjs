@@ -161,9 +161,12 @@ const clients = [
     response_types: [],
     redirect_uris: [],
   },
-  // The sidecar's own client: it only introspects (no grant, no scope).
+  // The sidecar's own client: it only introspects (no grant, no scope). It may ask for signed
+  // introspection answers (RFC 9701, features.jwtIntrospection); Accept: application/json still
+  // gets plain JSON.
   {
     client_id: SIDECAR_CLIENT,
+    introspection_signed_response_alg: 'ES256',
     token_endpoint_auth_method: 'tls_client_auth',
     tls_client_auth_subject_dn: `CN=${SIDECAR_CLIENT}`,
     grant_types: [],
@@ -206,6 +209,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
+    jwtIntrospection: { enabled: true },
     introspection: {
       enabled: true,
       // By default any authenticated client may introspect any token: only the sidecar may.
