@@ -101,6 +101,8 @@ class OidcProvider:
         return str(self.metadata()["mtls_endpoint_aliases"][name])
 
     def client_files(self, client_id: str) -> tuple[Path, Path]:
+        if client_id == "selfie":  # self_signed_tls_client_auth: the certificate registered by its key
+            return self.self_signed_files
         files: tuple[Path, Path] = getattr(self.pki, f"{client_id}_files")
         return files
 

@@ -79,3 +79,18 @@ def test_signed_introspection_answers_are_verified_with_the_issuers_keys(
     assert stack.upstream.last.header("x-credential-scope") == "read write"
     assert stack.call(oidc.access_token("alice"), "bob").status == 401
     assert stack.call("not-a-token-the-idp-issued", "alice").status == 401  # a signed {"active": false}
+
+
+def test_with_client_cert_ca_file_a_token_bound_to_a_self_signed_certificate_is_refused_through_nginx(
+    stacks: StartStack, oidc: OidcProvider, client_files: dict[str, tuple[Path, Path]]
+) -> None:
+    """The IdP accepts a self-signed client (RFC 8705 §2.2) and binds its token to that certificate;
+    nginx (optional_no_ca) passes it on; only the sidecar's CA validation can refuse it."""
+    client_files.setdefault("selfie", oidc.self_signed_files)
+    token = oidc.access_token("selfie", scope="read")
+    assert "x5t#S256" in oidc.introspect(token).json()["cnf"]
+    assert stacks().call(token, "selfie").status == 200  # the thumbprint alone: bound and allowed
+    validating = stacks(SIDECAR_CLIENT_CERT__CA_FILE=str(oidc.pki.ca_file))
+    assert validating.call(token, "selfie").status == 401, validating.diagnostics()
+    assert decisions(validating.sidecar, "cert_untrusted") == 1
+    assert validating.call(oidc.access_token("alice"), "alice").status == 200  # our CA's clients pass

@@ -142,6 +142,18 @@ const clients = [
     redirect_uris: [],
     scope: 'read write',
   },
+  // A client with a self-signed certificate (RFC 8705 §2.2): its tokens are bound to a certificate
+  // no CA vouches for, which a resource server may refuse (client_cert.ca_file).
+  {
+    client_id: 'selfie',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    tls_client_certificate_bound_access_tokens: true,
+    jwks: { keys: [config.self_signed_jwk] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
   // The sidecar authenticating with a signed JWT (RFC 7523 private_key_jwt) instead of mTLS.
   {
     client_id: 'sidecar-pkjwt',
