@@ -172,7 +172,7 @@ class Env:
 
 
 async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "auto", workers: int = 1,
-                        cores: str = SERVER_CORE, decisions: str | None = None) -> Server:
+                        cores: str = SERVER_CORE, decisions: str | None = None, ca_file: Path | None = None) -> Server:
     port, admin = free_port(), free_admin_ports(workers)
     server = f'host = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
     if workers != 1:
@@ -185,6 +185,7 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
         f'[cache]\nmax_entries = 200000\n\n'
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
+        + (f'ca_file = "{ca_file}"\n' if ca_file else "")
         + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")
     )
     proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log")
@@ -352,9 +353,10 @@ def mint(env: Env, n: int) -> list[tuple[int, str]]:
 
 
 async def scenario_hit(env: Env, title: str, header: str, fmt: str, certs: list[str],
-                       tokens: list[tuple[int, str]], decisions: str | None = None) -> tuple[Run, Run, Server, Path]:
+                       tokens: list[tuple[int, str]], decisions: str | None = None,
+                       ca_file: Path | None = None) -> tuple[Run, Run, Server, Path]:
     bare = await start_bare(env.tmp, header)
-    sidecar = await start_sidecar(env, header=header, fmt=fmt, decisions=decisions)
+    sidecar = await start_sidecar(env, header=header, fmt=fmt, decisions=decisions, ca_file=ca_file)
     try:
         warm = await check_all(sidecar.port, header, certs, tokens)
         if set(warm) != {200}:
@@ -595,6 +597,10 @@ async def main_async(args: argparse.Namespace) -> None:
             env, 'cache hit, escaped PEM, log.decisions = "deny" (no allow lines)', "x-client-cert", "auto", pem,
             tokens, decisions="deny")
         sidecar_d.stop()
+        va, vb, sidecar_v, _ = await scenario_hit(
+            env, "cache hit, escaped PEM, client_cert.ca_file (the chain validated)", "x-client-cert", "auto", pem,
+            tokens, ca_file=env.ca_file)
+        sidecar_v.stop()
         one = lua_script(env, "x-client-cert", pem, tokens)
         if args.profile:
             await profile(env, sidecar, script, Path(args.profile))
@@ -617,7 +623,8 @@ async def main_async(args: argparse.Namespace) -> None:
     load1 = os.getloadavg()
     print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
           "(other processes share the cores: compare ratios within this run)")
-    print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f})")
+    print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
+          f"with client_cert.ca_file {vb.rps / va.rps:.2f})")
 
 
 def main() -> None:

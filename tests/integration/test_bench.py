@@ -19,6 +19,7 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for section in ("cache hit, escaped PEM", "cache hit, XFCC", "cache hit, escaped PEM, log.decisions",
+                    "cache hit, escaped PEM, client_cert.ca_file",
                     "p99 at half of the maximum rate", "cache miss",
                     "burst: 200 concurrent", "nginx auth_request", "memory: RSS per cached token",
                     "server.workers scaling"):
