@@ -44,12 +44,12 @@ class Sidecar:
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.inflight.set_function(lambda: self.in_flight)
+        self.metrics.ready.set_function(lambda: 1 if self.readiness()[0] else 0)
 
     @property
     def in_flight(self) -> int:
         """Checks waiting for the IdP (drain waits for them; a cache hit never waits)."""
         return self.decider.in_flight
-        self.metrics.ready.set_function(lambda: 1 if self.readiness()[0] else 0)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:

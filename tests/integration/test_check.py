@@ -318,3 +318,15 @@ async def test_a_duplicated_certificate_header_is_denied_even_when_the_token_is_
                            ("x-client-cert", escaped_pem(pki.alice))])
     response = await sidecar.client.get("/", headers=headers)
     assert response.status == 401 and (await response.json())["reason"] == "cert_invalid"
+
+
+async def test_the_ready_gauge_follows_readiness(sidecar: Running) -> None:
+    for _ in range(100):
+        if (await sidecar.admin.get("/readyz")).status == 200:
+            break
+        await asyncio.sleep(0.05)
+    metrics = await (await sidecar.admin.get("/metrics")).text()
+    assert "sidecar_ready 1.0" in metrics
+    sidecar.sidecar.draining = True
+    metrics = await (await sidecar.admin.get("/metrics")).text()
+    assert "sidecar_ready 0.0" in metrics
