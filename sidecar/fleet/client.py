@@ -33,8 +33,7 @@ def connect(f: FleetConfig) -> Client:
     timeouts: dict[str, Any] = {"socket_timeout": f.timeout * 4, "socket_connect_timeout": f.timeout * 4}
     auth: dict[str, Any] = {"username": f.username, "password": fleet_password(f)}
     if f.mode == "cluster":
-        return RedisCluster.from_url(f.url, **auth, **timeouts, **_tls(f), cluster_error_retry_attempts=1,
-                                     retry=Retry(NoBackoff(), 0))
+        return RedisCluster.from_url(f.url, **auth, **timeouts, **_tls(f), retry=Retry(NoBackoff(), 0))
     if f.mode == "sentinel":
         tls = {**_tls(f), "ssl": True} if f.url.startswith("rediss://") else {}
         path = urlsplit(f.url).path.strip("/")

@@ -34,6 +34,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from sidecar.config import CacheConfig, Config, FleetConfig
@@ -256,9 +257,12 @@ class Fleet:
         in-memory cache is dropped, since purges sent while unsubscribed were missed."""
         delay = 0.1
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = None
             try:
                 async with asyncio.timeout(max(1.0, 10 * self._timeout)):
+                    if isinstance(self.redis, RedisCluster):
+                        await self.redis.initialize()  # the slot map first: any node then serves the channel
+                    pubsub = self.redis.pubsub()
                     await pubsub.subscribe(self.names.channel)
                 if self._cache is not None and len(self._cache):
                     self._cache.clear()
@@ -275,8 +279,9 @@ class Fleet:
                 self.subscribed.clear()
                 log.warning("fleet subscription lost", extra={"error_type": type(exc).__name__})
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(2 * delay, 5.0)
 

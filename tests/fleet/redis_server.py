@@ -4,6 +4,7 @@ or a three-node cluster; each can be killed, restarted on its port, or paused (S
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,12 +22,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = random.randrange(20000, 40000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free pair of ports for a cluster node")
+
+
+# A cache, not a database: nothing on disk; DEBUG SLEEP lets the tests slow it.
+DATA = ("--save", "", "--appendonly", "no", "--enable-debug-command", "local")
+
+
 @dataclass
 class RedisServer:
     directory: Path
     port: int = 0
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = DATA
     tls: bool = False  # the port speaks TLS only (extra carries the tls-* files)
+    config: Path | None = None  # a config file first (a Sentinel needs one it can rewrite)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -38,12 +58,12 @@ class RedisServer:
         port_args = ("--port", "0", "--tls-port", str(self.port)) if self.tls else ("--port", str(self.port))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [REDIS_SERVER, *port_args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--dir", str(self.directory), "--enable-debug-command", "local", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [REDIS_SERVER, *([str(self.config)] if self.config else []), *port_args, "--bind", "127.0.0.1",
+             "--daemonize", "no", "--dir", str(self.directory), *self.extra],
+            stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"redis-server exited with {self.process.returncode}"
+            assert self.process.poll() is None, (self.directory / "redis.log").read_text()[-2000:]
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self
@@ -72,8 +92,8 @@ class RedisServer:
 
 def start_cluster(directory: Path, nodes: int = 3) -> list[RedisServer]:
     """``nodes`` masters on loopback, every slot covered, ready for commands."""
-    servers = [RedisServer(directory / f"node{i}", extra=("--cluster-enabled", "yes", "--cluster-config-file",
-                                                          "nodes.conf", "--cluster-node-timeout", "2000")).start()
+    cluster = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+    servers = [RedisServer(directory / f"node{i}", port=free_cluster_port(), extra=(*DATA, *cluster)).start()
                for i in range(nodes)]
     try:
         subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),
