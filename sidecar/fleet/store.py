@@ -55,6 +55,14 @@ MAX_MESSAGE = 1024
 PURGE_TIMEOUT = 5.0  # a purge scans Redis (by hash, all): bounded as a whole
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{12}\Z")
 
+# The value; else 2: not a string (planted); else 1: the lock taken; else 0: someone else's lock.
+_READ_OR_LOCK = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'string' then return redis.call('GET', KEYS[1]) end
+if kind ~= 'none' then return 2 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
 # Write the answer only while the lock is still ours (a purge deletes it), then free the lock.
 _FILL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -105,6 +113,9 @@ class Fleet:
         self._wait = min(f.lock_wait, config.idp.timeout)
         self._lock_ms = math.ceil((config.idp.timeout + 4 * f.timeout) * 1000)
         self._cache: TokenCache | None = None
+        self._read_or_lock = self.redis.register_script(_READ_OR_LOCK)
+        self._fill_script = self.redis.register_script(_FILL)
+        self._release = self.redis.register_script(_RELEASE)
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -129,11 +140,17 @@ class Fleet:
         deadline, delay, waited = loop.time() + self._wait, POLL_FIRST, False
         try:
             while True:
-                found = await self._read(name)
-                if found is not None:
-                    self.metrics.event("waited" if waited else "hit")
-                    return found
-                if await self.call(self.redis.set(lock, owner, nx=True, px=self._lock_ms)):
+                # One round trip, atomic: the value, or the lock taken; a holder that filled and
+                # freed the lock between a read and a lock attempt cannot be missed.
+                got = await self.call(self._read_or_lock(keys=[name, lock], args=[owner, self._lock_ms]))
+                if isinstance(got, bytes) or got == 2:
+                    found = self._open(name, got if isinstance(got, bytes) else b"")
+                    if found is not None:
+                        self.metrics.event("waited" if waited else "hit")
+                        return found
+                    await self.call(self.redis.delete(name))  # not ours (or lapsed): refill it
+                    continue
+                if got == 1:
                     break
                 if loop.time() + delay > deadline:
                     self.metrics.event("wait_expired")
@@ -146,13 +163,9 @@ class Fleet:
         self.metrics.event("miss")
         return await self._fill(name, lock, owner, verify)
 
-    async def _read(self, name: str) -> tuple[TokenInfo, float] | None:
-        blob = await self.call(self.redis.get(name))
-        if blob is None:
-            return None
+    def _open(self, name: str, blob: bytes) -> tuple[TokenInfo, float] | None:
+        """A shared answer that opens and has not expired; None (a miss, counted) otherwise."""
         try:
-            if not isinstance(blob, bytes):
-                raise Tampered("not bytes")
             info, until = decode(self.sealer.open(name.encode(), blob))
         except Tampered as exc:
             self.metrics.event("tampered")
@@ -165,19 +178,19 @@ class Fleet:
             info = await verify()
         except BaseException:
             with contextlib.suppress(RedisDown):
-                await self.call(self.redis.eval(_RELEASE, 1, lock, owner))
+                await self.call(self._release(keys=[lock], args=[owner]))
             raise
         now = time.time()
         ttl = answer_ttl(info, self._cache_config, now)
         with contextlib.suppress(RedisDown):
             if ttl >= 0.001:
                 blob = self.sealer.seal(name.encode(), encode(info, now + ttl))
-                written = await self.call(
-                    self.redis.eval(_FILL, 2, lock, name, owner, blob, math.ceil(ttl * 1000)))
+                written = await self.call(self._fill_script(keys=[lock, name],
+                                                            args=[owner, blob, math.ceil(ttl * 1000)]))
                 if not written:
                     self.metrics.event("fill_dropped")  # purged (or the lock lapsed) meanwhile
             else:
-                await self.call(self.redis.eval(_RELEASE, 1, lock, owner))
+                await self.call(self._release(keys=[lock], args=[owner]))
         return info, now + ttl
 
     async def call(self, command: Awaitable[T]) -> T:

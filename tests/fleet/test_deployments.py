@@ -64,8 +64,8 @@ async def test_an_acl_user_is_required_and_a_wrong_password_never_allows(
     server = RedisServer(tmp_path / "acl", extra=(
         *DATA, "--user", "default", "off",
         "--user", "sidecar", "on", ">sidecar-password-0123", "~sidecar:*", "&sidecar:*",
-        "+get", "+set", "+eval", "+del", "+unlink", "+scan", "+publish", "+subscribe", "+ping",
-        "+hello", "+client", "+auth",
+        "+get", "+set", "+type", "+evalsha", "+script|load", "+del", "+unlink", "+scan", "+publish", "+subscribe",
+        "+ping", "+hello", "+client", "+auth",
     )).start()
     try:
         password_file = tmp_path / "redis-password"

@@ -19,10 +19,10 @@ from tests.pki_fixtures import TestPki
 pytestmark = pytest.mark.fleet
 
 
-def get_calls(server: RedisServer) -> int:
-    stats = server.cli("info", "commandstats")
-    line = next((x for x in stats.splitlines() if x.startswith("cmdstat_get:")), "cmdstat_get:calls=0,")
-    return int(line.split("calls=")[1].split(",")[0])
+def commands(server: RedisServer) -> int:
+    """Commands Redis has processed (this INFO call included)."""
+    stats = server.cli("info", "stats")
+    return int(next(x for x in stats.splitlines() if x.startswith("total_commands_processed:")).split(":")[1])
 
 
 async def test_a_token_checked_on_one_replica_is_answered_on_another_without_asking_the_idp(
@@ -45,7 +45,7 @@ async def test_a_cache_hit_never_touches_redis(
     a = await make_replica()
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)
     assert (await a.check(token, pki.alice)).status == 200
-    before = get_calls(redis_server)
+    before = commands(redis_server)
     redis_server.pause()  # a hit must not even notice
     try:
         started = time.monotonic()
@@ -54,7 +54,7 @@ async def test_a_cache_hit_never_touches_redis(
         assert time.monotonic() - started < 2.0
     finally:
         redis_server.resume()
-    assert get_calls(redis_server) == before
+    assert commands(redis_server) == before + 1  # the INFO above
 
 
 async def test_redis_holds_no_token_and_no_claim(
@@ -191,7 +191,6 @@ async def test_a_tampered_value_is_a_miss_that_is_counted_and_replaced(
         await redis.rpush(name, b"x")  # a wrong type: Redis answers WRONGTYPE
     assert (await b.check(token, pki.alice)).status == 200
     assert idp.introspect_requests == 2
-    assert events(b, "tampered") + events(b, "error") == 1
-    if plant != "list":
-        _, replaced = await shared_value(a, token)
-        assert replaced != sealed
+    assert events(b, "tampered") == 1 and events(b, "error") == 0
+    _, replaced = await shared_value(a, token)
+    assert replaced != sealed
