@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from sidecar.config import CacheConfig, Config, FleetConfig
 from sidecar.core.cache import TokenCache, answer_ttl
@@ -198,7 +197,7 @@ class Fleet:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await command
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # RedisError, OSError, TimeoutError, or a reply redis-py could not parse
             self.breaker.failure()
             self.metrics.event("error")
             log.warning("fleet redis failed", extra={"error_type": type(exc).__name__})
@@ -229,7 +228,7 @@ class Fleet:
                 for start in range(0, len(names), 500):
                     await self.redis.unlink(*names[start:start + 500])
                 await self.redis.publish(self.names.channel, sealed)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # Redis failing: the local purge stands, the caller is told
             self.metrics.event("error")
             log.warning("fleet purge failed", extra={"error_type": type(exc).__name__})
             return False

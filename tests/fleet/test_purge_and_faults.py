@@ -4,6 +4,7 @@ in-process cache and the IdP answer as without a fleet, and the fleet recovers b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -153,3 +154,29 @@ async def test_a_redis_slowed_by_debug_sleep_is_treated_as_failing(
     assert time.monotonic() - started < 0.45
     assert events(a, "error") == 1
     await process.wait()
+
+
+async def test_a_server_answering_garbage_instead_of_redis_never_allows_and_counts_errors(
+    make_sidecar: Any, idp: FakeIdp, pki: TestPki, fleet_files: Any
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while await reader.read(4096):
+                writer.write(b"?\x00\xff not RESP at all\r\n:-1\r\n$-7\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        a = await make_sidecar(fleet={"enabled": True, "url": f"redis://127.0.0.1:{port}/0", "timeout": 0.2,
+                                      "secret_file": str(fleet_files.secret), "seal_key_file": str(fleet_files.key)})
+        revoked = idp.mint("alice", cnf=pki.alice.x5t_s256)
+        idp.tokens.pop(revoked)
+        assert (await a.check(revoked, pki.alice)).status == 401
+        good = idp.mint("alice", cnf=pki.alice.x5t_s256)
+        assert (await a.check(good, pki.alice)).status == 200
+        assert events(a, "error") >= 2 and events(a, "hit") == 0
+    finally:
+        server.close()
+        await server.wait_closed()
