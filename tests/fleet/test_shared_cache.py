@@ -194,3 +194,18 @@ async def test_a_tampered_value_is_a_miss_that_is_counted_and_replaced(
     assert events(b, "tampered") == 1 and events(b, "error") == 0
     _, replaced = await shared_value(a, token)
     assert replaced != sealed
+
+
+async def test_a_replica_keeps_a_shared_answer_no_longer_than_its_own_expiry(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
+) -> None:
+    """max_ttl counts from the IdP's answer, not from each replica's read of it."""
+    a, b = await make_replica(cache={"max_ttl": 1.0}), await make_replica(cache={"max_ttl": 1.0})
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await a.check(token, pki.alice)).status == 200
+    await asyncio.sleep(0.6)
+    assert (await b.check(token, pki.alice)).status == 200  # from Redis, 0.4 s of life left
+    assert idp.introspect_requests == 1
+    await asyncio.sleep(0.6)  # past the answer's expiry, though not 1 s after b read it
+    assert (await b.check(token, pki.alice)).status == 200
+    assert idp.introspect_requests == 2
