@@ -106,6 +106,10 @@ def _validate_fleet(f: FleetConfig, i: IdpConfig) -> None:
         raise ConfigError(KEY.fleet.url, "must be rediss:// when TLS files are given")
     if f.lock_wait > i.timeout:
         raise ConfigError(KEY.fleet.lock_wait, f"must be at most {KEY.idp.timeout} ({i.timeout})")
+    for name in ("secret_file", "seal_key_file", "previous_seal_key_file"):
+        path = getattr(f, name)
+        if path and len(Path(path).read_bytes().strip()) < 32:
+            raise ConfigError(getattr(KEY.fleet, name), "the file must hold at least 32 characters")
 
 
 def fleet_password(f: FleetConfig) -> str | None:

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sidecar.config import ConfigError
+
 VERSION = b"\x01"
 KID_BYTES = 4
 NONCE_BYTES = 12
@@ -35,11 +37,12 @@ def derive(material: bytes, label: str, size: int = 32) -> bytes:
     return HKDF(hashes.SHA256(), size, salt=b"sidecar-fleet", info=label.encode()).derive(material)
 
 
-def read_material(path: str) -> bytes:
-    """A secret file's content (at least 32 characters once stripped); never logged."""
-    data = Path(path).read_bytes().strip()
+def read_material(key: str, path: str | None) -> bytes:
+    """The content of the file configured at ``key`` (at least 32 characters once stripped);
+    never logged."""
+    data = Path(path).read_bytes().strip() if path else b""
     if len(data) < MIN_SECRET:
-        raise ValueError(f"{path}: a fleet secret or key must be at least {MIN_SECRET} characters")
+        raise ConfigError(key, f"the file must hold at least {MIN_SECRET} characters")
     return data
 
 

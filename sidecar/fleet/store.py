@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge
 from redis.asyncio.cluster import RedisCluster
 
-from sidecar.config import CacheConfig, Config, FleetConfig
+from sidecar.config import KEY, CacheConfig, Config, FleetConfig
 from sidecar.core.cache import TokenCache, answer_ttl
 from sidecar.core.shared import Verify
 from sidecar.core.token_info import TokenInfo
@@ -99,10 +99,10 @@ class Fleet:
 
     def __init__(self, config: Config, metrics: Metrics, redis: Client | None = None) -> None:
         f: FleetConfig = config.fleet
-        assert f.secret_file and f.seal_key_file  # config rules require both when enabled
-        self.names = Names(read_material(f.secret_file), f.prefix)
-        self.sealer = Sealer(read_material(f.seal_key_file),
-                             read_material(f.previous_seal_key_file) if f.previous_seal_key_file else None)
+        self.names = Names(read_material(KEY.fleet.secret_file, f.secret_file), f.prefix)
+        previous = f.previous_seal_key_file
+        self.sealer = Sealer(read_material(KEY.fleet.seal_key_file, f.seal_key_file),
+                             read_material(KEY.fleet.previous_seal_key_file, previous) if previous else None)
         self.redis: Client = redis if redis is not None else connect(f)
         self.metrics = FleetMetrics(metrics)
         self.breaker = Breaker(f.breaker_failures, f.breaker_open)

@@ -153,3 +153,15 @@ def test_a_fleet_configuration_that_cannot_work_is_refused_at_start(
     base = {} if fleet == {"enabled": True} else section(fleet_files, "redis://127.0.0.1:6379/0")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         sidecar_config(pki, idp, fleet={**base, **values})
+
+
+def test_a_fleet_secret_file_shorter_than_32_characters_is_refused_at_start(
+    fleet_files: FleetFiles, pki: TestPki, idp: FakeIdp, tmp_path: Path
+) -> None:
+    from tests.conftest import sidecar_config
+
+    short = tmp_path / "short"
+    short.write_text("too-short\n")
+    with pytest.raises(ConfigError, match=r"fleet\.previous_seal_key_file: the file must hold at least 32"):
+        sidecar_config(pki, idp, fleet={**section(fleet_files, "redis://127.0.0.1:6379/0"),
+                                        "previous_seal_key_file": str(short)})
