@@ -264,9 +264,17 @@ class Fleet:
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
 
+    async def _warm(self) -> None:
+        """Connect and load the scripts once, so the first checks pay neither (best effort)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                for script in (_READ_OR_LOCK, _FILL, _RELEASE):
+                    await self.redis.script_load(script)
+
     async def _listen(self) -> None:
         """Subscribe to purges for as long as the process runs; on every (re)subscription the
         in-memory cache is dropped, since purges sent while unsubscribed were missed."""
+        await self._warm()
         delay = 0.1
         while True:
             pubsub = None
