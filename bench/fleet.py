@@ -164,7 +164,8 @@ async def main_async(args: argparse.Namespace) -> None:
           f"IdP delay {args.idp_delay * 1000:.0f} ms, fleet.timeout {args.redis_timeout} s, "
           f"hits {args.hits} per replica", flush=True)
     try:
-        lines = [await run_mode(env, args, redis, files), await run_mode(env, args, None, files)]
+        modes = [None, redis] if args.without_first else [redis, None]  # the order effect, if any, shows
+        lines = [await run_mode(env, args, mode, files) for mode in modes]
     finally:
         redis.kill()
         idp_server.close()
@@ -180,6 +181,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="tokens in flight at once (16)")
     parser.add_argument("--hits", type=int, default=2000, help="cache hits measured per replica (2000)")
     parser.add_argument("--l2-sample", type=int, default=500, help="tokens whose second-level hits are timed (500)")
+    parser.add_argument("--without-first", action="store_true", help="run the fleet without Redis first")
     parser.add_argument("--idp-delay", type=float, default=0.002, help="the IdP's answer delay in seconds (0.002)")
     parser.add_argument("--redis-timeout", type=float, default=0.25, help="fleet.timeout of the replicas (0.25)")
     args = parser.parse_args()
