@@ -3,6 +3,7 @@ does not, and what a value that opens must still look like."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -94,3 +95,19 @@ def test_names_are_keyed_by_the_fleet_secret_and_alike_across_replicas() -> None
     assert one.digest_key == same.digest_key != other.digest_key
     assert one.hash_part("0123456789ab") != other.hash_part("0123456789ab")
     assert "0123456789ab" not in one.value(b"k" * 16, "0123456789ab")
+
+
+async def test_a_claim_lives_until_its_deadline_and_a_full_local_memory_refuses(
+    make_replica: MakeReplica, redis_server: RedisServer
+) -> None:
+    import time
+
+    fleet = fleet_of(await make_replica())
+    one, other = RedisReplayStore(fleet, max_local=2), RedisReplayStore(fleet)
+    assert await one.claim(b"short", time.time() + 0.2) is True
+    assert await other.claim(b"short", time.time() + 0.2) is False
+    await asyncio.sleep(0.3)
+    assert await other.claim(b"short", time.time() + 60) is True  # expired in Redis and in memory
+    assert await one.claim(b"a", time.time() + 60) is True  # "short" expired: swept, room for two
+    assert await one.claim(b"b", time.time() + 60) is True
+    assert await one.claim(b"c", time.time() + 60) is False  # two live keys held: fail closed
