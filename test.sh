@@ -13,6 +13,8 @@ for tool in caddy haproxy podman buildah debootstrap runc; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 # more_clear_input_headers in deploy/nginx/*.conf.template strips the x-credential-* namespace.
+# tests/fleet/ start Redis themselves (a server, a three-node cluster, faults).
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 [ -f /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] || missing+=(libnginx-mod-http-headers-more-filter)
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ def _load_checked(path: str | None) -> config_module.Config:
             except ValueError as exc:
                 raise ConfigError("client_cert.ca_file", str(exc).removeprefix("client_cert.ca_file: ")) from None
         config_module.admin_secret(config.server)  # a secret file's content is checked too
+        if config.fleet.enabled and importlib.util.find_spec("redis") is None:
+            raise ConfigError("fleet.enabled", "needs the fleet extra: pip install 'sidecar[fleet]'")
     except (ConfigError, TlsConfigError) as exc:
         print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

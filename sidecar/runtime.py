@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,6 +23,9 @@ from sidecar.idp.rotation import CertificateWatcher
 from sidecar.idp.tls import IdpSession
 from sidecar.idp.token_format import choose_verifier, local_jwt_enabled
 from sidecar.support.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sidecar.fleet.store import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,10 @@ class Sidecar:
         self.jwks = Jwks(config.idp, self.idp, self.discovery, self.metrics) \
             if local_jwt_enabled(config) or signed else None
         self.verifier: Verifier = build_verifier(config, self)
-        self.decider = Decider(config, self.verifier, self.metrics)
+        self.fleet = build_fleet(config, self.metrics) if config.fleet.enabled else None
+        self.decider = Decider(config, self.verifier, self.metrics, shared=self.fleet)
+        if self.fleet is not None:
+            self.fleet.attach(self.decider.cache)
         self.cert_header = config.client_cert.header
         self.source_header = config.admission.source_header
         self.draining = False
@@ -66,6 +73,8 @@ class Sidecar:
         """Resolve the IdP endpoints in the background; readiness waits for them."""
         self._tasks.append(asyncio.create_task(self._discover_until_done()))
         self._tasks.append(asyncio.create_task(self.cert_watcher.run()))
+        if self.fleet is not None:
+            self.fleet.start()
         if self.jwks is not None:
             self._tasks.append(asyncio.create_task(self.jwks.load_until_ready()))
         if self.decider.trust is not None and self.config.idp.reload_interval > 0:
@@ -92,8 +101,17 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.fleet is not None:
+            await self.fleet.aclose()
         await self.idp_guard.aclose()
         await self.idp.aclose()
+
+
+def build_fleet(config: Config, metrics: Metrics) -> Fleet:
+    """The Redis second cache level (redis-py is imported only when ``fleet.enabled``)."""
+    from sidecar.fleet.store import Fleet
+
+    return Fleet(config, metrics)
 
 
 def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:

@@ -19,6 +19,7 @@ LAYERS = (
     ("sidecar.config",),
     ("sidecar.core",),
     ("sidecar.idp",),
+    ("sidecar.fleet",),
     ("sidecar.runtime",),
     ("sidecar.fronts",),
     ("sidecar.app", "sidecar.workers"),

@@ -9,7 +9,7 @@ raises :class:`ConfigError`, whose message starts with the dotted key.
 
 from sidecar.config.declare import ENV_PREFIX, ConfigError, env_name
 from sidecar.config.load import from_mapping, load
-from sidecar.config.rules import admin_secret, client_secret, validate, warnings
+from sidecar.config.rules import admin_secret, client_secret, fleet_password, validate, warnings
 from sidecar.config.sections import (
     KEY,
     KEYS,
@@ -22,6 +22,8 @@ from sidecar.config.sections import (
     ClientCertConfig,
     Config,
     DecisionLogging,
+    FleetConfig,
+    FleetMode,
     IdpConfig,
     Key,
     LogConfig,
@@ -45,6 +47,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DecisionLogging",
+    "FleetConfig",
+    "FleetMode",
     "IdpConfig",
     "Key",
     "LogConfig",
@@ -55,6 +59,7 @@ __all__ = [
     "admin_secret",
     "client_secret",
     "env_name",
+    "fleet_password",
     "from_mapping",
     "load",
     "validate",

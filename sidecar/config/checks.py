@@ -67,3 +67,22 @@ def realm(value: str) -> str | None:
     if '"' in value or "\\" in value or not value.isprintable():
         return "must not contain quotes, backslashes or control characters"
     return None
+
+
+def redis_url(url: str) -> str | None:
+    ok = url.startswith(("redis://", "rediss://")) and "@" not in url  # credentials: username/password keys
+    return None if ok else f"must be a redis:// or rediss:// URL without credentials; got {url.split('@')[-1]!r}"
+
+
+def redis_prefix(prefix: str) -> str | None:
+    if not prefix or len(prefix) > 64 or not prefix.isprintable() or any(c in prefix for c in " {}*?[]"):
+        return "must be 1-64 printable characters without spaces, braces or glob characters"
+    return None
+
+
+def host_ports(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"not host:port: {value!r}"
+    return None

@@ -16,6 +16,7 @@ from sidecar.config.sections import (
     STANDARD_HEADERS,
     ClientCertConfig,
     Config,
+    FleetConfig,
     IdpConfig,
     ResponseConfig,
     ServerConfig,
@@ -31,6 +32,8 @@ def validate(config: Config) -> None:
         _validate_jwt_policy(config)
     _validate_client_cert(config.client_cert)
     _validate_response(config.response)
+    if config.fleet.enabled:
+        _validate_fleet(config.fleet, config.idp)
 
 
 def _validate_server_limits(s: ServerConfig) -> None:
@@ -114,6 +117,31 @@ def warnings(config: Config) -> list[str]:
         found.append(f"{KEY.client_cert.trusted_proxies} trusts every address: any client can then forward a "
                      "certificate header")
     return found
+
+def _validate_fleet(f: FleetConfig, i: IdpConfig) -> None:
+    for name in ("secret_file", "seal_key_file"):
+        if not getattr(f, name):
+            raise ConfigError(getattr(KEY.fleet, name), f"is required with {KEY.fleet.enabled}")
+    if f.mode == "sentinel" and not f.sentinels:
+        raise ConfigError(KEY.fleet.sentinels, "is required in sentinel mode")
+    if bool(f.cert_file) != bool(f.key_file):
+        raise ConfigError(KEY.fleet.key_file, f"{KEY.fleet.cert_file} and {KEY.fleet.key_file} go together")
+    tls_files = f.ca_file or f.cert_file
+    if tls_files and not f.url.startswith("rediss://"):
+        raise ConfigError(KEY.fleet.url, "must be rediss:// when TLS files are given")
+    if f.lock_wait > i.timeout:
+        raise ConfigError(KEY.fleet.lock_wait, f"must be at most {KEY.idp.timeout} ({i.timeout})")
+    for name in ("secret_file", "seal_key_file", "previous_seal_key_file"):
+        path = getattr(f, name)
+        if path and len(Path(path).read_bytes().strip()) < 32:
+            raise ConfigError(getattr(KEY.fleet, name), "the file must hold at least 32 characters")
+
+
+def fleet_password(f: FleetConfig) -> str | None:
+    """The Redis password, from the config or its file (read at start, never logged)."""
+    if f.password_file:
+        return Path(f.password_file).read_text(encoding="utf-8").strip()
+    return f.password
 
 
 def admin_secret(s: ServerConfig) -> str | None:

@@ -24,6 +24,7 @@ CertFormat = Literal[
 ]
 DecisionLogging = Literal["all", "deny", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+FleetMode = Literal["standalone", "cluster", "sentinel"]
 
 # (TokenInfo attribute, header suffix): the credential headers every allow carries.
 STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
@@ -199,6 +200,39 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    enabled: bool = key(False, "share answers, single-flight and purges with other replicas through Redis "
+                               "(docs/fleet.md; needs the `fleet` extra)")
+    url: str = key("redis://127.0.0.1:6379/0", "`redis://` or `rediss://` (TLS) URL of Redis; in `cluster` mode one "
+                                              "node of the cluster", checks=(checks.redis_url,))
+    mode: FleetMode = key("standalone", "one Redis, a Redis Cluster, or Sentinel-managed replicas")
+    sentinels: tuple[str, ...] = key((), "`host:port` of the Sentinels (`sentinel` mode)",
+                                     checks=(checks.host_ports,))
+    sentinel_master: str = key("mymaster", "the master's name at the Sentinels")
+    username: str | None = key(None, "ACL user (Redis 6+ `AUTH username password`)")
+    password: str | None = key(None, "password of `fleet.username` (or of the default user)", secret=True)
+    password_file: str | None = key(None, "file holding `fleet.password`", checks=_FILE)
+    ca_file: str | None = key(None, "CA bundle that verifies Redis's server certificate (`rediss://`)", checks=_FILE)
+    cert_file: str | None = key(None, "our client certificate to Redis (`tls-auth-clients`), PEM", checks=_FILE)
+    key_file: str | None = key(None, "the private key of `fleet.cert_file`, PEM", checks=_FILE)
+    secret_file: str | None = key(None, "the fleet secret (32+ characters, the same on every replica): keys in Redis "
+                                        "are hashes keyed by it", checks=_FILE)
+    seal_key_file: str | None = key(None, "the fleet key (32+ characters) that encrypts and authenticates values "
+                                          "(AES-256-GCM)", checks=_FILE)
+    previous_seal_key_file: str | None = key(None, "the former fleet key, still accepted for reading during a "
+                                                   "rotation", checks=_FILE)
+    prefix: str = key("sidecar:", "prefix of every key and channel in Redis", checks=(checks.redis_prefix,))
+    timeout: float = key(0.05, "bound on each Redis command; a slower Redis counts as failing", gt=0, le=5,
+                         unit="seconds")
+    lock_wait: float = key(0.5, "how long a replica waits for another one's IdP call for the same token before "
+                                "calling the IdP itself; at most `idp.timeout`", ge=0, unit="seconds")
+    breaker_failures: int = key(3, "consecutive Redis failures that open the breaker (Redis is then skipped)",
+                                ge=1)
+    breaker_open: float = key(2.0, "time the breaker stays open before Redis is tried again", gt=0,
+                              unit="seconds")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
@@ -208,6 +242,7 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     @property
     def idp_configured(self) -> bool:

@@ -6,8 +6,9 @@
 - **Two stores**: active answers and inactive answers apart (``cache.max_entries`` and
   ``cache.negative_max_entries``), so a flood of random tokens fills only the inactive store and
   can never evict a valid cached token. Each store drops its oldest entry when full.
-- **Keys** are a keyed BLAKE2b digest of the token under a per-process random key: the raw token
-  is never stored, and a memory dump cannot be matched against a leaked token list.
+- **Keys** are a keyed BLAKE2b digest of the token under a per-process random key (in a fleet,
+  the fleet's digest key, so that a purge names one entry on every replica): the raw token is
+  never stored, and a memory dump cannot be matched against a leaked token list.
 - **Single-flight**: concurrent misses for one token share one IdP call
   (:class:`~sidecar.support.singleflight.SingleFlight`).
 - **Stale-if-error** (off unless ``cache.stale_if_error`` > 0, in the spirit of RFC 5861 §4): an
@@ -32,6 +33,7 @@ from typing import Literal
 from sidecar.config import CacheConfig
 from sidecar.core.entry import Entry
 from sidecar.core.errors import IdpUnavailable
+from sidecar.core.token_info import TokenInfo
 from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
 
@@ -47,9 +49,18 @@ def _stale_until(_key: bytes, kept: tuple[Entry, float], _now: float) -> float:
     return kept[1]
 
 
+def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
+    """Seconds an answer may be reused from wall-clock ``now``: an inactive one
+    ``negative_ttl``; an active one never past ``exp``, never past ``max_ttl``."""
+    if not info.active:
+        return config.negative_ttl
+    return config.max_ttl if info.exp is None else min(config.max_ttl, info.exp - now)
+
+
 class TokenCache:
-    def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time) -> None:
-        self._secret = os.urandom(32)
+    def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
+                 secret: bytes | None = None) -> None:
+        self._secret = secret or os.urandom(32)
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._config = config
         self._timer = timer  # monotonic: deadlines
@@ -107,12 +118,9 @@ class TokenCache:
         return entry
 
     def _ttl(self, entry: Entry) -> float:
-        """Seconds the answer may be reused: never past ``exp``, never past the configured bound."""
-        c = self._config
-        info = entry.info
-        if not info.active:
-            return c.negative_ttl
-        return c.max_ttl if info.exp is None else min(c.max_ttl, info.exp - self._clock())
+        """Seconds the answer may be reused: :func:`answer_ttl`, never past the source's ``until``."""
+        now = self._clock()
+        return min(answer_ttl(entry.info, self._config, now), entry.until - now)
 
     def _keep_stale(self, key: bytes, entry: Entry, stale: TtlStore[bytes, tuple[Entry, float]]) -> None:
         """Remember an active, bound, statically allowed answer; forget the token otherwise."""

@@ -16,6 +16,7 @@ reason ``stale`` on allow, and ``sidecar_cache_total{result="stale"}``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from sidecar.config import CertFormat, Config
@@ -32,6 +33,7 @@ from sidecar.core.interning import Interner
 from sidecar.core.policy import Policy
 from sidecar.core.request import CheckRequest
 from sidecar.core.response import HeaderBuilder
+from sidecar.core.shared import SharedAnswers
 from sidecar.core.verifier import Verifier
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
@@ -64,9 +66,11 @@ class Miss:
 class Decider:
     """Holds the stages of one configuration and runs them per request."""
 
-    def __init__(self, config: Config, verifier: Verifier, metrics: Metrics) -> None:
+    def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
+                 shared: SharedAnswers | None = None) -> None:
         self.config = config
-        self.cache = TokenCache(config.cache)
+        self.cache = TokenCache(config.cache, secret=None if shared is None else shared.digest_key)
+        self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self.headers = HeaderBuilder(config.response)
         self.policy = Policy(config.policy)
         cc = config.client_cert
@@ -184,19 +188,24 @@ class Decider:
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
         """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""
         try:
-            return await self.cache.get_or_load(miss.key, lambda: self._load(miss.token, request))
+            return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request))
         except IdpUnavailable as failure:
             stale = self.cache.stale(miss.key, failure)
             if stale is None:
                 raise
             return stale, "stale"
 
-    async def _load(self, token: str, request: CheckRequest) -> Entry:
+    async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
         """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
+        token = miss.token
         source = source_of(request.forwarded, request.peer in self.trusted_proxies)
         self.admission.enter(source)
         try:
-            info = self._interner.info(await self._verifier.verify(token))  # shared values: memory per token
+            if self._shared is None:
+                info, until = await self._verifier.verify(token), math.inf
+            else:
+                info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token))
+            info = self._interner.info(info)  # shared values: memory per token
         finally:
             self.admission.leave(source)
         return Entry(
@@ -205,6 +214,7 @@ class Decider:
             denial=self.policy.static_denial(info),
             scope_denial=self.policy.scope_denial(info),
             token_hash=token_hash(token),
+            until=until,
         )
 
     def _count_lookup(self, lookup: Lookup) -> None:

@@ -4,6 +4,7 @@ once at fill time (upstream headers, the static and scope verdicts, the token's 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sidecar.core.errors import Denial
@@ -19,3 +20,4 @@ class Entry:
     scope_denial: Denial | None
     token_hash: str  # for logs; never the token
     expires: float = 0.0  # time.monotonic() deadline, set once by the cache when it stores the entry
+    until: float = math.inf  # wall-clock bound from the source (a shared answer's own expiry); caps the TTL

@@ -9,6 +9,8 @@ the length of the secret leaks through timing). A JSON body names what to drop:
 - ``{"all": true}``: the whole cache.
 
 The answer is ``{"purged": <entries dropped>}``. Without a configured secret there is no route.
+In a fleet (``fleet.enabled``) the purge also leaves Redis and is published to every replica;
+the answer then says ``"fleet": true``, or ``false`` when Redis failed (purge again).
 A stale-if-error copy is purged along with the entry, so a revoked token is never served stale.
 
 Only peers in ``server.purge_peers`` are heard (403 otherwise); attempts are rate-limited and a
@@ -117,18 +119,26 @@ async def purge(request: web.Request) -> web.Response:
         return _bad("body must be a JSON object")
     if not isinstance(body, dict) or len(body) != 1:
         return _bad('give exactly one of "token", "token_hash", "all": true')
-    cache = request.app[SIDECAR].decider.cache
+    sidecar = request.app[SIDECAR]
+    cache, fleet = sidecar.decider.cache, sidecar.fleet
     [(what, value)] = body.items()
     if what == "token" and isinstance(value, str) and value:
         hashed = token_hash(value)
-        purged = int(cache.purge(cache.key(value)))
+        key = cache.key(value)
+        purged = int(cache.purge(key))
+        shared = fleet.purge_token(key, value) if fleet else None
     elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
         hashed = value
         purged = cache.purge_hash(value)
+        shared = fleet.purge_hash(value) if fleet else None
     elif what == "all" and value is True:
         hashed = "*"
         purged = cache.clear()
+        shared = fleet.purge_all() if fleet else None
     else:
         return _bad('give exactly one of "token", "token_hash" (12 hex), "all": true')
-    log.warning("purge", extra={"by": what, "token": hashed, "purged": purged})
-    return web.json_response({"purged": purged})
+    answer: dict[str, object] = {"purged": purged}
+    if shared is not None:
+        answer["fleet"] = await shared
+    log.warning("purge", extra={"by": what, "token": hashed, **answer})
+    return web.json_response(answer)

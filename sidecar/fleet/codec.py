@@ -1,0 +1,85 @@
+"""A :class:`TokenInfo` and its expiry as the JSON sealed into Redis, and back.
+
+Only what the sidecar keeps (the TokenInfo fields) travels. Reading is strict: a field of the
+wrong type, a missing one or an unknown one makes the value :class:`~sidecar.fleet.seal.Tampered`
+(never a guess), even though a value that opened was sealed by a replica of the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sidecar.core.token_info import INACTIVE, TokenInfo, scope_set
+from sidecar.fleet.seal import Tampered
+
+_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "token_use")
+_INT = ("exp", "iat", "nbf")
+_TUPLE = ("aud", "cnf_unverifiable")
+_FIELDS = frozenset((*_STR, *_INT, *_TUPLE, "active", "introspected", "extra"))
+MAX_VALUE_BYTES = 64 * 1024
+
+
+def encode(info: TokenInfo, until: float) -> bytes:
+    claims: dict[str, Any] = {"active": info.active}
+    if info.active:
+        claims["introspected"] = info.introspected
+        for name in _STR + _INT:
+            value = getattr(info, name)
+            if value is not None:
+                claims[name] = value
+        for name in _TUPLE:
+            value = getattr(info, name)
+            if value:
+                claims[name] = list(value)
+        if info.extra:
+            claims["extra"] = dict(info.extra)
+    return json.dumps({"i": claims, "u": until}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> tuple[TokenInfo, float]:
+    """The TokenInfo and the wall-clock time until which it may be reused."""
+    if len(data) > MAX_VALUE_BYTES:
+        raise Tampered("value too large")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise Tampered("not JSON") from None
+    if not isinstance(doc, dict) or set(doc) != {"i", "u"}:
+        raise Tampered("not a shared answer")
+    until, claims = doc["u"], doc["i"]
+    if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
+        raise Tampered("u: not a time")
+    if not isinstance(claims, dict) or not set(claims) <= _FIELDS or not isinstance(claims.get("active"), bool):
+        raise Tampered("i: not a token answer")
+    if not claims["active"]:
+        return INACTIVE, float(until)
+    return _active(claims), float(until)
+
+
+def _active(claims: dict[str, Any]) -> TokenInfo:
+    values: dict[str, Any] = {}
+    for name in _STR:
+        value = claims.get(name)
+        if value is not None and not isinstance(value, str):
+            raise Tampered(f"{name}: not a string")
+        values[name] = value
+    for name in _INT:
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise Tampered(f"{name}: not an integer")
+        values[name] = value
+    for name in _TUPLE:
+        value = claims.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise Tampered(f"{name}: not a list of strings")
+        values[name] = tuple(value)
+    extra = claims.get("extra")
+    if extra is not None and (not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values())):
+        raise Tampered("extra: not a table of strings")
+    introspected = claims.get("introspected", False)
+    if not isinstance(introspected, bool):
+        raise Tampered("introspected: not a boolean")
+    return TokenInfo(active=True, scopes=scope_set(values["scope"]), introspected=introspected,
+                     extra=extra or None, **values)
