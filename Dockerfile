@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The sidecar image: the wheel is built in the first stage and installed with its runtime
-# dependencies into /opt/sidecar (a venv); the final stage holds that venv and nothing else of
-# the build. It runs as a numeric non-root user and writes nothing outside /tmp, so it runs
+# dependencies and the fleet extra (a shared cache on Redis) into /opt/sidecar (a venv); the final
+# stage holds that venv and nothing else of the build. It runs as a numeric non-root user and writes nothing outside /tmp, so it runs
 # with readOnlyRootFilesystem and an emptyDir on /tmp (deploy/kubernetes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/sidecar \
-    && /opt/sidecar/bin/pip install /wheels/sidecar-*.whl \
+    && /opt/sidecar/bin/pip install "$(echo /wheels/sidecar-*.whl)[fleet]" \
     && /opt/sidecar/bin/pip uninstall --yes pip setuptools \
     && /opt/sidecar/bin/sidecar --help
 
