@@ -28,6 +28,8 @@ def validate(config: Config) -> None:
         _validate_idp(config.idp)
         _validate_jwt_policy(config)
     _validate_client_cert(config.client_cert)
+    if config.dpop.enabled and not config.dpop.algorithms:
+        raise ConfigError(KEY.dpop.algorithms, "must not be empty when dpop.enabled is on")
     _validate_response(config.response)
 
 
