@@ -1,4 +1,6 @@
 // A real, certified OpenID provider (oidc-provider 8.8.1) for the sidecar's interop tests.
+// Clients: alice and bob (certificate-bound, RFC 8705), carol (unbound), dave (DPoP-bound,
+// RFC 9449), and the sidecar (introspection only).
 //
 // Two HTTPS listeners on 127.0.0.1, as RFC 8705 §5 deployments often have them:
 //   - the issuer's listener (no client certificate requested): discovery, JWKS, plain endpoints;
@@ -140,6 +142,17 @@ const clients = [
     redirect_uris: [],
     scope: 'read write',
   },
+  // dave binds his tokens with DPoP (RFC 9449): a proof with each token request, no certificate.
+  {
+    client_id: 'dave',
+    client_secret: config.dave_secret,
+    token_endpoint_auth_method: 'client_secret_basic',
+    dpop_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
   // The sidecar's own client: it only introspects (no grant, no scope).
   {
     client_id: SIDECAR_CLIENT,
@@ -183,6 +196,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 9449: a token requested with a DPoP proof is bound to its key (cnf.jkt, token_type DPoP).
+    dPoP: { enabled: true },
     revocation: { enabled: true },
     introspection: {
       enabled: true,
