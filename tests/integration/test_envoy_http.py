@@ -21,7 +21,7 @@ from tests.pki_fixtures import TestPki
 from tests.scenarios import deploy_sections
 
 CREDENTIALS = {f"x-credential-{s}" for s in ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti",
-                                             "token-type", "username", "cnf-x5t-s256")}
+                                             "token-type", "username", "cnf-x5t-s256", "cnf-jkt", "cnf-method")}
 SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
