@@ -11,6 +11,7 @@ from sidecar.config.declare import ENV_PREFIX, ConfigError, env_name
 from sidecar.config.load import from_mapping, load
 from sidecar.config.rules import admin_secret, client_secret, validate
 from sidecar.config.sections import (
+    DPOP_HEADERS,
     KEY,
     KEYS,
     STANDARD_HEADERS,
@@ -33,6 +34,7 @@ from sidecar.config.sections import (
 )
 
 __all__ = [
+    "DPOP_HEADERS",
     "ENV_PREFIX",
     "KEY",
     "KEYS",

@@ -11,6 +11,7 @@ from pathlib import Path
 from sidecar.config import checks
 from sidecar.config.declare import ConfigError
 from sidecar.config.sections import (
+    DPOP_HEADERS,
     KEY,
     STANDARD_HEADERS,
     ClientCertConfig,
@@ -80,7 +81,7 @@ def _validate_client_cert(c: ClientCertConfig) -> None:
 
 
 def _validate_response(r: ResponseConfig) -> None:
-    standard = {suffix for _, suffix in STANDARD_HEADERS}
+    standard = {suffix for _, suffix in STANDARD_HEADERS + DPOP_HEADERS}
     for claim, header in r.claims.items():
         if not checks.HEADER_NAME.match(header):
             raise ConfigError(f"{KEY.response.claims}.{claim}", f"not a valid header name: {header!r}")

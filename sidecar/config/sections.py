@@ -37,9 +37,9 @@ STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
     ("token_type", "token-type"),
     ("username", "username"),
     ("cnf_x5t_s256", "cnf-x5t-s256"),
-    ("cnf_jkt", "cnf-jkt"),
-    ("cnf_method", "cnf-method"),
 )
+# Added with dpop.enabled: the DPoP key's thumbprint, and the binding method verified (mtls, dpop).
+DPOP_HEADERS: tuple[tuple[str, str], ...] = (("cnf_jkt", "cnf-jkt"), ("cnf_method", "cnf-method"))
 
 _FILE = (checks.existing_file,)
 _URL = (checks.https_url,)

@@ -71,7 +71,7 @@ class Decider:
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics) -> None:
         self.config = config
         self.cache = TokenCache(config.cache)
-        self.headers = HeaderBuilder(config.response, binding=config.policy.binding)
+        self.headers = HeaderBuilder(config.response, binding=config.policy.binding, dpop=config.dpop.enabled)
         self.policy = Policy(config.policy, dpop=config.dpop.enabled)
         dp = config.dpop
         self.dpop = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries)) if dp.enabled else None
@@ -105,7 +105,7 @@ class Decider:
             return self._deny(InternalError(type(exc).__name__), None)
         if entry is None:
             return Miss(token, key, dpop)
-        return self._verdict(entry, request, "hit", dpop)
+        return self._verdict(entry, request, "hit", token if dpop else None)
 
     async def decide(self, request: CheckRequest, now: Allow | Deny | Miss | None = None) -> Allow | Deny:
         """The whole decision; ``now`` is what :meth:`decide_now` already said for this request."""
@@ -123,21 +123,23 @@ class Decider:
             return self._deny(InternalError(type(exc).__name__), token_hash(now.token), dpop=now.dpop)
         finally:
             self.in_flight -= 1
-        return self._verdict(entry, request, lookup, now.dpop)
+        return self._verdict(entry, request, lookup, now.token if now.dpop else None)
 
-    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup, dpop: bool = False) -> Allow | Deny:
+    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup,
+                 dpop: str | None = None) -> Allow | Deny:
         """The checks of a token's answer against this request: the same for a hit and a miss.
 
-        ``dpop``: the token came with the DPoP scheme. The binding step verifies the method the token
-        is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme), else the certificate.
+        ``dpop``: the token, when it came with the DPoP scheme. The binding step verifies the method
+        the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme), else the
+        certificate.
         """
         try:
             denial = entry.denial
             if denial is None:
                 info = entry.info
                 self.policy.check_time(info, time.time())
-                if dpop or info.cnf_jkt is not None:
-                    self._check_proof(entry, request, dpop)
+                if dpop is not None or info.cnf_jkt is not None:
+                    self._check_proof(info.cnf_jkt, request, dpop)
                 elif needs_certificate(info, self._binding):
                     check_binding(info, self._presented(request), self._binding)
                 denial = entry.scope_denial
@@ -148,21 +150,21 @@ class Decider:
             denial = InternalError(type(exc).__name__)
         if denial is not None:
             self._count_lookup(lookup)
-            return self._deny(denial, entry.token_hash, stale=lookup == "stale", dpop=dpop)
+            return self._deny(denial, entry.token_hash, stale=lookup == "stale", dpop=dpop is not None)
         return self._allow(entry, lookup)
 
-    def _check_proof(self, entry: Entry, request: CheckRequest, dpop: bool) -> None:
+    def _check_proof(self, jkt: str | None, request: CheckRequest, token: str | None) -> None:
         """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
-        DPoP scheme only with a DPoP-bound token (no downgrade either way)."""
-        jkt = entry.info.cnf_jkt
-        if not dpop:
+        DPoP scheme only with a DPoP-bound token (no downgrade either way). ``token``: the token sent
+        with the DPoP scheme, else None."""
+        if token is None:
             raise InvalidToken("dpop_scheme_required", "a DPoP-bound token came with the Bearer scheme")
-        if jkt is None or self.dpop is None or entry.ath is None:
+        if jkt is None or self.dpop is None:
             raise InvalidToken("dpop_token_unbound", "the DPoP scheme with a token not bound by cnf.jkt")
         method = uri = None
         if request.peer in self.trusted_proxies:  # only a trusted proxy describes the original request
             method, uri = request.method, target(request.scheme, request.host, request.path)
-        self.dpop.verify(request.dpop, jkt=jkt, ath=entry.ath, method=method, uri=uri)
+        self.dpop.verify(request.dpop, jkt=jkt, ath=access_token_hash(token), method=method, uri=uri)
 
     def _presented(self, request: CheckRequest) -> str | None:
         """The thumbprint of the certificate the proxy vouches for; None when there is none.
@@ -206,7 +208,6 @@ class Decider:
             denial=self.policy.static_denial(info),
             scope_denial=self.policy.scope_denial(info),
             token_hash=token_hash(token),
-            ath=access_token_hash(token) if info.cnf_jkt is not None else None,
         )
 
     def _count_lookup(self, lookup: Lookup) -> None:

@@ -18,5 +18,4 @@ class Entry:
     denial: Denial | None  # inactive / issuer / audience / cnf / token type: independent of the request
     scope_denial: Denial | None
     token_hash: str  # for logs; never the token
-    ath: str | None = None  # RFC 9449 §4.2 hash of the token, for DPoP-bound tokens only
     expires: float = 0.0  # time.monotonic() deadline, set once by the cache when it stores the entry

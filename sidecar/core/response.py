@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from multidict import istr
 
-from sidecar.config import STANDARD_HEADERS, BindingMode, ResponseConfig
+from sidecar.config import DPOP_HEADERS, STANDARD_HEADERS, BindingMode, ResponseConfig
 from sidecar.core.errors import Denial
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.memo import Memo, text_size
@@ -92,12 +92,15 @@ def _headers_class(names: tuple[str, ...]) -> Callable[[Sequence[str]], Credenti
 class HeaderBuilder:
     """Builds the upstream headers of one token from the configured prefix and claim map."""
 
-    def __init__(self, config: ResponseConfig, *, binding: BindingMode = "strict") -> None:
-        # cnf-method names the method the sidecar verified: under binding off a certificate is not.
+    def __init__(self, config: ResponseConfig, *, binding: BindingMode = "strict", dpop: bool = False) -> None:
+        # With DPoP (dpop.enabled) two more headers; cnf-method names the method the sidecar
+        # verified, so under binding off a certificate is not named. Without DPoP no token pays
+        # for them (memory per cached token).
+        standard = STANDARD_HEADERS + (DPOP_HEADERS if dpop else ())
         self._unverified = frozenset({"mtls"}) if binding == "off" else frozenset()
+        self._method_at = [attr for attr, _ in standard].index("cnf_method") if dpop else -1
         prefix = config.prefix.lower()
-        self._standard = tuple((attr, prefix + suffix) for attr, suffix in STANDARD_HEADERS)
-        self._method_at = [attr for attr, _ in STANDARD_HEADERS].index("cnf_method")
+        self._standard = tuple((attr, prefix + suffix) for attr, suffix in standard)
         self._extra = tuple((claim, prefix + suffix.lower()) for claim, suffix in config.claims.items())
         self._max = config.max_value_length
         self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
@@ -118,7 +121,7 @@ class HeaderBuilder:
 
     def build(self, info: TokenInfo) -> CredentialHeaders:
         values = [self._text(getattr(info, attr)) for attr, _ in self._standard]
-        if info.cnf_method in self._unverified:
+        if self._method_at >= 0 and info.cnf_method in self._unverified:
             values[self._method_at] = ""
         extra = info.extra or {}
         values.extend(self._text(extra.get(claim)) for claim, _ in self._extra)

@@ -358,11 +358,12 @@ async def test_the_original_request_counts_only_from_a_trusted_proxy() -> None:
     assert isinstance(decided, Deny) and decided.denial.reason == "dpop_htm_mismatch"
 
 
-def test_certificate_binding_under_off_is_not_named_as_verified_upstream() -> None:
+def test_certificate_binding_under_off_is_not_named_as_verified_upstream_and_dpop_off_adds_no_header() -> None:
     info = token_info_from_claims({"active": True, "cnf": {"x5t#S256": "A" * 43}})
     config = config_module.ResponseConfig()
-    assert HeaderBuilder(config, binding="off").build(info)["x-credential-cnf-method"] == ""
-    assert HeaderBuilder(config, binding="optional").build(info)["x-credential-cnf-method"] == "mtls"
+    assert HeaderBuilder(config, binding="off", dpop=True).build(info)["x-credential-cnf-method"] == ""
+    assert HeaderBuilder(config, binding="optional", dpop=True).build(info)["x-credential-cnf-method"] == "mtls"
+    assert "x-credential-cnf-method" not in HeaderBuilder(config).names  # without DPoP no token pays for them
 
 
 def test_denials_carry_both_challenges_and_the_error_in_the_scheme_the_request_used() -> None:

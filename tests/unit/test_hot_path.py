@@ -179,6 +179,6 @@ def test_credential_header_pairs_name_each_header_exactly_as_configured() -> Non
 def test_credential_headers_read_like_a_dict() -> None:
     builder = HeaderBuilder(config_module.ResponseConfig(claims={"tenant": "tenant"}))
     headers = builder.build(TokenInfo(active=True, sub="alice", aud=("a", "b")))
-    assert dict(headers) == dict(headers.pairs()) and len(headers) == 14
+    assert dict(headers) == dict(headers.pairs()) and len(headers) == 12
     assert headers["x-credential-aud"] == "a b" and headers.get("x-nope") is None
     assert headers == {name: headers[name] for name in builder.names}
