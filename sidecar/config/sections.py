@@ -159,7 +159,7 @@ class DpopConfig:
                           unit="seconds")
     max_proof_size: int = key(8192, "longest proof; a longer `DPoP` header is refused unparsed", ge=1024,
                               le=65536, unit="bytes")
-    replay_max_entries: int = key(100_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
+    replay_max_entries: int = key(250_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
                                   ge=1)
 
 
