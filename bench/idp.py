@@ -49,6 +49,13 @@ class BenchIdp(DevIdp):
         return token
 
 
+    def mint_dpop(self, client_id: str, jkt: str) -> str:
+        """A DPoP-bound token (RFC 9449 §6.2: ``cnf.jkt``, ``token_type`` DPoP)."""
+        token = self.mint_bound(client_id, "")
+        self.tokens[token].update(cnf={"jkt": jkt}, token_type="DPoP")
+        return token
+
+
 async def start_idp(cert: Path, key: Path, ca: Path) -> tuple[BenchIdp, web.AppRunner, asyncio.AbstractServer]:
     """Serve the IdP on 127.0.0.1:<ephemeral> with TLS that asks for a client certificate."""
     idp = BenchIdp(token_lifetime=3600)

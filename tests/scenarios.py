@@ -86,7 +86,7 @@ CASES = [
          reason="issuer_not_allowed", error="invalid_token"),
     Case("denies a token without a required audience", "bound", sections={"policy": {"audiences": ["billing"]}},
          status=401, reason="audience_mismatch", error="invalid_token"),
-    Case("denies a DPoP-bound token under optional binding: its proof is not verified here", "dpop_bound",
+    Case("denies a DPoP-bound token under optional binding while dpop.enabled is off", "dpop_bound",
          sections={"policy": {"binding": "optional"}}, status=401, reason="cnf_unsupported",
          error="invalid_token"),
     Case("denies a refresh token presented as an access token", "refresh",

@@ -11,6 +11,7 @@ from sidecar.config.declare import ENV_PREFIX, ConfigError, env_name
 from sidecar.config.load import from_mapping, load
 from sidecar.config.rules import admin_secret, client_secret, fleet_password, validate, warnings
 from sidecar.config.sections import (
+    DPOP_HEADERS,
     KEY,
     KEYS,
     STANDARD_HEADERS,
@@ -22,6 +23,7 @@ from sidecar.config.sections import (
     ClientCertConfig,
     Config,
     DecisionLogging,
+    DpopConfig,
     FleetConfig,
     FleetMode,
     IdpConfig,
@@ -34,6 +36,7 @@ from sidecar.config.sections import (
 )
 
 __all__ = [
+    "DPOP_HEADERS",
     "ENV_PREFIX",
     "KEY",
     "KEYS",
@@ -47,6 +50,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DecisionLogging",
+    "DpopConfig",
     "FleetConfig",
     "FleetMode",
     "IdpConfig",

@@ -63,6 +63,12 @@ def asymmetric_algorithms(names: tuple[str, ...]) -> str | None:
     return f"unsupported: {', '.join(unknown)}" if unknown else None
 
 
+def path_prefix(value: str) -> str | None:
+    if value and (not value.startswith("/") or value.endswith("/") or not value.isprintable() or "?" in value):
+        return "must be empty or start with / and not end with / (as Envoy's path_prefix)"
+    return None
+
+
 def realm(value: str) -> str | None:
     if '"' in value or "\\" in value or not value.isprintable():
         return "must not contain quotes, backslashes or control characters"

@@ -12,6 +12,7 @@ from pathlib import Path
 from sidecar.config import checks
 from sidecar.config.declare import ConfigError
 from sidecar.config.sections import (
+    DPOP_HEADERS,
     KEY,
     STANDARD_HEADERS,
     ClientCertConfig,
@@ -31,6 +32,8 @@ def validate(config: Config) -> None:
         _validate_idp(config.idp)
         _validate_jwt_policy(config)
     _validate_client_cert(config.client_cert)
+    if config.dpop.enabled and not config.dpop.algorithms:
+        raise ConfigError(KEY.dpop.algorithms, "must not be empty when dpop.enabled is on")
     _validate_response(config.response)
     if config.fleet.enabled:
         _validate_fleet(config.fleet, config.idp)
@@ -93,7 +96,7 @@ def _validate_client_cert(c: ClientCertConfig) -> None:
 
 
 def _validate_response(r: ResponseConfig) -> None:
-    standard = {suffix for _, suffix in STANDARD_HEADERS}
+    standard = {suffix for _, suffix in STANDARD_HEADERS + DPOP_HEADERS}
     for claim, header in r.claims.items():
         if not checks.HEADER_NAME.match(header):
             raise ConfigError(f"{KEY.response.claims}.{claim}", f"not a valid header name: {header!r}")

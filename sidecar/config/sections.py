@@ -40,6 +40,8 @@ STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
     ("username", "username"),
     ("cnf_x5t_s256", "cnf-x5t-s256"),
 )
+# Added with dpop.enabled: the DPoP key's thumbprint, and the binding method verified (mtls, dpop).
+DPOP_HEADERS: tuple[tuple[str, str], ...] = (("cnf_jkt", "cnf-jkt"), ("cnf_method", "cnf-method"))
 
 _FILE = (checks.existing_file,)
 _URL = (checks.https_url,)
@@ -63,6 +65,8 @@ class ServerConfig:
                             "`0` turns it off")
     grpc_host: str = key("127.0.0.1", "address of the gRPC port")
     grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)")
+    path_prefix: str = key("", "Envoy HTTP `path_prefix`; taken off the check path to give the original path "
+                               "(DPoP `htu`)", checks=(checks.path_prefix,))
     workers: int = key(1, "processes sharing the check port (`SO_REUSEPORT`); worker *i* has admin port "
                           "`admin_port + i`", ge=1, le=64)
     header_timeout: float = key(10.0, "time a request head (and a purge body) may take from its first byte, both "
@@ -174,6 +178,22 @@ class ClientCertConfig:
 
 
 @dataclass(frozen=True)
+class DpopConfig:
+    enabled: bool = key(False, "DPoP (RFC 9449); off: tokens bound by `cnf.jkt` are denied (`cnf_unsupported`)")
+    algorithms: tuple[str, ...] = key(("ES256", "ES384", "EdDSA", "PS256", "RS256"),
+                                      "proof algorithms; asymmetric only, sent in the challenge's `algs`",
+                                      checks=(checks.asymmetric_algorithms,))
+    iat_window: float = key(60.0, "proof lifetime; accepted this long after its `iat`, its `jti` remembered as long",
+                            gt=0, le=3600, unit="seconds")
+    iat_skew: float = key(5.0, "`iat` skew; a proof's `iat` may be this far ahead", ge=0, le=300,
+                          unit="seconds")
+    max_proof_size: int = key(8192, "longest proof; a longer `DPoP` header is refused unparsed", ge=1024,
+                              le=65536, unit="bytes")
+    replay_max_entries: int = key(250_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
+                                  ge=1)
+
+
+@dataclass(frozen=True)
 class AdmissionConfig:
     source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
                                                 "misses are charged to it", checks=(checks.header_name,))
@@ -239,6 +259,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     client_cert: ClientCertConfig = field(default_factory=ClientCertConfig)
+    dpop: DpopConfig = field(default_factory=DpopConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -26,11 +26,14 @@ from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.client_cert import CertificateError, CertificateReader
 from sidecar.core.client_trust import ClientTrust, window_problem
 from sidecar.core.decision_log import AllowLog
+from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidToken
-from sidecar.core.extract import TrustedProxies, bearer_token
+from sidecar.core.extract import TrustedProxies, access_token
+from sidecar.core.htu import target
 from sidecar.core.interning import Interner
 from sidecar.core.policy import Policy
+from sidecar.core.replay import LocalReplayStore
 from sidecar.core.request import CheckRequest
 from sidecar.core.response import HeaderBuilder
 from sidecar.core.shared import SharedAnswers
@@ -46,21 +49,23 @@ Allow = Entry
 
 
 class Deny:
-    __slots__ = ("denial", "token_hash")
+    __slots__ = ("denial", "dpop", "token_hash")
 
-    def __init__(self, denial: Denial, hashed: str | None = None) -> None:
+    def __init__(self, denial: Denial, hashed: str | None = None, dpop: bool = False) -> None:
         self.denial = denial
         self.token_hash = hashed
+        self.dpop = dpop  # the request used the DPoP scheme: its challenge carries the error (RFC 9449 §7.1)
 
 
 class Miss:
     """Not in the cache: :meth:`Decider.decide` must ask the IdP."""
 
-    __slots__ = ("key", "token")
+    __slots__ = ("dpop", "key", "token")
 
-    def __init__(self, token: str, key: bytes) -> None:
+    def __init__(self, token: str, key: bytes, dpop: bool = False) -> None:
         self.token = token
         self.key = key
+        self.dpop = dpop
 
 
 class Decider:
@@ -71,8 +76,11 @@ class Decider:
         self.config = config
         self.cache = TokenCache(config.cache, secret=None if shared is None else shared.digest_key)
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
-        self.headers = HeaderBuilder(config.response)
-        self.policy = Policy(config.policy)
+        self.headers = HeaderBuilder(config.response, binding=config.policy.binding, dpop=config.dpop.enabled)
+        self.policy = Policy(config.policy, dpop=config.dpop.enabled)
+        dp = config.dpop
+        self.dpop = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries)) if dp.enabled else None
+        self.dpop_algs = self.dpop.algs if self.dpop is not None else None  # the DPoP challenge's algs
         cc = config.client_cert
         self.trust = ClientTrust(cc.ca_file, require_client_auth=cc.require_client_auth) if cc.ca_file else None
         self._readers: list[CertificateReader] = []
@@ -109,7 +117,7 @@ class Decider:
     def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
         """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
         try:
-            token = bearer_token(request.authorization)
+            token, dpop = access_token(request.authorization, dpop=self.dpop is not None)
             key = self.cache.key(token)
             entry = self.cache.get(key)
         except Denial as denial:
@@ -118,8 +126,8 @@ class Decider:
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
             return self._deny(InternalError(type(exc).__name__), None)
         if entry is None:
-            return Miss(token, key)
-        return self._verdict(entry, request, "hit")
+            return Miss(token, key, dpop)
+        return self._verdict(entry, request, "hit", token if dpop else None)
 
     async def decide(self, request: CheckRequest, now: Allow | Deny | Miss | None = None) -> Allow | Deny:
         """The whole decision; ``now`` is what :meth:`decide_now` already said for this request."""
@@ -131,22 +139,30 @@ class Decider:
         try:
             entry, lookup = await self._lookup(now, request)
         except Denial as denial:
-            return self._deny(denial, token_hash(now.token))
+            return self._deny(denial, token_hash(now.token), dpop=now.dpop)
         except Exception as exc:  # a bug must deny, never answer 500 or allow
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
-            return self._deny(InternalError(type(exc).__name__), token_hash(now.token))
+            return self._deny(InternalError(type(exc).__name__), token_hash(now.token), dpop=now.dpop)
         finally:
             self.in_flight -= 1
-        return self._verdict(entry, request, lookup)
+        return self._verdict(entry, request, lookup, now.token if now.dpop else None)
 
-    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup) -> Allow | Deny:
-        """The checks of a token's answer against this request: the same for a hit and a miss."""
+    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup,
+                 dpop: str | None = None) -> Allow | Deny:
+        """The checks of a token's answer against this request: the same for a hit and a miss.
+
+        ``dpop``: the token, when it came with the DPoP scheme. The binding step verifies the method
+        the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme), else the
+        certificate.
+        """
         try:
             denial = entry.denial
             if denial is None:
                 info = entry.info
                 self.policy.check_time(info, time.time())
-                if needs_certificate(info, self._binding):
+                if dpop is not None or info.cnf_jkt is not None:
+                    self._check_proof(info.cnf_jkt, request, dpop)
+                elif needs_certificate(info, self._binding):
                     check_binding(info, self._presented(request), self._binding)
                 denial = entry.scope_denial
         except Denial as fresh:
@@ -156,8 +172,21 @@ class Decider:
             denial = InternalError(type(exc).__name__)
         if denial is not None:
             self._count_lookup(lookup)
-            return self._deny(denial, entry.token_hash, stale=lookup == "stale")
+            return self._deny(denial, entry.token_hash, stale=lookup == "stale", dpop=dpop is not None)
         return self._allow(entry, lookup)
+
+    def _check_proof(self, jkt: str | None, request: CheckRequest, token: str | None) -> None:
+        """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
+        DPoP scheme only with a DPoP-bound token (no downgrade either way). ``token``: the token sent
+        with the DPoP scheme, else None."""
+        if token is None:
+            raise InvalidToken("dpop_scheme_required", "a DPoP-bound token came with the Bearer scheme")
+        if jkt is None or self.dpop is None:
+            raise InvalidToken("dpop_token_unbound", "the DPoP scheme with a token not bound by cnf.jkt")
+        method = uri = None
+        if request.peer in self.trusted_proxies:  # only a trusted proxy describes the original request
+            method, uri = request.method, target(request.scheme, request.host, request.path)
+        self.dpop.verify(request.dpop, jkt=jkt, ath=access_token_hash(token), method=method, uri=uri)
 
     def _presented(self, request: CheckRequest) -> str | None:
         """The thumbprint of the certificate the proxy vouches for; None when there is none.
@@ -242,10 +271,10 @@ class Decider:
                                     "token": entry.token_hash, "client_id": entry.info.client_id})
         return entry
 
-    def _deny(self, denial: Denial, hashed: str | None, *, stale: bool = False) -> Deny:
+    def _deny(self, denial: Denial, hashed: str | None, *, stale: bool = False, dpop: bool = False) -> Deny:
         self._metrics.decision("deny", denial.reason)
         if self._log_denials:
             extra = {"outcome": "deny", "reason": denial.reason, "status": denial.status,
                      "token": hashed, "detail": denial.detail}
             log.info("deny", extra={**extra, "stale": True} if stale else extra)
-        return Deny(denial, hashed)
+        return Deny(denial, hashed, dpop)

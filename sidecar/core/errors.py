@@ -8,7 +8,9 @@ The reason code is the log field and the metrics label; the public description s
     ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
     ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
     ├── InsufficientScope    403 insufficient_scope scope_missing
+    ├── InvalidDpopProof     401 invalid_dpop_proof dpop_* (RFC 9449 §7.1; core/dpop.py)
     ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
+    ├── ReplayStoreFull      503 (fail closed)      dpop_replay_full (core/replay.py)
     ├── IdpUnavailable       503 (fail closed)      idp_unavailable (kind: an IdpFailure)
     └── InternalError        503 (fail closed)      internal_error
 """
@@ -67,6 +69,15 @@ class InsufficientScope(Denial):
     description = "The access token lacks a required scope"
 
 
+class InvalidDpopProof(Denial):
+    """RFC 9449 §7.1 invalid_dpop_proof: the DPoP proof is missing, malformed or fails a §4.3 check
+    (401, answered with the ``DPoP`` challenge)."""
+
+    status = 401
+    error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid"
+
+
 class RateLimited(Denial):
     """Too many new tokens from one source (RFC 6585 §4 429 with Retry-After): not an IdP failure."""
 
@@ -77,6 +88,18 @@ class RateLimited(Denial):
     def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
         super().__init__("rate_limited", detail)
         self.retry_after = retry_after
+
+
+class ReplayStoreFull(Denial):
+    """The DPoP replay store holds ``dpop.replay_max_entries`` live proofs: a new proof cannot be
+    proven fresh, so it is refused (503 + Retry-After) rather than accepted unremembered."""
+
+    status = 503
+    error = None
+    description = "Too many DPoP proofs at once"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("dpop_replay_full", detail)
 
 
 class IdpFailure(Enum):

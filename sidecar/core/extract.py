@@ -1,7 +1,9 @@
-"""Stage 1: the bearer token (RFC 6750 §2.1) and whether the peer may vouch for a certificate.
+"""Stage 1: the access token (RFC 6750 §2.1, RFC 9449 §7.1) and whether the peer may vouch for a
+certificate.
 
-RFC 6750 §2.1: ``credentials = "Bearer" 1*SP b64token``; the scheme is case-insensitive
-(RFC 9110 §11.1). Exactly one Authorization field with exactly one credential is accepted.
+RFC 6750 §2.1: ``credentials = "Bearer" 1*SP b64token``; RFC 9449 §7.1: ``DPoP`` with the same
+token68 shape, accepted only with ``dpop.enabled``. Schemes are case-insensitive (RFC 9110
+§11.1). Exactly one Authorization field with exactly one credential is accepted.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 def bearer_token(authorization: Sequence[str]) -> str:
     """The token from the Authorization field values; raises a denial otherwise."""
+    return access_token(authorization)[0]
+
+
+def access_token(authorization: Sequence[str], *, dpop: bool = False) -> tuple[str, bool]:
+    """(the token, whether it came with the ``DPoP`` scheme); ``dpop``: that scheme is accepted."""
     if not authorization:
         raise MissingToken("token_missing", "no Authorization header")
     if len(authorization) > 1:
         raise InvalidRequest("token_duplicated", "more than one Authorization header")
     value = authorization[0]
     scheme, _, credentials = value.strip(" \t").partition(" ")
-    if scheme.lower() != "bearer":
+    scheme = scheme.lower()
+    if scheme != "bearer" and not (dpop and scheme == "dpop"):
         # RFC 6750 §3.1: a request without Bearer credentials gets no error code.
         raise MissingToken("token_missing", "Authorization scheme is not Bearer")
     token = credentials.strip(" ")
@@ -35,7 +43,7 @@ def bearer_token(authorization: Sequence[str]) -> str:
         raise InvalidRequest("token_malformed", f"token longer than {MAX_TOKEN_LENGTH}")
     if _B64TOKEN.fullmatch(token) is None:
         raise InvalidRequest("token_malformed", "token is not a b64token or holds several values")
-    return token
+    return token, scheme == "dpop"
 
 
 class TrustedProxies:

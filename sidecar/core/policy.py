@@ -17,10 +17,11 @@ REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
 
 
 class Policy:
-    __slots__ = ("_allow_missing_type", "_audiences", "_issuers", "_leeway", "_required", "_scope_param",
-                 "_token_types")
+    __slots__ = ("_allow_missing_type", "_audiences", "_dpop", "_issuers", "_leeway", "_required",
+                 "_scope_param", "_token_types")
 
-    def __init__(self, config: PolicyConfig) -> None:
+    def __init__(self, config: PolicyConfig, *, dpop: bool = False) -> None:
+        self._dpop = dpop  # dpop.enabled: cnf.jkt is a method this sidecar verifies
         self._issuers = frozenset(config.allowed_issuers)
         self._audiences = frozenset(config.audiences)
         self._required = frozenset(config.required_scopes)
@@ -38,6 +39,11 @@ class Policy:
             # must never pass as an unbound one.
             methods = ", ".join(info.cnf_unverifiable)
             return InvalidToken("cnf_unsupported", f"cnf holds {methods}, which this sidecar does not verify")
+        if info.cnf_jkt is not None:
+            if not self._dpop:
+                return InvalidToken("cnf_unsupported", "cnf holds jkt and dpop.enabled is off")
+            if info.cnf_x5t_s256 is not None:  # RFC 9449 §6 and RFC 8705 §3 at once: which one holds?
+                return InvalidToken("cnf_unsupported", "cnf holds both x5t#S256 and jkt")
         kind = self._not_an_access_token(info)
         if kind is not None:
             return kind

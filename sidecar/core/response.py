@@ -1,5 +1,6 @@
 """Stage 5: what the proxy receives: sanitized ``x-credential-*`` headers on allow, and an
-RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge with a small JSON body on deny.
+RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge with a small JSON body on deny — with DPoP
+on, also the RFC 9449 §7.1 ``DPoP`` challenge (``algs``), the error going to the scheme used.
 
 Upstream headers are built once per token, when it enters the cache. Every configured header is
 present on allow, empty when the claim is absent, so a copy sent by the client can never reach
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from multidict import istr
 
-from sidecar.config import STANDARD_HEADERS, ResponseConfig
+from sidecar.config import DPOP_HEADERS, STANDARD_HEADERS, BindingMode, ResponseConfig
 from sidecar.core.errors import Denial
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.memo import Memo, text_size
@@ -91,9 +92,15 @@ def _headers_class(names: tuple[str, ...]) -> Callable[[Sequence[str]], Credenti
 class HeaderBuilder:
     """Builds the upstream headers of one token from the configured prefix and claim map."""
 
-    def __init__(self, config: ResponseConfig) -> None:
+    def __init__(self, config: ResponseConfig, *, binding: BindingMode = "strict", dpop: bool = False) -> None:
+        # With DPoP (dpop.enabled) two more headers; cnf-method names the method the sidecar
+        # verified, so under binding off a certificate is not named. Without DPoP no token pays
+        # for them (memory per cached token).
+        standard = STANDARD_HEADERS + (DPOP_HEADERS if dpop else ())
+        self._unverified = frozenset({"mtls"}) if binding == "off" else frozenset()
+        self._method_at = [attr for attr, _ in standard].index("cnf_method") if dpop else -1
         prefix = config.prefix.lower()
-        self._standard = tuple((attr, prefix + suffix) for attr, suffix in STANDARD_HEADERS)
+        self._standard = tuple((attr, prefix + suffix) for attr, suffix in standard)
         self._extra = tuple((claim, prefix + suffix.lower()) for claim, suffix in config.claims.items())
         self._max = config.max_value_length
         self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
@@ -114,6 +121,8 @@ class HeaderBuilder:
 
     def build(self, info: TokenInfo) -> CredentialHeaders:
         values = [self._text(getattr(info, attr)) for attr, _ in self._standard]
+        if self._method_at >= 0 and info.cnf_method in self._unverified:
+            values[self._method_at] = ""
         extra = info.extra or {}
         values.extend(self._text(extra.get(claim)) for claim, _ in self._extra)
         if self._remove:
@@ -136,17 +145,25 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def deny_headers(denial: Denial, realm: str) -> dict[str, str]:
-    """RFC 6750 §3 challenge; no ``error`` attribute when the request had no credentials."""
+def deny_headers(denial: Denial, realm: str, *, dpop_algs: str | None = None, dpop: bool = False) -> dict[str, str]:
+    """RFC 6750 §3 challenge; no ``error`` attribute when the request had no credentials.
+
+    With ``dpop_algs`` (DPoP accepted) both challenges are sent (RFC 9449 §7.2), the error only in
+    the one of the scheme the request used (``dpop``), and ``algs`` in the DPoP one (§7.1).
+    """
     if denial.status in (429, 503):
         return {"Retry-After": str(denial.retry_after), "Cache-Control": "no-store"}
-    parts = [f"Bearer realm={_quote(realm)}"]
+    error: list[str] = []
     if denial.error:
-        parts.append(f"error={_quote(denial.error)}")
-        parts.append(f"error_description={_quote(denial.description)}")
+        error.append(f"error={_quote(denial.error)}")
+        error.append(f"error_description={_quote(denial.description)}")
     if denial.scope:
-        parts.append(f"scope={_quote(denial.scope)}")
-    return {"WWW-Authenticate": ", ".join(parts), "Cache-Control": "no-store"}
+        error.append(f"scope={_quote(denial.scope)}")
+    bearer = [f"Bearer realm={_quote(realm)}", *([] if dpop and dpop_algs else error)]
+    if not dpop_algs:
+        return {"WWW-Authenticate": ", ".join(bearer), "Cache-Control": "no-store"}
+    challenge = [f"DPoP realm={_quote(realm)}", *(error if dpop else []), f"algs={_quote(dpop_algs)}"]
+    return {"WWW-Authenticate": ", ".join(bearer + challenge), "Cache-Control": "no-store"}
 
 
 def deny_body(denial: Denial) -> bytes:
@@ -166,13 +183,14 @@ class RenderedDenial:
     body: bytes
 
 
-def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400) -> RenderedDenial:
+def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400, *,
+                  dpop_algs: str | None = None, dpop: bool = False) -> RenderedDenial:
     """The one rendering of a denial, shared by the HTTP front and the gRPC ext_authz front.
 
     ``invalid_request_status`` (``server.invalid_request_status``) replaces 400, which nginx
-    would turn into 500.
+    would turn into 500. ``dpop_algs``/``dpop``: see :func:`deny_headers`.
     """
     status = invalid_request_status if denial.status == 400 else denial.status
-    headers = deny_headers(denial, realm)
+    headers = deny_headers(denial, realm, dpop_algs=dpop_algs, dpop=dpop)
     headers["Content-Type"] = "application/json"
     return RenderedDenial(status, headers, deny_body(denial))

@@ -39,7 +39,8 @@ class TokenInfo:
     iss: str | None = None
     jti: str | None = None
     cnf_x5t_s256: str | None = None
-    # Confirmation methods this sidecar cannot verify (RFC 7800 cnf members other than x5t#S256):
+    cnf_jkt: str | None = None  # RFC 9449 §6: the DPoP key's RFC 7638 thumbprint
+    # Confirmation methods this sidecar cannot verify (RFC 7800 cnf members other than these two):
     # a token bound by them must never pass as unbound.
     cnf_unverifiable: tuple[str, ...] = ()
     # Whether the answer came from introspection (token_type then says what kind of token it is).
@@ -51,7 +52,12 @@ class TokenInfo:
 
     @property
     def bound(self) -> bool:
-        return self.cnf_x5t_s256 is not None
+        return self.cnf_x5t_s256 is not None or self.cnf_jkt is not None
+
+    @property
+    def cnf_method(self) -> str | None:
+        """How the token is sender-constrained: ``mtls`` (RFC 8705) or ``dpop`` (RFC 9449)."""
+        return "mtls" if self.cnf_x5t_s256 is not None else "dpop" if self.cnf_jkt is not None else None
 
 
 INACTIVE = TokenInfo(active=False)
@@ -93,6 +99,7 @@ def token_info_from_claims(
         iss=_opt_str(claims, "iss"),
         jti=_opt_str(claims, "jti"),
         cnf_x5t_s256=_thumbprint(cnf),
+        cnf_jkt=_member(cnf, "jkt"),
         cnf_unverifiable=_unverifiable(cnf),
         introspected=introspected,
         token_use=_token_use(claims),
@@ -139,26 +146,32 @@ def _audience(value: object) -> tuple[str, ...]:
 
 def _thumbprint(cnf: object) -> str | None:
     """RFC 8705 §3.1: ``cnf: {"x5t#S256": base64url(SHA-256(DER))}``."""
+    return _member(cnf, "x5t#S256")
+
+
+def _member(cnf: object, name: str) -> str | None:
+    """A thumbprint member of ``cnf`` (``x5t#S256``, RFC 9449 §6.1 ``jkt``), or None."""
     if cnf is None:
         return None
     if not isinstance(cnf, Mapping):
         raise MalformedTokenInfo("cnf: must be an object")
-    value = cnf.get("x5t#S256")
+    value = cnf.get(name)
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise MalformedTokenInfo("cnf.x5t#S256: must be a non-empty string")
+        raise MalformedTokenInfo(f"cnf.{name}: must be a non-empty string")
     return value
 
 
 MAX_CNF_MEMBERS = 8
+_VERIFIED = frozenset({"x5t#S256", "jkt"})
 
 
 def _unverifiable(cnf: object) -> tuple[str, ...]:
-    """The cnf members other than ``x5t#S256`` (e.g. DPoP ``jkt``, ``x5t``, ``jwk``), sorted."""
+    """The cnf members other than ``x5t#S256`` and ``jkt`` (e.g. ``x5t``, ``jwk``), sorted."""
     if not isinstance(cnf, Mapping):
         return ()
-    others = sorted(str(k)[:32] for k in cnf if k != "x5t#S256")
+    others = sorted(str(k)[:32] for k in cnf if k not in _VERIFIED)
     return tuple(others[:MAX_CNF_MEMBERS])
 
 

@@ -14,10 +14,13 @@ from typing import Any
 from sidecar.core.token_info import INACTIVE, TokenInfo, scope_set
 from sidecar.fleet.seal import Tampered
 
-_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "token_use")
+_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "cnf_jkt", "token_use")
 _INT = ("exp", "iat", "nbf")
 _TUPLE = ("aud", "cnf_unverifiable")
 _FIELDS = frozenset((*_STR, *_INT, *_TUPLE, "active", "introspected", "extra"))
+DERIVED = frozenset({"scopes"})  # rebuilt from scope on reading
+# Every TokenInfo field travels (tests/fleet and tests/unit check it): a field left out here would
+# silently drop, e.g., a DPoP binding (cnf_jkt) from every answer a replica reads from Redis.
 MAX_VALUE_BYTES = 64 * 1024
 
 

@@ -16,6 +16,8 @@ builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 bindi
 - allow: ``status`` OK and ``ok_response.headers`` with every credential header set with
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (the proto default appends to a client-sent copy), plus
   ``headers_to_remove`` from ``response.remove_upstream_headers``.
+- DPoP (RFC 9449): every ``dpop`` header, and the original request from
+  ``attributes.request.http`` (``method``, ``path``, ``host``, ``scheme``) for ``htm``/``htu``.
 - deny: ``denied_response`` (HTTP status, ``WWW-Authenticate``, JSON body) and ``status``
   UNAUTHENTICATED (401), PERMISSION_DENIED (403), INVALID_ARGUMENT (400) or UNAVAILABLE (503).
   Envoy treats every non-OK ``status`` as a denial and sends ``denied_response`` to the client,
@@ -90,25 +92,28 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._removals = sidecar.decider.headers.removals
         # Rendered answers, reused: a cache hit builds no protobuf (entry headers are per token).
         self._ok: Memo[int, tuple[Mapping[str, str], Any]] = Memo(MEMO_SIZE)
-        self._denied: Memo[tuple[type[Denial], str, str | None, int], Any] = Memo(MEMO_SIZE)
+        self._denied: Memo[tuple[type[Denial], str, str | None, int, bool], Any] = Memo(MEMO_SIZE)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         attributes = request.attributes
-        authorization, forwarded = self._read_headers(attributes.request.http)
+        http = attributes.request.http
+        authorization, forwarded, dpop = self._read_headers(http)
         source = attributes.source.certificate  # the TLS peer Envoy verified (include_peer_certificate)
         facts = CheckRequest(authorization, [source] if source else forwarded, peer_address(context.peer()),
                              reader=self._source_reader if source else None,
-                             forwarded=attributes.source.address.socket_address.address or None)
+                             forwarded=attributes.source.address.socket_address.address or None,
+                             method=http.method or None, path=http.path or None, host=http.host or None,
+                             scheme=http.scheme or None, dpop=dpop)
         decider = self._sidecar.decider
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Miss):
             decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
             return self._allow(decision.headers)
-        return self._deny(decision.denial)
+        return self._deny(decision.denial, decision.dpop)
 
-    def _read_headers(self, http: Any) -> tuple[list[str], list[str]]:
-        """(every Authorization value, every certificate header value) from ``headers`` or ``header_map``.
+    def _read_headers(self, http: Any) -> tuple[list[str], list[str], list[str]]:
+        """(every Authorization, certificate header and DPoP value) from ``headers`` or ``header_map``.
 
         In ``headers`` Envoy joins repeated fields with ``,``. A b64token never holds one, nor does a
         certificate in a single-certificate format, so those are split back and a duplicated field
@@ -118,11 +123,14 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         if http.headers:
             joined = http.headers.get("authorization")
             authorization = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
+            joined = http.headers.get("dpop")  # a compact JWS holds no comma either
+            dpop = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
             value = http.headers.get(self._cert_header)
             if value is None:
-                return authorization, []
-            return authorization, [value] if self._keep_commas else [v.strip(" \t") for v in value.split(",")]
-        authorization, certificates = [], []
+                return authorization, [], dpop
+            certificates = [value] if self._keep_commas else [v.strip(" \t") for v in value.split(",")]
+            return authorization, certificates, dpop
+        authorization, certificates, dpop = [], [], []
         for entry in http.header_map.headers:
             key = entry.key.lower()
             value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
@@ -130,7 +138,9 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                 authorization.append(value)
             elif key == self._cert_header:
                 certificates.append(value)
-        return authorization, certificates
+            elif key == "dpop":
+                dpop.append(value)
+        return authorization, certificates, dpop
 
     def _allow(self, headers: Mapping[str, str]) -> Any:
         found = self._ok.get(id(headers))
@@ -142,11 +152,12 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._ok.put(id(headers), (headers, response))  # holding headers keeps its id unique
         return response
 
-    def _deny(self, denial: Denial) -> Any:
-        key = (type(denial), denial.reason, denial.scope, denial.retry_after)
+    def _deny(self, denial: Denial, dpop: bool) -> Any:
+        key = (type(denial), denial.reason, denial.scope, denial.retry_after, dpop)
         response = self._denied.get(key)
         if response is None:
-            rendered = render_denial(denial, self._realm, self._invalid_request_status)
+            rendered = render_denial(denial, self._realm, self._invalid_request_status,
+                                     dpop_algs=self._sidecar.decider.dpop_algs, dpop=dpop)
             response = pb.CheckResponse(
                 status=status_pb2.Status(code=RPC_CODES.get(rendered.status, code_pb2.PERMISSION_DENIED),
                                          message=denial.reason),

@@ -21,7 +21,8 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
     for section in ("cache hit, escaped PEM", "cache hit, XFCC", "cache hit, escaped PEM, log.decisions",
                     "cache hit, escaped PEM, client_cert.ca_file",
                     "p99 at half of the maximum rate", "cache miss",
-                    "burst: 200 concurrent", "nginx auth_request", "memory: RSS per cached token",
+                    "burst: 200 concurrent", "nginx auth_request", "cache hit, DPoP-bound",
+                    "memory: RSS per cached token",
                     "server.workers scaling"):
         assert f"== {section}" in out, out
     assert "NON-2XX" not in out, out  # every measured answer was an allow

@@ -70,7 +70,7 @@ async def test_allow_returns_every_credential_header_even_empty_and_the_removal_
     names = {k.lower() for k in response.headers if k.lower().startswith("x-credential-")}
     assert names == CREDENTIALS | {"x-credential-tenant"}
     assert response.headers["x-credential-username"] == "" and response.headers["x-credential-tenant"] == ""
-    assert response.headers["x-envoy-auth-headers-to-remove"] == "authorization, x-forwarded-client-cert"
+    assert response.headers["x-envoy-auth-headers-to-remove"] == "authorization, x-forwarded-client-cert, dpop"
 
 
 async def test_no_removal_header_unless_configured(make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:

@@ -146,7 +146,7 @@ async def test_allow_sets_extra_claim_headers_and_removes_configured_headers(
     answer = await g.check(envoy_side.check_request([token], peer_certificate=alice_pem(pki)))
     headers = {o.header.key: o.header.value for o in answer.ok_response.headers}
     assert headers["x-credential-tenant"] == "acme" and "x-envoy-auth-headers-to-remove" not in headers
-    assert list(answer.ok_response.headers_to_remove) == ["authorization", "x-forwarded-client-cert"]
+    assert list(answer.ok_response.headers_to_remove) == ["authorization", "x-forwarded-client-cert", "dpop"]
     assert all(o.keep_empty_value for o in answer.ok_response.headers)  # "" must overwrite a client's copy
 
 

@@ -32,7 +32,9 @@ def tls_context(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSL
 def request(
     url: str, *, ca_file: Path | None = None, cert: tuple[Path, Path] | None = None, method: str = "GET",
     headers: dict[str, str] | None = None, form: dict[str, str] | None = None, timeout: float = 10.0,
+    repeated: list[tuple[str, str]] | None = None,
 ) -> Reply:
+    """``repeated``: header fields sent after ``headers``, one line each (a name may repeat)."""
     parts = urlsplit(url)
     assert parts.hostname is not None
     connection: HTTPConnection
@@ -51,7 +53,13 @@ def request(
     if parts.query:
         path += "?" + parts.query
     try:
-        connection.request(method, path, body=body, headers=sent)
+        if repeated:
+            connection.putrequest(method, path)
+            for name, value in [*sent.items(), *repeated]:
+                connection.putheader(name, value)
+            connection.endheaders(body.encode() if body is not None else None)
+        else:
+            connection.request(method, path, body=body, headers=sent)
         response = connection.getresponse()
         data = response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)

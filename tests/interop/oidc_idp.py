@@ -2,8 +2,9 @@
 
 Its issuer listener serves discovery and the plain endpoints; its mutual-TLS listener serves the
 RFC 8705 §5 ``mtls_endpoint_aliases``. Clients: alice and bob (tls_client_auth, certificate-bound
-tokens), carol (client_secret_basic, unbound tokens) and the sidecar (tls_client_auth, the only
-client allowed to introspect). Tokens and signing keys persist in ``state_dir``, so
+tokens), carol (client_secret_basic, unbound tokens), dave (client_secret_basic, DPoP-bound tokens:
+each token request carries a proof, RFC 9449 §5) and the sidecar (tls_client_auth, the only client
+allowed to introspect). Tokens and signing keys persist in ``state_dir``, so
 :meth:`OidcProvider.stop` followed by :meth:`OidcProvider.start` is an outage, not a new IdP.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+from tests.dpop_proof import DpopKey
 from tests.interop.https import Reply, request
 from tests.interop.processes import stop, tail, wait_until
 from tests.pki_fixtures import TestPki
@@ -25,7 +27,7 @@ from tests.pki_fixtures import TestPki
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 OPAQUE_RESOURCE = "https://api.example/opaque"
 JWT_RESOURCE = "https://api.example/jwt"
-# dave's tokens carry these claims (extraTokenClaims in server.mjs), in four-byte UTF-8
+# bulky's tokens carry these claims (extraTokenClaims in server.mjs), in four-byte UTF-8
 # characters: sub, username and five more at 8,192 characters (response.max_value_length at its
 # maximum) and one shorter, so that the introspection answer stays just under the 256 KiB the
 # sidecar reads of it (idp/introspection.py). The largest answers the sidecar can send (nginx).
@@ -39,6 +41,7 @@ class OidcProvider:
         self.pki = pki
         self.state_dir = state_dir
         self.carol_secret = secrets.token_urlsafe(24)
+        self.dave_secret = secrets.token_urlsafe(24)
         self.token_ttl = token_ttl
         self.log = state_dir / "oidc-provider.log"
         self.issuer = ""
@@ -63,7 +66,7 @@ class OidcProvider:
         config.write_text(json.dumps({
             "server_cert": str(self.pki.idp_files[0]), "server_key": str(self.pki.idp_files[1]),
             "ca": str(self.pki.ca_file), "state_dir": str(self.state_dir),
-            "carol_secret": self.carol_secret, "token_ttl": self.token_ttl,
+            "carol_secret": self.carol_secret, "dave_secret": self.dave_secret, "token_ttl": self.token_ttl,
             "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE, "bulky_claims": BULKY_CLAIMS,
             "pkjwt_jwk": self.assertion_jwk, "self_signed_jwk": self.self_signed_jwk,
             "ready_file": str(ready_file), **self._ports,
@@ -107,13 +110,18 @@ class OidcProvider:
         return files
 
     def token(self, client_id: str = "alice", *, scope: str = "read write",
-              resource: str = OPAQUE_RESOURCE) -> dict[str, Any]:
+              resource: str = OPAQUE_RESOURCE, dpop: DpopKey | None = None) -> dict[str, Any]:
         """Client credentials: alice and bob present their certificate at the mTLS alias
-        (tls_client_auth, RFC 8705 §2.1) and get a token bound to it; carol uses her secret."""
+        (tls_client_auth, RFC 8705 §2.1) and get a token bound to it; carol uses her secret; dave
+        his secret and a DPoP proof of ``dpop`` (RFC 9449 §5), which binds the token to that key."""
         form = {"grant_type": "client_credentials", "scope": scope, "resource": resource}
-        if client_id == "carol":
-            reply = request(self.metadata()["token_endpoint"], ca_file=self.pki.ca_file, form=form,
-                            headers={"Authorization": _basic("carol", self.carol_secret)})
+        if client_id in ("carol", "dave"):
+            endpoint = self.metadata()["token_endpoint"]
+            secret = self.carol_secret if client_id == "carol" else self.dave_secret
+            headers = {"Authorization": _basic(client_id, secret)}
+            if dpop is not None:
+                headers["DPoP"] = dpop.proof("POST", endpoint)
+            reply = request(endpoint, ca_file=self.pki.ca_file, form=form, headers=headers)
         else:
             reply = request(self.mtls_endpoint("token_endpoint"), ca_file=self.pki.ca_file,
                             cert=self.client_files(client_id), form={**form, "client_id": client_id})
@@ -121,7 +129,7 @@ class OidcProvider:
         answer: dict[str, Any] = reply.json()
         return answer
 
-    def access_token(self, client_id: str = "alice", **kwargs: str) -> str:
+    def access_token(self, client_id: str = "alice", **kwargs: Any) -> str:
         return str(self.token(client_id, **kwargs)["access_token"])
 
     def refresh_token(self, client_id: str = "alice") -> str:

@@ -26,7 +26,7 @@ from tests.pki_fixtures import TestPki
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 
 STANDARD = ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti", "token-type", "username",
-            "cnf-x5t-s256")
+            "cnf-x5t-s256", "cnf-jkt", "cnf-method")
 # The API's two resource identifiers at the test IdP (opaque and JWT access tokens).
 DEPLOYMENT = {"SIDECAR_POLICY__AUDIENCES": f"{OPAQUE_RESOURCE},{JWT_RESOURCE}"}
 

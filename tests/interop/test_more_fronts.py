@@ -33,7 +33,7 @@ CERT_HEADER = {"traefik": "x-forwarded-tls-client-cert", "caddy": "x-client-cert
 # What the client gets when the sidecar itself cannot be reached: each front's own error.
 SIDECAR_DOWN = {"traefik": 500, "caddy": 502, "haproxy": 503}
 STANDARD = ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti", "token-type", "username",
-            "cnf-x5t-s256")
+            "cnf-x5t-s256", "cnf-jkt", "cnf-method")
 
 
 @pytest.fixture(scope="module")

@@ -125,9 +125,9 @@ def without_buffer_directives(nginx: Nginx) -> None:
 
 
 @pytest.fixture(scope="module")
-def dave(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> tuple[Issued, tuple[Path, Path]]:
-    issued = pki.ca.issue("dave")
-    return issued, issued.write(tmp_path_factory.mktemp("dave"), "dave")
+def bulky(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> tuple[Issued, tuple[Path, Path]]:
+    issued = pki.ca.issue("bulky")
+    return issued, issued.write(tmp_path_factory.mktemp("bulky"), "bulky")
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,9 @@ def nginx_for(oidc: OidcProvider, sidecar: SidecarProcess, upstream: EchoUpstrea
     })
 
 
-def dave_token(oidc: OidcProvider, files: tuple[Path, Path]) -> str:
+def bulky_token(oidc: OidcProvider, files: tuple[Path, Path]) -> str:
     reply = request(oidc.mtls_endpoint("token_endpoint"), ca_file=oidc.pki.ca_file, cert=files,
-                    form={"grant_type": "client_credentials", "client_id": "dave", "scope": "read write"})
+                    form={"grant_type": "client_credentials", "client_id": "bulky", "scope": "read write"})
     assert reply.status == 200, reply.body
     return str(reply.json()["access_token"])
 
@@ -175,11 +175,11 @@ def answer_head(sidecar: SidecarProcess, token: str, issued: Issued) -> bytes:
 
 
 def test_a_token_with_every_claim_at_the_maximum_passes_the_shipped_snippet_and_fails_without_it(
-    oidc: OidcProvider, deployment: tuple[SidecarProcess, EchoUpstream], dave: tuple[Issued, tuple[Path, Path]]
+    oidc: OidcProvider, deployment: tuple[SidecarProcess, EchoUpstream], bulky: tuple[Issued, tuple[Path, Path]]
 ) -> None:
     sidecar, upstream = deployment
-    issued, files = dave
-    token = dave_token(oidc, files)
+    issued, files = bulky
+    token = bulky_token(oidc, files)
     head = answer_head(sidecar, token, issued)
     assert head.startswith(b"HTTP/1.1 200 "), head[:300]
     # Within 4 KiB of the bound (JSON syntax, the short standard claims and the names the bound
@@ -196,7 +196,7 @@ def test_a_token_with_every_claim_at_the_maximum_passes_the_shipped_snippet_and_
                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert reply.status == 200, (reply.status, shipped.error_log())
         seen = upstream.last
-        assert seen.header("x-credential-client-id") == "dave"
+        assert seen.header("x-credential-client-id") == "bulky"
 
         def received(name: str) -> bytes:  # http.server reads header bytes as latin-1
             return (seen.header(f"x-credential-{name.replace('_', '-')}") or "").encode("latin-1")

@@ -22,7 +22,7 @@ from tests.pki_fixtures import TestPki
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 
 CREDENTIALS = ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti", "token-type", "username",
-               "cnf-x5t-s256")
+               "cnf-x5t-s256", "cnf-jkt", "cnf-method")
 
 
 def escaped_pem(cert_file: Path) -> str:

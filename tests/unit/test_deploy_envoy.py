@@ -76,7 +76,7 @@ def test_the_sidecar_toml_loads_and_reads_xfcc_from_envoy_only(name: str, toml: 
     config = sidecar_toml(ENVOY_DIR / toml, files(pki))
     assert config.client_cert.header == "x-forwarded-client-cert" and config.client_cert.format == "xfcc"
     assert config.client_cert.trusted_proxies == ("127.0.0.1/32", "::1/128")
-    assert config.response.remove_upstream_headers == ("authorization", "x-forwarded-client-cert")
+    assert config.response.remove_upstream_headers == ("authorization", "x-forwarded-client-cert", "dpop")
     assert config.policy.binding == "strict"
 
 

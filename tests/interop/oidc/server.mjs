@@ -1,4 +1,6 @@
 // A real, certified OpenID provider (oidc-provider 8.8.1) for the sidecar's interop tests.
+// Clients: alice and bob (certificate-bound, RFC 8705), carol (unbound), dave (DPoP-bound,
+// RFC 9449), and the sidecar (introspection only).
 //
 // Two HTTPS listeners on 127.0.0.1, as RFC 8705 §5 deployments often have them:
 //   - the issuer's listener (no client certificate requested): discovery, JWKS, plain endpoints;
@@ -131,8 +133,8 @@ function mtlsClient(clientId, scope) {
 const clients = [
   mtlsClient('alice', 'read write'),
   mtlsClient('bob', 'read write'),
-  // dave's tokens carry config.bulky_claims (extraTokenClaims below): the largest answers.
-  mtlsClient('dave', 'read write'),
+  // bulky's tokens carry config.bulky_claims (extraTokenClaims below): the largest answers.
+  mtlsClient('bulky', 'read write'),
   {
     client_id: 'carol',
     client_secret: config.carol_secret,
@@ -149,6 +151,17 @@ const clients = [
     token_endpoint_auth_method: 'self_signed_tls_client_auth',
     tls_client_certificate_bound_access_tokens: true,
     jwks: { keys: [config.self_signed_jwk] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  // dave binds his tokens with DPoP (RFC 9449): a proof with each token request, no certificate.
+  {
+    client_id: 'dave',
+    client_secret: config.dave_secret,
+    token_endpoint_auth_method: 'client_secret_basic',
+    dpop_bound_access_tokens: true,
     grant_types: ['client_credentials'],
     response_types: [],
     redirect_uris: [],
@@ -220,6 +233,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 9449: a token requested with a DPoP proof is bound to its key (cnf.jkt, token_type DPoP).
+    dPoP: { enabled: true },
     revocation: { enabled: true },
     jwtIntrospection: { enabled: true },
     introspection: {
@@ -259,8 +274,8 @@ const provider = new Provider(issuer, {
   ttl: {
     ClientCredentials: () => config.token_ttl ?? 600,
   },
-  // Returned by introspection; sub and username too, as no grant of dave's sets them.
-  extraTokenClaims: async (ctx, token) => (token.clientId === 'dave' ? config.bulky_claims : undefined),
+  // Returned by introspection; sub and username too, as no grant of bulky's sets them.
+  extraTokenClaims: async (ctx, token) => (token.clientId === 'bulky' ? config.bulky_claims : undefined),
   discovery: {
     // Not advertised by oidc-provider itself (RFC 8705 §5).
     mtls_endpoint_aliases: {
