@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = _load_checked(args.config)
     if args.command == "check-config":
         print("configuration ok")
+        print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}")
         return
     logs.setup(config.log.level)
     from sidecar.app import serve

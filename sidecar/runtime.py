@@ -90,7 +90,7 @@ def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
     """Introspection, local RFC 9068 validation, or a choice of the two (token_format.py)."""
     introspector = None if config.idp.token_format == "jwt" else Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
-        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics, guard=sidecar.idp_guard,
+        extra_claims=config.kept_claims, metrics=sidecar.metrics, guard=sidecar.idp_guard,
     )
     return choose_verifier(config, introspector, sidecar.jwks, sidecar.discovery)
 

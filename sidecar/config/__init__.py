@@ -27,6 +27,8 @@ from sidecar.config.sections import (
     LogConfig,
     PolicyConfig,
     ResponseConfig,
+    RouteConfig,
+    RoutingConfig,
     ServerConfig,
     TokenFormat,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "LogConfig",
     "PolicyConfig",
     "ResponseConfig",
+    "RouteConfig",
+    "RoutingConfig",
     "ServerConfig",
     "TokenFormat",
     "admin_secret",

@@ -7,7 +7,8 @@ The reason code is the log field and the metrics label; the public description s
     ├── MissingToken         401, no error code (RFC 6750 §3.1: request lacked credentials)
     ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
     ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
-    ├── InsufficientScope    403 insufficient_scope scope_missing
+    ├── InsufficientScope    403 insufficient_scope scope_missing, claim_mismatch
+    ├── RouteDenied          403 (fail closed)      policy_unknown, route_unmatched (routes.py)
     ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
     ├── IdpUnavailable       503 (fail closed)      idp_unavailable (kind: an IdpFailure)
     └── InternalError        503 (fail closed)      internal_error
@@ -65,6 +66,17 @@ class InsufficientScope(Denial):
     status = 403
     error = "insufficient_scope"
     description = "The access token lacks a required scope"
+
+
+class RouteDenied(Denial):
+    """No policy for this request: the proxy named an unknown one, or no rule matched (fail closed).
+
+    A configuration matter, not the token's: no RFC 6750 error code, 403 like a missing scope.
+    """
+
+    status = 403
+    error = None
+    description = "No policy admits this request"
 
 
 class RateLimited(Denial):

@@ -2,7 +2,8 @@
 
 Fronts only translate; every rule about these facts lives in the core (decision.py): which
 certificate copy counts (none when the peer is not a trusted proxy, a denial when there are
-several), and which source a cache miss is charged to (admission.py).
+several), which source a cache miss is charged to (admission.py), and whether the original
+request and the named policy count (only from a trusted proxy: routes.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,21 @@ if TYPE_CHECKING:
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "forwarded", "peer", "reader")
+    __slots__ = ("authorization", "certificates", "forwarded", "host", "method", "path", "peer", "policy", "reader",
+                 "scheme")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
-                 *, reader: CertificateReader | None = None, forwarded: str | None = None) -> None:
+                 *, reader: CertificateReader | None = None, forwarded: str | None = None,
+                 method: str | None = None, path: str | None = None, host: str | None = None,
+                 scheme: str | None = None, policy: str | None = None) -> None:
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (or gRPC peer certificate)
         self.peer = peer  # the address of whoever sent the check (the proxy)
         self.reader = reader  # how to read the certificate; None: client_cert.format
         self.forwarded = forwarded  # the client address the proxy vouches for (admission.source_header)
+        # The ORIGINAL request the proxy asks about (not the check request itself).
+        self.method = method
+        self.path = path  # with its query, as the proxy sent it
+        self.host = host
+        self.scheme = scheme
+        self.policy = policy  # the policy the proxy names for this route (routing.policy_header)
