@@ -13,7 +13,8 @@ percent-decoding once, dot segments resolved (RFC 3986 §5.2.4), empty segments 
 slash removed, lower case when ``routing.case_sensitive`` is false. Whatever would make that form
 ambiguous is refused (``path_invalid``) rather than matched loosely: an encoded ``/``, ``\\``,
 ``;`` or ``%`` (double encoding), a backslash, ``..`` above the root, control characters,
-non-ASCII bytes in the target, a decoded segment that NFKC would change (full-width dots).
+non-ASCII bytes in the target, a decoded segment that NFKC would change (full-width dots), a segment
+ending in a dot or a space (``/admin.`` is ``/admin`` on Windows servers).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def normalize_path(target: str, *, case_sensitive: bool = True) -> str:
                 raise UnsafePath("non-ASCII with case-insensitive matching")
         if segment in ("", "."):
             continue
+        if (segment != ".." and segment[-1] in ". ") or segment[0] == " ":
+            raise UnsafePath("a segment ending in a dot or a space (Windows servers drop them)")
         if segment == "..":  # RFC 3986 §5.2.4 remove_dot_segments
             if not segments:
                 raise UnsafePath("a dot segment above the root")
