@@ -39,9 +39,19 @@ class Sidecar:
         self.decider = Decider(config, self.verifier, self.metrics)
         self.cert_header = config.client_cert.header
         self.source_header = config.admission.source_header
+        self.policy_header = config.routing.policy_header
+        self._path_prefix = config.routing.path_prefix
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.inflight.set_function(lambda: self.in_flight)
+
+    def original_path(self, raw_path: str) -> str | None:
+        """The original request target of an Envoy HTTP check (``path_prefix`` + original path);
+        None when the check path does not start with ``routing.path_prefix``."""
+        prefix = self._path_prefix
+        if not prefix:
+            return raw_path
+        return raw_path[len(prefix):] if raw_path.startswith(prefix) else None
 
     @property
     def in_flight(self) -> int:

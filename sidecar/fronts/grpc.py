@@ -23,6 +23,10 @@ builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 bindi
   ``status_on_error``, and ``failure_mode_allow`` can never open it. Only a failed RPC (sidecar
   down, deadline exceeded) is an ext_authz error.
 
+- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``;
+  the policy: the route's ``context_extensions["policy"]`` (``ExtAuthzPerRoute.check_settings``).
+  Both count only from a trusted peer (the core's rule, :mod:`sidecar.core.routes`).
+
 Health (``grpc.health.v1``) follows :meth:`Sidecar.readiness`; reflection only with
 ``server.grpc_reflection``.
 """
@@ -95,11 +99,14 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         attributes = request.attributes
-        authorization, forwarded = self._read_headers(attributes.request.http)
+        http = attributes.request.http
+        authorization, forwarded = self._read_headers(http)
         source = attributes.source.certificate  # the TLS peer Envoy verified (include_peer_certificate)
         facts = CheckRequest(authorization, [source] if source else forwarded, peer_address(context.peer()),
                              reader=self._source_reader if source else None,
-                             forwarded=attributes.source.address.socket_address.address or None)
+                             forwarded=attributes.source.address.socket_address.address or None,
+                             method=http.method or None, path=http.path or None, host=http.host or None,
+                             scheme=http.scheme or None, policy=attributes.context_extensions.get("policy"))
         decider = self._sidecar.decider
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Miss):

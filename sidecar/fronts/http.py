@@ -4,8 +4,12 @@ nginx ``auth_request`` calls a fixed location; Envoy's HTTP ext_authz calls ``pa
 the original path with the original method. Both get the same answer: 200 with the credential
 headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-After``.
 
-The front only translates: it hands the core every certificate header copy, the peer address
-and the forwarded client address, and renders what the core decides.
+The front only translates: it hands the core every certificate header copy, the peer address,
+the forwarded client address, the original request (nginx: ``X-Original-Method``,
+``X-Original-URI``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
+``Host``, ``X-Forwarded-Proto``) and the policy the proxy names (``routing.policy_header``), and
+renders what the core decides. Whether the original request and the name count (a trusted
+proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     decider = sidecar.decider
     headers = request.headers
+    uri = headers.get("X-Original-URI")
+    method: str | None
+    if uri is None:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
+        method, path = request.method, sidecar.original_path(request.raw_path)
+    else:  # nginx auth_request: what the check location sets
+        method, path = headers.get("X-Original-Method"), uri
     facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(sidecar.cert_header, ()),
-                         request.remote, forwarded=headers.get(sidecar.source_header))
+                         request.remote, forwarded=headers.get(sidecar.source_header), method=method, path=path,
+                         host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
+                         policy=headers.get(sidecar.policy_header))
     decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
     if isinstance(decision, Miss):
         decision = await decider.decide(facts, decision)
