@@ -6,8 +6,9 @@ headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-Afte
 
 The front only translates: it hands the core every certificate header copy, the peer address,
 the forwarded client address, the original request (nginx: ``X-Original-Method``,
-``X-Original-URI``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
-``Host``, ``X-Forwarded-Proto``) and the policy the proxy names (``routing.policy_header``), and
+``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``, ``X-Forwarded-Uri``; Envoy:
+the check request's own method and path minus ``routing.path_prefix``; ``Host``,
+``X-Forwarded-Proto``) and the policy the proxy names (``routing.policy_header``), and
 renders what the core decides. Whether the original request and the name count (a trusted
 proxy) is the core's rule.
 """
@@ -27,12 +28,14 @@ async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     decider = sidecar.decider
     headers = request.headers
-    uri = headers.get("X-Original-URI")
     method: str | None
-    if uri is None:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
-        method, path = request.method, sidecar.original_path(request.raw_path)
-    else:  # nginx auth_request: what the check location sets
+    path: str | None
+    if (uri := headers.get("X-Original-URI")) is not None:  # nginx auth_request: the check location sets it
         method, path = headers.get("X-Original-Method"), uri
+    elif (uri := headers.get("X-Forwarded-Uri")) is not None:  # Traefik, Caddy, HAProxy (deploy/haproxy)
+        method, path = headers.get("X-Forwarded-Method"), uri
+    else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
+        method, path = request.method, sidecar.original_path(request.raw_path)
     facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(sidecar.cert_header, ()),
                          request.remote, forwarded=headers.get(sidecar.source_header), method=method, path=path,
                          host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
