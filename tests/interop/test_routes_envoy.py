@@ -14,7 +14,7 @@ import pytest
 
 from tests.interop.envoy import ENVOY_DIR, ROUTE_MODES, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
-from tests.interop.test_routes_nginx import CASES, tokens  # noqa: F401  (a fixture)
+from tests.interop.test_routes_nginx import CASES, route_tokens
 from tests.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts, pytest.mark.routes]
@@ -26,6 +26,11 @@ ENVOY_CASES = [c for c in CASES if c[3] is not None] + [
     ("orders_read", "/orders/42", "carol", "alice", 401, "token_unbound"),
     ("default", "/reports", "carol", "alice", 401, "token_unbound"),
 ]
+
+
+@pytest.fixture(scope="module")
+def tokens(oidc: OidcProvider) -> dict[str, str]:
+    return route_tokens(oidc)
 
 
 @pytest.fixture(scope="module", params=list(ROUTE_MODES))

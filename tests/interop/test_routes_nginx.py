@@ -35,8 +35,8 @@ def stack(oidc: OidcProvider, client_files: dict[str, tuple[Path, Path]],
     started.stop()
 
 
-@pytest.fixture(scope="module")
-def tokens(oidc: OidcProvider) -> dict[str, str]:
+def route_tokens(oidc: OidcProvider) -> dict[str, str]:
+    """The tokens the per-route tables name, from the real IdP."""
     return {
         "read": oidc.access_token("alice", scope="read"),
         "write": oidc.access_token("alice", scope="write"),
@@ -45,6 +45,11 @@ def tokens(oidc: OidcProvider) -> dict[str, str]:
         "jwt read": oidc.access_token("alice", scope="read", resource=JWT_RESOURCE),
         "carol": oidc.access_token("carol", scope="read"),  # client_secret_basic: not bound
     }
+
+
+@pytest.fixture(scope="module")
+def tokens(oidc: OidcProvider) -> dict[str, str]:
+    return route_tokens(oidc)
 
 
 # (path, token, client certificate, status, reason): reason None on allow
