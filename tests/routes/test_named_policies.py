@@ -127,3 +127,11 @@ def test_a_policy_accepts_only_the_token_formats_it_names() -> None:
         "token_format_not_allowed"
     assert Policy(PolicyConfig(token_formats=("jwt",))).static_denial(jwt) is None
     assert reason(Policy(PolicyConfig(token_formats=("jwt",))).static_denial(TOKEN)) == "token_format_not_allowed"
+
+
+def test_the_rule_keys_table_in_docs_routes_is_the_one_generated_from_the_declarations() -> None:
+    from sidecar.config.table import ROUTES_BEGIN, ROUTES_END, routes_table
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "routes.md").read_text(encoding="utf-8")
+    assert text.partition(ROUTES_BEGIN)[2].partition(ROUTES_END)[0] == "\n" + routes_table(), \
+        "run: python -m sidecar.config.table README.md docs/configuration.md docs/routes.md"
