@@ -97,9 +97,13 @@ class Decider:
 
     def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
         """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
-        policy = self.router.select(request)
-        if type(policy) is not Policy:
-            return self._deny(policy, None, None)  # type: ignore[arg-type]  # a Denial: no policy admits it
+        try:
+            policy = self.router.select(request)
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            return self._deny(InternalError(type(exc).__name__), None, None)
+        if isinstance(policy, Denial):
+            return self._deny(policy, None, None)  # no policy admits the request
         try:
             token = bearer_token(request.authorization)
             key = self.cache.key(token)

@@ -167,3 +167,14 @@ async def test_a_policy_without_claims_shares_the_default_headers_object() -> No
     write = await decide(d, req("POST", "/orders"))
     read = await decide(d, req("GET", "/orders"))
     assert isinstance(write, Allow) and isinstance(read, Allow) and write.headers is read.headers
+
+
+class BrokenRouter:
+    def select(self, request: CheckRequest) -> None:
+        raise RuntimeError("bug")
+
+
+async def test_a_bug_while_choosing_the_policy_denies_instead_of_answering_500() -> None:
+    d, _, _ = decider(scope="read")
+    d.router = BrokenRouter()  # type: ignore[assignment]
+    assert outcome(d.decide_now(req())) == "internal_error"
