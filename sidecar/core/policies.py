@@ -4,8 +4,9 @@ The cache holds one :class:`~sidecar.core.entry.Entry` per token whatever the po
 asked once per token. Its ``denial``, ``scope_denial`` and ``headers`` are the default policy's
 (computed at fill time). Under a named policy, :meth:`Policies.view` computes the same three for
 that policy the first time a request under it meets the token and keeps them on the entry
-(``Entry.views``, at most one per configured policy: bounded by the configuration), so a cache
-hit under any policy does no policy work beyond the time window and the binding.
+(``Entry.views``, at most :data:`MAX_VIEWS` per token), so a cache hit under any policy does no
+policy work beyond the time window and the binding. A token used under more named policies than
+that is judged afresh under the others on each request (correct, only slower).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from sidecar.config import Config
 from sidecar.core.entry import Entry
 from sidecar.core.policy import Policy
 from sidecar.core.response import HeaderBuilder
+
+MAX_VIEWS = 8  # named-policy verdicts kept per cached token
 
 
 class Policies:
@@ -54,7 +57,8 @@ class Policies:
         if view is None:
             info = entry.info
             headers = entry.headers if self._shared[index] else self.builders[index].build(info)
-            view = views[index] = Entry(info=info, headers=headers, denial=policy.static_denial(info),
-                                        scope_denial=policy.scope_denial(info), token_hash=entry.token_hash,
-                                        expires=entry.expires)
+            view = Entry(info=info, headers=headers, denial=policy.static_denial(info),
+                         scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires)
+            if len(views) < MAX_VIEWS:  # memory per token stays bounded; past it, computed per request
+                views[index] = view
         return view

@@ -178,3 +178,17 @@ async def test_a_bug_while_choosing_the_policy_denies_instead_of_answering_500()
     d, _, _ = decider(scope="read")
     d.router = BrokenRouter()  # type: ignore[assignment]
     assert outcome(d.decide_now(req())) == "internal_error"
+
+
+async def test_the_verdicts_kept_per_token_are_bounded_and_past_the_bound_still_right() -> None:
+    from sidecar.core.policies import MAX_VIEWS
+
+    names = [f"p{i}" for i in range(MAX_VIEWS + 4)]
+    raw = {"policies": {n: {"required_scopes": ["read"] if i % 2 else ["admin"]} for i, n in enumerate(names)}}
+    d, verifier, _ = decider(raw)
+    for i, name in enumerate(names * 2):
+        expected = "allow" if names.index(name) % 2 else "scope_missing"
+        assert outcome(await decide(d, req(path=None, policy=name))) == expected, i
+    entry = d.cache.get(d.cache.key("tok"))
+    assert entry is not None and entry.views is not None and len(entry.views) == MAX_VIEWS
+    assert verifier.calls == 1
