@@ -597,7 +597,7 @@ async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, st
             for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
                 server = single if side == "a" else routed
                 runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
-                                            duration=max(0.5, env.args.duration / 1.5)))
+                                            duration=max(1, round(env.args.duration / 1.5))))
         assert routed.admin_port is not None
         allowed = await metric(routed.admin_port, "sidecar_decisions_total",
                                f'outcome="allow",policy="p{ROUTES - 1}",reason="ok"')
