@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for warning in config_module.warnings(config):
             print(f"sidecar: warning: {warning}", file=sys.stderr)
         print("configuration ok")
+        print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}")
         return
     logs.setup(config.log.level)
     for warning in config_module.warnings(config):

@@ -48,10 +48,20 @@ class Sidecar:
             self.fleet.attach(self.decider.cache)
         self.cert_header = config.client_cert.header
         self.source_header = config.admission.source_header
+        self.policy_header = config.routing.policy_header
+        self._path_prefix = config.routing.path_prefix
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics.inflight.set_function(lambda: self.in_flight)
         self.metrics.ready.set_function(lambda: 1 if self.readiness()[0] else 0)
+
+    def original_path(self, raw_path: str) -> str | None:
+        """The original request target of an Envoy HTTP check (``path_prefix`` + original path);
+        None when the check path does not start with ``routing.path_prefix``."""
+        prefix = self._path_prefix
+        if not prefix:
+            return raw_path
+        return raw_path[len(prefix):] if raw_path.startswith(prefix) else None
 
     @property
     def in_flight(self) -> int:
@@ -118,7 +128,7 @@ def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:
     """Introspection, local RFC 9068 validation, or a choice of the two (token_format.py)."""
     introspector = None if config.idp.token_format == "jwt" else Introspector(
         config.idp, sidecar.idp, sidecar.discovery,
-        extra_claims=tuple(config.response.claims), metrics=sidecar.metrics, guard=sidecar.idp_guard,
+        extra_claims=config.kept_claims, metrics=sidecar.metrics, guard=sidecar.idp_guard,
         keys=sidecar.jwks, leeway=config.policy.leeway,
     )
     # The JWK Set may be there for signed introspection answers only: local JWT validation still

@@ -40,7 +40,7 @@ async def idp(pki: TestPki, aiohttp_server: Any) -> FakeIdp:
     return fake
 
 
-def sidecar_config(pki: TestPki, fake: FakeIdp, **sections: dict[str, Any]) -> config_module.Config:
+def sidecar_config(pki: TestPki, fake: FakeIdp, **sections: Any) -> config_module.Config:
     raw: dict[str, Any] = {
         "idp": {
             "issuer": fake.issuer, "client_id": "sidecar",
@@ -49,7 +49,10 @@ def sidecar_config(pki: TestPki, fake: FakeIdp, **sections: dict[str, Any]) -> c
         },
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # [[routes]]
+            raw[name] = values
+        else:
+            raw.setdefault(name, {}).update(values)
     return config_module.from_mapping(raw)
 
 
@@ -76,7 +79,7 @@ async def make_sidecar(pki: TestPki, idp: FakeIdp) -> Any:
     """Start a sidecar (check + admin apps) against ``idp``; sections override config."""
     started: list[tuple[Sidecar, list[TestClient[Any, Any]]]] = []
 
-    async def start(**sections: dict[str, Any]) -> Running:
+    async def start(**sections: Any) -> Running:
         config = sidecar_config(pki, idp, **sections)
         sidecar = Sidecar(config)
         await sidecar.start()

@@ -31,6 +31,8 @@ from sidecar.config.sections import (
     LogConfig,
     PolicyConfig,
     ResponseConfig,
+    RouteConfig,
+    RoutingConfig,
     ServerConfig,
     TokenFormat,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "LogConfig",
     "PolicyConfig",
     "ResponseConfig",
+    "RouteConfig",
+    "RoutingConfig",
     "ServerConfig",
     "TokenFormat",
     "admin_secret",

@@ -92,3 +92,19 @@ def host_ports(values: tuple[str, ...]) -> str | None:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             return f"not host:port: {value!r}"
     return None
+
+
+TOKEN_FORMATS = frozenset({"introspection", "jwt"})
+
+
+def token_formats(values: tuple[str, ...]) -> str | None:
+    unknown = sorted(set(values) - TOKEN_FORMATS)
+    if unknown:
+        return f"unknown: {', '.join(unknown)} (introspection, jwt)"
+    return None if values else "must not be empty"
+
+
+def claim_values(values: object) -> str | None:
+    """A claim condition's value: not empty, and one space-free word (``contain`` splits on spaces)."""
+    bad = next((v for v in dict(values).values() if not v or " " in v), None)  # type: ignore[call-overload]
+    return None if bad is None else f"a claim value must be one non-empty word; got {bad!r}"

@@ -40,6 +40,7 @@ class Spec:
     unit: str | None = None  # shown in the table, e.g. "seconds"
     checks: tuple[Check, ...] = ()
     secret: bool = False
+    readme: bool = True  # False: in docs/configuration.md only (the README stays under its size bound)
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with a converted value against the declared bounds, or None."""
@@ -91,9 +92,10 @@ def key(
     unit: str | None = None,
     checks: tuple[Check, ...] = (),
     secret: bool = False,
+    readme: bool = True,
 ) -> T:
     """Declare a configuration key: its default, one line of documentation and its bounds."""
-    spec = Spec(doc, ge, gt, le, choices, min_length, kind, unit, checks, secret)
+    spec = Spec(doc, ge, gt, le, choices, min_length, kind, unit, checks, secret, readme)
     metadata = {"key": spec}
     if isinstance(default, dict):  # a mutable default needs a factory; the value is a copy
         frozen = dict(default)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from sidecar.config.declare import ENV_PREFIX, ConfigError
+from sidecar.config.named import named_policies, routes
 from sidecar.config.rules import validate
 from sidecar.config.sections import KEYS, SECTIONS, Config, Key
 
@@ -41,7 +42,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
 def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     env = env or {}
     for name in raw:
-        if name not in SECTIONS:
+        if name not in SECTIONS and name not in ("policies", "routes"):
             raise ConfigError(name, "unknown section")
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for name in SECTIONS:
@@ -57,7 +58,11 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
             values[k.section][k.name] = _read(k, env_value, from_env=True)
         elif k.name in given:
             values[k.section][k.name] = _read(k, given[k.name], from_env=False)
-    config = Config(**{name: cls(**values[name]) for name, cls in SECTIONS.items()})
+    def read(k: Key, value: Any) -> Any:
+        return _read(k, value, from_env=False)
+
+    config = Config(**{name: cls(**values[name]) for name, cls in SECTIONS.items()},
+                    policies=named_policies(raw.get("policies"), read), routes=routes(raw.get("routes"), read))
     validate(config)
     return config
 

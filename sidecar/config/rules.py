@@ -7,6 +7,7 @@ cannot report a key that does not exist.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 from sidecar.config import checks
@@ -19,9 +20,14 @@ from sidecar.config.sections import (
     Config,
     FleetConfig,
     IdpConfig,
+    PolicyConfig,
     ResponseConfig,
+    RouteConfig,
     ServerConfig,
 )
+
+_METHOD = re.compile(r"^[A-Z]{1,20}\Z")
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]{0,252})?\Z|^\[[0-9a-f:.]+\]\Z")
 
 
 def validate(config: Config) -> None:
@@ -37,6 +43,9 @@ def validate(config: Config) -> None:
     _validate_response(config.response)
     if config.fleet.enabled:
         _validate_fleet(config.fleet, config.idp)
+    _validate_policies(config)
+    for index, route in enumerate(config.routes):
+        _validate_route(f"routes[{index}]", route, config)
 
 
 def _validate_server_limits(s: ServerConfig) -> None:
@@ -84,6 +93,10 @@ def _validate_jwt_policy(config: Config) -> None:
     if not config.policy.audiences:
         raise ConfigError(KEY.policy.audiences, f"is required with {KEY.idp.token_format} "
                           f"{config.idp.token_format} (RFC 9068 §4: aud MUST be validated)")
+    for name, policy in config.policies.items():
+        if "jwt" in policy.token_formats and not policy.audiences:
+            raise ConfigError(f"policies.{name}.audiences", f"is required with {KEY.idp.token_format} "
+                              f"{config.idp.token_format} unless token_formats leaves out jwt (RFC 9068 §4)")
     if not (config.idp.issuer or config.policy.allowed_issuers):
         raise ConfigError(KEY.idp.issuer, f"or {KEY.policy.allowed_issuers} is required to validate iss of JWTs")
     if not (config.idp.issuer or config.idp.jwks_uri):
@@ -145,6 +158,46 @@ def fleet_password(f: FleetConfig) -> str | None:
     if f.password_file:
         return Path(f.password_file).read_text(encoding="utf-8").strip()
     return f.password
+
+
+def _validate_policies(config: Config) -> None:
+    """Header claims: valid names, none standard, and one claim per header across every policy."""
+    source = {h.lower(): claim for claim, h in config.response.claims.items()}
+    every: list[tuple[str, PolicyConfig]] = [("policy", config.policy)]
+    every += [(f"policies.{name}", p) for name, p in config.policies.items()]
+    standard = {suffix for _, suffix in STANDARD_HEADERS + DPOP_HEADERS}
+    for where, policy in every:
+        for claim, header in policy.claims.items():
+            if not checks.HEADER_NAME.match(header) or header.lower() in standard:
+                raise ConfigError(f"{where}.claims.{claim}", f"not a valid, non-standard header name: {header!r}")
+            if source.setdefault(header.lower(), claim) != claim:
+                raise ConfigError(f"{where}.claims.{claim}", f"header {header!r} already carries another claim")
+
+
+def _validate_route(where: str, route: RouteConfig, config: Config) -> None:
+    if route.policy != "default" and route.policy not in config.policies:
+        raise ConfigError(f"{where}.policy", f"no policy {route.policy!r} ([policies.NAME] or default)")
+    for method in route.methods:
+        if not _METHOD.match(method):
+            raise ConfigError(f"{where}.methods", f"not an upper-case method: {method!r}")
+    for host in route.hosts:
+        if not _HOST.match(host):
+            raise ConfigError(f"{where}.hosts", f"not a lower-case host name without port: {host!r}")
+    if route.match == "regex":
+        if len(route.path) > 1024:
+            raise ConfigError(f"{where}.path", "a regular expression of at most 1024 characters")
+        try:
+            re.compile(route.path)
+        except re.error as exc:
+            raise ConfigError(f"{where}.path", f"not a regular expression: {exc}") from None
+        return
+    segments = route.path.split("/")
+    if not route.path.startswith("/") or "" in segments[1:-1] or {".", ".."} & set(segments) \
+            or any(c in route.path for c in "%;\\?#") or not route.path.isprintable():
+        raise ConfigError(f"{where}.path", f"a normalized path (/a/b: no //, dot segments, %, ;, ?, #): "
+                          f"{route.path!r}")
+    if route.match != "glob" and "*" in route.path:
+        raise ConfigError(f"{where}.path", "`*` needs match = \"glob\"")
 
 
 def admin_secret(s: ServerConfig) -> str | None:

@@ -23,6 +23,8 @@ CertFormat = Literal[
     "auto", "escaped_pem", "pem", "der_base64", "xfcc", "alb", "traefik", "rfc9440"
 ]
 DecisionLogging = Literal["all", "deny", "off"]
+ScopeMatch = Literal["all", "any"]
+PathMatch = Literal["prefix", "exact", "glob", "regex"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 FleetMode = Literal["standalone", "cluster", "sentinel"]
 
@@ -65,8 +67,6 @@ class ServerConfig:
                             "`0` turns it off")
     grpc_host: str = key("127.0.0.1", "address of the gRPC port")
     grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)")
-    path_prefix: str = key("", "Envoy HTTP `path_prefix`; taken off the check path to give the original path "
-                               "(DPoP `htu`)", checks=(checks.path_prefix,))
     workers: int = key(1, "processes sharing the check port (`SO_REUSEPORT`); worker *i* has admin port "
                           "`admin_port + i`", ge=1, le=64)
     header_timeout: float = key(10.0, "time a request head (and a purge body) may take from its first byte, both "
@@ -158,6 +158,16 @@ class PolicyConfig:
                                                            "(case-insensitive)")
     allow_missing_token_type: bool = key(False, "accept an introspection answer without `token_type` (oidc-provider "
                                                 "omits it only for refresh tokens)")
+    scope_match: ScopeMatch = key("all", "`all`: every required scope; `any`: at least one of them", readme=False)
+    token_formats: tuple[str, ...] = key(("introspection", "jwt"), "how the token may have been validated: "
+                                         "`introspection`, `jwt` (RFC 9068, locally)",
+                                         checks=(checks.token_formats,), readme=False)
+    claims: Mapping[str, str] = key({}, "extra claim → header suffix sent on allow under this policy (added to "
+                                        "`response.claims`)", readme=False)
+    claims_equal: Mapping[str, str] = key({}, "claim → value the claim must equal (an array claim is compared "
+                                               "joined by spaces)", checks=(checks.claim_values,), readme=False)
+    claims_contain: Mapping[str, str] = key({}, "claim → value the claim must hold (an array, or a space-separated "
+                                                "string)", checks=(checks.claim_values,), readme=False)
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,30 @@ class ResponseConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    policy_header: str = key("x-sidecar-policy", "header naming the policy (from a trusted proxy: nginx sets it per "
+                                                 "location; docs/routes.md)", checks=(checks.header_name,),
+                             readme=False)
+    path_prefix: str = key("", "prefix Envoy's HTTP ext_authz puts before the original path (its `path_prefix`)",
+                           readme=False)
+    case_sensitive: bool = key(True, "paths match case-sensitively; `false` when the upstream ignores case",
+                               readme=False)
+    memo_entries: int = key(4096, "(method, host, path) → policy answers remembered", ge=16, readme=False)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[routes]]`` rule: the first rule that matches the original request names its policy."""
+
+    policy: str = key("default", "the policy of a matching request (`default`: `[policy]`)")
+    methods: tuple[str, ...] = key((), "request methods (any when empty)")
+    hosts: tuple[str, ...] = key((), "`Host` names without port, or `*.example.com` (any when empty)")
+    path: str = key("/", "the path pattern, matched against the normalized path (docs/routes.md)")
+    match: PathMatch = key("prefix", "`prefix` (whole segments), `exact`, `glob` (`*` one segment, `**` any), "
+                                     "`regex` (whole path)")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: LogLevel = key("info", "log level")
     decisions: DecisionLogging = key("all", "one log line per decision: all, denials only, or none")
@@ -262,8 +296,20 @@ class Config:
     dpop: DpopConfig = field(default_factory=DpopConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    # [policies.NAME] tables (each with the keys of [policy]) and [[routes]] rules: file only.
+    policies: Mapping[str, PolicyConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+
+    @property
+    def kept_claims(self) -> tuple[str, ...]:
+        """The claims a token answer keeps: those copied to headers or tested by any policy."""
+        names = dict.fromkeys(self.response.claims)
+        for policy in (self.policy, *self.policies.values()):
+            names.update(dict.fromkeys([*policy.claims, *policy.claims_equal, *policy.claims_contain]))
+        return tuple(names)
 
     @property
     def idp_configured(self) -> bool:
@@ -290,21 +336,26 @@ class Key:
         return env_name(self.section, self.name)
 
 
-def _declared() -> tuple[Key, ...]:
+def keys_of(section: str, cls: type[Any]) -> tuple[Key, ...]:
+    """The declared keys of one section dataclass (or of a ``[[routes]]`` rule)."""
     found = []
-    for section, cls in typing.get_type_hints(Config).items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            spec = spec_of(f)
-            if typing.get_origin(hints[f.name]) is Literal:  # the choices are the type's
-                spec = dataclasses.replace(spec, choices=typing.get_args(hints[f.name]))
-            found.append(Key(section, f.name, hints[f.name], default, spec))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        spec = spec_of(f)
+        if typing.get_origin(hints[f.name]) is Literal:  # the choices are the type's
+            spec = dataclasses.replace(spec, choices=typing.get_args(hints[f.name]))
+        found.append(Key(section, f.name, hints[f.name], default, spec))
     return tuple(found)
 
 
-KEYS: tuple[Key, ...] = _declared()
-SECTIONS: dict[str, type[Any]] = typing.get_type_hints(Config)
+# The sections: every field of Config that is a section dataclass (not policies, not routes).
+SECTIONS: dict[str, type[Any]] = {
+    name: tp for name, tp in typing.get_type_hints(Config).items()
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp)
+}
+KEYS: tuple[Key, ...] = tuple(k for section, cls in SECTIONS.items() for k in keys_of(section, cls))
+ROUTE_KEYS: tuple[Key, ...] = keys_of("routes[]", RouteConfig)
 
 
 class _SectionKeys:

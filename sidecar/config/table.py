@@ -13,20 +13,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from sidecar.config.sections import KEYS, Key
+from sidecar.config.sections import KEYS, ROUTE_KEYS, Key
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
 REFERENCE_BEGIN = "<!-- config-reference:begin -->"
 REFERENCE_END = "<!-- config-reference:end -->"
+ROUTES_BEGIN = "<!-- routes-reference:begin -->"
+ROUTES_END = "<!-- routes-reference:end -->"
 
 
 def short_table() -> str:
     """The README's table: every declared key, by section (types, defaults and meanings are in the
-    reference table, which a README of a fixed size cannot hold)."""
+    reference table, which a README of a fixed size cannot hold); keys declared ``readme=False`` only
+    in the reference."""
     rows = ["| section | keys |", "|---|---|"]
     sections: dict[str, list[str]] = {}
-    for k in KEYS:
+    for k in (k for k in KEYS if k.spec.readme):
         sections.setdefault(k.section, []).append(f"`{k.name}`")
     rows += [f"| `[{section}]` | {', '.join(names)} |" for section, names in sections.items()]
     return "\n".join(rows) + "\n"
@@ -38,6 +41,15 @@ def markdown_table() -> str:
     for k in KEYS:
         doc = k.spec.doc.replace("|", "\\|")
         rows.append(f"| `{k.dotted}` | {type_text(k)} | {default_text(k.default)} | `{k.env}` | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def routes_table() -> str:
+    """The keys of one ``[[routes]]`` rule (docs/routes.md)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for k in ROUTE_KEYS:
+        doc = k.spec.doc.replace("|", "\\|")
+        rows.append(f"| `{k.name}` | {type_text(k)} | {default_text(k.default)} | {doc} |")
     return "\n".join(rows) + "\n"
 
 
@@ -96,7 +108,8 @@ def replace_between_markers(text: str, table: str, begin: str = BEGIN, end: str 
 
 def regenerate(text: str) -> str:
     """Every marked region of ``text`` filled with its table; ValueError when there is none."""
-    regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table))
+    regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table),
+               (ROUTES_BEGIN, ROUTES_END, routes_table))
     present = [(b, e, make) for b, e, make in regions if b in text]
     if not present:
         raise ValueError(f"the markers {BEGIN} and {END} (or {REFERENCE_BEGIN}) are missing")

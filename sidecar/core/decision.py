@@ -7,6 +7,11 @@ shared call per token, admitted per source) and runs the **same** :meth:`Decider
 fresh entry. A front calls ``decide_now`` and awaits ``decide`` only for a miss, so a cache hit
 creates no coroutine; no check exists twice.
 
+The policy is chosen per request before anything else (:class:`~sidecar.core.routes.Router`:
+the proxy's named policy, else the first matching rule, else ``[policy]``) and travels with the
+request to ``_verdict``, which applies it to the token's entry as seen by that policy
+(:meth:`~sidecar.core.policies.Policies.view`).
+
 Nothing here raises to a front: every failure, a bug included, becomes a Deny (fail closed).
 With ``cache.stale_if_error``, a miss whose IdP call failed may use the token's last active,
 bound answer (still bound and policy checked); such decisions carry ``stale: true`` in the log,
@@ -32,16 +37,19 @@ from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidTo
 from sidecar.core.extract import TrustedProxies, access_token
 from sidecar.core.htu import target
 from sidecar.core.interning import Interner
+from sidecar.core.policies import Policies
 from sidecar.core.policy import Policy
 from sidecar.core.replay import LocalReplayStore
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import HeaderBuilder
+from sidecar.core.routes import Router
 from sidecar.core.shared import SharedAnswers
 from sidecar.core.verifier import Verifier
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger("sidecar.decision")
+
+NO_POLICY = "none"  # the policy label of a request no policy admits (only configured names otherwise)
 
 # An allow is the cache entry itself: its upstream headers were built when it was filled, so
 # allowing a cached token allocates nothing.
@@ -60,12 +68,13 @@ class Deny:
 class Miss:
     """Not in the cache: :meth:`Decider.decide` must ask the IdP."""
 
-    __slots__ = ("dpop", "key", "token")
+    __slots__ = ("dpop", "key", "policy", "token")
 
-    def __init__(self, token: str, key: bytes, dpop: bool = False) -> None:
+    def __init__(self, token: str, key: bytes, policy: Policy, dpop: bool = False) -> None:
         self.token = token
         self.key = key
-        self.dpop = dpop
+        self.policy = policy
+        self.dpop = dpop  # the token came with the DPoP scheme
 
 
 class Decider:
@@ -76,8 +85,9 @@ class Decider:
         self.config = config
         self.cache = TokenCache(config.cache, secret=None if shared is None else shared.digest_key)
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
-        self.headers = HeaderBuilder(config.response, binding=config.policy.binding, dpop=config.dpop.enabled)
-        self.policy = Policy(config.policy, dpop=config.dpop.enabled)
+        self.policies = Policies(config)
+        self.headers = self.policies.headers
+        self.policy = self.policies.default
         dp = config.dpop
         self.dpop = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries)) if dp.enabled else None
         self.dpop_algs = self.dpop.algs if self.dpop is not None else None  # the DPoP challenge's algs
@@ -86,11 +96,12 @@ class Decider:
         self._readers: list[CertificateReader] = []
         self.reader = self.reader_for(cc.format)
         self.trusted_proxies = TrustedProxies(cc.trusted_proxies)
+        self.router = Router(self.policy, self.policies.named, config.routes, config.routing, self.trusted_proxies)
         self.admission = Admission(config.admission, config.idp.max_concurrent)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
         self._verifier = verifier
         self._metrics = metrics
-        self._binding = config.policy.binding
+        metrics.hit_counters.extend(self.policies.all())
         self._log_allows = config.log.decisions == "all"
         self._log_denials = config.log.decisions != "off"
         metrics.cache_entries.set_function(lambda: len(self.cache))
@@ -117,17 +128,24 @@ class Decider:
     def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
         """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
         try:
+            policy = self.router.select(request)
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            return self._deny(InternalError(type(exc).__name__), None, None)
+        if isinstance(policy, Denial):
+            return self._deny(policy, None, None)  # no policy admits the request
+        try:
             token, dpop = access_token(request.authorization, dpop=self.dpop is not None)
             key = self.cache.key(token)
             entry = self.cache.get(key)
         except Denial as denial:
-            return self._deny(denial, None)
+            return self._deny(denial, None, policy)
         except Exception as exc:  # a bug must deny, never answer 500 or allow
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
-            return self._deny(InternalError(type(exc).__name__), None)
+            return self._deny(InternalError(type(exc).__name__), None, policy)
         if entry is None:
-            return Miss(token, key, dpop)
-        return self._verdict(entry, request, "hit", token if dpop else None)
+            return Miss(token, key, policy, dpop)
+        return self._verdict(entry, request, "hit", policy, token if dpop else None)
 
     async def decide(self, request: CheckRequest, now: Allow | Deny | Miss | None = None) -> Allow | Deny:
         """The whole decision; ``now`` is what :meth:`decide_now` already said for this request."""
@@ -139,31 +157,33 @@ class Decider:
         try:
             entry, lookup = await self._lookup(now, request)
         except Denial as denial:
-            return self._deny(denial, token_hash(now.token), dpop=now.dpop)
+            return self._deny(denial, token_hash(now.token), now.policy, dpop=now.dpop)
         except Exception as exc:  # a bug must deny, never answer 500 or allow
             log.exception("decision failed", extra={"error_type": type(exc).__name__})
-            return self._deny(InternalError(type(exc).__name__), token_hash(now.token), dpop=now.dpop)
+            return self._deny(InternalError(type(exc).__name__), token_hash(now.token), now.policy, dpop=now.dpop)
         finally:
             self.in_flight -= 1
-        return self._verdict(entry, request, lookup, now.token if now.dpop else None)
+        return self._verdict(entry, request, lookup, now.policy, now.token if now.dpop else None)
 
-    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup,
+    def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup, policy: Policy,
                  dpop: str | None = None) -> Allow | Deny:
-        """The checks of a token's answer against this request: the same for a hit and a miss.
+        """The checks of a token's answer against this request under ``policy``: the same for a hit
+        and a miss.
 
         ``dpop``: the token, when it came with the DPoP scheme. The binding step verifies the method
         the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme), else the
         certificate.
         """
         try:
+            entry = self.policies.view(entry, policy)  # the default's entry itself; else kept on it
             denial = entry.denial
             if denial is None:
                 info = entry.info
-                self.policy.check_time(info, time.time())
+                policy.check_time(info, time.time())
                 if dpop is not None or info.cnf_jkt is not None:
                     self._check_proof(info.cnf_jkt, request, dpop)
-                elif needs_certificate(info, self._binding):
-                    check_binding(info, self._presented(request), self._binding)
+                elif needs_certificate(info, policy.binding):
+                    check_binding(info, self._presented(request), policy.binding)
                 denial = entry.scope_denial
         except Denial as fresh:
             denial = fresh
@@ -172,8 +192,8 @@ class Decider:
             denial = InternalError(type(exc).__name__)
         if denial is not None:
             self._count_lookup(lookup)
-            return self._deny(denial, entry.token_hash, stale=lookup == "stale", dpop=dpop is not None)
-        return self._allow(entry, lookup)
+            return self._deny(denial, entry.token_hash, policy, stale=lookup == "stale", dpop=dpop is not None)
+        return self._allow(entry, lookup, policy)
 
     def _check_proof(self, jkt: str | None, request: CheckRequest, token: str | None) -> None:
         """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
@@ -251,30 +271,36 @@ class Decider:
         (m.cache_hit if lookup == "hit" else m.cache_miss if lookup == "miss"
          else m.cache_coalesced if lookup == "coalesced" else self._cache_stale).inc()
 
-    def _allow(self, entry: Entry, lookup: Lookup) -> Allow:
+    def _allow(self, entry: Entry, lookup: Lookup, policy: Policy) -> Allow:
         if lookup == "stale":
-            return self._allow_stale(entry)
+            return self._allow_stale(entry, policy)
         if lookup == "hit":
-            self._metrics.hit_allows += 1  # folded into the hit and allow counters when scraped
+            policy.hit_allows += 1  # folded into the hit and allow counters when scraped
         else:
             self._count_lookup(lookup)
-            self._metrics.decision("allow", "ok")
+            self._metrics.decision("allow", "ok", policy.name)
         if self._log_allows:
-            self._allow_log.write(entry.token_hash, lookup, entry.info.client_id)
+            self._allow_log.write(entry.token_hash, lookup, entry.info.client_id, policy.name)
         return entry
 
-    def _allow_stale(self, entry: Entry) -> Allow:
+    def _allow_stale(self, entry: Entry, policy: Policy) -> Allow:
         """Always logged, whatever log.decisions says: an answer the IdP did not give just now."""
         self._count_lookup("stale")
-        self._metrics.decision("allow", "stale")
-        log.warning("allow", extra={"outcome": "allow", "reason": "stale", "stale": True,
+        self._metrics.decision("allow", "stale", policy.name)
+        log.warning("allow", extra={"outcome": "allow", "reason": "stale", "stale": True, "policy": policy.name,
                                     "token": entry.token_hash, "client_id": entry.info.client_id})
         return entry
 
-    def _deny(self, denial: Denial, hashed: str | None, *, stale: bool = False, dpop: bool = False) -> Deny:
-        self._metrics.decision("deny", denial.reason)
-        if self._log_denials:
-            extra = {"outcome": "deny", "reason": denial.reason, "status": denial.status,
+    def _deny(self, denial: Denial, hashed: str | None, policy: Policy | None, *, stale: bool = False,
+              dpop: bool = False) -> Deny:
+        """``policy`` None: none was chosen (no rule matched, or the proxy named an unknown policy: a
+        configuration error, always logged as a warning)."""
+        name = NO_POLICY if policy is None else policy.name
+        self._metrics.decision("deny", denial.reason, name)
+        unknown = denial.reason == "policy_unknown"
+        if self._log_denials or unknown:
+            extra = {"outcome": "deny", "reason": denial.reason, "status": denial.status, "policy": name,
                      "token": hashed, "detail": denial.detail}
-            log.info("deny", extra={**extra, "stale": True} if stale else extra)
+            log.log(logging.WARNING if unknown else logging.INFO, "deny",
+                    extra={**extra, "stale": True} if stale else extra)
         return Deny(denial, hashed, dpop)

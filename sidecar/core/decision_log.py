@@ -43,7 +43,7 @@ class AllowLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
-        self._pending: list[tuple[float, str, str, str | None]] = []  # (time, token hash, cache, client)
+        self._pending: list[tuple[float, str, str, str | None, str]] = []  # (time, hash, cache, client, policy)
         self._fast = False
         self._second = -1
         self._prefix = ""
@@ -51,28 +51,29 @@ class AllowLog:
                                                         size_of=lambda key, value: text_size(key) + text_size(value))
         _LIVE.add(self)
 
-    def write(self, token_hash: str, cache: str, client_id: str | None) -> None:
+    def write(self, token_hash: str, cache: str, client_id: str | None, policy: str = "default") -> None:
+        """``policy``: a configured policy name (plain characters: config/named.py), never client bytes."""
         pending = self._pending
         if not pending:  # first line of a batch: re-check the logging set-up, schedule the write
             self._fast = self._fast_path_possible()
             if not self._fast:
-                self._slow(token_hash, cache, client_id)
+                self._slow(token_hash, cache, client_id, policy)
                 return
             try:
                 asyncio.get_running_loop().call_later(FLUSH_AFTER, self.flush)
             except RuntimeError:  # not in a loop: write at once
-                self._slow(token_hash, cache, client_id)
+                self._slow(token_hash, cache, client_id, policy)
                 return
         elif not self._fast:  # pragma: no cover - pending is only filled on the fast path
-            self._slow(token_hash, cache, client_id)
+            self._slow(token_hash, cache, client_id, policy)
             return
         # Only the facts here; the line is formatted in flush(), for the whole batch at once (in a
         # loop that stays in the CPU's caches, it costs a fraction of formatting per request).
-        pending.append((time.time(), token_hash, cache, client_id))
+        pending.append((time.time(), token_hash, cache, client_id, policy))
         if len(pending) >= FLUSH_LINES:
             self.flush()
 
-    def _line(self, now: float, token_hash: str, cache: str, client_id: str | None) -> str:
+    def _line(self, now: float, token_hash: str, cache: str, client_id: str | None, policy: str) -> str:
         second = int(now)
         if second != self._second:
             self._second = second
@@ -83,7 +84,7 @@ class AllowLog:
         return (
             f'{self._prefix}.{int((now - second) * 1000):03d}Z","level":"info","logger":"{self._logger.name}",'
             f'"msg":"allow","outcome":"allow","reason":"ok","token":"{token_hash}","cache":"{cache}",'
-            f'"client_id":{client}}}\n'
+            f'"client_id":{client},"policy":"{policy}"}}\n'
         )
 
     def flush(self) -> None:
@@ -115,6 +116,6 @@ class AllowLog:
             node = node.parent
         return True
 
-    def _slow(self, token_hash: str, cache: str, client_id: str | None) -> None:
+    def _slow(self, token_hash: str, cache: str, client_id: str | None, policy: str) -> None:
         self._logger.info("allow", extra={"outcome": "allow", "reason": "ok", "token": token_hash,
-                                          "cache": cache, "client_id": client_id})
+                                          "cache": cache, "client_id": client_id, "policy": policy})

@@ -1,5 +1,6 @@
 """What the cache keeps per token: the IdP's answer and everything a cache hit needs, computed
-once at fill time (upstream headers, the static and scope verdicts, the token's log hash).
+once at fill time (upstream headers, the static and scope verdicts, the token's log hash), and
+its verdicts under named policies, computed when first needed.
 """
 
 from __future__ import annotations
@@ -21,3 +22,5 @@ class Entry:
     token_hash: str  # for logs; never the token
     expires: float = 0.0  # time.monotonic() deadline, set once by the cache when it stores the entry
     until: float = math.inf  # wall-clock bound from the source (a shared answer's own expiry); caps the TTL
+    # The token under each named policy that met it (policies.Policies.view): one per policy at most.
+    views: dict[int, Entry] | None = None

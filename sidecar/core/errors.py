@@ -7,8 +7,9 @@ The reason code is the log field and the metrics label; the public description s
     ├── MissingToken         401, no error code (RFC 6750 §3.1: request lacked credentials)
     ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
     ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
-    ├── InsufficientScope    403 insufficient_scope scope_missing
+    ├── InsufficientScope    403 insufficient_scope scope_missing, claim_mismatch
     ├── InvalidDpopProof     401 invalid_dpop_proof dpop_* (RFC 9449 §7.1; core/dpop.py)
+    ├── RouteDenied          403 (fail closed)      policy_unknown, route_unmatched (routes.py)
     ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
     ├── ReplayStoreFull      503 (fail closed)      dpop_replay_full (core/replay.py)
     ├── IdpUnavailable       503 (fail closed)      idp_unavailable (kind: an IdpFailure)
@@ -76,6 +77,17 @@ class InvalidDpopProof(Denial):
     status = 401
     error = "invalid_dpop_proof"
     description = "The DPoP proof is invalid"
+
+
+class RouteDenied(Denial):
+    """No policy for this request: the proxy named an unknown one, or no rule matched (fail closed).
+
+    A configuration matter, not the token's: no RFC 6750 error code, 403 like a missing scope.
+    """
+
+    status = 403
+    error = None
+    description = "No policy admits this request"
 
 
 class RateLimited(Denial):

@@ -1,10 +1,9 @@
 """Stage 4: authorize a token (RFC 7662 §4, RFC 9068 §4): active, time window, issuer, audience,
-required scopes.
+token format, required scopes (all or any of them), claim conditions.
 
-The checks that depend only on the token and the configured policy run once, when a token enters
-the cache (:meth:`Policy.static_denial`, :meth:`Policy.scope_denial`); only the time window is
-checked on every request. A cache belongs to one process and one policy, so a verdict cached here
-is never reused under another policy or issuer.
+The checks that depend only on the token and the policy run once per (token, policy): for the
+default policy when the token enters the cache, for a named one the first time a request under it
+meets the token (:mod:`sidecar.core.policies`). Only the time window is checked on every request.
 """
 
 from __future__ import annotations
@@ -17,11 +16,19 @@ REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
 
 
 class Policy:
-    __slots__ = ("_allow_missing_type", "_audiences", "_dpop", "_issuers", "_leeway", "_required",
-                 "_scope_param", "_token_types")
+    __slots__ = ("_allow_missing_type", "_any", "_audiences", "_contain", "_dpop", "_equal", "_formats", "_issuers",
+                 "_leeway", "_required", "_scope_param", "_token_types", "binding", "hit_allows", "index", "name")
 
-    def __init__(self, config: PolicyConfig, *, dpop: bool = False) -> None:
+    def __init__(self, config: PolicyConfig, name: str = "default", index: int = 0, *, dpop: bool = False) -> None:
         self._dpop = dpop  # dpop.enabled: cnf.jkt is a method this sidecar verifies
+        self.name = name  # a configured name: the only policy label logs and metrics carry
+        self.index = index  # 0: the default policy ([policy])
+        self.binding = config.binding
+        self.hit_allows = 0  # allowed cache hits under this policy, folded into the metrics when read
+        self._any = config.scope_match == "any"
+        self._formats = frozenset(config.token_formats)
+        self._equal = tuple(config.claims_equal.items())
+        self._contain = tuple(config.claims_contain.items())
         self._issuers = frozenset(config.allowed_issuers)
         self._audiences = frozenset(config.audiences)
         self._required = frozenset(config.required_scopes)
@@ -51,6 +58,8 @@ class Policy:
             return InvalidToken("issuer_not_allowed", f"iss {info.iss!r} is not allowed")
         if self._audiences and self._audiences.isdisjoint(info.aud):
             return InvalidToken("audience_mismatch", "no required audience in aud")
+        if ("introspection" if info.introspected else "jwt") not in self._formats:
+            return InvalidToken("token_format_not_allowed", "the policy does not accept tokens validated this way")
         return None
 
     def _not_an_access_token(self, info: TokenInfo) -> Denial | None:
@@ -68,12 +77,19 @@ class Policy:
         return None
 
     def scope_denial(self, info: TokenInfo) -> Denial | None:
-        """RFC 6750 §3.1 insufficient_scope (403) naming the scopes needed."""
+        """RFC 6750 §3.1 insufficient_scope (403) naming the scopes needed, then the claim conditions."""
         missing = self._required - info.scopes
-        if missing:
+        if missing and (not self._any or len(missing) == len(self._required)):
             return InsufficientScope(
                 "scope_missing", f"missing scopes: {' '.join(sorted(missing))}", scope=self._scope_param
             )
+        extra = info.extra or {}
+        for claim, value in self._equal:
+            if extra.get(claim) != value:
+                return InsufficientScope("claim_mismatch", f"claim {claim!r} does not equal the required value")
+        for claim, value in self._contain:
+            if value not in extra.get(claim, "").split(" "):
+                return InsufficientScope("claim_mismatch", f"claim {claim!r} does not hold the required value")
         return None
 
     def check_time(self, info: TokenInfo, now: float) -> None:

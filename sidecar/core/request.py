@@ -5,7 +5,8 @@ DPoP ``htu``/``htm`` checks compare against.
 
 Fronts only translate; every rule about these facts lives in the core (decision.py): which
 certificate copy counts (none when the peer is not a trusted proxy, a denial when there are
-several), and which source a cache miss is charged to (admission.py).
+several), which source a cache miss is charged to (admission.py), and whether the original
+request and the named policy count (only from a trusted proxy: routes.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ if TYPE_CHECKING:
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "dpop", "forwarded", "host", "method", "path", "peer", "reader",
-                 "scheme")
+    __slots__ = ("authorization", "certificates", "dpop", "forwarded", "host", "method", "path", "peer", "policy",
+                 "reader", "scheme")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
                  *, reader: CertificateReader | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
-                 scheme: str | None = None, dpop: Sequence[str] = ()) -> None:
+                 scheme: str | None = None, dpop: Sequence[str] = (), policy: str | None = None) -> None:
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (or gRPC peer certificate)
         self.peer = peer  # the address of whoever sent the check (the proxy)
@@ -34,9 +35,10 @@ class CheckRequest:
         self.forwarded = forwarded  # the client address the proxy vouches for (admission.source_header)
         # The ORIGINAL request the proxy asks about (counts only from a trusted proxy): nginx
         # X-Original-Method / X-Original-URI / Host / X-Forwarded-Proto; Envoy HTTP: the check's own
-        # method and path minus server.path_prefix, and Host; Envoy gRPC: attributes.request.http.
+        # method and path minus routing.path_prefix, and Host; Envoy gRPC: attributes.request.http.
         self.method = method
         self.path = path  # with the query, as the proxy sent it
         self.host = host
         self.scheme = scheme  # http or https
         self.dpop = dpop  # every DPoP header value received (RFC 9449 §4.3: exactly one may count)
+        self.policy = policy  # the policy the proxy names for this route (routing.policy_header)

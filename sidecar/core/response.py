@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from multidict import istr
@@ -92,7 +92,11 @@ def _headers_class(names: tuple[str, ...]) -> Callable[[Sequence[str]], Credenti
 class HeaderBuilder:
     """Builds the upstream headers of one token from the configured prefix and claim map."""
 
-    def __init__(self, config: ResponseConfig, *, binding: BindingMode = "strict", dpop: bool = False) -> None:
+    def __init__(self, config: ResponseConfig, claims: Sequence[tuple[str, str]] | None = None,
+                 own: Collection[tuple[str, str]] | None = None, *, binding: BindingMode = "strict",
+                 dpop: bool = False) -> None:
+        """``claims``: every (claim, header suffix) any policy sends (default ``response.claims``);
+        ``own``: those this builder fills, the others stay empty (default: all of them)."""
         # With DPoP (dpop.enabled) two more headers; cnf-method names the method the sidecar
         # verified, so under binding off a certificate is not named. Without DPoP no token pays
         # for them (memory per cached token).
@@ -100,8 +104,10 @@ class HeaderBuilder:
         self._unverified = frozenset({"mtls"}) if binding == "off" else frozenset()
         self._method_at = [attr for attr, _ in standard].index("cnf_method") if dpop else -1
         prefix = config.prefix.lower()
+        claims = tuple(config.claims.items()) if claims is None else tuple(claims)
         self._standard = tuple((attr, prefix + suffix) for attr, suffix in standard)
-        self._extra = tuple((claim, prefix + suffix.lower()) for claim, suffix in config.claims.items())
+        self._extra = tuple((claim if own is None or (claim, suffix) in own else "", prefix + suffix.lower())
+                            for claim, suffix in claims)
         self._max = config.max_value_length
         self.removals = tuple(h.lower() for h in config.remove_upstream_headers)
         self._remove = ", ".join(self.removals)
@@ -112,7 +118,7 @@ class HeaderBuilder:
 
     @property
     def extra_claims(self) -> tuple[str, ...]:
-        return tuple(claim for claim, _ in self._extra)
+        return tuple(claim for claim, _ in self._extra if claim)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -124,7 +130,7 @@ class HeaderBuilder:
         if self._method_at >= 0 and info.cnf_method in self._unverified:
             values[self._method_at] = ""
         extra = info.extra or {}
-        values.extend(self._text(extra.get(claim)) for claim, _ in self._extra)
+        values.extend(self._text(extra.get(claim) if claim else None) for claim, _ in self._extra)
         if self._remove:
             values.append(self._remove)
         return self._make(values)

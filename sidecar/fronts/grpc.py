@@ -25,6 +25,10 @@ builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 bindi
   ``status_on_error``, and ``failure_mode_allow`` can never open it. Only a failed RPC (sidecar
   down, deadline exceeded) is an ext_authz error.
 
+- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``;
+  the policy: the route's ``context_extensions["policy"]`` (``ExtAuthzPerRoute.check_settings``).
+  Both count only from a trusted peer (the core's rule, :mod:`sidecar.core.routes`).
+
 Health (``grpc.health.v1``) follows :meth:`Sidecar.readiness`; reflection only with
 ``server.grpc_reflection``.
 """
@@ -103,7 +107,8 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                              reader=self._source_reader if source else None,
                              forwarded=attributes.source.address.socket_address.address or None,
                              method=http.method or None, path=http.path or None, host=http.host or None,
-                             scheme=http.scheme or None, dpop=dpop)
+                             scheme=http.scheme or None, dpop=dpop,
+                             policy=attributes.context_extensions.get("policy"))
         decider = self._sidecar.decider
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Miss):

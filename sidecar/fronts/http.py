@@ -5,11 +5,12 @@ the original path with the original method. Both get the same answer: 200 with t
 headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-After``.
 
 The front only translates: it hands the core every certificate header copy, the peer address,
-the forwarded client address, every ``DPoP`` header and the original request — nginx's
-``X-Original-Method``, ``X-Original-URI``, ``Host`` and ``X-Forwarded-Proto`` (deploy/nginx
-snippets/sidecar-check.conf); without them (Envoy HTTP ext_authz) the check's own method and path
-minus ``server.path_prefix``, with ``Host`` and ``X-Forwarded-Proto`` — and renders what the core
-decides.
+the forwarded client address, every ``DPoP`` header, the original request (nginx:
+``X-Original-Method``, ``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``,
+``X-Forwarded-Uri``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
+``Host``, ``X-Forwarded-Proto``) and the policy the proxy names (``routing.policy_header``), and
+renders what the core decides. Whether the original request and the name count (a trusted
+proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ async def check(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
     decider = sidecar.decider
     headers = request.headers
-    path = headers.get("X-Original-URI")
-    if path is None:
-        path = request.raw_path
-        prefix = sidecar.config.server.path_prefix
-        if prefix and path.startswith(prefix):
-            path = path[len(prefix):]
+    method: str | None
+    path: str | None
+    if (uri := headers.get("X-Original-URI")) is not None:  # nginx auth_request: the check location sets it
+        method, path = headers.get("X-Original-Method"), uri
+    elif (uri := headers.get("X-Forwarded-Uri")) is not None:  # Traefik, Caddy, HAProxy (deploy/haproxy)
+        method, path = headers.get("X-Forwarded-Method"), uri
+    else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
+        method, path = request.method, sidecar.original_path(request.raw_path)
     facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(sidecar.cert_header, ()),
-                         request.remote, forwarded=headers.get(sidecar.source_header),
-                         method=headers.get("X-Original-Method") or request.method, path=path,
+                         request.remote, forwarded=headers.get(sidecar.source_header), method=method, path=path,
                          host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
-                         dpop=headers.getall("DPoP", ()))
+                         policy=headers.get(sidecar.policy_header), dpop=headers.getall("DPoP", ()))
     decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
     if isinstance(decision, Miss):
         decision = await decider.decide(facts, decision)

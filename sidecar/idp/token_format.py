@@ -108,7 +108,7 @@ def choose_verifier(config: Config, introspector: Verifier | None, jwks: Jwks | 
     """The verifier for ``idp.token_format``; ``jwks`` is None when nothing is validated locally."""
     local: Verifier | None = None
     if jwks is not None:
-        local = JwtAccessTokenVerifier(config.idp, config.policy, jwks, tuple(config.response.claims))
+        local = JwtAccessTokenVerifier(config.idp, config.policy, jwks, config.kept_claims)
     elif config.idp.token_format == "auto":
         log.info("local JWT validation off: it needs policy.audiences and an issuer (RFC 9068 §4)")
     if local is None and introspector is not None:

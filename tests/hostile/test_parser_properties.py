@@ -18,7 +18,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar.config import Config, ConfigError, env_name, from_mapping
+from sidecar.config import ConfigError, env_name, from_mapping
+from sidecar.config.sections import SECTIONS
 from sidecar.core import xfcc
 from sidecar.core.client_cert import PARSERS, CertificateError, CertificateReader
 from sidecar.core.errors import Denial, InvalidRequest, MissingToken
@@ -262,9 +263,8 @@ def test_a_well_typed_introspection_answer_round_trips_through_json(
 
 # --- configuration ------------------------------------------------------------------------------
 
-_SCHEMA: dict[str, list[str]] = {
-    section: list(getattr(Config(), section).__dataclass_fields__) for section in Config.__dataclass_fields__
-}
+_SCHEMA: dict[str, list[str]] = {section: list(cls.__dataclass_fields__) for section, cls in SECTIONS.items()}
+_POLICY_KEYS = _SCHEMA["policy"]
 toml_values = st.one_of(
     json_scalars, st.lists(st.one_of(st.text(max_size=12), st.integers()), max_size=3),
     st.dictionaries(st.text(max_size=6), st.one_of(st.text(max_size=12), st.integers()), max_size=2),
@@ -276,8 +276,22 @@ toml_values = st.one_of(
 @st.composite
 def raw_config(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str]]:
     raw: dict[str, Any] = {}
-    for section in draw(st.lists(st.sampled_from([*_SCHEMA, "unknown"]), max_size=4, unique=True)):
+    for section in draw(st.lists(st.sampled_from([*_SCHEMA, "unknown", "policies", "routes"]), max_size=4,
+                                 unique=True)):
         keys = _SCHEMA.get(section, ["x"])
+        if section == "policies":  # [policies.NAME] tables, names and keys half plausible
+            tables = st.dictionaries(st.one_of(st.sampled_from(_POLICY_KEYS), st.text(max_size=5)), toml_values,
+                                     max_size=3)
+            raw[section] = draw(st.one_of(toml_values, st.dictionaries(
+                st.one_of(st.sampled_from(["orders", "a.b", "default"]), st.text(max_size=8)),
+                st.one_of(tables, toml_values), max_size=3)))
+            continue
+        if section == "routes":  # [[routes]] rules
+            rule = st.dictionaries(st.sampled_from(["path", "policy", "methods", "hosts", "match", "x"]),
+                                   st.one_of(toml_values, st.sampled_from(["/a", "/a/**", "(", "regex", "glob"])),
+                                   max_size=4)
+            raw[section] = draw(st.one_of(toml_values, st.lists(st.one_of(rule, toml_values), max_size=3)))
+            continue
         raw[section] = draw(st.one_of(
             st.dictionaries(st.one_of(st.sampled_from(keys), st.text(max_size=5)), toml_values, max_size=4),
             toml_values,

@@ -22,8 +22,8 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
                     "cache hit, escaped PEM, client_cert.ca_file",
                     "p99 at half of the maximum rate", "cache miss",
                     "burst: 200 concurrent", "nginx auth_request", "cache hit, DPoP-bound",
-                    "memory: RSS per cached token",
-                    "server.workers scaling"):
+                    "memory: RSS per cached token", "server.workers scaling",
+                    "per-route policies: cache hit, one policy vs. 20 rules"):
         assert f"== {section}" in out, out
     assert "NON-2XX" not in out, out  # every measured answer was an allow
     assert "burst: 200 concurrent requests for one new token\n  IdP calls 1;" in out  # single-flight
@@ -31,6 +31,7 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
     assert found is not None, out
     calls, handshakes = found.groups()
     assert int(handshakes) <= 32 < int(calls)  # keep-alive: at most one handshake per pooled connection
+    assert re.search(r"allowed under p19 \(the last rule\): [1-9]", out), out  # the 20th rule chose the policy
     assert out.rstrip().splitlines()[-1].startswith("ratio (b)/(a) cache hit, escaped PEM: ")
 
 

@@ -239,7 +239,7 @@ async def test_idp_down_is_503_and_counted_in_metrics(sidecar: Running, idp: Fak
     response = await sidecar.check(token, pki.alice)
     assert response.status == 503
     metrics = await (await sidecar.admin.get("/metrics")).text()
-    assert 'sidecar_decisions_total{outcome="deny",reason="idp_unavailable"} 1.0' in metrics
+    assert 'sidecar_decisions_total{outcome="deny",policy="default",reason="idp_unavailable"} 1.0' in metrics
     assert 'sidecar_idp_requests_total{kind="introspection",result="refused"} 2.0' in metrics  # one safe retry
     assert 'sidecar_idp_retries_total{result="refused"} 1.0' in metrics
 
@@ -294,7 +294,7 @@ async def test_admin_endpoints(sidecar: Running, idp: FakeIdp, pki: TestPki) -> 
     await sidecar.check(token, pki.alice)
     await sidecar.check(token, pki.alice)
     metrics = await (await sidecar.admin.get("/metrics")).text()
-    assert 'sidecar_decisions_total{outcome="allow",reason="ok"} 2.0' in metrics
+    assert 'sidecar_decisions_total{outcome="allow",policy="default",reason="ok"} 2.0' in metrics
     assert 'sidecar_cache_total{result="hit"} 1.0' in metrics
     assert "sidecar_cache_entries 1.0" in metrics
     assert "sidecar_idp_request_seconds_bucket" in metrics

@@ -165,8 +165,8 @@ async def test_metrics_count_grpc_decisions_like_http_ones(start_grpc: StartGrpc
     await g.check(envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki)))
     await g.check(envoy_side.check_request(bound(idp, pki)))
     metrics = await (await g.running.admin.get("/metrics")).text()
-    assert 'sidecar_decisions_total{outcome="allow",reason="ok"} 1.0' in metrics
-    assert 'sidecar_decisions_total{outcome="deny",reason="cert_missing"} 1.0' in metrics
+    assert 'sidecar_decisions_total{outcome="allow",policy="default",reason="ok"} 1.0' in metrics
+    assert 'sidecar_decisions_total{outcome="deny",policy="default",reason="cert_missing"} 1.0' in metrics
 
 
 async def test_health_follows_readiness(start_grpc: StartGrpc) -> None:

@@ -45,11 +45,15 @@ def endpoint(port: int, host: str = "127.0.0.1") -> dict[str, Any]:
 
 
 async def metric(running: Running, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
     text = await (await running.admin.get("/metrics")).text()
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(f"{name}{{{wanted}}}" if labels else name) + r" ([0-9.e+]+)"
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        found, _, label_text = sample.partition("{")
+        if found == name and labels.items() <= dict(re.findall(r'(\w+)="([^"]*)"', label_text)).items():
+            total += float(value)
+    return total
 
 
 async def assert_idp_unavailable(running: Running, token: str, pki: TestPki, retry_after: str = "1") -> None:

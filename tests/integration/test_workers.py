@@ -51,7 +51,7 @@ def test_several_workers_need_a_fixed_port_and_admin_ports_apart_from_it() -> No
 async def _allowed(admin_port: int) -> float:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
         text = await r.text()
-    match = re.search(r'sidecar_decisions_total\{outcome="allow",reason="ok"\} (\S+)', text)
+    match = re.search(r'sidecar_decisions_total\{outcome="allow",policy="default",reason="ok"\} (\S+)', text)
     return float(match.group(1)) if match else 0.0
 
 

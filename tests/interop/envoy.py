@@ -36,6 +36,9 @@ ENVOY_BINARY = ROOT / ".venv-envoy" / "bin" / "envoy"
 # The keys a deployment fills in; every other leaf of the shipped file is kept as it is.
 TEMPLATED = frozenset({"port_value", "address", "filename", "uri"})
 MODES = {"http": ("envoy-http.yaml", "sidecar-http.toml"), "grpc": ("envoy-grpc.yaml", "sidecar-grpc.toml")}
+# One policy per route (docs/routes.md): tests/interop/test_routes_envoy.py.
+ROUTE_MODES = {"grpc-routes": ("envoy-grpc-routes.yaml", "sidecar-grpc-routes.toml"),
+               "http-routes": ("envoy-http-routes.yaml", "sidecar-http-routes.toml")}
 
 
 def leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
@@ -245,11 +248,11 @@ class EnvoyFront:
 
     def __init__(self, mode: str, issuer: str, pki: TestPki, log_dir: Path, overrides: Mapping[str, str],
                  client_files: Mapping[str, tuple[Path, Path]]) -> None:
-        envoy_file, sidecar_file = MODES[mode]
+        envoy_file, sidecar_file = {**MODES, **ROUTE_MODES}[mode]
         self.mode, self.pki, self.client_files = mode, pki, client_files
         self.upstream = EchoUpstream()
         self.sidecar = ConfiguredSidecar(ENVOY_DIR / sidecar_file, issuer, pki, log_dir, overrides,
-                                         grpc=mode == "grpc")
+                                         grpc=mode.startswith("grpc"))
         self.envoy = Envoy(envoy_file, pki, upstream=self.upstream.port, check=self.sidecar.port,
                            admin=self.sidecar.admin_port, grpc=self.sidecar.grpc_port)
 

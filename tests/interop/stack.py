@@ -86,8 +86,10 @@ class EchoUpstream:
 class SidecarProcess:
     """The sidecar as deployed: its CLI, the example config file, environment overrides."""
 
-    def __init__(self, idp: OidcProvider, log_dir: Path, overrides: Mapping[str, str]) -> None:
+    def __init__(self, idp: OidcProvider, log_dir: Path, overrides: Mapping[str, str],
+                 config: Path = DEPLOY / "sidecar.toml") -> None:
         self.port, self.admin_port = free_port(), free_port()
+        self.config = config
         pki = idp.pki
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
         self.env.update({
@@ -104,7 +106,7 @@ class SidecarProcess:
     def start(self) -> None:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "--config", str(DEPLOY / "sidecar.toml")],
+                [sys.executable, "-m", "sidecar", "--config", str(self.config)],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         # Ready means discovery from the issuer succeeded.
@@ -171,9 +173,10 @@ class Stack:
 
 def start_stack(idp: OidcProvider, log_dir: Path, *, template: str = "api.conf.template",
                 overrides: Mapping[str, str] | None = None,
-                client_files: Mapping[str, tuple[Path, Path]] | None = None) -> Stack:
+                client_files: Mapping[str, tuple[Path, Path]] | None = None,
+                config: Path = DEPLOY / "sidecar.toml") -> Stack:
     upstream = EchoUpstream()
-    sidecar = SidecarProcess(idp, log_dir, overrides or {})
+    sidecar = SidecarProcess(idp, log_dir, overrides or {}, config)
     pki = idp.pki
     nginx = Nginx(template, {
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),

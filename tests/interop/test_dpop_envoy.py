@@ -1,7 +1,7 @@
 """DPoP-bound tokens from the real IdP through the real Envoy (shipped deploy/envoy files), HTTP and
 gRPC ext_authz: what each mode tells the sidecar about the original request is enough to check a
 proof's ``htm`` and ``htu`` (HTTP: the check's method, ``Host``, ``x-forwarded-proto`` and the path
-minus ``server.path_prefix``; gRPC: ``attributes.request.http``).
+minus ``routing.path_prefix``; gRPC: ``attributes.request.http``).
 
 The shipped listeners require a client certificate: dave's TLS connection presents bob's, which
 his DPoP-bound token does not care about.

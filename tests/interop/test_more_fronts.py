@@ -233,3 +233,15 @@ def test_each_fronts_sidecar_toml_reads_the_certificate_header_its_front_writes(
         # copy_headers sets only the names it lists: it must list every header the sidecar emits.
         copied = next(line.split()[1:] for line in text.splitlines() if line.strip().startswith("copy_headers"))
         assert set(copied) == set(HeaderBuilder(config.response).names)
+
+
+@pytest.mark.routes
+def test_a_policy_name_or_original_uri_sent_by_the_client_never_reaches_the_sidecar(
+    stack: FrontStack, idp: OidcProvider
+) -> None:
+    """A trusted front's check request names the policy (docs/routes.md): a client's copy must not
+    pass, or any client could pick the laxest policy. An unknown name would be a 403."""
+    token = idp.access_token("alice", scope="read")
+    reply = stack.call(token, "alice", path="/orders/1",
+                       headers={"X-Sidecar-Policy": "nope", "X-Original-URI": "/%2e%2e", "X-Original-Method": "x"})
+    assert reply.status == 200, (reply.status, reply.body, stack.diagnostics())

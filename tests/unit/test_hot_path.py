@@ -92,7 +92,7 @@ async def test_hits_are_counted_like_misses_when_the_registry_is_read() -> None:
     for _ in range(3):
         assert isinstance(d.decide_now(req(["Bearer tok"])), Allow)
     text = generate_latest(metrics.registry).decode()
-    assert 'sidecar_decisions_total{outcome="allow",reason="ok"} 4.0' in text
+    assert 'sidecar_decisions_total{outcome="allow",policy="default",reason="ok"} 4.0' in text
     assert 'sidecar_cache_total{result="hit"} 3.0' in text
     assert 'sidecar_cache_total{result="miss"} 1.0' in text
 
@@ -127,17 +127,17 @@ async def test_the_fast_allow_line_is_the_line_the_json_formatter_writes(monkeyp
 async def _write_fast_and_slow(stream: io.StringIO) -> None:
     logger = logging.getLogger("sidecar.decision")
     allow_log = AllowLog(logger)
-    allow_log.write("0123456789ab", "hit", 'cli"ent')
+    allow_log.write("0123456789ab", "hit", 'cli"ent', "orders_read")
     allow_log.write("0123456789ab", "hit", None)
     assert stream.getvalue() == ""  # batched until the loop runs the flush
     await asyncio.sleep(0.05)
     logger.info("allow", extra={"outcome": "allow", "reason": "ok", "token": "0123456789ab", "cache": "hit",
-                                "client_id": 'cli"ent'})
+                                "client_id": 'cli"ent', "policy": "orders_read"})
     fast1, fast2, slow = stream.getvalue().splitlines()
     strip_ts = re.compile(r'^\{"ts":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",')
     assert strip_ts.match(fast1) and strip_ts.match(slow)
     assert strip_ts.sub("", fast1) == strip_ts.sub("", slow)
-    assert json.loads(fast2)["client_id"] is None
+    assert json.loads(fast2)["client_id"] is None and json.loads(fast2)["policy"] == "default"
 
 
 def test_the_fast_allow_line_goes_through_logging_when_other_handlers_listen(
