@@ -35,7 +35,7 @@ async def test_a_flooding_source_is_limited_while_another_sources_new_token_pass
     assert response.status == 200
     assert running.sidecar.idp_guard.breaker.state == 0  # closed: our refusals are not IdP failures
     metrics = await (await running.admin.get("/metrics")).text()
-    assert 'sidecar_decisions_total{outcome="deny",reason="rate_limited"}' in metrics
+    assert 'sidecar_decisions_total{outcome="deny",policy="default",reason="rate_limited"}' in metrics
 
 
 async def test_the_forwarded_source_is_honoured_only_from_a_trusted_proxy(
