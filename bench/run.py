@@ -47,6 +47,7 @@ import aiohttp  # noqa: E402
 
 from bench import dpop  # noqa: E402
 from bench.idp import BenchIdp, start_idp  # noqa: E402
+from bench.peer import scenario_peer  # noqa: E402
 from sidecar.config import LogConfig  # noqa: E402
 from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 
@@ -695,6 +696,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
         return
     try:
+        if args.peer_only:
+            await scenario_peer(env, sys.modules[__name__])
+            return
         ra, rb, sidecar, script = await scenario_hit(env, "cache hit, escaped PEM (nginx $ssl_client_escaped_cert)",
                                                      "x-client-cert", "auto", pem, tokens)
         sidecars.append(sidecar)
@@ -722,6 +726,8 @@ async def main_async(args: argparse.Namespace) -> None:
         await scenario_dpop(env, pem, tokens)
         route_a, route_b = await scenario_routes(env, pem, tokens)
         await scenario_memory(env)
+        if not args.no_peer:
+            await scenario_peer(env, sys.modules[__name__])
         if not args.no_workers:
             await scenario_workers(env, pem, tokens, script)
     finally:
@@ -749,6 +755,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (3)")
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
     parser.add_argument("--routes-only", action="store_true", help=f"only one policy vs. {ROUTES} rules (issue 13)")
+    parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
+    parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
+    parser.add_argument("--peer-clients", type=int, default=50, help="ab -c for the peer comparison (50)")
+    parser.add_argument("--peer-keepalive", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure nginx + sidecar with upstream keepalive N (the template's setting)")
+    parser.add_argument("--peer-new-tokens", type=int, help="new tokens, one at a time, per peer front (200)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy collapsed stacks of a cache-hit run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -756,6 +768,7 @@ def main() -> None:
     args.tokens = args.tokens or (50 if quick else 1000)
     args.miss_tokens = args.miss_tokens or (3000 if quick else 20000)
     args.memory_tokens = args.memory_tokens or (5000 if quick else 100_000)
+    args.peer_new_tokens = args.peer_new_tokens or (20 if quick else 200)
     args.rounds = args.rounds or (1 if quick else 4)
     args.duration = args.duration or (1.0 if quick else 3.0)
     args.wrk = ensure_wrk()

@@ -23,7 +23,8 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
                     "p99 at half of the maximum rate", "cache miss",
                     "burst: 200 concurrent", "nginx auth_request", "cache hit, DPoP-bound",
                     "memory: RSS per cached token", "server.workers scaling",
-                    "per-route policies: cache hit, one policy vs. 20 rules"):
+                    "per-route policies: cache hit, one policy vs. 20 rules",
+                    "the peer: Apache + mod_auth_openidc vs nginx + sidecar", "the peer: a new token"):
         assert f"== {section}" in out, out
     assert "NON-2XX" not in out, out  # every measured answer was an allow
     assert "burst: 200 concurrent requests for one new token\n  IdP calls 1;" in out  # single-flight
@@ -32,6 +33,12 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
     calls, handshakes = found.groups()
     assert int(handshakes) <= 32 < int(calls)  # keep-alive: at most one handshake per pooled connection
     assert re.search(r"allowed under p19 \(the last rule\): [1-9]", out), out  # the 20th rule chose the policy
+    # the peer ran for real: both authorizing fronts and both controls answered 200 under ab
+    for front in ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
+                  "nginx alone (no auth)"):
+        assert re.search(rf"^  {re.escape(front)} +\d+ req/s ", out, re.MULTILINE), out
+    assert "req/s nginx + sidecar / Apache + mod_auth_openidc: " in out
+    assert "CPU authorization adds per request: sidecar " in out
     assert out.rstrip().splitlines()[-1].startswith("ratio (b)/(a) cache hit, escaped PEM: ")
 
 
