@@ -29,7 +29,7 @@ from aiohttp import web
 async def serve_child() -> None:
     """Child: IdP + sidecar (HTTP and gRPC fronts) on free ports; prints them; runs until stdin closes."""
     from sidecar import config as config_module
-    from sidecar.app import check_app
+    from sidecar.app import check_server
     from sidecar.dev.devidp import Client, DevIdp, server_context
     from sidecar.dev.pki import CertificateAuthority
     from sidecar.fronts.grpc import GrpcFront
@@ -59,7 +59,7 @@ async def serve_child() -> None:
     })
     sidecar = Sidecar(config)
     await sidecar.start()
-    runner = web.AppRunner(check_app(sidecar), access_log=None)
+    runner = web.ServerRunner(check_server(sidecar), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     grpc_front = GrpcFront(sidecar)

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sidecar.app import check_app  # noqa: E402
+from sidecar.app import check_server  # noqa: E402
 from sidecar.config import from_mapping  # noqa: E402
 from sidecar.core.decision import Allow  # noqa: E402
 from sidecar.core.request import CheckRequest  # noqa: E402
@@ -225,7 +225,7 @@ async def soak(decisions: int, *, seed: int = 1, http_every: int = 100, fault_pe
         })
         sidecar = Sidecar(config)
         await sidecar.start()
-        front = web.AppRunner(check_app(sidecar), access_log=None)
+        front = web.ServerRunner(check_server(sidecar), access_log=None)
         await front.setup()
         await web.TCPSite(front, "127.0.0.1", 0).start()
         front_url = f"http://127.0.0.1:{front.addresses[0][1]}/check"

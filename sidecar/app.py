@@ -1,4 +1,4 @@
-"""The aiohttp applications (check port, admin port) and serving them until SIGTERM.
+"""The aiohttp servers (check port, admin port) and serving them until SIGTERM.
 
 The admin port (health, readiness, metrics) is apart from the check port so that no proxied
 client can reach it. Each port is served through a connection gate (fronts/connections.py):
@@ -25,13 +25,11 @@ from sidecar.runtime import SIDECAR, Sidecar
 log = logging.getLogger(__name__)
 
 
-def check_app(sidecar: Sidecar) -> web.Application:
-    """Any method on any path is a check (Envoy appends the original path to its prefix)."""
-    app = web.Application(handler_args=handler_args(sidecar.config))
-    app[SIDECAR] = sidecar
-    # [\s\S], not ".": a path with an encoded line break (%0A) is a check too, not a 404.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handlers.check)
-    return app
+def check_server(sidecar: Sidecar) -> web.Server:
+    """Any method on any path is a check (Envoy appends the original path to its prefix): aiohttp's
+    low-level server calls the check handler for every request, with no router in between."""
+    size = sidecar.config.server.max_header_size  # what handler_args gives an application
+    return web.Server(handlers.check_handler(sidecar), max_field_size=size, max_line_size=size)
 
 
 def admin_app(sidecar: Sidecar) -> web.Application:
@@ -80,7 +78,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     await sidecar.start()
     s = config.server
     close_timeout = min(1.0, s.shutdown_grace / 4)
-    check_runner = web.AppRunner(check_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
+    check_runner = web.ServerRunner(check_server(sidecar), access_log=None, shutdown_timeout=close_timeout)
     admin_runner = web.AppRunner(admin_app(sidecar), access_log=None, shutdown_timeout=close_timeout)
     runners = [check_runner, admin_runner]
     grpc_front = None
@@ -118,7 +116,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     log.info("stopped", extra={"in_flight": sidecar.in_flight})
 
 
-async def drain(sidecar: Sidecar, check_runner: web.AppRunner, grace: float) -> None:
+async def drain(sidecar: Sidecar, check_runner: web.BaseRunner, grace: float) -> None:
     """Readiness false at once; no new check connections; checks in flight get ``grace`` seconds.
 
     The check port stops listening, idle keep-alive connections close and busy ones close after

@@ -13,10 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar import config as config_module
-from sidecar.app import admin_app, check_app
+from sidecar.app import admin_app
 from sidecar.dev.devidp import server_context
 from sidecar.dev.pki import Issued
 from sidecar.runtime import Sidecar
+from tests.check_server import CheckTestServer
 from tests.fake_idp import FakeIdp, standard_idp
 from tests.pki_fixtures import TestPki, make_pki
 
@@ -83,7 +84,7 @@ async def make_sidecar(pki: TestPki, idp: FakeIdp) -> Any:
         config = sidecar_config(pki, idp, **sections)
         sidecar = Sidecar(config)
         await sidecar.start()
-        check = TestClient(TestServer(check_app(sidecar)))
+        check = TestClient(CheckTestServer(sidecar))
         admin = TestClient(TestServer(admin_app(sidecar)))
         await check.start_server()
         await admin.start_server()

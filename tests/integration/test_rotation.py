@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.app import admin_app, check_app
+from sidecar.app import admin_app
 from sidecar.core.client_cert import thumbprint
 from sidecar.dev.devidp import server_context
 from sidecar.dev.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
+from tests.check_server import CheckTestServer
 from tests.conftest import escaped_pem, sidecar_config
 from tests.fake_idp import FakeIdp, Handler, standard_idp
 from tests.kubelet import SecretVolume
@@ -86,7 +87,7 @@ async def rotating(pki: TestPki, aiohttp_server: Any, tmp_path: Path) -> AsyncIt
         }, cache={"max_entries": 0})
         sidecar = Sidecar(config)
         await sidecar.start()
-        check, admin = TestClient(TestServer(check_app(sidecar))), TestClient(TestServer(admin_app(sidecar)))
+        check, admin = TestClient(CheckTestServer(sidecar)), TestClient(TestServer(admin_app(sidecar)))
         await check.start_server()
         await admin.start_server()
         harness = Harness(sidecar, check, admin)

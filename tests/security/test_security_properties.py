@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 
-from sidecar.app import check_app
 from sidecar.config import ConfigError, from_mapping
 from sidecar.core import binding, client_cert
 from sidecar.core.errors import InvalidToken
@@ -35,6 +34,7 @@ from sidecar.dev.devidp import server_context
 from sidecar.idp.tls import TlsConfigError, client_context
 from sidecar.runtime import Sidecar
 from sidecar.support.logs import JsonFormatter
+from tests.check_server import CheckTestServer
 from tests.conftest import MakeSidecar, Running, escaped_pem, sidecar_config
 from tests.fake_idp import FakeIdp, Fault, standard_idp
 from tests.pki_fixtures import TestPki
@@ -260,7 +260,7 @@ async def test_one_token_under_two_policies_gets_each_policys_answer_in_either_o
 async def _sidecar_for(fake: FakeIdp, pki: TestPki, **sections: dict[str, Any]) -> tuple[Sidecar, TestClient[Any, Any]]:
     sidecar = Sidecar(sidecar_config(pki, fake, **sections))
     await sidecar.start()
-    client = TestClient(TestServer(check_app(sidecar)))
+    client = TestClient(CheckTestServer(sidecar))
     await client.start_server()
     return sidecar, client
 
