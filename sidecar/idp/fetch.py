@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Literal
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -56,8 +57,12 @@ async def fetch_body(
     timeout: aiohttp.ClientTimeout | None = None, also: tuple[str, ...] = (),
 ) -> tuple[str, bytes]:
     """(content type, body) of a 200 answer with a JSON content type, or one of ``also``."""
+    data: bytes | None = None
+    if form is not None:  # encoded here: aiohttp's FormData builds a multipart writer per call
+        data = urlencode(form).encode("ascii")
+        headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
     try:
-        async with session.request(method, url, data=form, headers=headers, allow_redirects=method == "GET",
+        async with session.request(method, url, data=data, headers=headers, allow_redirects=method == "GET",
                                    timeout=timeout or session.timeout) as response:
             if response.status != 200:
                 raise IdpUnavailable(IdpFailure.of_status(response.status), f"{what}: HTTP {response.status}",
