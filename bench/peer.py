@@ -428,7 +428,18 @@ class PeerBench:
         return statistics.median(times), times[int(len(times) * 0.9)], cpu * 1e6 / count
 
 
-async def scenario_peer(env: Any, run: Any) -> None:
+@dataclass
+class PeerFigures:
+    rps_ratio: float  # nginx + sidecar / Apache + mod_auth_openidc
+    ours_adds_us: float  # CPU per request the sidecar's authorization adds to nginx alone
+    peer_adds_us: float  # CPU per request mod_auth_openidc adds to Apache alone
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.ours_adds_us / max(self.peer_adds_us, 0.1)
+
+
+async def scenario_peer(env: Any, run: Any) -> PeerFigures:
     """Apache + mod_auth_openidc against nginx + sidecar as shipped, each with its control."""
     nginx = run.nginx_binary()
     if nginx is None or not (NGINX_MODULES / "ngx_http_headers_more_filter_module.so").exists():
@@ -443,12 +454,12 @@ async def scenario_peer(env: Any, run: Any) -> None:
         for key, front in bench.fronts.items():
             run.report(env, title, f"  {front.name:42} {med[key].line()}")
         ours, peer = med["nginx+sidecar"], med["apache+oidc"]
-        ours_adds = ours.cpu_us - med["nginx"].cpu_us
-        peer_adds = peer.cpu_us - med["apache"].cpu_us
+        figures = PeerFigures(ours.rps / peer.rps, ours.cpu_us - med["nginx"].cpu_us,
+                              peer.cpu_us - med["apache"].cpu_us)
         run.report(env, title,
-                   f"  req/s nginx + sidecar / Apache + mod_auth_openidc: {ours.rps / peer.rps:.2f} (target >= 1.5)\n"
-                   f"  CPU authorization adds per request: sidecar {ours_adds:.1f} µs, mod_auth_openidc "
-                   f"{peer_adds:.1f} µs; ratio {ours_adds / max(peer_adds, 0.1):.2f} (target <= 1.5)")
+                   f"  req/s nginx + sidecar / Apache + mod_auth_openidc: {figures.rps_ratio:.2f} (target >= 1.5)\n"
+                   f"  CPU authorization adds per request: sidecar {figures.ours_adds_us:.1f} µs, mod_auth_openidc "
+                   f"{figures.peer_adds_us:.1f} µs; ratio {figures.cpu_ratio:.2f} (target <= 1.5)")
         count = env.args.peer_new_tokens
         sub = f"the peer: a new token, one request at a time ({count} tokens, IdP over mutual TLS)"
         for key in ("apache+oidc", "nginx+sidecar"):
@@ -457,3 +468,4 @@ async def scenario_peer(env: Any, run: Any) -> None:
                                  f"{cpu:7.1f} µs CPU/request (front + authorizer)")
     finally:
         bench.stop()
+    return figures

@@ -16,7 +16,10 @@ Servers (and nginx) run on core 0, wrk and this driver (and so the IdP) on core 
 the rounds. wrk drives both with a Lua script that rotates (token, certificate header) pairs
 over N tokens and 4 client certificates. Server CPU µs/request comes from utime+stime in
 ``/proc/<pid>/stat`` of the server process and its children (workers, nginx worker) over the
-run. The last line printed is the cache-hit ratio (b)/(a).
+run. ``bench/peer.py`` then runs the peer users would pick instead, Apache + mod_auth_openidc,
+beside nginx + the sidecar as shipped in ``deploy/nginx`` (TLS with client certificates, ``ab -k
+-E``). A block "issue 17 targets" sums up the figures with targets; the last line printed is the
+cache-hit ratio (b)/(a).
 """
 
 from __future__ import annotations
@@ -718,16 +721,15 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.profile:
             await profile(env, sidecar, script, Path(args.profile))
         hit_c1 = await wrk(env, sidecar.port, sidecar.proc.pid, one, connections=1, duration=1.0)
-        await scenario_half_rate(env, sidecar, rb.rps, tokens, pem)
-        await scenario_miss(env, sidecar, pem, hit_c1)
+        half = await scenario_half_rate(env, sidecar, rb.rps, tokens, pem)
+        miss = await scenario_miss(env, sidecar, pem, hit_c1)
         await scenario_burst(env, sidecar, pem, "burst: 200 concurrent requests for one new token")
         await scenario_nginx(env, sidecar, pem, tokens)
         sidecar.stop()
         await scenario_dpop(env, pem, tokens)
         route_a, route_b = await scenario_routes(env, pem, tokens)
         await scenario_memory(env)
-        if not args.no_peer:
-            await scenario_peer(env, sys.modules[__name__])
+        peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
         if not args.no_workers:
             await scenario_workers(env, pem, tokens, script)
     finally:
@@ -738,6 +740,15 @@ async def main_async(args: argparse.Namespace) -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
+    print("\n== issue 17 targets (ratios within this run)")
+    if peer is not None:
+        print(f"  nginx + sidecar / Apache + mod_auth_openidc req/s at {args.peer_clients} clients: "
+              f"{peer.rps_ratio:.2f} (target >= 1.5)\n"
+              f"  CPU authorization adds per request, sidecar / mod_auth_openidc: {peer.ours_adds_us:.1f} / "
+              f"{peer.peer_adds_us:.1f} µs = {peer.cpu_ratio:.2f} (target <= 1.5)")
+    print(f"  cache hit / bare aiohttp req/s: {rb.rps / ra.rps:.2f} (target >= 0.85)\n"
+          f"  sidecar CPU per new token: {miss.cpu_us:.0f} µs (target <= 200)\n"
+          f"  p99 at half the maximum rate: {half.p99_ms:.2f} ms (target <= 2)")
     print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
           "(other processes share the cores: compare ratios within this run)")
     print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}")
