@@ -771,7 +771,8 @@ def main() -> None:
     parser.add_argument("--peer-clients", type=int, default=50, help="ab -c for the peer comparison (50)")
     parser.add_argument("--peer-keepalive", type=int, nargs="*", default=[], metavar="N",
                         help="also measure nginx + sidecar with upstream keepalive N (the template's setting)")
-    parser.add_argument("--peer-new-tokens", type=int, help="new tokens, one at a time, per peer front (200)")
+    parser.add_argument("--peer-new-tokens", type=int,
+                        help="new tokens per peer front, one at a time (80: under admission.miss_burst)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy collapsed stacks of a cache-hit run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -779,7 +780,7 @@ def main() -> None:
     args.tokens = args.tokens or (50 if quick else 1000)
     args.miss_tokens = args.miss_tokens or (3000 if quick else 20000)
     args.memory_tokens = args.memory_tokens or (5000 if quick else 100_000)
-    args.peer_new_tokens = args.peer_new_tokens or (20 if quick else 200)
+    args.peer_new_tokens = args.peer_new_tokens or (20 if quick else 80)
     args.rounds = args.rounds or (1 if quick else 4)
     args.duration = args.duration or (1.0 if quick else 3.0)
     args.wrk = ensure_wrk()
