@@ -1,4 +1,4 @@
-"""The peer in the benchmark (issue 17): Apache httpd + mod_auth_openidc, the OAuth 2.0 resource
+"""The peer in the benchmark: Apache httpd + mod_auth_openidc, the OAuth 2.0 resource
 server a user would run instead, against nginx + the sidecar as shipped in ``deploy/nginx``.
 
 Four fronts, each terminating TLS with a client certificate and proxying to the same static

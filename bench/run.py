@@ -18,7 +18,7 @@ over N tokens and 4 client certificates. Server CPU µs/request comes from utime
 ``/proc/<pid>/stat`` of the server process and its children (workers, nginx worker) over the
 run. ``bench/peer.py`` then runs the peer users would pick instead, Apache + mod_auth_openidc,
 beside nginx + the sidecar as shipped in ``deploy/nginx`` (TLS with client certificates, ``ab -k
--E``). A block "issue 17 targets" sums up the figures with targets; the last line printed is the
+-E``). A block "targets" sums up the figures with targets; the last line printed is the
 cache-hit ratio (b)/(a).
 """
 
@@ -740,7 +740,7 @@ async def main_async(args: argparse.Namespace) -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
-    print("\n== issue 17 targets (ratios within this run)")
+    print("\n== targets (ratios within this run)")
     if peer is not None:
         print(f"  nginx + sidecar / Apache + mod_auth_openidc req/s at {args.peer_clients} clients: "
               f"{peer.rps_ratio:.2f} (target >= 1.5)\n"

@@ -39,7 +39,7 @@ def test_the_bench_quick_run_prints_every_scenario_and_ends_with_the_ratio() -> 
         assert re.search(rf"^  {re.escape(front)} +\d+ req/s ", out, re.MULTILINE), out
     assert "req/s nginx + sidecar / Apache + mod_auth_openidc: " in out
     assert "CPU authorization adds per request: sidecar " in out
-    assert "== issue 17 targets (ratios within this run)\n  nginx + sidecar / Apache + mod_auth_openidc req/s" in out
+    assert "== targets (ratios within this run)\n  nginx + sidecar / Apache + mod_auth_openidc req/s" in out
     assert out.rstrip().splitlines()[-1].startswith("ratio (b)/(a) cache hit, escaped PEM: ")
 
 
