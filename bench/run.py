@@ -372,6 +372,9 @@ async def scenario_hit(env: Env, title: str, header: str, fmt: str, certs: list[
             raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
         script = lua_script(env, header, certs, tokens)
         ra, rb = await ab(env, title, (bare.port, bare.proc.pid, script), (sidecar.port, sidecar.proc.pid, script))
+    except BaseException:
+        sidecar.stop()  # the caller stops it on success; a failed scenario must not leave it running
+        raise
     finally:
         bare.stop()
     return ra, rb, sidecar, script
