@@ -27,7 +27,7 @@ from sidecar.dev.devidp import server_context
 from tests.fake_idp import FakeIdp, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import free_port, stop, tail, wait_until
-from tests.interop.stack import _LABEL, EchoUpstream
+from tests.interop.stack import EchoUpstream, metric_sum
 from tests.pki_fixtures import TestPki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,13 +175,7 @@ class ConfiguredSidecar:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
-        total = 0.0
-        for line in self.admin("/metrics").body.decode().splitlines():
-            sample, _, value = line.rpartition(" ")
-            found, _, label_text = sample.partition("{")
-            if found == name and labels.items() <= dict(_LABEL.findall(label_text)).items():
-                total += float(value)
-        return total
+        return metric_sum(self.admin("/metrics").body.decode(), name, labels)
 
     def decisions(self, reason: str, outcome: str = "deny") -> float:
         return self.metric("sidecar_decisions_total", outcome=outcome, reason=reason)

@@ -25,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+def metric_sum(text: str, name: str, labels: Mapping[str, str]) -> float:
+    """The sum of the samples of ``name`` in a Prometheus page whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        found, _, label_text = sample.partition("{")
+        if found == name and labels.items() <= dict(_LABEL.findall(label_text)).items():
+            total += float(value)
+    return total
+
+
 @dataclass
 class Received:
     method: str
@@ -122,13 +133,7 @@ class SidecarProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
-        total = 0.0
-        for line in self.admin("/metrics").body.decode().splitlines():
-            sample, _, value = line.rpartition(" ")
-            found, _, label_text = sample.partition("{")
-            if found == name and labels.items() <= dict(_LABEL.findall(label_text)).items():
-                total += float(value)
-        return total
+        return metric_sum(self.admin("/metrics").body.decode(), name, labels)
 
     def logs(self) -> str:
         return tail(self.log, 200)
