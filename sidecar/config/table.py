@@ -37,19 +37,22 @@ def short_table() -> str:
 
 def markdown_table() -> str:
     """One row per declared key: key, type, default, environment variable, doc."""
-    rows = ["| key | type | default | environment variable | meaning |", "|---|---|---|---|---|"]
-    for k in KEYS:
-        doc = k.spec.doc.replace("|", "\\|")
-        rows.append(f"| `{k.dotted}` | {type_text(k)} | {default_text(k.default)} | `{k.env}` | {doc} |")
-    return "\n".join(rows) + "\n"
+    return _reference(KEYS, env=True)
 
 
 def routes_table() -> str:
-    """The keys of one ``[[routes]]`` rule (docs/routes.md)."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for k in ROUTE_KEYS:
+    """The keys of one ``[[routes]]`` rule (docs/routes.md): no environment variables."""
+    return _reference(ROUTE_KEYS, env=False)
+
+
+def _reference(keys: Sequence[Key], *, env: bool) -> str:
+    rows = (["| key | type | default | environment variable | meaning |", "|---|---|---|---|---|"] if env
+            else ["| key | type | default | meaning |", "|---|---|---|---|"])
+    for k in keys:
         doc = k.spec.doc.replace("|", "\\|")
-        rows.append(f"| `{k.name}` | {type_text(k)} | {default_text(k.default)} | {doc} |")
+        name = f"`{k.dotted}`" if env else f"`{k.name}`"
+        variable = f" `{k.env}` |" if env else ""
+        rows.append(f"| {name} | {type_text(k)} | {default_text(k.default)} |{variable} {doc} |")
     return "\n".join(rows) + "\n"
 
 
