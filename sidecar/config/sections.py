@@ -26,6 +26,7 @@ DecisionLogging = Literal["all", "deny", "off"]
 ScopeMatch = Literal["all", "any"]
 PathMatch = Literal["prefix", "exact", "glob", "regex"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+ForgedHeaders = Literal["remove", "deny"]
 FleetMode = Literal["standalone", "cluster", "sentinel"]
 
 # (TokenInfo attribute, header suffix): the credential headers every allow carries.
@@ -221,6 +222,10 @@ class ResponseConfig:
     realm: str = key("api", "realm in `WWW-Authenticate`", checks=(checks.realm,))
     remove_upstream_headers: tuple[str, ...] = key((), "sent as `x-envoy-auth-headers-to-remove` on allow",
                                                    checks=(checks.header_names,))
+    forged_headers: ForgedHeaders = key("remove", "a client-sent header in the `prefix` namespace (`_` read as "
+                                                  "`-`): `remove` allows and names it in Envoy's removal list; "
+                                                  "`deny` answers 400 `credential_header_forged` (for nginx "
+                                                  "without headers-more)")
 
 
 @dataclass(frozen=True)

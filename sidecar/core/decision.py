@@ -33,7 +33,7 @@ from sidecar.core.client_trust import ClientTrust, window_problem
 from sidecar.core.decision_log import AllowLog
 from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.entry import Entry
-from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidToken
+from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidRequest, InvalidToken
 from sidecar.core.extract import TrustedProxies, access_token
 from sidecar.core.htu import target
 from sidecar.core.interning import Interner
@@ -108,6 +108,7 @@ class Decider:
         self._cache_stale = metrics.cache.labels("stale")
         self._allow_log = AllowLog(log)
         self._interner = Interner()
+        self._deny_forged = config.response.forged_headers == "deny"
 
     def reader_for(self, fmt: CertFormat) -> CertificateReader:
         """A certificate reader for ``fmt`` with this configuration's limits and CA trust."""
@@ -127,6 +128,9 @@ class Decider:
 
     def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
         """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
+        if request.forged and self._deny_forged:  # response.forged_headers = "deny" (core/forged.py)
+            forged = InvalidRequest("credential_header_forged", ", ".join(request.forged)[:256])
+            return self._deny(forged, None, None)
         try:
             policy = self.router.select(request)
         except Exception as exc:  # a bug must deny, never answer 500 or allow

@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "dpop", "forwarded", "host", "method", "path", "peer", "policy",
-                 "reader", "scheme")
+    __slots__ = ("authorization", "certificates", "dpop", "forged", "forwarded", "host", "method", "path", "peer",
+                 "policy", "reader", "scheme")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
                  *, reader: CertificateReader | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
-                 scheme: str | None = None, dpop: Sequence[str] = (), policy: str | None = None) -> None:
+                 scheme: str | None = None, dpop: Sequence[str] = (), policy: str | None = None,
+                 forged: Sequence[str] = ()) -> None:
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (or gRPC peer certificate)
         self.peer = peer  # the address of whoever sent the check (the proxy)
@@ -42,3 +43,6 @@ class CheckRequest:
         self.scheme = scheme  # http or https
         self.dpop = dpop  # every DPoP header value received (RFC 9449 §4.3: exactly one may count)
         self.policy = policy  # the policy the proxy names for this route (routing.policy_header)
+        # Header names in the credential namespace the check request carries (core/forged.py): the
+        # client's copies, which the upstream must never see (response.forged_headers).
+        self.forged = forged

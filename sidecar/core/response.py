@@ -146,6 +146,22 @@ class HeaderBuilder:
         return sanitize(str(value), self._max)
 
 
+def unset(headers: Mapping[str, str], forged: Sequence[str]) -> tuple[str, ...]:
+    """The client-sent credential names (core/forged.py) this answer does not set: the removal list.
+
+    A name the answer sets is overwritten by the proxy; listing it too would remove the sidecar's
+    own value (Envoy applies removals after the headers it sets)."""
+    return tuple(name for name in forged if name not in headers)
+
+
+def with_removals(headers: CredentialHeaders, names: Sequence[str]) -> list[tuple[str, str]]:
+    """An allow's headers with ``names`` added to ``x-envoy-auth-headers-to-remove``."""
+    listed = headers.get(REMOVE_HEADER)
+    pairs: list[tuple[str, str]] = [(k, v) for k, v in headers.pairs() if k != REMOVE_HEADER]
+    pairs.append((REMOVE_HEADER, ", ".join([listed, *names] if listed else names)))
+    return pairs
+
+
 def _quote(value: str) -> str:
     """RFC 9110 §5.6.4 quoted-string: escape backslash and double quote."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

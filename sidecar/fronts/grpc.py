@@ -15,7 +15,8 @@ builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 bindi
   the peer check guards both, exactly as on the HTTP front.
 - allow: ``status`` OK and ``ok_response.headers`` with every credential header set with
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (the proto default appends to a client-sent copy), plus
-  ``headers_to_remove`` from ``response.remove_upstream_headers``.
+  ``headers_to_remove`` from ``response.remove_upstream_headers``, plus every client-sent name in the
+  credential namespace the answer does not set (``response.forged_headers``, core/forged.py).
 - DPoP (RFC 9449): every ``dpop`` header, and the original request from
   ``attributes.request.http`` (``method``, ``path``, ``host``, ``scheme``) for ``htm``/``htu``.
 - deny: ``denied_response`` (HTTP status, ``WWW-Authenticate``, JSON body) and ``status``
@@ -52,8 +53,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sidecar.core.decision import Allow, Miss
 from sidecar.core.errors import Denial
+from sidecar.core.forged import ForgedHeaders
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import REMOVE_HEADER, render_denial
+from sidecar.core.response import REMOVE_HEADER, render_denial, unset
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
@@ -94,6 +96,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._realm = config.response.realm
         self._invalid_request_status = config.server.invalid_request_status
         self._removals = sidecar.decider.headers.removals
+        self._forged = ForgedHeaders(config.response.prefix)
         # Rendered answers, reused: a cache hit builds no protobuf (entry headers are per token).
         self._ok: Memo[int, tuple[Mapping[str, str], Any]] = Memo(MEMO_SIZE)
         self._denied: Memo[tuple[type[Denial], str, str | None, int, bool], Any] = Memo(MEMO_SIZE)
@@ -102,18 +105,22 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         attributes = request.attributes
         http = attributes.request.http
         authorization, forwarded, dpop = self._read_headers(http)
+        forged = self._forged.in_names(http.headers if http.headers else
+                                       [entry.key for entry in http.header_map.headers])
         source = attributes.source.certificate  # the TLS peer Envoy verified (include_peer_certificate)
         facts = CheckRequest(authorization, [source] if source else forwarded, peer_address(context.peer()),
                              reader=self._source_reader if source else None,
                              forwarded=attributes.source.address.socket_address.address or None,
                              method=http.method or None, path=http.path or None, host=http.host or None,
                              scheme=http.scheme or None, dpop=dpop,
-                             policy=attributes.context_extensions.get("policy"))
+                             policy=attributes.context_extensions.get("policy"), forged=forged)
         decider = self._sidecar.decider
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Miss):
             decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
+            if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies
+                return self._allow_removing(decision.headers, names)
             return self._allow(decision.headers)
         return self._deny(decision.denial, decision.dpop)
 
@@ -156,6 +163,12 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         response = pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
         self._ok.put(id(headers), (headers, response))  # holding headers keeps its id unique
         return response
+
+    def _allow_removing(self, headers: Mapping[str, str], names: tuple[str, ...]) -> Any:
+        """An allow that also removes ``names`` (built per request: only forged requests pay)."""
+        ok = pb.OkHttpResponse(headers=_options((k, v) for k, v in headers.items() if k != REMOVE_HEADER),
+                               headers_to_remove=[*self._removals, *names])
+        return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
 
     def _deny(self, denial: Denial, dpop: bool) -> Any:
         key = (type(denial), denial.reason, denial.scope, denial.retry_after, dpop)

@@ -21,8 +21,9 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from sidecar.core.decision import Allow, Miss
+from sidecar.core.forged import ForgedHeaders
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import render_denial
+from sidecar.core.response import render_denial, unset, with_removals
 from sidecar.runtime import Sidecar
 
 Handler = Callable[[BaseRequest], Awaitable[web.Response]]
@@ -36,6 +37,7 @@ def check_handler(sidecar: Sidecar) -> Handler:
     decider = sidecar.decider
     cert_header, source_header, policy_header = sidecar.cert_header, sidecar.source_header, sidecar.policy_header
     config = sidecar.config
+    forged_headers = ForgedHeaders(config.response.prefix)
 
     async def check(request: BaseRequest) -> web.Response:
         if not request.raw_path.startswith("/"):  # authority-form (CONNECT) or "*": never a check
@@ -52,11 +54,14 @@ def check_handler(sidecar: Sidecar) -> Handler:
         facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
                              request.remote, forwarded=headers.get(source_header), method=method, path=path,
                              host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
-                             policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()))
+                             policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()),
+                             forged=(forged := forged_headers.in_raw(request.raw_headers)))
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Miss):
             decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
+            if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies
+                return web.Response(headers=with_removals(decision.headers, names))
             return web.Response(headers=decision.headers.pairs())
         denied = render_denial(decision.denial, config.response.realm, config.server.invalid_request_status,
                                dpop_algs=decider.dpop_algs, dpop=decision.dpop)

@@ -171,3 +171,43 @@ async def test_a_certificate_in_another_header_than_the_configured_one_is_ignore
     headers.append(("x-client-cert", envoy_side.url_encode_pem(pki.alice.cert_pem)))
     response = await running.client.get("/ext_authz/", headers=headers, skip_auto_headers=SKIP)
     assert response.status == 401 and (await response.json())["reason"] == "cert_missing"
+
+
+async def test_client_copies_of_names_the_answer_does_not_set_join_the_removal_list(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    """Envoy overwrites the names the answer sets and removes the listed ones after that: a name
+    the answer sets must not be listed (its value would go), every other one must."""
+    running = await envoy_http(make_sidecar)
+    forged = [("X-Credential-Sub", "mallory"), ("X-Credential-Tenant", "acme"), ("x_credential_role", "admin"),
+              ("x-credential-tenant", "again")]
+    headers = envoy_side.http_check_headers([f"Bearer {alice_token(idp, pki)}"], envoy_side.xfcc_element(pki.alice))
+    response = await running.client.get("/ext_authz/api", headers=headers + forged, skip_auto_headers=SKIP)
+    assert response.status == 200 and response.headers["x-credential-sub"] == "alice"
+    assert response.headers.getall("x-envoy-auth-headers-to-remove") == [
+        "authorization, x-forwarded-client-cert, dpop, x-credential-tenant, x_credential_role"]
+    clean = await ask(running, alice_token(idp, pki), envoy_side.xfcc_element(pki.alice))
+    assert clean.headers["x-envoy-auth-headers-to-remove"] == "authorization, x-forwarded-client-cert, dpop"
+
+
+async def test_with_no_configured_removals_the_list_holds_the_client_copies_only(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await envoy_http(make_sidecar, response={"remove_upstream_headers": []})
+    headers = envoy_side.http_check_headers([f"Bearer {alice_token(idp, pki)}"], envoy_side.xfcc_element(pki.alice))
+    response = await running.client.get("/ext_authz/api", headers=[*headers, ("X-Credential-Tenant", "acme")],
+                                        skip_auto_headers=SKIP)
+    assert response.status == 200 and response.headers["x-envoy-auth-headers-to-remove"] == "x-credential-tenant"
+
+
+async def test_forged_headers_deny_refuses_any_client_copy_before_asking_the_idp(
+    make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
+) -> None:
+    running = await envoy_http(make_sidecar, response={"forged_headers": "deny"})
+    headers = envoy_side.http_check_headers([f"Bearer {alice_token(idp, pki)}"], envoy_side.xfcc_element(pki.alice))
+    for name in ("X-Credential-Sub", "x-credential-tenant", "X_Credential_Role"):
+        response = await running.client.get("/ext_authz/api", headers=[*headers, (name, "x")], skip_auto_headers=SKIP)
+        assert response.status == 400 and 'error="invalid_request"' in response.headers["WWW-Authenticate"]
+        assert (await response.json())["reason"] == "credential_header_forged"
+    assert idp.introspect_requests == 0
+    assert (await ask(running, alice_token(idp, pki), envoy_side.xfcc_element(pki.alice))).status == 200

@@ -150,6 +150,36 @@ async def test_allow_sets_extra_claim_headers_and_removes_configured_headers(
     assert all(o.keep_empty_value for o in answer.ok_response.headers)  # "" must overwrite a client's copy
 
 
+@pytest.mark.parametrize("raw_headers", [False, True])
+async def test_client_copies_of_credential_names_the_answer_does_not_set_are_removed(
+    start_grpc: StartGrpc, idp: FakeIdp, pki: TestPki, raw_headers: bool
+) -> None:
+    """Envoy applies headers_to_remove after the headers it sets: only names the answer does not set."""
+    g = await start_grpc()
+    forged = {"x-credential-sub": "mallory", "x-credential-tenant": "acme", "x_credential_role": "admin"}
+    request = envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki), extra=forged,
+                                       raw_headers=raw_headers)
+    answer = await g.check(request)
+    assert answer.status.code == code_pb2.OK
+    headers = {o.header.key: o.header.value for o in answer.ok_response.headers}
+    assert headers["x-credential-sub"] == "alice"
+    assert list(answer.ok_response.headers_to_remove) == [
+        "authorization", "x-forwarded-client-cert", "dpop", "x-credential-tenant", "x_credential_role"]
+    clean = await g.check(envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki)))
+    assert list(clean.ok_response.headers_to_remove) == ["authorization", "x-forwarded-client-cert", "dpop"]
+
+
+async def test_forged_headers_deny_refuses_a_client_copy_as_invalid_argument(
+    start_grpc: StartGrpc, idp: FakeIdp, pki: TestPki
+) -> None:
+    g = await start_grpc(response={"forged_headers": "deny"})
+    request = envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki),
+                                       extra={"x-credential-tenant": "acme"})
+    answer = await g.check(request)
+    assert answer.status.code == code_pb2.INVALID_ARGUMENT and answer.status.message == "credential_header_forged"
+    assert idp.introspect_requests == 0
+
+
 async def test_cache_hits_reuse_the_rendered_answer(start_grpc: StartGrpc, idp: FakeIdp, pki: TestPki) -> None:
     g = await start_grpc()
     request = envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki))
