@@ -51,7 +51,7 @@ async def test_the_sidecar_runs_from_the_rendered_configmap_alone(
             return f'By=spiffe://api;Cert="{quote(cert_pem.decode(), safe="")}"'
         return quote(cert_pem.decode(), safe="")
 
-    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256, aud=env["SIDECAR_POLICY__AUDIENCES"])  # the API's identifier
     async with running_sidecar(env, *container["args"]) as process, aiohttp.ClientSession() as client:
         auth = {"Authorization": f"Bearer {token}"}
         async with client.get(process.check_url, headers={**auth, header: presented(pki.alice.cert_pem)}) as ok:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from sidecar import config as config_module
@@ -323,6 +324,7 @@ class PodNginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@pytest.mark.fronts
 async def test_the_nginx_pod_as_rendered_passes_a_bound_token_with_its_credentials_and_no_forged_header(
     idp: FakeIdp, pki: TestPki, tmp_path: Path
 ) -> None:
@@ -335,7 +337,7 @@ async def test_the_nginx_pod_as_rendered_passes_a_bound_token_with_its_credentia
     (sidecar,) = pod_spec("nginx")["initContainers"]
     upstream = EchoUpstream()
     nginx = PodNginx(pki, int(env["SIDECAR_SERVER__PORT"]), upstream.port)
-    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256, aud=env["SIDECAR_POLICY__AUDIENCES"])  # the API's identifier
 
     async def call(cert: tuple[Path, Path] | None, headers: dict[str, str]) -> Reply:
         url = f"https://127.0.0.1:{nginx.port}/orders/42"

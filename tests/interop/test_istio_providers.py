@@ -217,10 +217,22 @@ def test_a_bound_token_with_its_certificate_reaches_the_upstream_with_the_creden
     assert seen.header("authorization") is None and seen.header("x-forwarded-client-cert") is None
 
 
-def test_the_token_with_another_clients_certificate_is_401_and_never_reaches_the_upstream(
+def test_a_bound_jwt_access_token_is_validated_locally_and_reaches_the_upstream(
     front: IstioFront, oidc: OidcProvider
 ) -> None:
-    token = oidc.access_token("alice")
+    token = oidc.access_token("alice", scope="read", resource=JWT_RESOURCE)
+    introspections = front.sidecar.metric("sidecar_idp_requests_total", kind="introspection")
+    reply = front.call(token, "alice")
+    assert reply.status == 200, front.diagnostics()
+    assert front.upstream.last.header("x-credential-aud") == JWT_RESOURCE
+    assert front.sidecar.metric("sidecar_idp_requests_total", kind="introspection") == introspections
+
+
+@pytest.mark.parametrize("resource", [OPAQUE_RESOURCE, JWT_RESOURCE])
+def test_the_token_with_another_clients_certificate_is_401_and_never_reaches_the_upstream(
+    front: IstioFront, oidc: OidcProvider, resource: str
+) -> None:
+    token = oidc.access_token("alice", resource=resource)
     reached = len(front.upstream.received)
     reply = front.call(token, "bob")
     assert reply.status == 401, front.diagnostics()

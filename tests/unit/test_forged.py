@@ -7,7 +7,8 @@ import pytest
 from sidecar.core.forged import ForgedHeaders
 
 NAMES = ["Host", "X-Original-URI", "Authorization", "X-Client-Cert", "X-Credentials", "x-credentialsub",
-         "X-Credential-Sub", "x_credential_TENANT", "x-credential_group", "X-CREDENTIAL-SUB", "XX-Credential-Sub", "X.Credential.Scope"]
+         "X-Credential-Sub", "x_credential_TENANT", "x-credential_group", "X-CREDENTIAL-SUB", "XX-Credential-Sub",
+         "X.Credential.Scope"]
 
 
 def raw(names: list[str]) -> list[tuple[bytes, bytes]]:
