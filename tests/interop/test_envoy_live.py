@@ -130,6 +130,8 @@ def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its
     forged |= {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X-CREDENTIAL-ADMIN": "forged"}
     # Underscores: a CGI or WSGI upstream reads X_Credential_Sub as X-Credential-Sub.
     forged |= {"X_Credential_Sub": "forged", "x_credential_tenant": "forged"}
+    # Dots: PHP reads X.Credential.Scope as X-Credential-Scope (and X_Credential_Scope).
+    forged |= {"X.Credential.Scope": "forged", "x-credential.tenant": "forged", "x.credential-role": "forged"}
     reply = front.call(token, "alice", headers=forged)
     assert reply.status == 200, front.diagnostics()
     seen = front.upstream.last

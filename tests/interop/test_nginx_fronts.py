@@ -47,7 +47,9 @@ def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its
     forged = {"X-Credential-Tenant": "forged", "x-credential-role": "forged", "X-CREDENTIAL-ADMIN": "forged",
               "X-Credential-Sub": "forged", "X-Credential-Scope": "forged",
               # nginx ignores names with underscores (underscores_in_headers off, the default).
-              "X_Credential_Sub": "forged", "x_credential_tenant": "forged"}
+              "X_Credential_Sub": "forged", "x_credential_tenant": "forged",
+              # nor with dots (ignore_invalid_headers on, the default), which PHP reads as "-".
+              "X.Credential.Scope": "forged", "x-credential.tenant": "forged"}
     reply = stack.call(token, "alice", headers=forged)
     assert reply.status == 200, stack.diagnostics()
     seen = stack.upstream.last

@@ -4,6 +4,7 @@ filter at the ports of the matching sidecar TOML, with the settings PROTOCOLS.md
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,13 @@ def test_before_ext_authz_every_client_header_in_the_credential_namespace_is_rem
     assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.ext_authz")
     mutation = header_mutation_pb2.HeaderMutation()
     assert authz.hcm.http_filters[names.index("envoy.filters.http.header_mutation")].typed_config.Unpack(mutation)
-    (rule,) = mutation.mutations.request_mutations
-    matcher = rule.remove_on_match.key_matcher
-    assert matcher.prefix == sidecar_toml(ENVOY_DIR / toml, files(pki)).response.prefix and matcher.ignore_case
+    prefix, spellings = (rule.remove_on_match.key_matcher for rule in mutation.mutations.request_mutations)
+    assert prefix.prefix == sidecar_toml(ENVOY_DIR / toml, files(pki)).response.prefix and prefix.ignore_case
+    # RE2 full match over the alias spellings (x.credential.sub); Python's re agrees on this pattern.
+    pattern = re.compile(spellings.safe_regex.regex)
+    for name in ("x.credential.sub", "X.Credential-Tenant", "x-credential.scope", "x_credential_sub"):
+        assert pattern.fullmatch(name), name
+    for name in ("x-credentials", "xx-credential-sub", "authorization", "x.credentialsub"):
+        assert not pattern.fullmatch(name), name
     drop = protocol_pb2.HttpProtocolOptions.DROP_HEADER  # x_credential_sub would pass a prefix rule
     assert authz.hcm.common_http_protocol_options.headers_with_underscores_action == drop
