@@ -20,7 +20,8 @@ from tests.deploy.test_kubernetes import OVERLAYS, pod_spec, sidecar_env
 from tests.fake_idp import FakeIdp
 from tests.kubelet import SecretVolume
 from tests.pki_fixtures import TestPki
-from tests.sidecar_process import free_port, running_sidecar
+from tests.ports import free_port
+from tests.sidecar_process import running_sidecar
 
 
 def process_env(overlay: str, idp: FakeIdp, volume: SecretVolume) -> dict[str, str]:

@@ -42,7 +42,8 @@ from tests.interop.processes import accepts_connections, stop, tail, wait_until
 from tests.interop.stack import EchoUpstream
 from tests.kubelet import SecretVolume
 from tests.pki_fixtures import TestPki
-from tests.sidecar_process import free_port, running_sidecar
+from tests.ports import free_port
+from tests.sidecar_process import running_sidecar
 
 # The keys of the proxy-tls Secret the user creates (README "Kubernetes", step 2).
 PROXY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")

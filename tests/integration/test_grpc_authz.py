@@ -23,6 +23,7 @@ from tests import envoy_side
 from tests.conftest import MakeSidecar, Running, sidecar_config
 from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
+from tests.ports import free_port
 from tests.scenarios import deploy_sections
 
 
@@ -268,13 +269,7 @@ async def _eventually(probe: Callable[[], Awaitable[int]], expected: int) -> boo
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    return [free_port() for _ in range(count)]
 
 
 async def test_a_taken_grpc_port_makes_serve_fail_instead_of_running_without_it(idp: FakeIdp, pki: TestPki) -> None:

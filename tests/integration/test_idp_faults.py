@@ -30,6 +30,7 @@ from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, Running
 from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
+from tests.ports import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST = {"timeout": 0.5, "connect_timeout": 0.2, "breaker_open": 0.1}
@@ -96,12 +97,6 @@ async def serve_idp(idp: FakeIdp, pki: TestPki) -> AsyncIterator[ServeIdp]:
     yield start
     for server in servers:
         await server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_connection_refused_is_503_refused_retried_once_and_recovers_when_the_idp_starts(

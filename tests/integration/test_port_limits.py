@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import escaped_pem
 from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
-from tests.sidecar_process import Process, free_port, running_sidecar
+from tests.ports import free_port
+from tests.sidecar_process import Process, running_sidecar
 
 HEADER_TIMEOUT = 0.5
 PORTS = ("check", "admin")

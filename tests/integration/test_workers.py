@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,23 +18,9 @@ from sidecar.config import ConfigError, from_mapping
 from tests.conftest import escaped_pem
 from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(count: int) -> int:
-    """A port p with p .. p+count-1 all free."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        try:
-            for offset in range(1, count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
 
 
 def test_several_workers_need_a_fixed_port_and_admin_ports_apart_from_it() -> None:

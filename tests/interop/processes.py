@@ -1,4 +1,4 @@
-"""Starting and stopping the real processes of the interop tests, on loopback ephemeral ports."""
+"""Starting and stopping the real processes of the interop tests, on loopback (ports: tests/ports.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it; the caller binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def accepts_connections(port: int) -> bool:

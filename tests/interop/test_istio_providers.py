@@ -28,9 +28,9 @@ import yaml
 from tests.interop.envoy import ConfiguredSidecar, Envoy
 from tests.interop.https import Reply, request
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
-from tests.interop.processes import free_port
 from tests.interop.stack import EchoUpstream
 from tests.pki_fixtures import TestPki
+from tests.ports import free_port
 from tests.unit.test_deploy_istio import ISTIO_DIR, providers
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
