@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sidecar.config import Config
 from sidecar.core.decision import Decider
+from sidecar.core.replay import SharedReplay
 from sidecar.core.verifier import Verifier
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.guard import IdpGuard
@@ -43,7 +44,8 @@ class Sidecar:
             if local_jwt_enabled(config) or signed else None
         self.verifier: Verifier = build_verifier(config, self)
         self.fleet = build_fleet(config, self.metrics) if config.fleet.enabled else None
-        self.decider = Decider(config, self.verifier, self.metrics, shared=self.fleet)
+        self.decider = Decider(config, self.verifier, self.metrics, shared=self.fleet,
+                               shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None)
         if self.fleet is not None:
             self.fleet.attach(self.decider.cache)
         self.cert_header = config.client_cert.header
@@ -122,6 +124,15 @@ def build_fleet(config: Config, metrics: Metrics) -> Fleet:
     from sidecar.fleet.store import Fleet
 
     return Fleet(config, metrics)
+
+
+def shared_replay(fleet: Fleet | None) -> SharedReplay | None:
+    """The fleet's DPoP replay store: a proof accepted by one replica is a replay on every other."""
+    if fleet is None:
+        return None
+    from sidecar.fleet.replay import RedisReplayStore
+
+    return RedisReplayStore(fleet)
 
 
 def build_verifier(config: Config, sidecar: Sidecar) -> Verifier:

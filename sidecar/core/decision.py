@@ -33,13 +33,13 @@ from sidecar.core.client_trust import ClientTrust, window_problem
 from sidecar.core.decision_log import AllowLog
 from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.entry import Entry
-from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidRequest, InvalidToken
+from sidecar.core.errors import Denial, IdpUnavailable, InternalError, InvalidDpopProof, InvalidRequest, InvalidToken
 from sidecar.core.extract import TrustedProxies, access_token
 from sidecar.core.htu import target
 from sidecar.core.interning import Interner
 from sidecar.core.policies import Policies
 from sidecar.core.policy import Policy
-from sidecar.core.replay import LocalReplayStore
+from sidecar.core.replay import LocalReplayStore, SharedReplay
 from sidecar.core.request import CheckRequest
 from sidecar.core.routes import Router
 from sidecar.core.shared import SharedAnswers
@@ -65,7 +65,13 @@ class Deny:
         self.dpop = dpop  # the request used the DPoP scheme: its challenge carries the error (RFC 9449 §7.1)
 
 
-class Miss:
+class Pending:
+    """:meth:`Decider.decide_now` cannot answer without awaiting: hand it to :meth:`Decider.decide`."""
+
+    __slots__ = ()
+
+
+class Miss(Pending):
     """Not in the cache: :meth:`Decider.decide` must ask the IdP."""
 
     __slots__ = ("dpop", "key", "policy", "token")
@@ -77,11 +83,26 @@ class Miss:
         self.dpop = dpop  # the token came with the DPoP scheme
 
 
+class ReplayClaim(Pending):
+    """Every check passed, the DPoP proof too; the fleet must still confirm that no other replica
+    accepted this proof (:class:`~sidecar.core.replay.SharedReplay`) before the allow."""
+
+    __slots__ = ("entry", "key", "lookup", "policy", "until")
+
+    def __init__(self, entry: Entry, lookup: Lookup, policy: Policy, key: bytes, until: float) -> None:
+        self.entry = entry
+        self.lookup = lookup
+        self.policy = policy
+        self.key = key
+        self.until = until
+
+
 class Decider:
     """Holds the stages of one configuration and runs them per request."""
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
-                 shared: SharedAnswers | None = None) -> None:
+                 shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None) -> None:
+        """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store."""
         self.config = config
         self.cache = TokenCache(config.cache, secret=None if shared is None else shared.digest_key)
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
@@ -89,7 +110,9 @@ class Decider:
         self.headers = self.policies.headers
         self.policy = self.policies.default
         dp = config.dpop
-        self.dpop = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries)) if dp.enabled else None
+        self._shared_replay = shared_replay if dp.enabled else None
+        secret = None if self._shared_replay is None else self._shared_replay.secret  # replicas name a proof alike
+        self.dpop = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries), secret=secret) if dp.enabled else None
         self.dpop_algs = self.dpop.algs if self.dpop is not None else None  # the DPoP challenge's algs
         cc = config.client_cert
         self.trust = ClientTrust(cc.ca_file, require_client_auth=cc.require_client_auth) if cc.ca_file else None
@@ -126,8 +149,9 @@ class Decider:
             reader.forget()
         return True
 
-    def decide_now(self, request: CheckRequest) -> Allow | Deny | Miss:
-        """Everything that needs no IdP: the final answer for a cached token, else a Miss."""
+    def decide_now(self, request: CheckRequest) -> Allow | Deny | Pending:
+        """Everything that needs no await: the final answer for a cached token, else a Miss (or, for a
+        DPoP request in a fleet, the ReplayClaim to confirm)."""
         if request.forged and self._deny_forged:  # response.forged_headers = "deny" (core/forged.py)
             forged = InvalidRequest("credential_header_forged", ", ".join(request.forged)[:256])
             return self._deny(forged, None, None)
@@ -151,11 +175,14 @@ class Decider:
             return Miss(token, key, policy, dpop)
         return self._verdict(entry, request, "hit", policy, token if dpop else None)
 
-    async def decide(self, request: CheckRequest, now: Allow | Deny | Miss | None = None) -> Allow | Deny:
+    async def decide(self, request: CheckRequest, now: Allow | Deny | Pending | None = None) -> Allow | Deny:
         """The whole decision; ``now`` is what :meth:`decide_now` already said for this request."""
         if now is None:
             now = self.decide_now(request)
+        if isinstance(now, ReplayClaim):
+            return await self._confirm(now)
         if not isinstance(now, Miss):
+            assert isinstance(now, Allow | Deny)  # Pending has these two kinds only
             return now
         self.in_flight += 1
         try:
@@ -167,10 +194,28 @@ class Decider:
             return self._deny(InternalError(type(exc).__name__), token_hash(now.token), now.policy, dpop=now.dpop)
         finally:
             self.in_flight -= 1
-        return self._verdict(entry, request, lookup, now.policy, now.token if now.dpop else None)
+        verdict = self._verdict(entry, request, lookup, now.policy, now.token if now.dpop else None)
+        return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict
+
+    async def _confirm(self, claim: ReplayClaim) -> Allow | Deny:
+        """The fleet-wide half of the replay check (RFC 9449 §11.1): allow only if no other replica
+        accepted this proof. The store answers from this replica alone when Redis fails (the local
+        check already passed); anything else unexpected denies."""
+        assert self._shared_replay is not None
+        try:
+            first = await self._shared_replay.claim(claim.key, claim.until)
+        except Exception as exc:  # a bug must deny, never answer 500 or allow
+            log.exception("decision failed", extra={"error_type": type(exc).__name__})
+            denial: Denial = InternalError(type(exc).__name__)
+        else:
+            if first:
+                return self._allow(claim.entry, claim.lookup, claim.policy)
+            denial = InvalidDpopProof("dpop_replayed", "this proof's jti was already used on another replica")
+        self._count_lookup(claim.lookup)
+        return self._deny(denial, claim.entry.token_hash, claim.policy, dpop=True)
 
     def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup, policy: Policy,
-                 dpop: str | None = None) -> Allow | Deny:
+                 dpop: str | None = None) -> Allow | Deny | ReplayClaim:
         """The checks of a token's answer against this request under ``policy``: the same for a hit
         and a miss.
 
@@ -178,6 +223,7 @@ class Decider:
         the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme), else the
         certificate.
         """
+        claimed = None
         try:
             entry = self.policies.view(entry, policy)  # the default's entry itself; else kept on it
             denial = entry.denial
@@ -185,7 +231,7 @@ class Decider:
                 info = entry.info
                 policy.check_time(info, time.time())
                 if dpop is not None or info.cnf_jkt is not None:
-                    self._check_proof(info.cnf_jkt, request, dpop)
+                    claimed = self._check_proof(info.cnf_jkt, request, dpop)
                 elif needs_certificate(info, policy.binding):
                     check_binding(info, self._presented(request), policy.binding)
                 denial = entry.scope_denial
@@ -197,9 +243,11 @@ class Decider:
         if denial is not None:
             self._count_lookup(lookup)
             return self._deny(denial, entry.token_hash, policy, stale=lookup == "stale", dpop=dpop is not None)
+        if claimed is not None and self._shared_replay is not None:
+            return ReplayClaim(entry, lookup, policy, *claimed)
         return self._allow(entry, lookup, policy)
 
-    def _check_proof(self, jkt: str | None, request: CheckRequest, token: str | None) -> None:
+    def _check_proof(self, jkt: str | None, request: CheckRequest, token: str | None) -> tuple[bytes, float]:
         """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
         DPoP scheme only with a DPoP-bound token (no downgrade either way). ``token``: the token sent
         with the DPoP scheme, else None."""
@@ -210,7 +258,7 @@ class Decider:
         method = uri = None
         if request.peer in self.trusted_proxies:  # only a trusted proxy describes the original request
             method, uri = request.method, target(request.scheme, request.host, request.path)
-        self.dpop.verify(request.dpop, jkt=jkt, ath=access_token_hash(token), method=method, uri=uri)
+        return self.dpop.verify(request.dpop, jkt=jkt, ath=access_token_hash(token), method=method, uri=uri)
 
     def _presented(self, request: CheckRequest) -> str | None:
         """The thumbprint of the certificate the proxy vouches for; None when there is none.

@@ -109,7 +109,10 @@ class ProofKey:
 class ProofVerifier:
     """Checks one request's proof against the token's ``cnf.jkt`` and ``ath`` (see the module doc)."""
 
-    def __init__(self, config: DpopConfig, replay: ReplayStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: DpopConfig, replay: ReplayStore, *, secret: bytes | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``secret``: the key of the replay keys; a fleet shares one (:mod:`sidecar.core.replay`), so
+        that every replica names a proof alike. Default: one of this process's own."""
         # Resolved once: an algorithm pyjwt lacks fails at start, not per request.
         self._algorithms = {a: jwt.get_algorithm_by_name(a) for a in config.algorithms if a.lower() != "none"}
         self.algs = " ".join(config.algorithms)  # the challenge's algs parameter (§7.1)
@@ -119,12 +122,16 @@ class ProofVerifier:
         self._replay = replay
         self._clock = clock
         self._normalize = Normalizer()
-        self._secret = hashlib.blake2b(key=os.urandom(32), digest_size=16)  # replay keys: jti never stored
+        # Replay keys: the jti is never stored.
+        self._secret = hashlib.blake2b(key=secret or os.urandom(32), digest_size=16, person=b"dpop replay")
         self._keys: Memo[str, ProofKey] = Memo(4096, max_bytes=4 * 1024 * 1024,
                                                size_of=lambda header, _key: 2 * len(header) + 512)
 
-    def verify(self, proofs: Sequence[str], *, jkt: str, ath: str, method: str | None, uri: str | None) -> None:
-        """Raise :class:`InvalidDpopProof` (or ReplayStoreFull) unless the one proof holds."""
+    def verify(self, proofs: Sequence[str], *, jkt: str, ath: str, method: str | None,
+               uri: str | None) -> tuple[bytes, float]:
+        """Raise :class:`InvalidDpopProof` (or ReplayStoreFull) unless the one proof holds; return the
+        replay key the proof was claimed under here and the wall-clock end of its window (a fleet
+        claims it again across replicas)."""
         if not proofs:
             raise InvalidDpopProof("dpop_proof_missing", "no DPoP header")
         if len(proofs) > 1:
@@ -151,9 +158,10 @@ class ProofVerifier:
             raise InvalidDpopProof("dpop_invalid_signature", "signature verification failed")
         claims = self._claims(payload)
         self._check_claims(claims, ath=ath, method=method, uri=uri)
-        self._first_use(key.thumbprint, claims["jti"], claims["iat"])
+        claimed = self._first_use(key.thumbprint, claims["jti"], claims["iat"])
         if fresh:
             self._keys.put(header, key)  # only keys of proofs that passed: bound to a valid token
+        return claimed
 
     def _header(self, segment: str) -> ProofKey:
         header = _json_object(segment, "header")
@@ -212,15 +220,17 @@ class ProofVerifier:
                                                                      ath.encode()):
             raise InvalidDpopProof("dpop_ath_mismatch", "ath is not the hash of this access token")
 
-    def _first_use(self, thumbprint: str, jti: str, iat: float) -> None:
+    def _first_use(self, thumbprint: str, jti: str, iat: float) -> tuple[bytes, float]:
         hashed = self._secret.copy()
         hashed.update(f"{thumbprint}\x00{jti}".encode("utf-8", "surrogatepass"))
+        key, until = hashed.digest(), iat + self._window
         try:
-            first = self._replay.claim(hashed.digest(), iat + self._window)
+            first = self._replay.claim(key, until)
         except StoreFull as exc:
             raise ReplayFull(str(exc)) from None
         if not first:
             raise InvalidDpopProof("dpop_replayed", "this proof's jti was already used")
+        return key, until
 
 
 def _json_object(segment: str, part: str) -> dict[str, Any]:

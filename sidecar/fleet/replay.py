@@ -1,74 +1,40 @@
-"""A fleet-wide replay store for DPoP proofs (RFC 9449 §11.1): a proof's ``jti`` is accepted once
-across every replica.
+"""The fleet-wide half of DPoP replay protection (RFC 9449 §11.1): a proof's ``jti`` is accepted
+once across every replica (:class:`~sidecar.core.replay.SharedReplay`).
 
-:meth:`RedisReplayStore.claim` is ``SET NX PX`` on a keyed name (the fleet secret: the caller's
-key never appears in Redis as given). The replica also remembers each key itself, so a replay on
-the same replica is refused even when Redis is down; when Redis fails (or its breaker is open)
-the local answer alone decides, as without a fleet. The local memory never evicts a live key to
-make room (that would let the evicted proof be replayed): full of live keys, it refuses (False:
-the caller denies, fail closed).
+The decision asks it after the replica's own store (:class:`~sidecar.core.replay.LocalReplayStore`)
+accepted the proof, with the same key: a keyed digest of the proof key's thumbprint and the
+``jti``, keyed by the fleet's shared digest key so that every replica names a proof alike.
+:meth:`RedisReplayStore.claim` is ``SET NX PX`` on a name keyed again by the fleet secret (the key
+never appears in Redis as given). When Redis fails, or its breaker is open, the replica's own
+answer stands (a replay on the same replica is still refused; one on another replica is not
+caught until Redis is back): a DPoP request never fails for the shared store alone.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 
 from sidecar.fleet.store import Fleet, RedisDown
 
 
-class LocalClaims:
-    """Keys with a wall-clock deadline, at most ``max_entries`` live ones."""
-
-    __slots__ = ("_data", "_order", "max_entries")
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._data: dict[bytes, float] = {}
-        self._order: deque[tuple[float, bytes]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def claim(self, key: bytes, until: float, now: float) -> bool:
-        data, order = self._data, self._order
-        seen = data.get(key)
-        if seen is not None and seen > now:
-            return False
-        while order and order[0][0] <= now:  # arrival order: a key may outlive its deadline a little
-            deadline, old = order.popleft()
-            if data.get(old) == deadline:
-                del data[old]
-        if len(data) >= self.max_entries:
-            return False
-        data[key] = until
-        order.append((until, key))
-        return True
-
-
 class RedisReplayStore:
-    def __init__(self, fleet: Fleet, max_local: int = 100_000) -> None:
+    def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet
-        self._local = LocalClaims(max_local)
+
+    @property
+    def secret(self) -> bytes:
+        return self._fleet.digest_key  # derived from fleet.secret_file: the same on every replica
 
     async def claim(self, key: bytes, until: float) -> bool:
-        """True the first time ``key`` is claimed in the fleet before the wall-clock ``until``;
-        False for a replay (or when this replica cannot remember one more live key)."""
-        now = time.time()
-        if not self._local.claim(key, until, now):
-            return False
+        """True unless another replica claimed ``key`` before the wall-clock ``until``."""
         fleet = self._fleet
         if not fleet.breaker.allows():
             fleet.metrics.event("bypass")
             return True
+        ttl_ms = max(1, math.ceil((until - time.time()) * 1000))
         try:
-            stored = await fleet.call(fleet.redis.set(fleet.names.replay(key), b"1", nx=True,
-                                                      px=max(1, math.ceil((until - now) * 1000))))
+            stored = await fleet.call(fleet.redis.set(fleet.names.replay(key), b"1", nx=True, px=ttl_ms))
         except RedisDown:
-            return True  # the local answer: a replay on this replica is still refused
+            return True  # the replica's own store already refused a replay it saw
         return bool(stored)
-
-    async def first_use(self, key: bytes, ttl: float) -> bool:
-        """:meth:`claim` for ``ttl`` seconds from now."""
-        return await self.claim(key, time.time() + ttl)

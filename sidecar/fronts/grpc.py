@@ -51,7 +51,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from sidecar.core.decision import Allow, Miss
+from sidecar.core.decision import Allow, Pending
 from sidecar.core.errors import Denial
 from sidecar.core.forged import ForgedHeaders
 from sidecar.core.request import CheckRequest
@@ -116,7 +116,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                              policy=attributes.context_extensions.get("policy"), forged=forged)
         decider = self._sidecar.decider
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
-        if isinstance(decision, Miss):
+        if isinstance(decision, Pending):
             decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
             if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies

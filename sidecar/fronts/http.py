@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from sidecar.core.decision import Allow, Miss
+from sidecar.core.decision import Allow, Pending
 from sidecar.core.forged import ForgedHeaders
 from sidecar.core.request import CheckRequest
 from sidecar.core.response import render_denial, unset, with_removals
@@ -57,7 +57,7 @@ def check_handler(sidecar: Sidecar) -> Handler:
                              policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()),
                              forged=(forged := forged_headers.in_raw(request.raw_headers)))
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
-        if isinstance(decision, Miss):
+        if isinstance(decision, Pending):
             decision = await decider.decide(facts, decision)
         if isinstance(decision, Allow):
             if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies

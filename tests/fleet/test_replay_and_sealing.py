@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -21,25 +22,27 @@ pytestmark = pytest.mark.fleet
 KEY_A, KEY_B = b"a" * 40, b"b" * 40
 
 
-async def test_a_proof_used_on_one_replica_is_a_replay_on_every_other(
+async def test_a_key_claimed_on_one_replica_is_refused_on_every_other_and_never_stored_as_given(
     make_replica: MakeReplica, redis_server: RedisServer
 ) -> None:
     stores = [RedisReplayStore(fleet_of(await make_replica())) for _ in range(3)]
-    assert await stores[0].first_use(b"jti-digest-1", 60) is True
-    assert [await s.first_use(b"jti-digest-1", 60) for s in stores] == [False, False, False]
-    assert await stores[2].first_use(b"jti-digest-2", 60) is True
+    until = time.time() + 60
+    assert await stores[0].claim(b"jti-digest-1", until) is True
+    assert [await s.claim(b"jti-digest-1", until) for s in stores] == [False, False, False]
+    assert await stores[2].claim(b"jti-digest-2", until) is True
     names = redis_server.cli("--scan")
     assert "jti-digest" not in names and names.count("sidecar:r:") == 2
 
 
-async def test_the_replay_store_without_redis_still_catches_a_replay_on_the_same_replica(
+async def test_with_redis_down_the_store_defers_to_the_replicas_own_answer(
     make_replica: MakeReplica, redis_server: RedisServer
 ) -> None:
+    """The decision asks it only after the replica's own store accepted the proof
+    (tests/fleet/test_dpop_replay.py proves a replay on the same replica is still refused)."""
     replica = await make_replica()
     store = RedisReplayStore(fleet_of(replica))
     redis_server.kill()
-    assert await store.first_use(b"jti-digest", 60) is True
-    assert await store.first_use(b"jti-digest", 60) is False
+    assert await store.claim(b"jti-digest", time.time() + 60) is True
     assert events(replica, "error") == 1
 
 
@@ -97,17 +100,13 @@ def test_names_are_keyed_by_the_fleet_secret_and_alike_across_replicas() -> None
     assert "0123456789ab" not in one.value(b"k" * 16, "0123456789ab")
 
 
-async def test_a_claim_lives_until_its_deadline_and_a_full_local_memory_refuses(
+async def test_a_claim_lives_in_redis_until_its_deadline(
     make_replica: MakeReplica, redis_server: RedisServer
 ) -> None:
-    import time
-
+    """(The replica's own store, bounded and failing closed when full: tests/unit/test_dpop.py.)"""
     fleet = fleet_of(await make_replica())
-    one, other = RedisReplayStore(fleet, max_local=2), RedisReplayStore(fleet)
+    one, other = RedisReplayStore(fleet), RedisReplayStore(fleet)
     assert await one.claim(b"short", time.time() + 0.2) is True
     assert await other.claim(b"short", time.time() + 0.2) is False
     await asyncio.sleep(0.3)
-    assert await other.claim(b"short", time.time() + 60) is True  # expired in Redis and in memory
-    assert await one.claim(b"a", time.time() + 60) is True  # "short" expired: swept, room for two
-    assert await one.claim(b"b", time.time() + 60) is True
-    assert await one.claim(b"c", time.time() + 60) is False  # two live keys held: fail closed
+    assert await other.claim(b"short", time.time() + 60) is True  # expired in Redis

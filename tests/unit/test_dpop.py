@@ -12,7 +12,7 @@ import pytest
 
 from sidecar import config as config_module
 from sidecar.config import DpopConfig
-from sidecar.core.decision import Allow, Decider, Deny, Miss
+from sidecar.core.decision import Allow, Decider, Deny, Pending, ReplayClaim
 from sidecar.core.dpop import ProofVerifier, access_token_hash, jwk_thumbprint
 from sidecar.core.errors import InvalidDpopProof, InvalidToken, MissingToken
 from sidecar.core.errors import ReplayStoreFull as ReplayFull
@@ -278,9 +278,27 @@ class Verifier:
         return token_info_from_claims(claims)
 
 
-def decider(cnf: dict[str, str] | None, binding: str = "strict", enabled: bool = True) -> Decider:
+class FleetReplay:
+    """A stand-in for the fleet's store (the real one with Redis: tests/fleet/test_dpop_replay.py)."""
+
+    secret = b"the fleet's shared secret"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.claimed: dict[bytes, float] = {}
+        self.fail = fail
+
+    async def claim(self, key: bytes, until: float) -> bool:
+        if self.fail:
+            raise RuntimeError("a bug")
+        first = key not in self.claimed
+        self.claimed.setdefault(key, until)
+        return first
+
+
+def decider(cnf: dict[str, str] | None, binding: str = "strict", enabled: bool = True,
+            fleet: FleetReplay | None = None) -> Decider:
     config = config_module.from_mapping({"policy": {"binding": binding}, "dpop": {"enabled": enabled}})
-    return Decider(config, Verifier(cnf), Metrics())
+    return Decider(config, Verifier(cnf), Metrics(), shared_replay=fleet)
 
 
 def dpop_request(key: DpopKey, token: str = TOKEN, *, scheme: str = "DPoP", peer: str = "127.0.0.1",
@@ -292,7 +310,7 @@ def dpop_request(key: DpopKey, token: str = TOKEN, *, scheme: str = "DPoP", peer
 
 async def decide(d: Decider, request: CheckRequest) -> Allow | Deny:
     now = d.decide_now(request)
-    return await d.decide(request, now) if isinstance(now, Miss) else now
+    return await d.decide(request, now) if isinstance(now, Pending) else now
 
 
 @pytest.mark.parametrize("binding", ["strict", "optional", "off"])
@@ -315,6 +333,29 @@ async def test_a_cache_hit_still_verifies_a_new_proof_per_request() -> None:
     assert isinstance(await decide(d, dpop_request(key, proof=proof)), Allow)
     replayed = d.decide_now(dpop_request(key, proof=proof))
     assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop
+
+
+async def test_in_a_fleet_an_accepted_proof_is_claimed_fleet_wide_before_the_allow_hit_or_miss() -> None:
+    key, fleet = DpopKey(), FleetReplay()
+    d, other = decider({"jkt": key.jkt}, fleet=fleet), decider({"jkt": key.jkt}, fleet=fleet)
+    first, second = key.proof("GET", URL, TOKEN), key.proof("GET", URL, TOKEN)
+    assert isinstance(await decide(d, dpop_request(key, proof=first)), Allow)  # a miss
+    pending = d.decide_now(dpop_request(key, proof=second))  # a hit: every check done, one await left
+    assert isinstance(pending, ReplayClaim) and len(fleet.claimed) == 1
+    assert isinstance(await d.decide(dpop_request(key, proof=second), pending), Allow)
+    assert pending.until == pytest.approx(time.time() + 60, abs=5)
+    # The other replica has never seen either proof: only the fleet's store knows.
+    for proof in (first, second):
+        replayed = await decide(other, dpop_request(key, proof=proof))
+        assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop
+    # A certificate-bound or Bearer request never takes the await.
+    assert not isinstance(d.decide_now(dpop_request(key, scheme="Bearer")), Pending)
+
+
+async def test_a_failing_fleet_store_denies_never_allows() -> None:
+    key = DpopKey()
+    decided = await decide(decider({"jkt": key.jkt}, fleet=FleetReplay(fail=True)), dpop_request(key))
+    assert isinstance(decided, Deny) and decided.denial.reason == "internal_error"
 
 
 @pytest.mark.parametrize("binding", ["strict", "optional", "off"])
