@@ -40,6 +40,11 @@ def validate(config: Config) -> None:
     _validate_client_cert(config.client_cert)
     if config.dpop.enabled and not config.dpop.algorithms:
         raise ConfigError(KEY.dpop.algorithms, "must not be empty when dpop.enabled is on")
+    if config.dpop.enabled and config.server.workers > 1 and not config.fleet.enabled:
+        # Each worker remembers the proofs it accepted; the kernel spreads connections over them.
+        raise ConfigError(KEY.server.workers, f"with {KEY.dpop.enabled}, a proof replayed to another worker would "
+                          f"not be caught: run one worker per process, or set {KEY.fleet.enabled} (the replay "
+                          "check is then fleet-wide)")
     _validate_response(config.response)
     if config.fleet.enabled:
         _validate_fleet(config.fleet, config.idp)

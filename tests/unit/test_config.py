@@ -71,6 +71,9 @@ def test_config_file_comes_from_sidecar_config_env(tmp_path: Path) -> None:
         ({"server": {"invalid_request_status": 500}}, {}, "server.invalid_request_status"),
         ({}, {"SIDECAR_CLIENT_CERT__XFCC_TRUST_HASH": "maybe"}, "client_cert.xfcc_trust_hash"),
         ({}, {"SIDECAR_RESPONSE__CLAIMS": "novalue"}, "response.claims"),
+        ({}, {"SIDECAR_RESPONSE__FORGED_HEADERS": "strip"}, "response.forged_headers"),
+        # a proof replayed to another worker would pass its per-process replay store
+        ({"server": {"workers": 2, "port": 8080}, "dpop": {"enabled": True}}, {}, "server.workers"),
     ],
 )
 def test_invalid_values_name_the_key(raw: dict[str, object], env: dict[str, str], key: str) -> None:
@@ -78,6 +81,15 @@ def test_invalid_values_name_the_key(raw: dict[str, object], env: dict[str, str]
         from_mapping(raw, env)
     assert error.value.key == key
     assert str(error.value).startswith(f"{key}: ")
+
+
+def test_dpop_with_several_workers_is_accepted_in_a_fleet_or_with_one_worker(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"s" * 32)
+    (tmp_path / "seal").write_bytes(b"k" * 32)
+    fleet = {"enabled": True, "url": "redis://127.0.0.1:6379", "secret_file": str(tmp_path / "secret"),
+             "seal_key_file": str(tmp_path / "seal")}
+    assert from_mapping({"server": {"workers": 2, "port": 8080}, "dpop": {"enabled": True}, "fleet": fleet}, {})
+    assert from_mapping({"server": {"workers": 1, "port": 8080}, "dpop": {"enabled": True}}, {})
 
 
 def test_every_key_has_an_environment_name() -> None:
