@@ -51,11 +51,11 @@ def check_handler(sidecar: Sidecar) -> Handler:
             method, path = headers.get("X-Forwarded-Method"), uri
         else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
             method, path = request.method, sidecar.original_path(request.raw_path)
+        forged = forged_headers.in_raw(request.raw_headers)  # a client's x-credential-* copies (core/forged.py)
         facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
                              request.remote, forwarded=headers.get(source_header), method=method, path=path,
                              host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
-                             policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()),
-                             forged=(forged := forged_headers.in_raw(request.raw_headers)))
+                             policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()), forged=forged)
         decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(decision, Pending):
             decision = await decider.decide(facts, decision)
