@@ -8,8 +8,9 @@ The front only translates: it hands the core every certificate header copy, the 
 the forwarded client address, every ``DPoP`` header, the original request (nginx:
 ``X-Original-Method``, ``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``,
 ``X-Forwarded-Uri``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
-``Host``, ``X-Forwarded-Proto``) and the policy the proxy names (``routing.policy_header``), and
-renders what the core decides. Whether the original request and the name count (a trusted
+``Host``, ``X-Forwarded-Proto``), the policy the proxy names (``routing.policy_header``) and the
+names of any credential headers the client sent (core/forged.py), and renders what the core
+decides (an allow also lists those names for Envoy to remove). Whether the original request and the name count (a trusted
 proxy) is the core's rule.
 """
 
