@@ -10,8 +10,8 @@ the forwarded client address, every ``DPoP`` header, the original request (nginx
 ``X-Forwarded-Uri``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
 ``Host``, ``X-Forwarded-Proto``), the policy the proxy names (``routing.policy_header``) and the
 names of any credential headers the client sent (core/forged.py), and renders what the core
-decides (an allow also lists those names for Envoy to remove). Whether the original request and the name count (a trusted
-proxy) is the core's rule.
+decides (an allow also lists those names for Envoy to remove). Whether the original request and
+the name count (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
