@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -33,6 +32,20 @@ class Process:
         return self.log_lines
 
 
+# Sets the limit, then execs the command: no preexec_fn, which makes subprocess fork() this
+# multi-threaded test process (gRPC's event-engine threads, once a gRPC test ran) instead of
+# vfork(); gRPC's fork handlers then ran in the child and killed it before exec now and then
+# ("epoll_wait error: Bad file descriptor").
+_LIMITED = ("import os, resource, sys; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+            "os.execv(sys.argv[3], sys.argv[3:])")
+
+
+def with_nofile(nofile: int, command: list[str], *, hard: int | None = None) -> list[str]:
+    """``command`` run with the descriptor limit ``nofile`` (soft; hard: ``hard``, default the same)."""
+    return [sys.executable, "-c", _LIMITED, str(nofile), str(nofile if hard is None else hard), *command]
+
+
 @asynccontextmanager
 async def running_sidecar(env: dict[str, str], *args: str, nofile: int | None = None) -> AsyncIterator[Process]:
     """Start ``sidecar`` with ``env`` and wait (bounded) until /readyz says 200; kill it at the end.
@@ -40,12 +53,9 @@ async def running_sidecar(env: dict[str, str], *args: str, nofile: int | None = 
     ``nofile``: the process's file-descriptor limit, soft and hard (as a container runtime sets it).
     """
 
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    popen = subprocess.Popen([sys.executable, "-m", "sidecar", *args], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    command = [sys.executable, "-m", "sidecar", *args]
+    popen = subprocess.Popen(command if nofile is None else with_nofile(nofile, command), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process = Process(popen, f"http://127.0.0.1:{env['SIDECAR_SERVER__PORT']}/check",
                       f"http://127.0.0.1:{env['SIDECAR_SERVER__ADMIN_PORT']}")
     try:

@@ -15,6 +15,7 @@ from aiohttp import web
 from sidecar.config import ConfigError, from_mapping
 from sidecar.fronts.connections import Gate, GuardedHandler, PortLimits, PortMetrics
 from sidecar.support.metrics import Metrics
+from tests.sidecar_process import with_nofile
 
 
 async def test_the_aiohttp_attributes_the_handler_reads_exist() -> None:
@@ -37,11 +38,8 @@ def caps_under(nofile: int, check: int, admin: int) -> list[int]:
     code = ("import json; from sidecar.fronts.connections import fit_file_descriptors as f; "
             f"print(json.dumps(f({check}, {admin}, reserve=100)))")
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         preexec_fn=limit, check=True)
+    out = subprocess.run(with_nofile(nofile, [sys.executable, "-c", code]), capture_output=True, text=True,
+                         timeout=30, check=True)
     caps: list[int] = json.loads(out.stdout)
     return caps
 
@@ -57,11 +55,8 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
     code = ("import resource; from sidecar.fronts.connections import fit_file_descriptors as f; "
             "f(1, 1, reserve=0); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
 
-    def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         preexec_fn=lower, check=True)
+    out = subprocess.run(with_nofile(256, [sys.executable, "-c", code], hard=hard), capture_output=True, text=True,
+                         timeout=30, check=True)
     assert int(out.stdout) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
 
 
