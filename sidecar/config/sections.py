@@ -222,8 +222,8 @@ class ResponseConfig:
     realm: str = key("api", "realm in `WWW-Authenticate`", checks=(checks.realm,))
     remove_upstream_headers: tuple[str, ...] = key((), "sent as `x-envoy-auth-headers-to-remove` on allow",
                                                    checks=(checks.header_names,))
-    forged_headers: ForgedHeaders = key("remove", "a client-sent header in the `prefix` namespace (`_` read as "
-                                                  "`-`): `remove` allows and names it in Envoy's removal list; "
+    forged_headers: ForgedHeaders = key("remove", "a client-sent header in the `prefix` namespace (`_`, `.` read "
+                                                  "as `-`): `remove` allows and names it in Envoy's removal list; "
                                                   "`deny` answers 400 `credential_header_forged` (for nginx "
                                                   "without headers-more)")
 
