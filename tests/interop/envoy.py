@@ -97,17 +97,21 @@ class Envoy:
 
     def __init__(self, name: str, pki: TestPki, *, upstream: int, check: int, admin: int, grpc: int = 0) -> None:
         """``check``, ``admin``, ``grpc``: the sidecar's ports (shipped as 9191, 9192, 9193)."""
-        self.name = name
         self.port, self.admin_port = free_port(), free_port()
         ports = {8443: self.port, 9901: self.admin_port, 8000: upstream, 9191: check, 9192: admin}
         if grpc:
             ports[9193] = grpc
         missing = shipped_ports(name) - ports.keys()
         assert not missing, f"{name}: ports the test does not know: {missing}"
-        self.directory = Path(tempfile.mkdtemp(prefix="sidecar-envoy-"))
         files = {"server.crt": pki.idp_files[0], "server.key": pki.idp_files[1], "client-ca.crt": pki.ca_file}
+        self.write(name, render(name, ports, files))
+
+    def write(self, name: str, document: dict[str, Any]) -> None:
+        """``document`` as the configuration ``name``, in a directory of its own (ports picked before)."""
+        self.name = name
+        self.directory = Path(tempfile.mkdtemp(prefix="sidecar-envoy-"))
         self.config = self.directory / name
-        self.config.write_text(yaml.safe_dump(render(name, ports, files), sort_keys=False))
+        self.config.write_text(yaml.safe_dump(document, sort_keys=False))
         self.log = self.directory / "envoy.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -16,17 +16,13 @@ sidecar's removal list alone keeps a client's copies from the upstream.
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.interop.envoy import ConfiguredSidecar, Envoy
-from tests.interop.https import Reply, request
+from tests.interop.envoy import ConfiguredSidecar, Envoy, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import EchoUpstream
 from tests.pki_fixtures import TestPki
@@ -144,47 +140,23 @@ class IstioGateway(Envoy):
     """The real Envoy running :func:`gateway` for one provider."""
 
     def __init__(self, provider: Mapping[str, Any], pki: TestPki, *, upstream: int, sidecar: int) -> None:
-        self.name = provider["name"]
         self.port, self.admin_port = free_port(), free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="sidecar-istio-"))
-        self.config = self.directory / "gateway.yaml"
-        document = gateway(provider, pki, port=self.port, admin=self.admin_port, upstream=upstream, sidecar=sidecar)
-        self.config.write_text(yaml.safe_dump(document, sort_keys=False))
-        self.log = self.directory / "envoy.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.write(f"{provider['name']}.yaml", gateway(provider, pki, port=self.port, admin=self.admin_port,
+                                                       upstream=upstream, sidecar=sidecar))
 
 
-class IstioFront:
+class IstioFront(EnvoyFront):
+    """:class:`EnvoyFront` (start, call, stop) with the gateway of one Istio provider and the sidecar
+    running deploy/istio/sidecar.toml."""
+
     def __init__(self, name: str, oidc: OidcProvider, pki: TestPki, log_dir: Path,
                  client_files: Mapping[str, tuple[Path, Path]]) -> None:
         provider = providers()[name]
-        self.name, self.pki, self.client_files = name, pki, client_files
+        self.mode, self.pki, self.client_files = name, pki, client_files
         self.upstream = EchoUpstream()
         self.sidecar = ConfiguredSidecar(ISTIO_DIR / "sidecar.toml", oidc.issuer, pki, log_dir, DEPLOYMENT, grpc=True)
         port = self.sidecar.grpc_port if "envoyExtAuthzGrpc" in provider else self.sidecar.port
-        self.gateway = IstioGateway(provider, pki, upstream=self.upstream.port, sidecar=port)
-
-    def start(self) -> IstioFront:
-        try:
-            self.sidecar.start()
-            self.gateway.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def call(self, token: str | None, cert: str, headers: Mapping[str, str] | None = None) -> Reply:
-        sent = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
-        return request(self.gateway.url + "/orders/42", ca_file=self.pki.ca_file, headers=sent,
-                       cert=self.client_files[cert])
-
-    def diagnostics(self) -> str:
-        return f"--- sidecar\n{self.sidecar.logs()}\n--- envoy\n{self.gateway.logs()}"
-
-    def stop(self) -> None:
-        self.gateway.stop()
-        self.sidecar.stop()
-        self.upstream.close()
+        self.envoy = IstioGateway(provider, pki, upstream=self.upstream.port, sidecar=port)
 
 
 @pytest.fixture(scope="module", params=["sidecar-grpc", "sidecar-http"])
@@ -244,7 +216,7 @@ def test_no_credential_header_the_client_sends_reaches_the_upstream_whatever_its
     front: IstioFront, oidc: OidcProvider
 ) -> None:
     token = oidc.access_token("alice", scope="read")
-    reply = front.call(token, "alice", FORGED)
+    reply = front.call(token, "alice", headers=FORGED)
     assert reply.status == 200, front.diagnostics()
     seen = front.upstream.last
     assert [(k, v) for k, v in seen.headers if v == "forged"] == []
@@ -261,11 +233,11 @@ def test_without_the_sidecars_removal_list_the_gateway_would_pass_a_forged_name(
     namespace the sidecar is told is another) lets the copy through: the removal list is what
     keeps it out, not something else in the model."""
     token = oidc.access_token("alice", scope="read")
-    control = IstioFront(front.name, oidc, front.pki, tmp_path, front.client_files)
+    control = IstioFront(front.mode, oidc, front.pki, tmp_path, front.client_files)
     control.sidecar.env["SIDECAR_RESPONSE__PREFIX"] = "x-other-"
     control.start()
     try:
-        reply = control.call(token, "alice", {"X-Credential-Tenant": "forged"})
+        reply = control.call(token, "alice", headers={"X-Credential-Tenant": "forged"})
         assert reply.status == 200, control.diagnostics()
         assert control.upstream.last.header("x-credential-tenant") == "forged"
     finally:
