@@ -38,7 +38,7 @@ def connect(f: FleetConfig) -> Client:
         tls = {**_tls(f), "ssl": True} if f.url.startswith("rediss://") else {}
         path = urlsplit(f.url).path.strip("/")
         sentinels = [_host_port(s) for s in f.sentinels]
-        sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **tls},  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(sentinels, sentinel_kwargs={**timeouts, **tls},
                             **timeouts, **tls, **auth, db=int(path) if path.isdigit() else 0,
                             retry=Retry(NoBackoff(), 0))
         master: Redis = sentinel.master_for(f.sentinel_master)

@@ -301,7 +301,7 @@ class Fleet:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(2 * delay, 5.0)
 
