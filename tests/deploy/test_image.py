@@ -1,22 +1,25 @@
 """The container image: the Dockerfile lints clean, and the install step it runs gives a working
 ``sidecar`` command. Here the build stage is replayed without a container engine: the files the
-Dockerfile copies are the only build context, the wheel is built from them and installed with its
-runtime dependencies into a fresh venv, and the entry point runs from there. The image itself is
-built and run with podman in test_image_podman.py.
+Dockerfile copies are the only build context, and its ``uv sync --locked`` installs the package
+and exactly the locked runtime dependencies into a fresh venv, and the entry point runs from
+there. The image itself is built and run with podman in test_image_podman.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.pki_fixtures import TestPki
+from tests.support.lock import canonical, locked_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -53,7 +56,8 @@ def test_hadolint_does_report_a_root_user_and_a_shell_form_entrypoint(tmp_path: 
 
 def test_the_final_stage_runs_the_entry_point_as_a_numeric_non_root_user_with_both_ports_exposed() -> None:
     build, final = stages()
-    assert build[0].endswith(" AS build") and "pip wheel" in " ".join(build)
+    assert build[0].endswith(" AS build")
+    assert "uv sync --locked --no-editable" in " ".join(build)  # exactly uv.lock, never the newest release
     copies = [line for line in final if line.startswith("COPY")]
     assert copies == ["COPY --from=build /opt/sidecar /opt/sidecar"]
     user = next(line for line in final if line.startswith("USER ")).split()[1]
@@ -66,30 +70,34 @@ def test_the_final_stage_runs_the_entry_point_as_a_numeric_non_root_user_with_bo
         assert f"org.opencontainers.image.{label}=" in labels
 
 
+BUILD_CONTEXT = {"tools/uv.txt", "pyproject.toml", "uv.lock", "README.md", "sidecar"}
+
+
 def test_the_build_context_is_only_what_the_dockerfile_copies() -> None:
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ignored[ignored.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!sidecar/"]
-    copied = {part for line in stages()[0] if line.startswith("COPY") for part in line.split()[1:-1]}
-    assert copied == {"pyproject.toml", "README.md", "sidecar"}
+    ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert ignored[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
+    copied = {part.rstrip("/") for line in stages()[0] if line.startswith("COPY") for part in line.split()[1:-1]}
+    assert copied == allowed == BUILD_CONTEXT
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Replay the build stage: wheel from the copied files only, installed into a fresh venv."""
+    """Replay the build stage: the copied files only, installed by the Dockerfile's own uv command."""
     work = tmp_path_factory.mktemp("image")
     context = work / "src"
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in BUILD_CONTEXT - {"sidecar"}:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, context / name)
     shutil.copytree(ROOT / "sidecar", context / "sidecar", ignore=shutil.ignore_patterns("__pycache__"))
-    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    wheels, venv = work / "wheels", work / "venv"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
-                    str(context)], check=True, env=pip_env, timeout=300)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    (wheel,) = wheels.glob("sidecar-*.whl")
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, env=pip_env,
-                   timeout=300)
+    venv = work / "venv"
+    (sync,) = [line.removeprefix("RUN ").split(" && ")[0] for line in stages()[0] if "uv sync " in line]
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never",
+           "PYTHONDONTWRITEBYTECODE": "1", "UV_NATIVE_TLS": "1"}
+    uv = ROOT / ".uv" / "bin" / "uv"  # the same pinned uv (tools/uv.txt) that ./test.sh installed
+    subprocess.run([str(uv), *sync.split()[1:]], cwd=context, check=True, env=env, timeout=600,
+                   capture_output=True)
     return venv
 
 
@@ -121,9 +129,14 @@ def test_the_installed_sidecar_validates_an_environment_only_configuration_and_w
     assert files_under(installed) == before  # nothing written into the install (read-only root)
 
 
-def test_the_installed_venv_holds_the_runtime_dependencies_and_no_test_tools(installed: Path) -> None:
-    probe = ("import importlib.util as u, sys; "
-             "sys.exit(0 if all(u.find_spec(m) for m in ('aiohttp', 'cryptography', 'jwt', 'prometheus_client')) "
-             "and not any(u.find_spec(m) for m in ('pytest', 'mypy', 'ruff')) else 1)")
-    result = subprocess.run([str(installed / "bin" / "python"), "-c", probe], timeout=60)
-    assert result.returncode == 0
+def test_the_installed_venv_holds_exactly_the_locked_runtime_dependencies_and_no_test_tools(installed: Path) -> None:
+    probe = ("import importlib.metadata as m, json; "
+             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    result = subprocess.run([str(installed / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True)
+    found = {canonical(name): version for name, version in json.loads(result.stdout).items()}
+    assert found.pop("sidecar") == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    locked = locked_versions()
+    assert {name: version for name, version in found.items() if version not in locked.get(name, ())} == {}
+    assert {"aiohttp", "cryptography", "pyjwt", "prometheus-client", "redis"} <= found.keys()  # fleet extra too
+    assert not {"pytest", "mypy", "ruff", "pip"} & found.keys()
