@@ -18,7 +18,7 @@ import os
 import uvloop
 from aiohttp import web
 
-from sidecar.core.response import STANDARD_HEADERS
+from sidecar.config import STANDARD_HEADERS
 
 SAMPLE = {  # what the sidecar sends for a bench token (bench/idp.py mint_bound)
     "sub": "client", "client-id": "client", "scope": "read write", "iss": "https://127.0.0.1:40000",

@@ -14,7 +14,8 @@ import platform
 import time
 
 from sidecar.config import from_mapping
-from sidecar.core.decision import Allow, Decider
+from sidecar.core.decision import Decider
+from sidecar.core.entry import Entry
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.metrics import Metrics
@@ -30,7 +31,7 @@ async def main(rounds: int = 7, n: int = 100_000) -> None:
     config = from_mapping({"policy": {"binding": "off"}, "log": {"decisions": "off"}})
     decider = Decider(config, Verifier(), Metrics())
     authorization = ["Bearer abcdefghijklmnop"]
-    assert isinstance(await decider.decide(CheckRequest(authorization)), Allow)
+    assert isinstance(await decider.decide(CheckRequest(authorization)), Entry)
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()

@@ -23,14 +23,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sidecar import config as config_module
-from sidecar.core.decision import Allow, Decider, Pending
+from sidecar.core.decision import Decider
+from sidecar.core.entry import Entry
+from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.fleet.replay import RedisReplayStore
 from sidecar.fleet.store import Fleet
 from sidecar.support.metrics import Metrics
-from tests.dpop_proof import DpopKey
 from tests.fleet.redis_server import RedisServer
+from tests.support.dpop_proof import DpopKey
 
 URL = "https://api.example:8443/orders"
 
@@ -48,7 +50,7 @@ class BoundVerifier:
 
 def request(proof: str) -> CheckRequest:
     return CheckRequest(["DPoP tok"], [], "127.0.0.1", method="GET", path="/orders", host="api.example:8443",
-                        scheme="https", dpop=[proof])
+                        scheme="https", dpop_proofs=[proof])
 
 
 async def per_decision(directory: Path, server: RedisServer | None, requests: int) -> float:
@@ -65,14 +67,14 @@ async def per_decision(directory: Path, server: RedisServer | None, requests: in
                       shared_replay=RedisReplayStore(fleet) if fleet is not None else None)
     proofs = [key.proof("GET", URL, "tok") for _ in range(requests + 1)]  # signed outside the timing
     try:
-        assert isinstance(await decider.decide(request(proofs[0])), Allow)  # the token is cached now
+        assert isinstance(await decider.decide(request(proofs[0])), Entry)  # the token is cached now
         started = time.perf_counter()
         for proof in proofs[1:]:
             checked = request(proof)
             decision = decider.decide_now(checked)
             if isinstance(decision, Pending):
                 decision = await decider.decide(checked, decision)
-            assert isinstance(decision, Allow)
+            assert isinstance(decision, Entry)
         return (time.perf_counter() - started) / requests * 1e6
     finally:
         if fleet is not None:

@@ -58,7 +58,7 @@ async def serve_child() -> None:
         "log": {"decisions": "off"},
     })
     sidecar = Sidecar(config)
-    await sidecar.start()
+    sidecar.start()
     runner = web.ServerRunner(check_server(sidecar), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sidecar import config as config_module
-from sidecar.core.decision import Allow, Decider
+from sidecar.core.decision import Decider
+from sidecar.core.entry import Entry
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support.metrics import Metrics
@@ -66,7 +67,7 @@ async def measure(n: int) -> dict[str, float]:
     before = rss_bytes()
     for token in tokens[1:]:
         decision = await decider.decide(CheckRequest((f"Bearer {token}",)))
-        assert isinstance(decision, Allow)
+        assert isinstance(decision, Entry)
     gc.collect()
     after = rss_bytes()
     cached = len(decider.cache)

@@ -1,6 +1,6 @@
 """Soak: a million decisions under a mix of tokens and IdP faults, counting wrong allows.
 
-The sidecar runs in this process against the fake IdP (tests/fake_idp.py) over real mutual TLS
+The sidecar runs in this process against the fake IdP (tests/support/fake_idp.py) over real mutual TLS
 on 127.0.0.1. Most decisions call ``Decider.decide()`` directly (in-process, for throughput: the
 HTTP parsing is not what a soak measures); ``--http-every N`` sends every Nth decision through the
 real HTTP check port instead. While it runs, the IdP cycles through faults (500, 503 with
@@ -50,12 +50,12 @@ if str(ROOT) not in sys.path:
 
 from sidecar.app import check_server  # noqa: E402
 from sidecar.config import from_mapping  # noqa: E402
-from sidecar.core.decision import Allow  # noqa: E402
+from sidecar.core.entry import Entry  # noqa: E402
 from sidecar.core.request import CheckRequest  # noqa: E402
 from sidecar.dev.devidp import server_context  # noqa: E402
 from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 from sidecar.runtime import Sidecar  # noqa: E402
-from tests.fake_idp import FakeIdp, Fault, standard_idp  # noqa: E402
+from tests.support.fake_idp import FakeIdp, Fault, standard_idp  # noqa: E402
 
 LEEWAY = 5.0
 MAX_TTL = 2.0
@@ -223,21 +223,19 @@ async def soak(decisions: int, *, seed: int = 1, http_every: int = 100, fault_pe
             "policy": {"binding": binding, "leeway": LEEWAY},
             "log": {"decisions": "off"},
         })
-        sidecar = Sidecar(config)
-        await sidecar.start()
-        front = web.ServerRunner(check_server(sidecar), access_log=None)
-        await front.setup()
-        await web.TCPSite(front, "127.0.0.1", 0).start()
-        front_url = f"http://127.0.0.1:{front.addresses[0][1]}/check"
-        run = Soak(idp, sidecar, ca, issued["alice"], issued["bob"], rng)
-        lax_record: dict[str, Any] = {"active": True, "client_id": "alice", "sub": "alice", "iss": idp.issuer,
-                                      "cnf": {"x5t#S256": issued["alice"].x5t_s256}}
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
-                await _drive(run, http, front_url, decisions, http_every, fault_period, lax_record, quiet)
-        finally:
-            await front.cleanup()
-            await sidecar.close()
+        async with Sidecar.running(config) as sidecar:
+            front = web.ServerRunner(check_server(sidecar), access_log=None)
+            await front.setup()
+            await web.TCPSite(front, "127.0.0.1", 0).start()
+            front_url = f"http://127.0.0.1:{front.addresses[0][1]}/check"
+            run = Soak(idp, sidecar, ca, issued["alice"], issued["bob"], rng)
+            lax_record: dict[str, Any] = {"active": True, "client_id": "alice", "sub": "alice", "iss": idp.issuer,
+                                          "cnf": {"x5t#S256": issued["alice"].x5t_s256}}
+            try:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
+                    await _drive(run, http, front_url, decisions, http_every, fault_period, lax_record, quiet)
+            finally:
+                await front.cleanup()
             await idp_runner.cleanup()
     return run.tally
 
@@ -294,7 +292,7 @@ async def _direct(decider: Any, auth: list[str], cert: str | None) -> tuple[bool
         decision = await decider.decide(CheckRequest(auth, [cert] if cert is not None else [], "127.0.0.1"))
     except Exception as exc:  # decide() must never raise: count it
         return False, f"exception:{type(exc).__name__}", 599
-    if isinstance(decision, Allow):
+    if isinstance(decision, Entry):
         return True, "ok", 200
     return False, decision.denial.reason, decision.denial.status
 

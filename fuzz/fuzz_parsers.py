@@ -37,8 +37,8 @@ with atheris.instrument_imports(include=["sidecar"]):
     from sidecar.core.client_cert import CertificateError, CertificateReader
     from sidecar.core.errors import Denial, InvalidToken
     from sidecar.core.extract import MAX_TOKEN_LENGTH, bearer_token
+    from sidecar.core.headers import HeaderBuilder
     from sidecar.core.policy import Policy
-    from sidecar.core.response import HeaderBuilder
     from sidecar.core.token_info import MalformedTokenInfo, token_info_from_claims
 
 THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")

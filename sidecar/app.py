@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def check_server(sidecar: Sidecar) -> web.Server:
     """Any method on any path is a check (Envoy appends the original path to its prefix): aiohttp's
     low-level server calls the check handler for every request, with no router in between."""
-    size = sidecar.config.server.max_header_size  # what handler_args gives an application
+    size = sidecar.config.server.max_header_size  # forwarded chains exceed aiohttp's default 8190 bytes
     return web.Server(handlers.check_handler(sidecar), max_field_size=size, max_line_size=size)
 
 
@@ -46,12 +46,6 @@ def admin_app(sidecar: Sidecar) -> web.Application:
         app[purge.PURGE_ACCESS] = purge.PurgeAccess(TrustedProxies(s.purge_peers), guard, s.header_timeout)
         app.router.add_post("/purge", purge.purge)
     return app
-
-
-def handler_args(config: Config) -> dict[str, int]:
-    """Forwarded certificate chains exceed aiohttp's default 8190-byte field limit."""
-    size = config.server.max_header_size
-    return {"max_field_size": size, "max_line_size": size}
 
 
 # The admin port serves probes, scrapes and purges: small heads, few connections, short idles.
@@ -74,8 +68,13 @@ def port_limits(config: Config) -> tuple[PortLimits, PortLimits]:
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run both ports until SIGTERM/SIGINT (or ``stop``), then drain and exit within the grace."""
-    sidecar = Sidecar(config)
-    await sidecar.start()
+    async with Sidecar.running(config) as sidecar:
+        await _serve(sidecar, stop or asyncio.Event())
+    log.info("stopped", extra={"in_flight": sidecar.in_flight})
+
+
+async def _serve(sidecar: Sidecar, stop: asyncio.Event) -> None:
+    config = sidecar.config
     s = config.server
     close_timeout = min(1.0, s.shutdown_grace / 4)
     check_runner = web.ServerRunner(check_server(sidecar), access_log=None, shutdown_timeout=close_timeout)
@@ -96,7 +95,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             await grpc_front.start(s.grpc_host, s.grpc_port)
         log.info("listening", extra={"check": f"{s.host}:{s.port}", "admin": f"{s.admin_host}:{s.admin_port}",
                                      "grpc": f"{s.grpc_host}:{s.grpc_port}" if s.grpc_port else "off"})
-        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
@@ -112,8 +110,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             await grpc_front.stop(1.0)  # drain() already waited for checks in flight
         for runner in runners:
             await runner.cleanup()
-        await sidecar.close()
-    log.info("stopped", extra={"in_flight": sidecar.in_flight})
 
 
 async def drain(sidecar: Sidecar, check_runner: web.BaseRunner, grace: float) -> None:

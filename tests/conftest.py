@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -17,9 +18,9 @@ from sidecar.app import admin_app
 from sidecar.dev.devidp import server_context
 from sidecar.dev.pki import Issued
 from sidecar.runtime import Sidecar
-from tests.check_server import CheckTestServer
-from tests.fake_idp import FakeIdp, standard_idp
-from tests.pki_fixtures import TestPki, make_pki
+from tests.support.check_server import CheckTestServer
+from tests.support.fake_idp import FakeIdp, standard_idp
+from tests.support.pki_fixtures import TestPki, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,7 @@ class Running:
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         if cert is not None:
-            sent[self.sidecar.cert_header] = escaped_pem(cert)
+            sent[self.sidecar.config.client_cert.header] = escaped_pem(cert)
         return await self.client.get("/check", headers=sent)
 
 
@@ -78,24 +79,15 @@ MakeSidecar = Callable[..., Awaitable[Running]]
 @pytest.fixture
 async def make_sidecar(pki: TestPki, idp: FakeIdp) -> Any:
     """Start a sidecar (check + admin apps) against ``idp``; sections override config."""
-    started: list[tuple[Sidecar, list[TestClient[Any, Any]]]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(**sections: Any) -> Running:
-        config = sidecar_config(pki, idp, **sections)
-        sidecar = Sidecar(config)
-        await sidecar.start()
-        check = TestClient(CheckTestServer(sidecar))
-        admin = TestClient(TestServer(admin_app(sidecar)))
-        await check.start_server()
-        await admin.start_server()
-        started.append((sidecar, [check, admin]))
-        return Running(sidecar, check, admin)
+        async def start(**sections: Any) -> Running:
+            sidecar = await stack.enter_async_context(Sidecar.running(sidecar_config(pki, idp, **sections)))
+            check = await stack.enter_async_context(TestClient(CheckTestServer(sidecar)))
+            admin = await stack.enter_async_context(TestClient(TestServer(admin_app(sidecar))))
+            return Running(sidecar, check, admin)
 
-    yield start
-    for sidecar, clients in started:
-        for client in clients:
-            await client.close()
-        await sidecar.close()
+        yield start
 
 
 @pytest.fixture

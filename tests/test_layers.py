@@ -1,4 +1,5 @@
-"""The package's layers (docs/layout.md): no module imports upward, and there is no import cycle.
+"""The package's layers (docs/layout.md): no module imports upward, there is no import cycle, and
+fronts, the IdP client and the fleet keep to themselves (APART).
 
 Every ``import`` and ``from … import`` in sidecar/, including those inside functions and under
 TYPE_CHECKING, is read with ``ast``; relative imports are resolved first.
@@ -18,8 +19,7 @@ LAYERS = (
     ("sidecar.support",),
     ("sidecar.config",),
     ("sidecar.core",),
-    ("sidecar.idp",),
-    ("sidecar.fleet",),
+    ("sidecar.idp", "sidecar.fleet"),  # side by side, never importing each other (APART)
     ("sidecar.runtime",),
     ("sidecar.fronts",),
     ("sidecar.app", "sidecar.workers"),
@@ -106,6 +106,37 @@ def test_there_is_no_import_cycle() -> None:
 
     for module in sorted(edges):
         visit(module)
+
+
+# Packages that never import the other, whatever the layers allow: a front only translates (the
+# core decides, the runtime wires the IdP and the fleet in), and the IdP client and the Redis fleet
+# know nothing of each other (the core's ports are their only meeting point).
+APART = (
+    ("sidecar.fronts", "sidecar.idp"),
+    ("sidecar.fronts", "sidecar.fleet"),
+    ("sidecar.idp", "sidecar.fleet"),
+    ("sidecar.fleet", "sidecar.idp"),
+)
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def forbidden(module: str, targets: set[str]) -> list[str]:
+    return sorted(t for t in targets for source, apart in APART if _within(module, source) and _within(t, apart))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_fronts_never_import_the_idp_or_the_fleet_and_those_two_never_import_each_other(module: str) -> None:
+    assert forbidden(module, graph()[module]) == [], f"{module} imports across a wall"
+
+
+def test_the_wall_checker_sees_a_front_importing_the_idp_and_the_fleet_importing_the_idp() -> None:
+    assert forbidden("sidecar.fronts.http", {"sidecar.idp.guard", "sidecar.core.decision"}) == ["sidecar.idp.guard"]
+    assert forbidden("sidecar.fleet.store", {"sidecar.idp.failures"}) == ["sidecar.idp.failures"]
+    assert forbidden("sidecar.idp.jwks", {"sidecar.fleet.seal"}) == ["sidecar.fleet.seal"]
+    assert forbidden("sidecar.runtime", {"sidecar.idp.issuer", "sidecar.fleet.store"}) == []
 
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:

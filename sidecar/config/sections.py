@@ -264,6 +264,9 @@ class FleetConfig:
                                "(docs/fleet.md; needs the `fleet` extra)")
     url: str = key("redis://127.0.0.1:6379/0", "`redis://` or `rediss://` (TLS) URL of Redis; in `cluster` mode one "
                                               "node of the cluster", checks=(checks.redis_url,))
+    ca_file: str | None = key(None, "CA bundle that verifies Redis's server certificate (`rediss://`)", checks=_FILE)
+    cert_file: str | None = key(None, "our client certificate to Redis (`tls-auth-clients`), PEM", checks=_FILE)
+    key_file: str | None = key(None, "the private key of `fleet.cert_file`, PEM", checks=_FILE)
     mode: FleetMode = key("standalone", "one Redis, a Redis Cluster, or Sentinel-managed replicas")
     sentinels: tuple[str, ...] = key((), "`host:port` of the Sentinels (`sentinel` mode)",
                                      checks=(checks.host_ports,))
@@ -271,9 +274,6 @@ class FleetConfig:
     username: str | None = key(None, "ACL user (Redis 6+ `AUTH username password`)")
     password: str | None = key(None, "password of `fleet.username` (or of the default user)", secret=True)
     password_file: str | None = key(None, "file holding `fleet.password`", checks=_FILE)
-    ca_file: str | None = key(None, "CA bundle that verifies Redis's server certificate (`rediss://`)", checks=_FILE)
-    cert_file: str | None = key(None, "our client certificate to Redis (`tls-auth-clients`), PEM", checks=_FILE)
-    key_file: str | None = key(None, "the private key of `fleet.cert_file`, PEM", checks=_FILE)
     secret_file: str | None = key(None, "the fleet secret (32+ characters, the same on every replica): keys in Redis "
                                         "are hashes keyed by it", checks=_FILE)
     seal_key_file: str | None = key(None, "the fleet key (32+ characters) that encrypts and authenticates values "

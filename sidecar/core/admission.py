@@ -26,6 +26,7 @@ from collections.abc import Callable
 from sidecar.config import AdmissionConfig
 from sidecar.core.errors import RateLimited
 from sidecar.support.memo import Memo
+from sidecar.support.ratelimit import TokenBucket
 
 MAX_SOURCE_LENGTH = 64
 
@@ -39,12 +40,13 @@ def source_of(forwarded: str | None, trusted: bool) -> str | None:
     return None
 
 
-class _Bucket:
-    __slots__ = ("in_flight", "stamp", "tokens")
+class _Source(TokenBucket):
+    """One source's rate (the bucket) and its IdP calls in flight."""
 
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
+    __slots__ = ("in_flight",)
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        super().__init__(rate, burst, now)
         self.in_flight = 0
 
 
@@ -55,28 +57,24 @@ class Admission:
         self._burst = float(config.miss_burst)
         self._share = max(1, math.floor(max_concurrent * config.max_share + 1e-9))
         self._timer = timer
-        self._buckets: Memo[str, _Bucket] = Memo(config.max_sources)
+        self._sources: Memo[str, _Source] = Memo(config.max_sources)
 
     def enter(self, source: str | None) -> None:
         """Charge one IdP call to ``source``, or raise :class:`RateLimited`; pair with :meth:`leave`."""
         if source is None:
             return
         now = self._timer()
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            bucket = self._buckets.put(source, _Bucket(self._burst, now))
-        if bucket.in_flight >= self._share:
-            raise RateLimited(f"source has {bucket.in_flight} IdP calls in flight (admission.max_share)")
-        if self._rate > 0:
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
-            bucket.stamp = now
-            if bucket.tokens < 1.0:
-                wait = math.ceil((1.0 - bucket.tokens) / self._rate)
-                raise RateLimited("source is over admission.miss_rate", retry_after=max(1, wait))
-            bucket.tokens -= 1.0
-        bucket.in_flight += 1
+        state = self._sources.get(source)
+        if state is None:
+            state = self._sources.put(source, _Source(self._rate, self._burst, now))
+        if state.in_flight >= self._share:
+            raise RateLimited(f"source has {state.in_flight} IdP calls in flight (admission.max_share)")
+        wait = state.take(now)
+        if wait:
+            raise RateLimited("source is over admission.miss_rate", retry_after=max(1, math.ceil(wait)))
+        state.in_flight += 1
 
     def leave(self, source: str | None) -> None:
-        bucket = None if source is None else self._buckets.get(source)
-        if bucket is not None and bucket.in_flight > 0:
-            bucket.in_flight -= 1
+        state = None if source is None else self._sources.get(source)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1

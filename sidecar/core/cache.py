@@ -14,7 +14,7 @@
 - **Stale-if-error** (off unless ``cache.stale_if_error`` > 0, in the spirit of RFC 5861 §4): an
   active, bound answer that passed the static policy is also kept until ``stale_if_error``
   seconds past its expiry, never past ``exp``. It is used only when the IdP itself failed
-  (:attr:`IdpFailure.allows_stale`): never while the IdP answers — not when the sidecar's own
+  (``IdpUnavailable.allows_stale``): never while the IdP answers — not when the sidecar's own
   limits refused the call (``saturated``, a per-source limit) — and any fresh answer for the token
   (inactive: revoked) drops it.
 - **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
@@ -135,7 +135,7 @@ class TokenCache:
 
     def stale(self, key: bytes, failure: IdpUnavailable) -> Entry | None:
         """The last good answer for a token, when ``failure`` says the IdP itself is failing."""
-        if self._stale is None or not failure.kind.allows_stale:
+        if self._stale is None or not failure.allows_stale:
             return None
         kept = self._stale.get(key)
         return None if kept is None else kept[0]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -30,6 +29,7 @@ from cryptography import x509
 from sidecar.config import CertFormat
 from sidecar.core import xfcc
 from sidecar.core.client_trust import ClientTrust, Presented
+from sidecar.support.jose import b64url, sha256_thumbprint
 from sidecar.support.memo import Memo
 
 MAX_MEMO = 10_000
@@ -46,7 +46,7 @@ class CertificateError(ValueError):
 
 def thumbprint(der: bytes) -> str:
     """RFC 8705 §3.1 ``x5t#S256`` of a DER certificate."""
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
+    return sha256_thumbprint(der)
 
 
 def _b64decode(text: str) -> bytes:
@@ -170,18 +170,12 @@ class CertificateReader:
     def thumbprint(self, value: str) -> str:
         """The thumbprint of the leaf; raises CertificateError (also memoized)."""
         found = self._memo.get(value)
-        if found is None:
-            found = self._compute_checked(value)
         if isinstance(found, str):
-            return found
-        if isinstance(found, Presented):
-            return found.thumbprint
-        # A fresh exception each time: re-raising the memoized instance would chain every
-        # raise's traceback (and its frames) onto it, a leak per request (found by the soak).
-        raise CertificateError(*found.args)
+            return found  # memoized, no trust configured: a cache hit's path
+        return self.presented(value).thumbprint
 
     def presented(self, value: str) -> Presented:
-        """With a trust: the leaf's thumbprint with its chain's verdict and validity window."""
+        """The leaf's thumbprint with (with a trust) its chain's verdict and validity window."""
         found = self._memo.get(value)
         if found is None:
             found = self._compute_checked(value)
@@ -189,6 +183,8 @@ class CertificateReader:
             return found
         if isinstance(found, str):  # no trust configured on this reader
             return Presented(found, float("-inf"), float("inf"), None)
+        # A fresh exception each time: re-raising the memoized instance would chain every
+        # raise's traceback (and its frames) onto it, a leak per request (found by the soak).
         raise CertificateError(*found.args)
 
     def forget(self) -> None:
@@ -266,4 +262,4 @@ def _hash_to_thumbprint(hex_hash: str) -> str:
         raise CertificateError("XFCC Hash is not hex") from None
     if len(digest) != 32:
         raise CertificateError("XFCC Hash is not a SHA-256 digest")
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url(digest)

@@ -21,14 +21,14 @@ Denials: ``cert_untrusted``, ``cert_expired``, ``cert_not_yet_valid`` (401 ``inv
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
+
+from sidecar.support.watch import FileWatch
 
 log = logging.getLogger(__name__)
 MAX_CHAIN = 8  # intermediates taken from a header: a longer list is not a client's chain
@@ -47,9 +47,8 @@ class Presented:
 
 class ClientTrust:
     def __init__(self, ca_file: str, *, require_client_auth: bool = False) -> None:
-        self._path = Path(ca_file)
+        self._file = FileWatch({"ca_file": ca_file})
         self._require_client_auth = require_client_auth
-        self._digest = b""
         self._store: Store | None = None
         self.reload()
         if self._store is None:
@@ -58,20 +57,18 @@ class ClientTrust:
     def reload(self) -> bool:
         """Load the bundle when its content changed; True when a new one is in use."""
         try:
-            content = self._path.read_bytes()
+            current = self._file.poll()  # the same content is not retried until it changes
         except OSError as exc:
             log.error("client CA bundle unreadable; keeping the current one", extra={"error": type(exc).__name__})
             return False
-        digest = hashlib.sha256(content).digest()
-        if digest == self._digest:
+        if current is None:
             return False
         try:
-            store = Store(x509.load_pem_x509_certificates(content))
+            store = Store(x509.load_pem_x509_certificates(current.contents["ca_file"]))
         except ValueError as exc:
             log.error("client CA bundle invalid; keeping the current one", extra={"error": str(exc)[:200]})
-            self._digest = digest  # the same content is not retried until it changes
             return False
-        self._store, self._digest = store, digest
+        self._store = store
         log.info("client CA bundle loaded")
         return True
 

@@ -27,14 +27,11 @@ verification, one small JSON parse and a few compares. Server nonces (``DPoP-Non
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
-import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,12 +44,10 @@ from sidecar.core.errors import InvalidDpopProof
 from sidecar.core.errors import ReplayStoreFull as ReplayFull
 from sidecar.core.htu import Normalizer
 from sidecar.core.replay import ReplayStore, StoreFull
+from sidecar.support.jose import b64url_decode, json_segment, jwk_thumbprint, sha256_thumbprint
 from sidecar.support.memo import Memo
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-# RFC 7638 §3.2: the required members of each key type, in lexicographic order.
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 _CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1,
                                               "ES512": ec.SECP521R1, "ES256K": ec.SECP256K1}
 _RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -61,28 +56,9 @@ MAX_JTI = 256
 MAX_HEADER_CLAIMS = 16
 
 
-def b64url_decode(segment: str) -> bytes:
-    if _B64URL.fullmatch(segment) is None:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def access_token_hash(token: str) -> str:
     """RFC 9449 §4.2 ``ath``: base64url(SHA-256(ASCII(token)))."""
-    return b64url(hashlib.sha256(token.encode()).digest())
-
-
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 §3: SHA-256 of the required members, sorted, no whitespace; base64url."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
-    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
-        raise ValueError("jwk lacks the members of its kty")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), ensure_ascii=False)
-    return b64url(hashlib.sha256(canonical.encode()).digest())
+    return sha256_thumbprint(token.encode())
 
 
 def _fits(key: Any, alg: str) -> bool:
@@ -235,8 +211,8 @@ class ProofVerifier:
 
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment))
-    except (ValueError, binascii.Error, RecursionError):
+        value = json_segment(segment)
+    except (ValueError, binascii.Error):
         raise InvalidDpopProof("dpop_proof_malformed", f"{part}: not base64url JSON") from None
     if not isinstance(value, dict):
         raise InvalidDpopProof("dpop_proof_malformed", f"{part}: not a JSON object")

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from sidecar.core.errors import Denial
-from sidecar.core.response import CredentialHeaders
+from sidecar.core.headers import CredentialHeaders
 from sidecar.core.token_info import TokenInfo
 
 

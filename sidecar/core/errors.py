@@ -12,13 +12,11 @@ The reason code is the log field and the metrics label; the public description s
     ├── RouteDenied          403 (fail closed)      policy_unknown, route_unmatched (routes.py)
     ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
     ├── ReplayStoreFull      503 (fail closed)      dpop_replay_full (core/replay.py)
-    ├── IdpUnavailable       503 (fail closed)      idp_unavailable (kind: an IdpFailure)
+    ├── IdpUnavailable       503 (fail closed)      idp_unavailable (idp/failures.py: why)
     └── InternalError        503 (fail closed)      internal_error
 """
 
 from __future__ import annotations
-
-from enum import Enum
 
 
 class Denial(Exception):
@@ -114,104 +112,22 @@ class ReplayStoreFull(Denial):
         super().__init__("dpop_replay_full", detail)
 
 
-class IdpFailure(Enum):
-    """Why the IdP could not answer. The value is the ``sidecar_idp_requests_total`` result label
-    (the ``HTTP_*`` kinds label with the status itself, e.g. ``http_502``)."""
-
-    # No answer: the connection, the TLS handshake or the wait for the answer failed.
-    REFUSED = "refused"
-    CONNECT_TIMEOUT = "connect_timeout"
-    CONNECT_FAILED = "connect_failed"
-    DNS = "dns"
-    TIMEOUT = "timeout"
-    DISCONNECTED = "disconnected"  # closed without answering (an idle keep-alive connection)
-    RESET = "reset"  # TLS 1.3: how a rejected client certificate usually shows
-    TLS = "tls"
-    TLS_UNTRUSTED = "tls_untrusted"
-    TLS_HOSTNAME = "tls_hostname"
-    TLS_EXPIRED = "tls_expired"
-    TRUNCATED = "truncated"
-    CONNECTION = "connection"
-    # An answer, but not a usable one.
-    HTTP_4XX = "http_4xx"  # about this request (a token the IdP will not look at): not an outage
-    HTTP_429 = "http_429"  # RFC 6585 §4: the IdP asks us to back off
-    HTTP_5XX = "http_5xx"
-    HTTP_503 = "http_503"
-    HTTP_OTHER = "http_other"  # a redirect or another 2xx: not what the protocol answers
-    CONTENT_TYPE = "content_type"
-    TOO_LARGE = "too_large"
-    GARBAGE = "garbage"  # not JSON
-    MALFORMED = "malformed"  # JSON, but not an RFC 7662 answer
-    UNUSABLE = "unusable"  # a JWK Set without a usable key
-    DISCOVERY_FAILED = "discovery_failed"
-    # Our side: the IdP was not asked.
-    NO_ENDPOINT = "no_endpoint"
-    NO_JWKS_URI = "no_jwks_uri"
-    SATURATED = "saturated"  # no introspection slot in time (idp.max_concurrent): our own limit
-    BREAKER_OPEN = "breaker_open"
-
-    @property
-    def retryable(self) -> bool:
-        """The IdP did no work on the request, so asking again is safe and cheap."""
-        return self in _RETRYABLE
-
-    @property
-    def is_idp_failure(self) -> bool:
-        """The IdP (or the way to it) failed: counts toward the circuit breaker. Not a per-request
-        4xx answer, not our own limits, not a missing endpoint."""
-        return self not in _NOT_IDP_FAILURES
-
-    @property
-    def allows_stale(self) -> bool:
-        """Whether stale-if-error may answer: the IdP itself failed, or the breaker it opened is
-        open. Never ``saturated`` or a 4xx: then the IdP works, and only our limits or this
-        request stood in the way."""
-        return self.is_idp_failure or self is IdpFailure.BREAKER_OPEN
-
-    @classmethod
-    def of_status(cls, status: int) -> IdpFailure:
-        """The kind of a non-200 HTTP answer."""
-        if status in (429, 503):
-            return cls.HTTP_429 if status == 429 else cls.HTTP_503
-        if 500 <= status <= 599:
-            return cls.HTTP_5XX
-        return cls.HTTP_4XX if 400 <= status <= 499 else cls.HTTP_OTHER
-
-
-_RETRYABLE = frozenset({IdpFailure.REFUSED, IdpFailure.CONNECT_TIMEOUT, IdpFailure.DISCONNECTED})
-_NOT_IDP_FAILURES = frozenset({IdpFailure.HTTP_4XX, IdpFailure.NO_ENDPOINT, IdpFailure.NO_JWKS_URI,
-                               IdpFailure.SATURATED, IdpFailure.BREAKER_OPEN})
-
-
 class IdpUnavailable(Denial):
     """The identity provider could not answer: fail closed with 503 and Retry-After.
 
-    ``kind`` says why (read it, never parse ``detail``); ``idp_status`` is the HTTP status of
-    the IdP's answer for the ``HTTP_*`` kinds (``status`` stays the 503 we answer).
+    ``result`` says why (the ``sidecar_idp_requests_total`` result label; the idp layer raises a
+    subclass that carries the kind, sidecar/idp/failures.py); ``allows_stale`` whether
+    ``cache.stale_if_error`` may answer instead: only when the IdP itself failed, never for our own
+    limits or a per-request answer.
     """
 
     status = 503
     error = None
     description = "The authorization server is unavailable"
 
-    def __init__(self, kind: IdpFailure, detail: str = "", *, retry_after: int = 1,
-                 status: int | None = None) -> None:
-        self.kind = kind
-        self.idp_status = status
-        # The log line reads "<result>: <detail>", as it always has.
-        super().__init__("idp_unavailable", f"{self.result}: {detail}" if detail else self.result)
-        self.retry_after = retry_after
-
-    @property
-    def result(self) -> str:
-        """The ``sidecar_idp_requests_total`` result label: the kind, or ``http_<status>``."""
-        if self.idp_status is not None and self.kind.value.startswith("http_"):
-            return f"http_{self.idp_status}"
-        return self.kind.value
-
-    @property
-    def is_idp_failure(self) -> bool:
-        return self.kind.is_idp_failure
+    def __init__(self, result: str, detail: str = "", *, retry_after: int = 1, allows_stale: bool = False) -> None:
+        super().__init__("idp_unavailable", f"{result}: {detail}" if detail else result)  # "<result>: <detail>"
+        self.result, self.allows_stale, self.retry_after = result, allows_stale, retry_after
 
 
 class InternalError(Denial):

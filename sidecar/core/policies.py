@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from sidecar.config import Config
 from sidecar.core.entry import Entry
+from sidecar.core.headers import HeaderBuilder
 from sidecar.core.policy import Policy
-from sidecar.core.response import HeaderBuilder
 
 MAX_VIEWS = 8  # named-policy verdicts kept per cached token
 

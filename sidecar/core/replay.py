@@ -3,8 +3,9 @@ could still be accepted (until ``iat + dpop.iat_window``).
 
 :class:`ReplayStore` is the interface: one call, ``claim``, that answers True only the first time
 a key is claimed before it expires. :class:`LocalReplayStore` is the bounded in-process store;
-:class:`SharedReplay` the fleet's (``SET key 1 NX PX`` in Redis), asked after it with the same key
-(an await: a DPoP request in a fleet takes one awaited step after its synchronous checks).
+:class:`~sidecar.core.ports.SharedReplay` the fleet's (``SET key 1 NX PX`` in Redis), asked after it
+with the same key (an await: a DPoP request in a fleet takes one awaited step after its
+synchronous checks).
 Unlike the token cache the local store never evicts a live key to make room (that would let the
 evicted proof be replayed): when it is full of live keys it refuses, and the decision denies
 (fail closed).
@@ -29,21 +30,6 @@ class ReplayStore(Protocol):
         ``until`` is a wall-clock deadline (``time.time()``); raises :class:`StoreFull`
         when the key cannot be remembered.
         """
-        ...
-
-
-class SharedReplay(Protocol):
-    """The fleet's replay store (:class:`sidecar.fleet.replay.RedisReplayStore`), asked after the
-    local one accepted a proof, so that a proof accepted by one replica is a replay on the others.
-    The key is the local one, made with :attr:`secret`, which every replica shares."""
-
-    @property
-    def secret(self) -> bytes:
-        """The key of the replay keys: the same on every replica, so that they name a proof alike."""
-        ...
-
-    async def claim(self, key: bytes, until: float) -> bool:
-        """True unless another replica claimed ``key`` before ``until``."""
         ...
 
 

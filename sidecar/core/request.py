@@ -3,36 +3,32 @@
 The original request (``method``, ``path``, ``host``, ``scheme``) is what per-route policies and the
 DPoP ``htu``/``htm`` checks compare against.
 
-Fronts only translate; every rule about these facts lives in the core (decision.py): which
-certificate copy counts (none when the peer is not a trusted proxy, a denial when there are
-several), which source a cache miss is charged to (admission.py), and whether the original
+Fronts only translate; every rule about these facts lives in the core: which certificate counts
+(presented.py), which source a cache miss is charged to (admission.py), and whether the original
 request and the named policy count (only from a trusted proxy: routes.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sidecar.core.client_cert import CertificateReader
 
 
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "dpop", "forged", "forwarded", "host", "method", "path", "peer",
-                 "policy", "reader", "scheme")
+    __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "host", "method", "path",
+                 "peer", "peer_certificate", "policy", "scheme")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
-                 *, reader: CertificateReader | None = None, forwarded: str | None = None,
+                 *, peer_certificate: str | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
-                 scheme: str | None = None, dpop: Sequence[str] = (), policy: str | None = None,
+                 scheme: str | None = None, dpop_proofs: Sequence[str] = (), policy: str | None = None,
                  forged: Sequence[str] = ()) -> None:
         self.authorization = authorization  # every Authorization field value received
-        self.certificates = certificates  # every copy of the certificate header (or gRPC peer certificate)
+        self.certificates = certificates  # every copy of the certificate header (client_cert.header)
         self.peer = peer  # the address of whoever sent the check (the proxy)
-        self.reader = reader  # how to read the certificate; None: client_cert.format
+        # Envoy gRPC: the TLS peer certificate Envoy itself verified (attributes.source.certificate)
+        self.peer_certificate = peer_certificate
         self.forwarded = forwarded  # the client address the proxy vouches for (admission.source_header)
         # The ORIGINAL request the proxy asks about (counts only from a trusted proxy): nginx
         # X-Original-Method / X-Original-URI / Host / X-Forwarded-Proto; Envoy HTTP: the check's own
@@ -41,8 +37,8 @@ class CheckRequest:
         self.path = path  # with the query, as the proxy sent it
         self.host = host
         self.scheme = scheme  # http or https
-        self.dpop = dpop  # every DPoP header value received (RFC 9449 §4.3: exactly one may count)
+        self.dpop_proofs = dpop_proofs  # every DPoP proof header value received (RFC 9449 §4.3: exactly one may count)
         self.policy = policy  # the policy the proxy names for this route (routing.policy_header)
-        # Header names in the credential namespace the check request carries (core/forged.py): the
+        # Header names in the credential namespace the check request carries (fronts/forged.py): the
         # client's copies, which the upstream must never see (response.forged_headers).
         self.forged = forged

@@ -1,5 +1,5 @@
 """The fleet-wide half of DPoP replay protection (RFC 9449 §11.1): a proof's ``jti`` is accepted
-once across every replica (:class:`~sidecar.core.replay.SharedReplay`).
+once across every replica (:class:`~sidecar.core.ports.SharedReplay`).
 
 The decision asks it after the replica's own store (:class:`~sidecar.core.replay.LocalReplayStore`)
 accepted the proof, with the same key: a keyed digest of the proof key's thumbprint and the

@@ -1,4 +1,4 @@
-"""The fleet's second cache level on Redis (:class:`~sidecar.core.shared.SharedAnswers`).
+"""The fleet's second cache level on Redis (:class:`~sidecar.core.ports.SharedAnswers`).
 
 On a miss in memory (a hit never gets here):
 
@@ -15,44 +15,36 @@ does not open is a miss (counted), and the IdP answers as without a fleet. After
 ``fleet.breaker_failures`` consecutive failures Redis is skipped for ``fleet.breaker_open``
 seconds, then tried again.
 
-**Purges** delete the token's value and lock and are published (sealed) on ``<prefix>purge``;
-every replica drops the entry from memory. A replica whose subscription broke may have missed
-purges: when it subscribes again it drops its whole in-memory cache (Redis refills it).
+Purges (delete from Redis, publish to every replica) are purges.py's, on this store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio.cluster import RedisCluster
 
 from sidecar.config import KEY, CacheConfig, Config, FleetConfig
-from sidecar.core.cache import TokenCache, answer_ttl
-from sidecar.core.shared import Verify
+from sidecar.core.cache import answer_ttl
+from sidecar.core.ports import Verify
 from sidecar.core.token_info import TokenInfo
-from sidecar.fleet.breaker import Breaker
 from sidecar.fleet.client import Client, connect
 from sidecar.fleet.codec import decode, encode
 from sidecar.fleet.seal import Names, Sealer, Tampered, read_material
+from sidecar.support.breaker import Breaker
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 POLL_FIRST, POLL_MAX = 0.002, 0.025
-MAX_MESSAGE = 1024
-PURGE_TIMEOUT = 5.0  # a purge scans Redis (by hash, all): bounded as a whole
-_TOKEN_HASH = re.compile(r"^[0-9a-f]{12}\Z")
 
 # The value; else 2: not a string (planted); else 1: the lock taken; else 0: someone else's lock.
 _READ_OR_LOCK = """
@@ -106,25 +98,18 @@ class Fleet:
         self.redis: Client = redis if redis is not None else connect(f)
         self.metrics = FleetMetrics(metrics)
         self.breaker = Breaker(f.breaker_failures, f.breaker_open)
-        self.metrics.breaker.set_function(lambda: 1 if self.breaker.open else 0)
+        self.metrics.breaker.set_function(lambda: 1 if self.breaker.is_open else 0)
         self._cache_config: CacheConfig = config.cache
-        self._timeout = f.timeout
+        self.timeout = f.timeout
         self._wait = min(f.lock_wait, config.idp.timeout)
         self._lock_ms = math.ceil((config.idp.timeout + 4 * f.timeout) * 1000)
-        self._cache: TokenCache | None = None
         self._read_or_lock = self.redis.register_script(_READ_OR_LOCK)
         self._fill_script = self.redis.register_script(_FILL)
         self._release = self.redis.register_script(_RELEASE)
-        self._listener: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
 
     @property
     def digest_key(self) -> bytes:
         return self.names.digest_key
-
-    def attach(self, cache: TokenCache) -> None:
-        """The in-process cache that purges from other replicas reach."""
-        self._cache = cache
 
     # -- the second cache level ------------------------------------------------------------------
 
@@ -195,7 +180,7 @@ class Fleet:
     async def call(self, command: Awaitable[T]) -> T:
         """One Redis command, bounded by ``fleet.timeout``; any failure feeds the breaker."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 result = await command
         except Exception as exc:  # RedisError, OSError, TimeoutError, or a reply redis-py could not parse
             self.breaker.failure()
@@ -205,110 +190,15 @@ class Fleet:
         self.breaker.success()
         return result
 
-    # -- purges ----------------------------------------------------------------------------------
-
-    async def purge_token(self, key: bytes, token: str) -> bool:
-        """Drop one token's answer from Redis and from every replica's memory; False if Redis failed."""
-        hashed = token_hash(token)
-        return await self._purge([self.names.value(key, hashed), self.names.lock(key, hashed)], None,
-                                 {"by": "key", "v": key.hex()})
-
-    async def purge_hash(self, hashed: str) -> bool:
-        return await self._purge([], self.names.of_hash(hashed), {"by": "token_hash", "v": hashed})
-
-    async def purge_all(self) -> bool:
-        return await self._purge([], self.names.every_answer(), {"by": "all"})
-
-    async def _purge(self, names: list[str], pattern: str | None, message: dict[str, str]) -> bool:
-        sealed = self.sealer.seal(self.names.channel.encode(), json.dumps(message).encode())
-        try:
-            async with asyncio.timeout(PURGE_TIMEOUT):
-                if pattern is not None:
-                    names += [n async for n in self.redis.scan_iter(match=pattern, count=1000)]
-                for start in range(0, len(names), 500):
-                    await self.redis.unlink(*names[start:start + 500])
-                await self.redis.publish(self.names.channel, sealed)
-        except Exception as exc:  # Redis failing: the local purge stands, the caller is told
-            self.metrics.event("error")
-            log.warning("fleet purge failed", extra={"error_type": type(exc).__name__})
-            return False
-        self.metrics.event("purge_sent")
-        return True
-
-    def apply(self, data: Any) -> bool:
-        """A purge message from the channel: drop what it names from memory; False if refused."""
-        cache = self._cache
-        try:
-            if not isinstance(data, bytes) or len(data) > MAX_MESSAGE:
-                raise Tampered("not a purge message")
-            doc = json.loads(self.sealer.open(self.names.channel.encode(), data))
-        except (Tampered, ValueError):
-            self.metrics.event("tampered")
-            return False
-        if cache is None or not isinstance(doc, dict):
-            return False
-        by, value = doc.get("by"), doc.get("v")
-        if by == "key" and isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value):
-            cache.purge(bytes.fromhex(value))
-        elif by == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
-            cache.purge_hash(value)
-        elif by == "all":
-            cache.clear()
-        else:
-            return False
-        self.metrics.event("purge_received")
-        return True
-
     # -- lifetime --------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen())
-
-    async def _warm(self) -> None:
+    async def warm(self) -> None:
         """Connect and load the scripts once, so the first checks pay neither (best effort)."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
                 for script in (_READ_OR_LOCK, _FILL, _RELEASE):
                     await self.redis.script_load(script)
 
-    async def _listen(self) -> None:
-        """Subscribe to purges for as long as the process runs; on every (re)subscription the
-        in-memory cache is dropped, since purges sent while unsubscribed were missed."""
-        await self._warm()
-        delay = 0.1
-        while True:
-            pubsub = None
-            try:
-                async with asyncio.timeout(max(1.0, 10 * self._timeout)):
-                    if isinstance(self.redis, RedisCluster):
-                        await self.redis.initialize()  # the slot map first: any node then serves the channel
-                    pubsub = self.redis.pubsub()
-                    await pubsub.subscribe(self.names.channel)
-                if self._cache is not None and len(self._cache):
-                    self._cache.clear()
-                    self.metrics.event("resubscribed")
-                self.subscribed.set()
-                delay = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.apply(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: subscribe again after a pause
-                self.subscribed.clear()
-                log.warning("fleet subscription lost", extra={"error_type": type(exc).__name__})
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 5.0)
-
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
         with contextlib.suppress(Exception):
             await self.redis.aclose()

@@ -1,34 +1,29 @@
 """The Envoy gRPC ext_authz front: ``envoy.service.auth.v3.Authorization/Check`` over grpc.aio.
 
-It turns a ``CheckRequest`` into the same :class:`~sidecar.decision.CheckRequest` the HTTP front
-builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 binding, via
-:func:`sidecar.response.render_denial`) as a ``CheckResponse``:
+It only translates (answer.py is the edge): a ``CheckRequest`` proto into the core's
+:class:`~sidecar.core.request.CheckRequest`, and the answer into a ``CheckResponse``:
 
 - token: ``attributes.request.http.headers["authorization"]`` (Envoy lower-cases the keys and
   joins repeated headers with ``,``, which a b64token never holds: we split them back, so a
   duplicated header is ``token_duplicated`` as on the HTTP front); ``header_map`` when Envoy
   sends raw headers (``encode_raw_headers``).
-- certificate, only when the gRPC peer address is in ``client_cert.trusted_proxies``:
-  ``attributes.source.certificate`` (URL-encoded PEM of the TLS peer Envoy itself verified,
-  sent with ``include_peer_certificate``) first, else the ``client_cert.header`` request header
-  (XFCC) read in ``client_cert.format``. Whoever can reach this port can fill both fields, so
-  the peer check guards both, exactly as on the HTTP front.
+- certificate: ``attributes.source.certificate`` (URL-encoded PEM of the TLS peer Envoy itself
+  verified, sent with ``include_peer_certificate``) and every copy of the ``client_cert.header``
+  request header (XFCC); which one counts, and whether the peer may vouch for either, is the
+  core's rule (core/presented.py), the same as on the HTTP front.
+- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``;
+  the policy: the route's ``context_extensions["policy"]`` (``ExtAuthzPerRoute.check_settings``);
+  every ``dpop`` header (RFC 9449); the client address Envoy reports (admission).
 - allow: ``status`` OK and ``ok_response.headers`` with every credential header set with
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (the proto default appends to a client-sent copy), plus
   ``headers_to_remove`` from ``response.remove_upstream_headers``, plus every client-sent name in the
-  credential namespace the answer does not set (``response.forged_headers``, core/forged.py).
-- DPoP (RFC 9449): every ``dpop`` header, and the original request from
-  ``attributes.request.http`` (``method``, ``path``, ``host``, ``scheme``) for ``htm``/``htu``.
+  credential namespace the answer does not set (``response.forged_headers``, fronts/forged.py).
 - deny: ``denied_response`` (HTTP status, ``WWW-Authenticate``, JSON body) and ``status``
   UNAUTHENTICATED (401), PERMISSION_DENIED (403), INVALID_ARGUMENT (400) or UNAVAILABLE (503).
   Envoy treats every non-OK ``status`` as a denial and sends ``denied_response`` to the client,
   so an IdP outage reaches the client as 503 + ``Retry-After`` and never as
   ``status_on_error``, and ``failure_mode_allow`` can never open it. Only a failed RPC (sidecar
   down, deadline exceeded) is an ext_authz error.
-
-- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``;
-  the policy: the route's ``context_extensions["policy"]`` (``ExtAuthzPerRoute.check_settings``).
-  Both count only from a trusted peer (the core's rule, :mod:`sidecar.core.routes`).
 
 Health (``grpc.health.v1``) follows :meth:`Sidecar.readiness`; reflection only with
 ``server.grpc_reflection``.
@@ -39,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -51,11 +46,12 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from sidecar.core.decision import Allow, Pending
-from sidecar.core.errors import Denial
-from sidecar.core.forged import ForgedHeaders
+from sidecar.core.headers import REMOVE_HEADER, CredentialHeaders
+from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import REMOVE_HEADER, render_denial, unset
+from sidecar.fronts.answer import Edge, Removing
+from sidecar.fronts.forged import ForgedHeaders
+from sidecar.fronts.render import RenderedDenial
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
@@ -85,44 +81,38 @@ def _options(headers: Iterable[tuple[str, str]]) -> list[Any]:
 
 
 class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    """``Check``: CheckRequest → Decider.decide() → CheckResponse."""
+    """``Check``: CheckRequest → the edge → CheckResponse."""
 
     def __init__(self, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
-        self._cert_header = sidecar.cert_header.lower()
-        self._keep_commas = sidecar.config.client_cert.format in ("xfcc", "traefik", "auto")
-        self._source_reader = sidecar.decider.reader_for("escaped_pem")  # attributes.source.certificate
+        self._edge = Edge.of(sidecar)
         config = sidecar.config
-        self._realm = config.response.realm
-        self._invalid_request_status = config.server.invalid_request_status
-        self._removals = sidecar.decider.headers.removals
+        self._cert_header = config.client_cert.header.lower()
+        self._keep_commas = config.client_cert.format in ("xfcc", "traefik", "auto")
         self._forged = ForgedHeaders(config.response.prefix)
-        # Rendered answers, reused: a cache hit builds no protobuf (entry headers are per token).
-        self._ok: Memo[int, tuple[Mapping[str, str], Any]] = Memo(MEMO_SIZE)
-        self._denied: Memo[tuple[type[Denial], str, str | None, int, bool], Any] = Memo(MEMO_SIZE)
+        # Protos reused: a cache hit builds none (entry headers and rendered denials are reused objects).
+        self._ok: Memo[int, tuple[CredentialHeaders, Any]] = Memo(MEMO_SIZE)
+        self._denied: Memo[int, tuple[RenderedDenial, Any]] = Memo(MEMO_SIZE)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         attributes = request.attributes
         http = attributes.request.http
-        authorization, forwarded, dpop = self._read_headers(http)
-        forged = self._forged.in_names(http.headers if http.headers else
-                                       [entry.key for entry in http.header_map.headers])
-        source = attributes.source.certificate  # the TLS peer Envoy verified (include_peer_certificate)
-        facts = CheckRequest(authorization, [source] if source else forwarded, peer_address(context.peer()),
-                             reader=self._source_reader if source else None,
+        authorization, certificates, dpop_proofs = self._read_headers(http)
+        facts = CheckRequest(authorization, certificates, peer_address(context.peer()),
+                             peer_certificate=attributes.source.certificate or None,
                              forwarded=attributes.source.address.socket_address.address or None,
                              method=http.method or None, path=http.path or None, host=http.host or None,
-                             scheme=http.scheme or None, dpop=dpop,
-                             policy=attributes.context_extensions.get("policy"), forged=forged)
-        decider = self._sidecar.decider
-        decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
-        if isinstance(decision, Pending):
-            decision = await decider.decide(facts, decision)
-        if isinstance(decision, Allow):
-            if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies
-                return self._allow_removing(decision.headers, names)
-            return self._allow(decision.headers)
-        return self._deny(decision.denial, decision.dpop)
+                             scheme=http.scheme or None, dpop_proofs=dpop_proofs,
+                             policy=attributes.context_extensions.get("policy"),
+                             forged=self._forged.in_names(http.headers if http.headers else
+                                                          [entry.key for entry in http.header_map.headers]))
+        answer = self._edge.answer_now(facts)  # a cached token is answered here, without awaiting
+        if isinstance(answer, Pending):
+            answer = await self._edge.answer(facts, answer)
+        if isinstance(answer, RenderedDenial):
+            return self._deny(answer)
+        if isinstance(answer, Removing):  # Envoy drops the client's copies
+            return self._ok_response(answer.headers, answer.names)
+        return self._allow(answer)
 
     def _read_headers(self, http: Any) -> tuple[list[str], list[str], list[str]]:
         """(every Authorization, certificate header and DPoP value) from ``headers`` or ``header_map``.
@@ -136,13 +126,13 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             joined = http.headers.get("authorization")
             authorization = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
             joined = http.headers.get("dpop")  # a compact JWS holds no comma either
-            dpop = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
+            dpop_proofs = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
             value = http.headers.get(self._cert_header)
             if value is None:
-                return authorization, [], dpop
+                return authorization, [], dpop_proofs
             certificates = [value] if self._keep_commas else [v.strip(" \t") for v in value.split(",")]
-            return authorization, certificates, dpop
-        authorization, certificates, dpop = [], [], []
+            return authorization, certificates, dpop_proofs
+        authorization, certificates, dpop_proofs = [], [], []
         for entry in http.header_map.headers:
             key = entry.key.lower()
             value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
@@ -151,40 +141,35 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             elif key == self._cert_header:
                 certificates.append(value)
             elif key == "dpop":
-                dpop.append(value)
-        return authorization, certificates, dpop
+                dpop_proofs.append(value)
+        return authorization, certificates, dpop_proofs
 
-    def _allow(self, headers: Mapping[str, str]) -> Any:
+    def _allow(self, headers: CredentialHeaders) -> Any:
         found = self._ok.get(id(headers))
         if found is not None and found[0] is headers:
             return found[1]
-        ok = pb.OkHttpResponse(headers=_options((k, v) for k, v in headers.items() if k != REMOVE_HEADER),
-                               headers_to_remove=self._removals)
-        response = pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
+        response = self._ok_response(headers, ())
         self._ok.put(id(headers), (headers, response))  # holding headers keeps its id unique
         return response
 
-    def _allow_removing(self, headers: Mapping[str, str], names: tuple[str, ...]) -> Any:
-        """An allow that also removes ``names`` (built per request: only forged requests pay)."""
+    def _ok_response(self, headers: CredentialHeaders, removals: tuple[str, ...]) -> Any:
         ok = pb.OkHttpResponse(headers=_options((k, v) for k, v in headers.items() if k != REMOVE_HEADER),
-                               headers_to_remove=[*self._removals, *names])
+                               headers_to_remove=[*self._edge.removals, *removals])
         return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
 
-    def _deny(self, denial: Denial, dpop: bool) -> Any:
-        key = (type(denial), denial.reason, denial.scope, denial.retry_after, dpop)
-        response = self._denied.get(key)
-        if response is None:
-            rendered = render_denial(denial, self._realm, self._invalid_request_status,
-                                     dpop_algs=self._sidecar.decider.dpop_algs, dpop=dpop)
-            response = pb.CheckResponse(
-                status=status_pb2.Status(code=RPC_CODES.get(rendered.status, code_pb2.PERMISSION_DENIED),
-                                         message=denial.reason),
-                denied_response=pb.DeniedHttpResponse(
-                    status=http_status_pb2.HttpStatus(code=rendered.status),
-                    headers=_options(rendered.headers.items()), body=rendered.body.decode(),
-                ),
-            )
-            self._denied.put(key, response)
+    def _deny(self, rendered: RenderedDenial) -> Any:
+        found = self._denied.get(id(rendered))
+        if found is not None and found[0] is rendered:
+            return found[1]
+        response = pb.CheckResponse(
+            status=status_pb2.Status(code=RPC_CODES.get(rendered.status, code_pb2.PERMISSION_DENIED),
+                                     message=rendered.reason),
+            denied_response=pb.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=rendered.status),
+                headers=_options(rendered.headers.items()), body=rendered.body.decode(),
+            ),
+        )
+        self._denied.put(id(rendered), (rendered, response))
         return response
 
 

@@ -4,14 +4,14 @@ nginx ``auth_request`` calls a fixed location; Envoy's HTTP ext_authz calls ``pa
 the original path with the original method. Both get the same answer: 200 with the credential
 headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-After``.
 
-The front only translates: it hands the core every certificate header copy, the peer address,
-the forwarded client address, every ``DPoP`` header, the original request (nginx:
-``X-Original-Method``, ``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``,
-``X-Forwarded-Uri``; Envoy: the check request's own method and path minus ``routing.path_prefix``;
-``Host``, ``X-Forwarded-Proto``), the policy the proxy names (``routing.policy_header``) and the
-names of any credential headers the client sent (core/forged.py), and renders what the core
-decides (an allow also lists those names for Envoy to remove). Whether the original request and
-the name count (a trusted proxy) is the core's rule.
+The front only translates (answer.py is the edge): it hands the core every certificate header
+copy, the peer address, the forwarded client address, every ``DPoP`` header, the original request
+(nginx: ``X-Original-Method``, ``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``,
+``X-Forwarded-Uri``; Envoy: the check request's own method and path minus
+``routing.path_prefix``; ``Host``, ``X-Forwarded-Proto``), the policy the proxy names
+(``routing.policy_header``) and the names of any credential headers the client sent
+(fronts/forged.py), and writes the answer (an allow's removal list as Envoy's
+``x-envoy-auth-headers-to-remove``). Whether any of it counts (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from sidecar.core.decision import Allow, Pending
-from sidecar.core.forged import ForgedHeaders
+from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import render_denial, unset, with_removals
+from sidecar.fronts.answer import Edge, Removing
+from sidecar.fronts.forged import ForgedHeaders
+from sidecar.fronts.render import RenderedDenial, with_removals
 from sidecar.runtime import Sidecar
 
 Handler = Callable[[BaseRequest], Awaitable[web.Response]]
@@ -35,9 +36,10 @@ def check_handler(sidecar: Sidecar) -> Handler:
     any path is a check, so there is nothing to route. Without an application, a router and its
     match info per request, a cache hit costs about 7 µs less server CPU (docs/performance.md).
     """
-    decider = sidecar.decider
-    cert_header, source_header, policy_header = sidecar.cert_header, sidecar.source_header, sidecar.policy_header
+    edge = Edge.of(sidecar)
     config = sidecar.config
+    cert_header, source_header = config.client_cert.header, config.admission.source_header
+    policy_header, path_prefix = config.routing.policy_header, config.routing.path_prefix
     forged_headers = ForgedHeaders(config.response.prefix)
 
     async def check(request: BaseRequest) -> web.Response:
@@ -51,21 +53,27 @@ def check_handler(sidecar: Sidecar) -> Handler:
         elif (uri := headers.get("X-Forwarded-Uri")) is not None:  # Traefik, Caddy, HAProxy (deploy/haproxy)
             method, path = headers.get("X-Forwarded-Method"), uri
         else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
-            method, path = request.method, sidecar.original_path(request.raw_path)
-        forged = forged_headers.in_raw(request.raw_headers)  # a client's x-credential-* copies (core/forged.py)
+            method, path = request.method, _original_path(request.raw_path, path_prefix)
         facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
                              request.remote, forwarded=headers.get(source_header), method=method, path=path,
                              host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
-                             policy=headers.get(policy_header), dpop=headers.getall("DPoP", ()), forged=forged)
-        decision = decider.decide_now(facts)  # a cached token is answered here, without awaiting
-        if isinstance(decision, Pending):
-            decision = await decider.decide(facts, decision)
-        if isinstance(decision, Allow):
-            if forged and (names := unset(decision.headers, forged)):  # Envoy drops the client's copies
-                return web.Response(headers=with_removals(decision.headers, names))
-            return web.Response(headers=decision.headers.pairs())
-        denied = render_denial(decision.denial, config.response.realm, config.server.invalid_request_status,
-                               dpop_algs=decider.dpop_algs, dpop=decision.dpop)
-        return web.Response(status=denied.status, body=denied.body, headers=denied.headers)
+                             policy=headers.get(policy_header), dpop_proofs=headers.getall("DPoP", ()),
+                             forged=forged_headers.in_raw(request.raw_headers))
+        answer = edge.answer_now(facts)  # a cached token is answered here, without awaiting
+        if isinstance(answer, Pending):
+            answer = await edge.answer(facts, answer)
+        if isinstance(answer, RenderedDenial):
+            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        if isinstance(answer, Removing):  # Envoy drops the client's copies
+            return web.Response(headers=with_removals(answer.headers, answer.names))
+        return web.Response(headers=answer.pairs())
 
     return check
+
+
+def _original_path(raw_path: str, prefix: str) -> str | None:
+    """The original request target of an Envoy HTTP check (``path_prefix`` + original path);
+    None when the check path does not start with ``routing.path_prefix``."""
+    if not prefix:
+        return raw_path
+    return raw_path[len(prefix):] if raw_path.startswith(prefix) else None

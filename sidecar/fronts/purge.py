@@ -120,21 +120,21 @@ async def purge(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or len(body) != 1:
         return _bad('give exactly one of "token", "token_hash", "all": true')
     sidecar = request.app[SIDECAR]
-    cache, fleet = sidecar.decider.cache, sidecar.fleet
+    cache, fleet = sidecar.decider.cache, sidecar.purges  # fleet: purges through Redis, or None
     [(what, value)] = body.items()
     if what == "token" and isinstance(value, str) and value:
         hashed = token_hash(value)
         key = cache.key(value)
         purged = int(cache.purge(key))
-        shared = fleet.purge_token(key, value) if fleet else None
+        shared = fleet.token(key, value) if fleet else None
     elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
         hashed = value
         purged = cache.purge_hash(value)
-        shared = fleet.purge_hash(value) if fleet else None
+        shared = fleet.hash(value) if fleet else None
     elif what == "all" and value is True:
         hashed = "*"
         purged = cache.clear()
-        shared = fleet.purge_all() if fleet else None
+        shared = fleet.all() if fleet else None
     else:
         return _bad('give exactly one of "token", "token_hash" (12 hex), "all": true')
     answer: dict[str, object] = {"purged": purged}

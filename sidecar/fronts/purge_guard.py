@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar.support.ratelimit import TokenBucket
+
 MAX_PEERS = 4096
 LOG_EVERY = 1.0  # seconds between log lines about refused attempts (a flood of them is cheap)
 
@@ -33,11 +35,9 @@ class _Peer:
 class PurgeGuard:
     def __init__(self, rate: float, burst: int, backoff: float, backoff_max: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate, self._burst = rate, float(burst)
         self._backoff, self._backoff_max = backoff, backoff_max
         self._clock = clock
-        self._tokens = self._burst
-        self._refilled = clock()
+        self._bucket = TokenBucket(rate, burst, clock())
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
         self._logged: dict[str, tuple[float, int]] = {}
 
@@ -47,12 +47,7 @@ class PurgeGuard:
         record = self._peers.get(peer)
         if record is not None and record.locked_until > now:
             return record.locked_until - now
-        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
-        self._refilled = now
-        if self._tokens < 1:
-            return (1 - self._tokens) / self._rate
-        self._tokens -= 1
-        return 0.0
+        return self._bucket.take(now)
 
     def failed(self, peer: str) -> float:
         """Record a failed authentication; the lockout it starts, in seconds."""

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import base64
-import os
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -25,6 +25,9 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from sidecar.config import IdpConfig, client_secret
+from sidecar.support.watch import FileWatch
+
+log = logging.getLogger(__name__)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 60  # seconds
@@ -39,7 +42,7 @@ class ClientAuth:
         self._form: dict[str, str] = {"client_id": idp.client_id}
         self._headers: Mapping[str, str] = _ACCEPT
         self._key: object = None
-        self._key_stamp: tuple[int, int] | None = None
+        self._key_file = FileWatch({"assertion_key_file": idp.assertion_key_file})
         self._checked_at = 0.0
         method = idp.auth_method
         if method == "client_secret_post":
@@ -50,7 +53,7 @@ class ClientAuth:
             self._headers = {**_ACCEPT, "Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
             self._form = {}
         elif method == "private_key_jwt":
-            self._load_key()
+            self._reload_if_changed(check_now=True)
 
     def credentials(self, endpoint: str) -> tuple[dict[str, str], Mapping[str, str]]:
         """(form fields, headers) for a call to ``endpoint``."""
@@ -69,18 +72,19 @@ class ClientAuth:
         headers = {"kid": idp.assertion_kid} if idp.assertion_kid else None
         return jwt.encode(claims, self._key, algorithm=idp.assertion_alg, headers=headers)  # type: ignore[arg-type]
 
-    def _reload_if_changed(self) -> None:
+    def _reload_if_changed(self, *, check_now: bool = False) -> None:
+        """Read the key again when its file's content changed (checked at most once a second); a
+        file that does not load keeps the current key."""
         monotonic = time.monotonic()
-        if monotonic - self._checked_at < 1.0:
+        if not check_now and monotonic - self._checked_at < 1.0:
             return
         self._checked_at = monotonic
-        stat = os.stat(self._idp.assertion_key_file or "")
-        if (stat.st_mtime_ns, stat.st_size) != self._key_stamp:
-            self._load_key()
-
-    def _load_key(self) -> None:
-        path = self._idp.assertion_key_file or ""
-        stat = os.stat(path)
-        with open(path, "rb") as handle:
-            self._key = load_pem_private_key(handle.read(), password=None)
-        self._key_stamp = (stat.st_mtime_ns, stat.st_size)
+        current = self._key_file.poll()
+        if current is None:
+            return
+        try:
+            self._key = load_pem_private_key(current.contents["assertion_key_file"], password=None)
+        except (ValueError, TypeError):
+            if self._key is None:
+                raise
+            log.error("idp.assertion_key_file does not load; keeping the current key")

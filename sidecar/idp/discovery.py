@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import fetch_json
 from sidecar.idp.tls import IdpSession
 from sidecar.support.singleflight import SingleFlight
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_METADATA_BYTES = 256 * 1024
 
 
-class DiscoveryError(IdpUnavailable):
+class DiscoveryError(IdpError):
     """The metadata could not be fetched or is not acceptable: ``discovery_failed``, a 503."""
 
     def __init__(self, detail: str) -> None:
@@ -78,7 +78,7 @@ async def discover(session: aiohttp.ClientSession, idp: IdpConfig) -> Endpoints:
         try:
             metadata = await fetch_json(session, "GET", url, what=url, max_bytes=MAX_METADATA_BYTES,
                                         headers=_ACCEPT)
-        except IdpUnavailable as exc:
+        except IdpError as exc:
             errors.append(exc.detail)
             continue
         if not isinstance(metadata, dict):

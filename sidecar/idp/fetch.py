@@ -1,9 +1,9 @@
 """One way to ask the IdP for a JSON document: introspection, discovery metadata, the JWK Set.
 
 Every such call has the same failure vocabulary, so the retries, the circuit breaker and the
-metrics read one :class:`~sidecar.core.errors.IdpFailure` instead of three dialects. The
+metrics read one :class:`~sidecar.idp.failures.IdpFailure` instead of three dialects. The
 answer must be a 200 with a JSON content type (RFC 7662 §2.2, RFC 8414 §3.2, RFC 7517 §8.5),
-a body of at most ``max_bytes`` and valid JSON; anything else raises :class:`IdpUnavailable`.
+a body of at most ``max_bytes`` and valid JSON; anything else raises :class:`IdpError`.
 Redirects are not followed for a POST: the form carries the token (and maybe our secret).
 """
 
@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.support.body import BodyTooLarge, read_bounded
 
 MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After from the IdP we honour
@@ -48,7 +48,7 @@ def decode_json(body: bytes, what: str) -> object:
     try:
         return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
-        raise IdpUnavailable(IdpFailure.GARBAGE, f"{what}: not JSON") from None
+        raise IdpError(IdpFailure.GARBAGE, f"{what}: not JSON") from None
 
 
 async def fetch_body(
@@ -65,19 +65,19 @@ async def fetch_body(
         async with session.request(method, url, data=data, headers=headers, allow_redirects=method == "GET",
                                    timeout=timeout or session.timeout) as response:
             if response.status != 200:
-                raise IdpUnavailable(IdpFailure.of_status(response.status), f"{what}: HTTP {response.status}",
+                raise IdpError(IdpFailure.of_status(response.status), f"{what}: HTTP {response.status}",
                                      status=response.status,
                                      retry_after=retry_after(response.headers.get("Retry-After")))
             ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if ctype != "application/json" and not ctype.endswith("+json") and ctype not in also:
-                raise IdpUnavailable(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
+                raise IdpError(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
             body = await read_bounded(response.content, max_bytes, response.content_length)
     except BodyTooLarge:
-        raise IdpUnavailable(IdpFailure.TOO_LARGE, f"{what}: over {max_bytes} bytes") from None
+        raise IdpError(IdpFailure.TOO_LARGE, f"{what}: over {max_bytes} bytes") from None
     except aiohttp.ClientError as exc:
-        raise IdpUnavailable(failure_of(exc), f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
+        raise IdpError(failure_of(exc), f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
     except TimeoutError:
-        raise IdpUnavailable(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
+        raise IdpError(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
     return ctype, body
 
 

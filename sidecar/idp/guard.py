@@ -43,13 +43,13 @@ from typing import TypeVar
 from prometheus_client import Counter, Gauge
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import MAX_RETRY_AFTER
+from sidecar.support.breaker import CLOSED, Breaker
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CLOSED, OPEN, HALF_OPEN = 0, 1, 2  # values of the sidecar_idp_breaker_state gauge
 _HINTS = (IdpFailure.HTTP_429, IdpFailure.HTTP_503)  # answers whose Retry-After we honour
 
 
@@ -70,65 +70,6 @@ class GuardMetrics:
         self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["result"], registry=r)
 
 
-class Breaker:
-    """Closed → (N consecutive failures or a 429) → open → (probe succeeds) → closed."""
-
-    def __init__(self, failures: int, open_seconds: float, metrics: GuardMetrics,
-                 timer: Callable[[], float] = time.monotonic) -> None:
-        self._threshold = failures
-        self._open_seconds = open_seconds
-        self._metrics = metrics
-        self._timer = timer
-        self.state = CLOSED
-        self.failures = 0
-        self.open_until = 0.0  # no probe before this (Retry-After), monotonic
-        metrics.state.set(CLOSED)
-
-    def check(self) -> None:
-        """Raise at once while the IdP is known to be down."""
-        if self.state != CLOSED:
-            self._metrics.rejections.labels("breaker_open").inc()
-            wait = max(self.open_until - self._timer(), 1.0)
-            raise IdpUnavailable(IdpFailure.BREAKER_OPEN, "the IdP is known to be down",
-                                 retry_after=min(math.ceil(wait), int(MAX_RETRY_AFTER)))
-
-    def success(self) -> None:
-        self.failures = 0
-        if self.state != CLOSED:
-            log.warning("idp breaker closed")
-        self._set(CLOSED)
-
-    def failure(self, exc: IdpUnavailable) -> bool:
-        """Count an IdP failure; True when this one opened the breaker."""
-        self.failures += 1
-        if not self._threshold:
-            return False
-        rate_limited = exc.kind is IdpFailure.HTTP_429
-        if self.state != CLOSED or not (rate_limited or self.failures >= self._threshold):
-            return False
-        hint = float(exc.retry_after) if exc.kind in _HINTS else 0.0
-        self.open_until = self._timer() + max(self._open_seconds, min(hint, MAX_RETRY_AFTER))
-        self._set(OPEN)
-        log.warning("idp breaker open", extra={"failures": self.failures, "result": exc.result,
-                                               "open_for": round(self.open_until - self._timer(), 3)})
-        return True
-
-    def reopen(self, exc: Exception) -> None:
-        """A failed probe: stay open for another interval (longer if the IdP asked for it)."""
-        hint = 0.0
-        if isinstance(exc, IdpUnavailable) and exc.kind in _HINTS:
-            hint = min(float(exc.retry_after), MAX_RETRY_AFTER)
-        self.open_until = self._timer() + max(self._open_seconds, hint)
-        self._set(OPEN)
-
-    def half_open(self) -> None:
-        self._set(HALF_OPEN)
-
-    def _set(self, state: int) -> None:
-        self.state = state
-        self._metrics.state.set(state)
-
-
 class IdpGuard:
     """Runs one introspection under the deadline, the concurrency bound, retries and the breaker."""
 
@@ -140,7 +81,7 @@ class IdpGuard:
         self._backoff = idp.retry_backoff
         self._slots = asyncio.Semaphore(idp.max_concurrent)
         self.metrics = GuardMetrics(metrics)
-        self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, self.metrics)
+        self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, on_change=self.metrics.state.set)
         self._probe: Callable[[float], Awaitable[object]] | None = None
         self._prober: asyncio.Task[None] | None = None
 
@@ -148,20 +89,44 @@ class IdpGuard:
         """The call that tells whether the IdP works again (an introspection of a random token)."""
         self._probe = probe
 
+    def _check_breaker(self) -> None:
+        """Raise at once while the IdP is known to be down (open, or a probe on its way)."""
+        breaker = self.breaker
+        if breaker.is_open:
+            self.metrics.rejections.labels("breaker_open").inc()
+            wait = max(breaker.open_until - time.monotonic(), 1.0)
+            raise IdpError(IdpFailure.BREAKER_OPEN, "the IdP is known to be down",
+                                 retry_after=min(math.ceil(wait), int(MAX_RETRY_AFTER)))
+
+    def _failed(self, exc: IdpError) -> bool:
+        """Count an IdP failure on the breaker; True when it opened it. A 429 opens it at once for
+        its Retry-After; a 503's Retry-After sets how long it stays open when it opens it."""
+        breaker = self.breaker
+        opened = breaker.failure(_hint(exc), trip=exc.kind is IdpFailure.HTTP_429)
+        if opened:
+            log.warning("idp breaker open", extra={"failures": breaker.failures, "result": exc.result,
+                                                   "open_for": round(breaker.open_until - time.monotonic(), 3)})
+        return opened
+
+    def _succeeded(self) -> None:
+        if self.breaker.is_open:
+            log.warning("idp breaker closed")
+        self.breaker.success()
+
     async def call(self, attempt: Callable[[float], Awaitable[T]]) -> T:
-        self.breaker.check()
+        self._check_breaker()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         await self._acquire(deadline - self._fair_budget)
         try:
             tries = 0
-            blamed: IdpUnavailable | None = None  # the last failure that was the IdP's fault
+            blamed: IdpError | None = None  # the last failure that was the IdP's fault
             least = self._fair_budget  # the first attempt gets at least a fair budget
             while True:
                 budget = max(deadline - loop.time(), least)
                 try:
                     result = await attempt(budget)
-                except IdpUnavailable as exc:
+                except IdpError as exc:
                     kind = exc.kind
                     if kind.is_idp_failure and self._fair(kind, budget):
                         blamed = exc
@@ -173,10 +138,10 @@ class IdpGuard:
                             self.metrics.retries.labels(exc.result).inc()
                             await asyncio.sleep(delay)
                             continue
-                    if kind.is_idp_failure and blamed is not None and self.breaker.failure(blamed):
+                    if kind.is_idp_failure and blamed is not None and self._failed(blamed):
                         self._start_probing()
                     raise
-                self.breaker.success()
+                self._succeeded()
                 self._stop_probing()
                 return result
         finally:
@@ -196,7 +161,7 @@ class IdpGuard:
                 await self._slots.acquire()
         except TimeoutError:
             self.metrics.rejections.labels("saturated").inc()
-            raise IdpUnavailable(IdpFailure.SATURATED, "no introspection slot in time") from None
+            raise IdpError(IdpFailure.SATURATED, "no introspection slot in time") from None
 
     def _start_probing(self) -> None:
         if self._probe is not None and (self._prober is None or self._prober.done()):
@@ -222,12 +187,12 @@ class IdpGuard:
                     self._slots.release()
             except Exception as exc:  # any failure, even a bug, keeps the breaker open: fail closed
                 self.metrics.probes.labels("failure").inc()
-                result = exc.result if isinstance(exc, IdpUnavailable) else type(exc).__name__
+                result = exc.result if isinstance(exc, IdpError) else type(exc).__name__
                 log.info("idp probe failed", extra={"result": result})
-                self.breaker.reopen(exc)
+                self.breaker.reopen(_hint(exc))
                 continue
             self.metrics.probes.labels("success").inc()
-            self.breaker.success()
+            self._succeeded()
 
     async def aclose(self) -> None:
         prober, self._prober = self._prober, None
@@ -235,3 +200,10 @@ class IdpGuard:
             prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await prober
+
+
+def _hint(exc: Exception) -> float:
+    """The seconds a 429's or a 503's ``Retry-After`` asks for (capped), else 0."""
+    if isinstance(exc, IdpError) and exc.kind in _HINTS:
+        return min(float(exc.retry_after), MAX_RETRY_AFTER)
+    return 0.0

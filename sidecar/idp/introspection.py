@@ -5,7 +5,7 @@ How we authenticate (RFC 8705 ``tls_client_auth`` and ``self_signed_tls_client_a
 secrets, RFC 7523 ``private_key_jwt``): sidecar/idp/client_auth.py.
 
 Anything but a 200 with a JSON object of the right types is an IdP failure: fail closed
-(:class:`IdpUnavailable`, its ``kind`` says why and its ``result`` is the
+(:class:`IdpError`, its ``kind`` says why and its ``result`` is the
 ``sidecar_idp_requests_total`` result label), never cached, never an allow. With an
 :class:`~sidecar.idp.guard.IdpGuard`, every call runs under its deadline, concurrency bound,
 retries and circuit breaker.
@@ -19,10 +19,10 @@ import time
 from collections.abc import Collection, Mapping
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_from_claims
 from sidecar.idp.client_auth import ClientAuth
 from sidecar.idp.discovery import Discovery, DiscoveryError
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import call_timeout, decode_json, fetch_body
 from sidecar.idp.guard import IdpGuard
 from sidecar.idp.jwt_access_token import KeySource
@@ -72,12 +72,12 @@ class Introspector:
                 body.decode("ascii", "replace"), self._keys, issuer=self._idp.issuer, client_id=self._idp.client_id,
                 algorithms=self._idp.jwt_algorithms, leeway=self._leeway)
         if mode == "jwt_required":
-            raise IdpUnavailable(IdpFailure.CONTENT_TYPE, f"introspection answer: {ctype[:60]!r}, not signed "
+            raise IdpError(IdpFailure.CONTENT_TYPE, f"introspection answer: {ctype[:60]!r}, not signed "
                                                           "(idp.introspection_response = jwt_required)")
         return decode_json(body, "introspection answer")
 
     async def verify(self, token: str) -> TokenInfo:
-        """What the IdP says about ``token``; raises IdpUnavailable when it cannot say."""
+        """What the IdP says about ``token``; raises IdpError when it cannot say."""
         if self._guard is None:
             return await self._attempt(token, None)
         return await self._guard.call(lambda timeout: self._attempt(token, timeout))
@@ -90,7 +90,7 @@ class Introspector:
             self._metrics.idp_requests.labels(kind, IdpFailure.DISCOVERY_FAILED.value).inc()
             raise
         if endpoint is None:
-            raise IdpUnavailable(IdpFailure.NO_ENDPOINT, "the IdP advertises no introspection endpoint")
+            raise IdpError(IdpFailure.NO_ENDPOINT, "the IdP advertises no introspection endpoint")
         form, headers = self._auth.credentials(endpoint)
         form["token"] = token
         form["token_type_hint"] = "access_token"
@@ -103,8 +103,8 @@ class Introspector:
             return info
         except MalformedTokenInfo as exc:
             result = IdpFailure.MALFORMED.value
-            raise IdpUnavailable(IdpFailure.MALFORMED, f"introspection answer: {exc}") from None
-        except IdpUnavailable as exc:
+            raise IdpError(IdpFailure.MALFORMED, f"introspection answer: {exc}") from None
+        except IdpError as exc:
             result = exc.result
             raise
         finally:

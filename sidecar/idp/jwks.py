@@ -11,24 +11,23 @@ RFC 9068 §4: the resource server "MUST use the keys provided by the authorizati
   already in flight is joined, never duplicated.
 - Only public signature keys are kept (jwk_set.py).
 - Anything that leaves no usable key (IdP down, non-200, wrong type, body over
-  ``MAX_JWKS_BYTES``, no usable key) is :class:`IdpUnavailable`: 503, never an allow.
+  ``MAX_JWKS_BYTES``, no usable key) is :class:`IdpError`: 503, never an allow.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.idp.discovery import Discovery
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import fetch_json
 from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, keys_from_document, parse_jwks
 from sidecar.idp.tls import IdpSession
 from sidecar.support.metrics import Metrics
+from sidecar.support.retry import until_done
 from sidecar.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ _SET = "jwks"  # the single-flight key of the one key set
 class Jwks:
     """The cached key set of the configured issuer, refreshed as the module docstring says."""
 
-    RETRY_AFTER = 1.0  # seconds between fetches after a failed one
+    RETRY_AFTER = 1.0  # seconds between fetches after a failed one (tests shorten it)
 
     def __init__(
         self, idp: IdpConfig, session: IdpSession, discovery: Discovery, metrics: Metrics,
@@ -60,10 +59,9 @@ class Jwks:
         self._fetched_at = -1e18
         self._failed_at = -1e18
         self._kid_refresh_at = -1e18
-        self._last_failure: IdpUnavailable | None = None
+        self._last_failure: IdpError | None = None
         self._absent = False
         self._flight: SingleFlight[str, KeySet] = SingleFlight()  # one fetch at a time, shared
-        self.retry_after = self.RETRY_AFTER
 
     @property
     def ready(self) -> bool:
@@ -72,7 +70,7 @@ class Jwks:
 
     async def keys_for(self, kid: str | None) -> Sequence[VerifyKey]:
         """The keys that may have signed a token naming ``kid``; empty when none (after at most
-        one rate-limited refresh). Raises IdpUnavailable when no current key set can be had."""
+        one rate-limited refresh). Raises IdpError when no current key set can be had."""
         fetched_before = self._fetched_at
         found = (await self._current()).find(kid)
         if found or self._fetched_at != fetched_before:
@@ -89,21 +87,14 @@ class Jwks:
 
     async def load_until_ready(self) -> None:
         """At start: load the key set in the background, retrying; readiness waits for it."""
-        delay = 0.5
-        while not self.ready:
-            with contextlib.suppress(IdpUnavailable):  # _fetch has logged why
-                await self._current()
-            if self.ready:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        await until_done(lambda: self.ready, self._current)  # _fetch logs each failure
 
     async def _current(self) -> KeySet:
         keys = self._keys
         if keys is not None and self._clock() - self._fetched_at < self._max_age:
             return keys
         last = self._last_failure
-        if _SET not in self._flight and last is not None and self._clock() - self._failed_at < self.retry_after:
+        if _SET not in self._flight and last is not None and self._clock() - self._failed_at < self.RETRY_AFTER:
             raise _again(last)
         return await self._refresh()
 
@@ -121,10 +112,10 @@ class Jwks:
             return keys
         except JwksError as exc:
             result = IdpFailure.UNUSABLE.value
-            failure = IdpUnavailable(IdpFailure.UNUSABLE, f"JWK Set: {exc}")
+            failure = IdpError(IdpFailure.UNUSABLE, f"JWK Set: {exc}")
             self._note_failure(failure)
             raise failure from None
-        except IdpUnavailable as exc:
+        except IdpError as exc:
             result = exc.result
             self._note_failure(exc)
             raise
@@ -132,7 +123,7 @@ class Jwks:
             self._metrics.idp_latency.labels("jwks").observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels("jwks", result).inc()
 
-    def _note_failure(self, failure: IdpUnavailable) -> None:
+    def _note_failure(self, failure: IdpError) -> None:
         self._failed_at, self._last_failure = self._clock(), failure
         expected = self._absent and not self._required  # auto: this IdP has no JWK Set
         log.log(logging.INFO if expected else logging.WARNING, "JWK Set fetch failed",
@@ -144,7 +135,7 @@ class Jwks:
         uri = (await self._discovery.get()).jwks_uri  # DiscoveryError: discovery_failed
         if uri is None:
             self._absent = True
-            raise IdpUnavailable(IdpFailure.NO_JWKS_URI, "the IdP advertises no jwks_uri")
+            raise IdpError(IdpFailure.NO_JWKS_URI, "the IdP advertises no jwks_uri")
         return uri
 
     async def _download(self, uri: str) -> object:
@@ -153,9 +144,9 @@ class Jwks:
                                 headers=_ACCEPT)
 
 
-def _again(failure: IdpUnavailable) -> IdpUnavailable:
+def _again(failure: IdpError) -> IdpError:
     """A recent failure, reported again (same kind) without asking the IdP."""
-    return IdpUnavailable(failure.kind, "JWK Set fetch failed recently", status=failure.idp_status,
+    return IdpError(failure.kind, "JWK Set fetch failed recently", status=failure.idp_status,
                           retry_after=failure.retry_after)
 
 

@@ -24,7 +24,7 @@ In this order, each failure an :class:`InvalidToken` (401) with a stable reason:
    ``cnf.x5t#S256`` binding (RFC 8705 §3) and the scopes are checked exactly as for
    introspected tokens.
 
-The JWK Set being unavailable is :class:`IdpUnavailable` (503), never an allow.
+The JWK Set being unavailable is :class:`IdpError` (503), never an allow.
 """
 
 from __future__ import annotations

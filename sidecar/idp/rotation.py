@@ -2,10 +2,9 @@
 
 RFC 8705 §2.1 ``tls_client_auth`` authenticates the sidecar by its certificate, and that
 certificate is short-lived (cert-manager renews it and the kubelet republishes the Secret). The
-kubelet publishes a Secret volume atomically: the files are written to a new timestamped
-directory, a ``..data_tmp`` symlink to it is renamed over ``..data``, and ``tls.crt`` is itself a
-symlink to ``..data/tls.crt``. Neither the watched path nor its mtime changes, so the watcher
-resolves every symlink and compares the *content* (SHA-256 of the three files) on each poll.
+kubelet publishes a Secret volume atomically (a new timestamped directory, a ``..data`` symlink
+renamed over the old one), so the files are compared by content on each poll
+(:class:`~sidecar.support.watch.FileWatch`).
 
 On a change it builds a new SSLContext from the resolved files and hands it to
 :meth:`IdpSession.swap`, which starts a new client session and closes the old one once the calls
@@ -21,50 +20,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
-import os
 
 from cryptography import x509
 
 from sidecar.config import IdpConfig
 from sidecar.idp.tls import IdpSession, TlsConfigError, client_context
 from sidecar.support.metrics import Metrics
+from sidecar.support.watch import FileWatch
 
 log = logging.getLogger(__name__)
 WATCHED = ("cert_file", "key_file", "ca_file")
 
 
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """The watched files as they are now: resolved paths and one digest over their contents."""
-
-    paths: dict[str, str]
-    digest: str
-
-
-def snapshot(idp: IdpConfig) -> Snapshot:
-    """Resolve symlinks (``tls.crt`` → ``..data/tls.crt`` → ``..2026_…/tls.crt``) and hash contents."""
-    paths: dict[str, str] = {}
-    digest = hashlib.sha256()
-    for name in WATCHED:
-        path = getattr(idp, name)
-        if not path:
-            continue
-        real = os.path.realpath(path)
-        with open(real, "rb") as handle:
-            content = handle.read()
-        paths[name] = real
-        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
-    return Snapshot(paths, digest.hexdigest())
-
-
-def certificate_expiry(cert_file: str | None) -> dt.datetime | None:
-    """``notAfter`` of the first certificate in ``cert_file`` (the leaf we present)."""
-    if not cert_file:
+def certificate_expiry(pem: bytes | None) -> dt.datetime | None:
+    """``notAfter`` of the first certificate in ``pem`` (the leaf we present)."""
+    if pem is None:
         return None
-    with open(cert_file, "rb") as handle:
-        return x509.load_pem_x509_certificate(handle.read()).not_valid_after_utc
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+
+
+def files_of(idp: IdpConfig) -> FileWatch:
+    return FileWatch({name: getattr(idp, name) for name in WATCHED})
 
 
 class CertificateWatcher:
@@ -74,15 +51,15 @@ class CertificateWatcher:
         self._idp = idp
         self._session = session
         self._metrics = metrics
-        self._seen = ""  # digest of the last content tried, loaded or not
+        self._files = files_of(idp)
         self._last_error = ""  # the same unreadable state is counted and logged once
         self.not_after: dt.datetime | None = None
         self.reloads = 0
-        self.watching = any(getattr(idp, name) for name in WATCHED)
+        self.watching = bool(self._files)
         if self.watching:
-            current = snapshot(idp)
-            self._seen = current.digest
-            self.not_after = certificate_expiry(current.paths.get("cert_file"))
+            current = self._files.poll()
+            assert current is not None  # the first read is always new
+            self.not_after = certificate_expiry(current.contents.get("cert_file"))
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         """True when the certificate in use is past its ``notAfter``: the IdP will refuse it."""
@@ -102,21 +79,20 @@ class CertificateWatcher:
         if not self.watching:
             return False
         try:
-            current = snapshot(self._idp)
+            current = self._files.poll()
         except OSError as exc:  # a file missing for a moment between two kubelet steps
             return self._failed("unreadable", f"{type(exc).__name__} {exc.strerror or ''}".strip())
         self._last_error = ""
-        if current.digest == self._seen:
+        if current is None:
             return False
-        self._seen = current.digest
         p = current.paths
         resolved = dataclasses.replace(self._idp, cert_file=p.get("cert_file"), key_file=p.get("key_file"),
                                        ca_file=p.get("ca_file"))
         try:
             context = client_context(resolved)
-            not_after = certificate_expiry(current.paths.get("cert_file"))
-            if snapshot(self._idp).digest != current.digest:  # changed while loading: next poll
-                self._seen = ""
+            not_after = certificate_expiry(current.contents.get("cert_file"))
+            if self._files.changed_since(current):  # changed while loading: next poll
+                self._files.seen = ""
                 return False
         except (TlsConfigError, OSError, ValueError) as exc:
             return self._failed("invalid", str(exc) if isinstance(exc, TlsConfigError) else type(exc).__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 import jwt
 
-from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.jwt_access_token import KeySource, key_fits
 
 MEDIA_TYPE = "application/token-introspection+jwt"
@@ -29,14 +29,14 @@ MAX_AGE = 300  # seconds: an older signed answer is not today's answer
 _OPTIONS: Any = {"require": ["iss", "aud", "iat"], "verify_aud": False, "verify_iss": False, "verify_iat": False}
 
 
-def _unusable(detail: str) -> IdpUnavailable:
-    return IdpUnavailable(IdpFailure.MALFORMED, f"signed introspection answer: {detail}")
+def _unusable(detail: str) -> IdpError:
+    return IdpError(IdpFailure.MALFORMED, f"signed introspection answer: {detail}")
 
 
 async def verify_signed_answer(
     text: str, keys: KeySource, *, issuer: str | None, client_id: str, algorithms: Collection[str], leeway: float,
 ) -> Mapping[str, Any]:
-    """The RFC 7662 object inside a verified RFC 9701 answer; IdpUnavailable otherwise."""
+    """The RFC 7662 object inside a verified RFC 9701 answer; IdpError otherwise."""
     try:
         header = jwt.get_unverified_header(text)
     except jwt.PyJWTError:

@@ -19,19 +19,18 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 import logging
 import re
 from typing import Any
 
 from sidecar.config import Config
+from sidecar.core.ports import Verifier
 from sidecar.core.token_info import TokenInfo
-from sidecar.core.verifier import Verifier
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.jwks import Jwks
 from sidecar.idp.jwt_access_token import ACCESS_TOKEN_TYPES, JwtAccessTokenVerifier
+from sidecar.support.jose import json_segment
 
 log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -47,7 +46,7 @@ def jwt_header(token: str) -> dict[str, Any] | None:
     if not (_SEGMENT.fullmatch(head) and _SEGMENT.fullmatch(body)) or not _SEGMENT.fullmatch(signature or "A"):
         return None
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        header = json_segment(head)
     except (ValueError, binascii.Error):
         return None
     return header if isinstance(header, dict) and isinstance(header.get("alg"), str) else None

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar import config as config_module
 from tests.deploy.test_kubernetes import KUBE, OVERLAYS, one, pod_spec, render, render_dir, sidecar_env
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 
 @pytest.mark.parametrize("name", ("base", *OVERLAYS))

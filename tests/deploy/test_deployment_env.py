@@ -17,11 +17,11 @@ import pytest
 
 from sidecar.dev.devidp import Client
 from tests.deploy.test_kubernetes import OVERLAYS, pod_spec, sidecar_env
-from tests.fake_idp import FakeIdp
-from tests.kubelet import SecretVolume
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
-from tests.sidecar_process import running_sidecar
+from tests.support.fake_idp import FakeIdp
+from tests.support.kubelet import SecretVolume
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
+from tests.support.sidecar_process import running_sidecar
 
 
 def process_env(overlay: str, idp: FakeIdp, volume: SecretVolume) -> dict[str, str]:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pki_fixtures import TestPki
 from tests.support.lock import canonical, locked_versions
+from tests.support.pki_fixtures import TestPki
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -31,11 +31,11 @@ from aiohttp import web
 
 from sidecar.dev.devidp import server_context
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp, Fault, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import accepts_connections
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
+from tests.support.fake_idp import FakeIdp, Fault, standard_idp
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.fronts
 

@@ -33,17 +33,17 @@ from sidecar.dev.devidp import Client
 from tests.conftest import escaped_pem
 from tests.deploy.test_deployment_env import process_env
 from tests.deploy.test_kubernetes import pod_spec, render, sidecar_env
-from tests.envoy_config import ENVOY_DIR, duration_seconds, endpoint_port, ext_authz_of, parse_bootstrap
-from tests.fake_idp import FakeIdp
 from tests.interop.https import Reply, request
 from tests.interop.nginx import DEPLOY as NGINX_DIR
 from tests.interop.nginx import nginx_binary
 from tests.interop.processes import accepts_connections, stop, tail, wait_until
 from tests.interop.stack import EchoUpstream
-from tests.kubelet import SecretVolume
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
-from tests.sidecar_process import running_sidecar
+from tests.support.envoy_config import ENVOY_DIR, duration_seconds, endpoint_port, ext_authz_of, parse_bootstrap
+from tests.support.fake_idp import FakeIdp
+from tests.support.kubelet import SecretVolume
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
+from tests.support.sidecar_process import running_sidecar
 
 # The keys of the proxy-tls Secret the user creates (README "Kubernetes", step 2).
 PROXY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")

@@ -69,7 +69,8 @@ def fleet_of(running: Running) -> Any:
 
 async def wait_subscribed(running: Running, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
-        await fleet_of(running).subscribed.wait()
+        assert running.sidecar.purges is not None
+        await running.sidecar.purges.subscribed.wait()
 
 
 def events(running: Running, event: str) -> float:

@@ -11,10 +11,10 @@ import pytest
 
 from sidecar.config import ConfigError
 from tests.conftest import MakeSidecar
-from tests.fake_idp import FakeIdp
 from tests.fleet.conftest import ADMIN, ADMIN_SECRET, FleetFiles, events, fleet_of, wait_subscribed
 from tests.fleet.redis_server import DATA, RedisServer, start_cluster
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet
 

@@ -13,10 +13,10 @@ from sidecar.core.token_info import INACTIVE, token_info_from_claims
 from sidecar.fleet.codec import decode, encode
 from sidecar.fleet.replay import RedisReplayStore
 from sidecar.fleet.seal import Names, Sealer, Tampered
-from tests.fake_idp import FakeIdp
 from tests.fleet.conftest import MakeReplica, events, fleet_of
 from tests.fleet.redis_server import RedisServer
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet
 KEY_A, KEY_B = b"a" * 40, b"b" * 40

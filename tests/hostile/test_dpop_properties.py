@@ -16,7 +16,7 @@ from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.errors import InvalidDpopProof
 from sidecar.core.htu import normalize
 from sidecar.core.replay import LocalReplayStore
-from tests.dpop_proof import DpopKey
+from tests.support.dpop_proof import DpopKey
 
 pytestmark = pytest.mark.dpop
 

@@ -24,7 +24,7 @@ from sidecar.core import xfcc
 from sidecar.core.client_cert import PARSERS, CertificateError, CertificateReader
 from sidecar.core.errors import Denial, InvalidRequest, MissingToken
 from sidecar.core.extract import MAX_TOKEN_LENGTH, bearer_token
-from sidecar.core.response import HeaderBuilder
+from sidecar.core.headers import HeaderBuilder
 from sidecar.core.token_info import STANDARD_CLAIMS, MalformedTokenInfo, TokenInfo, token_info_from_claims
 from tests.hostile.material import certificates, header_values
 

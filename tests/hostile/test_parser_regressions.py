@@ -18,7 +18,7 @@ from sidecar.config import ConfigError, from_mapping, load
 from sidecar.core.binding import check_binding
 from sidecar.core.client_cert import CertificateError, CertificateReader
 from sidecar.core.errors import InvalidToken
-from sidecar.core.response import HeaderBuilder, sanitize
+from sidecar.core.headers import HeaderBuilder, sanitize
 from sidecar.core.token_info import MalformedTokenInfo, token_info_from_claims
 from tests.hostile.material import certificates
 

@@ -8,8 +8,8 @@ import asyncio
 import secrets
 
 from tests.conftest import MakeSidecar
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 ATTACKER, CLIENT = "198.51.100.66", "198.51.100.7"
 
@@ -33,7 +33,7 @@ async def test_a_flooding_source_is_limited_while_another_sources_new_token_pass
     legit = idp.mint("alice", cnf=pki.alice.x5t_s256)
     response = await running.check(legit, pki.alice, **{"X-Forwarded-For": CLIENT})
     assert response.status == 200
-    assert running.sidecar.idp_guard.breaker.state == 0  # closed: our refusals are not IdP failures
+    assert running.sidecar.issuer.guard.breaker.state == 0  # closed: our refusals are not IdP failures
     metrics = await (await running.admin.get("/metrics")).text()
     assert 'sidecar_decisions_total{outcome="deny",policy="default",reason="rate_limited"}' in metrics
 

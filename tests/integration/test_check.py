@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.core import decision
 from tests.conftest import MakeSidecar, Running, escaped_pem
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 
 def alice_token(idp: FakeIdp, pki: TestPki, **claims: Any) -> str:

@@ -7,8 +7,8 @@ import datetime as dt
 
 from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, escaped_pem
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
 
 
 async def test_only_certificates_of_the_configured_ca_bind_tokens(make_sidecar: MakeSidecar, idp: FakeIdp,

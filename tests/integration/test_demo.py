@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

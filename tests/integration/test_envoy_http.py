@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from sidecar.dev.pki import Issued
-from tests import envoy_side
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
-from tests.scenarios import deploy_sections
+from tests.support import envoy_side
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
+from tests.support.scenarios import deploy_sections
 
 CREDENTIALS = {f"x-credential-{s}" for s in ("sub", "client-id", "scope", "iss", "aud", "exp", "iat", "jti",
                                              "token-type", "username", "cnf-x5t-s256")}

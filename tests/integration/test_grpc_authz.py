@@ -19,12 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import app
 from sidecar.fronts.grpc import SERVICE, GrpcFront, peer_address
-from tests import envoy_side
 from tests.conftest import MakeSidecar, Running, sidecar_config
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
-from tests.scenarios import deploy_sections
+from tests.support import envoy_side
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
+from tests.support.scenarios import deploy_sections
 
 
 @dataclass

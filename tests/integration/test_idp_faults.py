@@ -28,9 +28,9 @@ from aiohttp.test_utils import TestServer
 from sidecar.dev.devidp import server_context
 from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST = {"timeout": 0.5, "connect_timeout": 0.2, "breaker_open": 0.1}
@@ -385,7 +385,7 @@ async def test_a_check_that_finds_no_introspection_slot_in_time_is_503_saturated
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
 ) -> None:
     running = await make_sidecar(idp={"max_concurrent": 1, "timeout": 0.3, "breaker_failures": 2})
-    await running.sidecar.discovery.get()
+    await running.sidecar.issuer.discovery.get()
     idp.fault = Fault(delay=0.5)  # the first call holds the only slot until its deadline
     first, second = await asyncio.gather(running.check(alice_token(idp, pki), pki.alice),
                                          running.check(alice_token(idp, pki), pki.alice))
@@ -402,7 +402,7 @@ async def test_a_burst_of_new_tokens_against_a_slow_but_healthy_idp_never_opens_
 ) -> None:
     running = await make_sidecar(idp={"max_concurrent": 2, "timeout": 1.6, "connect_timeout": 0.2,
                                       "breaker_failures": 2, "breaker_open": 30})
-    await running.sidecar.discovery.get()
+    await running.sidecar.issuer.discovery.get()
     idp.fault = Fault(delay=0.3)  # healthy, answers every call, but slowly
     responses = await asyncio.gather(*(running.check(alice_token(idp, pki), pki.alice) for _ in range(16)))
     assert {r.status for r in responses} <= {200, 503} and 200 in {r.status for r in responses}
@@ -474,5 +474,5 @@ async def test_metadata_that_arrives_in_pieces_is_read_whole(
     server = await serve_idp(middleware=metadata_in_pieces())
     idp.issuer = f"https://127.0.0.1:{server.port}"
     running = await make_sidecar()
-    await running.sidecar.discovery.get()
+    await running.sidecar.issuer.discovery.get()
     assert (await running.check(alice_token(idp, pki), pki.alice)).status == 200

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from sidecar.dev.devidp import Client
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 JWT_POLICY = {"audiences": ["api"]}
 
@@ -191,7 +191,7 @@ async def test_jwks_endpoint_down_is_503_not_ready_and_recovers(
 ) -> None:
     signing_idp.jwks_fault = Fault(status=500)
     running = await make_sidecar(policy=JWT_POLICY)
-    running.sidecar.jwks.retry_after = 0  # type: ignore[union-attr]
+    running.sidecar.issuer.jwks.RETRY_AFTER = 0  # type: ignore[union-attr]
     token = signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256)
     response = await running.check(token, pki.alice)
     assert response.status == 503 and await reason(response) == "idp_unavailable"
@@ -210,7 +210,7 @@ async def test_readiness_waits_for_the_first_jwks_load(make_sidecar: MakeSidecar
         if (await running.admin.get("/readyz")).status == 200:
             break
         await asyncio.sleep(0.02)
-    assert running.sidecar.jwks is not None and running.sidecar.jwks.ready
+    assert running.sidecar.issuer.jwks is not None and running.sidecar.issuer.jwks.ready
     assert signing_idp.jwks_requests == 1
 
 
@@ -230,7 +230,7 @@ async def test_auto_introspects_everything_when_no_audience_is_configured(
     make_sidecar: MakeSidecar, signing_idp: FakeIdp, pki: TestPki
 ) -> None:
     running = await make_sidecar()
-    assert running.sidecar.jwks is None
+    assert running.sidecar.issuer.jwks is None
     response = await running.check(signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256), pki.alice)
     assert response.status == 401 and await reason(response) == "token_inactive"  # the IdP cannot introspect it
     assert signing_idp.introspect_requests == 1 and signing_idp.jwks_requests == 0

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
-from tests.sidecar_process import Process, running_sidecar
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
+from tests.support.sidecar_process import Process, running_sidecar
 
 HEADER_TIMEOUT = 0.5
 PORTS = ("check", "admin")

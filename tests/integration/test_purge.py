@@ -10,8 +10,8 @@ import pytest
 from sidecar.config import ConfigError, from_mapping
 from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 SECRET = "purge-secret-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}

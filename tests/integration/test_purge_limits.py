@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
 
 SECRET = "purge-secret-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}

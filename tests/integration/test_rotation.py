@@ -8,6 +8,7 @@ client certificate of every introspection call over real mutual TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections import Counter
@@ -24,11 +25,11 @@ from sidecar.core.client_cert import thumbprint
 from sidecar.dev.devidp import server_context
 from sidecar.dev.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
-from tests.check_server import CheckTestServer
 from tests.conftest import escaped_pem, sidecar_config
-from tests.fake_idp import FakeIdp, Handler, standard_idp
-from tests.kubelet import SecretVolume
-from tests.pki_fixtures import TestPki
+from tests.support.check_server import CheckTestServer
+from tests.support.fake_idp import FakeIdp, Handler, standard_idp
+from tests.support.kubelet import SecretVolume
+from tests.support.pki_fixtures import TestPki
 
 MAX_CHECKS = 4000
 MAX_SECONDS = 30.0
@@ -73,32 +74,24 @@ class Harness:
 @pytest.fixture
 async def rotating(pki: TestPki, aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
     """Start a fake IdP and a sidecar whose TLS files come from a kubelet-style Secret volume."""
-    harnesses: list[Harness] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(first: Issued, reload_interval: float) -> tuple[RecordingIdp, SecretVolume, Harness]:
-        idp = recording_idp()
-        server = await aiohttp_server(idp.app(), ssl=server_context(*pki.idp_files, pki.ca_file))
-        idp.issuer = f"https://127.0.0.1:{server.port}"
-        volume = SecretVolume(tmp_path / "idp-tls")
-        volume.publish(payload(pki, first))
-        config = sidecar_config(pki, idp, idp={
-            "cert_file": str(volume.path("tls.crt")), "key_file": str(volume.path("tls.key")),
-            "ca_file": str(volume.path("ca.crt")), "reload_interval": reload_interval,
-        }, cache={"max_entries": 0})
-        sidecar = Sidecar(config)
-        await sidecar.start()
-        check, admin = TestClient(CheckTestServer(sidecar)), TestClient(TestServer(admin_app(sidecar)))
-        await check.start_server()
-        await admin.start_server()
-        harness = Harness(sidecar, check, admin)
-        harnesses.append(harness)
-        return idp, volume, harness
+        async def start(first: Issued, reload_interval: float) -> tuple[RecordingIdp, SecretVolume, Harness]:
+            idp = recording_idp()
+            server = await aiohttp_server(idp.app(), ssl=server_context(*pki.idp_files, pki.ca_file))
+            idp.issuer = f"https://127.0.0.1:{server.port}"
+            volume = SecretVolume(tmp_path / "idp-tls")
+            volume.publish(payload(pki, first))
+            config = sidecar_config(pki, idp, idp={
+                "cert_file": str(volume.path("tls.crt")), "key_file": str(volume.path("tls.key")),
+                "ca_file": str(volume.path("ca.crt")), "reload_interval": reload_interval,
+            }, cache={"max_entries": 0})
+            sidecar = await stack.enter_async_context(Sidecar.running(config))
+            check = await stack.enter_async_context(TestClient(CheckTestServer(sidecar)))
+            admin = await stack.enter_async_context(TestClient(TestServer(admin_app(sidecar))))
+            return idp, volume, Harness(sidecar, check, admin)
 
-    yield start
-    for harness in harnesses:
-        await harness.check.close()
-        await harness.admin.close()
-        await harness.sidecar.close()
+        yield start
 
 
 async def test_a_kubelet_style_swap_under_load_fails_no_check_and_the_idp_then_sees_the_new_certificate(
@@ -137,23 +130,23 @@ async def test_a_kubelet_style_swap_under_load_fails_no_check_and_the_idp_then_s
           f"idp calls with old cert={idp.seen.count(old)} with new cert={idp.seen.count(new)}")
     assert swapped_at is not None
     assert failed == 0, dict(statuses)
-    assert harness.sidecar.cert_watcher.reloads == 1
+    assert harness.sidecar.issuer.cert_watcher.reloads == 1
     assert idp.seen[:swapped_at] == [old] * swapped_at
     assert idp.seen.count(new) >= 200 and idp.seen[-50:] == [new] * 50
     assert set(idp.seen) == {old, new}
     assert harness.sidecar.metrics.tls_reload_errors._value.get() == 0
     for _ in range(100):  # the old session closes idp.timeout + 1 s after the swap
-        if not harness.sidecar.idp._retiring:
+        if not harness.sidecar.issuer.session._retiring:
             break
         await asyncio.sleep(0.1)
-    assert not harness.sidecar.idp._retiring
+    assert not harness.sidecar.issuer.session._retiring
 
 
 async def test_a_key_that_does_not_match_the_certificate_keeps_the_old_one_and_counts_an_error(
     rotating: Any, pki: TestPki, captured_logs: pytest.LogCaptureFixture
 ) -> None:
     idp, volume, harness = await rotating(pki.sidecar, reload_interval=0)
-    watcher, sidecar = harness.sidecar.cert_watcher, harness.sidecar
+    watcher, sidecar = harness.sidecar.issuer.cert_watcher, harness.sidecar
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)
     stranger = pki.ca.issue("sidecar")
     volume.publish(payload(pki, stranger, key=pki.ca.issue("sidecar")))
@@ -175,7 +168,7 @@ async def test_a_half_written_certificate_keeps_the_old_one_until_a_whole_one_ar
     rotating: Any, pki: TestPki
 ) -> None:
     idp, volume, harness = await rotating(pki.sidecar, reload_interval=0)
-    watcher = harness.sidecar.cert_watcher
+    watcher = harness.sidecar.issuer.cert_watcher
     renewed = pki.ca.issue("sidecar")
     half = payload(pki, renewed)
     half["tls.crt"] = half["tls.crt"][: len(half["tls.crt"]) // 2]
@@ -195,7 +188,7 @@ async def test_readiness_turns_false_only_when_the_certificate_in_use_has_expire
 ) -> None:
     expired = pki.ca.issue("sidecar", not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=2), days=1)
     _, volume, harness = await rotating(expired, reload_interval=0)
-    watcher = harness.sidecar.cert_watcher
+    watcher = harness.sidecar.issuer.cert_watcher
     readyz = await harness.admin.get("/readyz")
     assert readyz.status == 503 and (await readyz.json())["reason"] == "client_certificate_expired"
     volume.publish(payload(pki, pki.ca.issue("sidecar"), key=pki.bob))  # broken renewal: still not ready
@@ -216,8 +209,8 @@ async def test_readiness_turns_false_only_when_the_certificate_in_use_has_expire
 async def test_a_rewrite_with_the_same_content_is_not_a_reload(rotating: Any, pki: TestPki) -> None:
     _, volume, harness = await rotating(pki.sidecar, reload_interval=0)
     volume.publish(payload(pki, pki.sidecar))
-    assert harness.sidecar.cert_watcher.poll() is False
-    assert harness.sidecar.cert_watcher.reloads == 0
+    assert harness.sidecar.issuer.cert_watcher.poll() is False
+    assert harness.sidecar.issuer.cert_watcher.reloads == 0
     assert harness.sidecar.metrics.tls_reload_errors._value.get() == 0
 
 
@@ -227,7 +220,7 @@ async def test_a_new_ca_bundle_alone_is_a_reload_and_still_verifies_the_idp(rota
     bundle = payload(pki, pki.sidecar)
     bundle["ca.crt"] = other_ca.root.cert_pem + pki.ca.root.cert_pem  # the CA rollover case: both trusted
     volume.publish(bundle)
-    assert harness.sidecar.cert_watcher.poll() is True
+    assert harness.sidecar.issuer.cert_watcher.poll() is True
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)
     response = await harness.check.get("/check", headers={
         "Authorization": f"Bearer {token}", "x-client-cert": escaped_pem(pki.alice)})

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
-from tests.sidecar_process import Process, running_sidecar
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
+from tests.support.sidecar_process import Process, running_sidecar
 
 WORKERS = 24
 IDP_DELAY = 0.4

@@ -15,8 +15,8 @@ from sidecar.core.errors import IdpUnavailable
 from sidecar.idp.jwk_set import VerifyKey
 from sidecar.idp.signed_introspection import verify_signed_answer
 from tests.conftest import MakeSidecar
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
 
 
 async def test_an_unsigned_answer_fails_closed_only_when_signed_answers_are_required(

@@ -12,9 +12,9 @@ import pytest
 
 from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp, Fault
 from tests.integration.test_idp_faults import metric
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 STALE = {"max_ttl": 0.2, "stale_if_error": 30}
 NO_BREAKER = {"breaker_failures": 0}

@@ -16,9 +16,9 @@ import pytest
 
 from sidecar.config import ConfigError, from_mapping
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp
-from tests.pki_fixtures import TestPki
-from tests.ports import free_ports
+from tests.support.fake_idp import FakeIdp
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 from sidecar.dev.pki import CertificateAuthority
 from tests.interop.oidc_idp import OidcProvider
 from tests.interop.stack import Stack, start_stack
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 StartStack = Callable[..., Stack]
 

@@ -24,12 +24,12 @@ import yaml
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
-from tests.fake_idp import FakeIdp, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import stop, tail, wait_until
 from tests.interop.stack import EchoUpstream, metric_sum
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
+from tests.support.fake_idp import FakeIdp, standard_idp
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "deploy" / "envoy"

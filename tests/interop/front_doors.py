@@ -23,7 +23,7 @@ from tests.interop.https import Reply, request, tls_context
 from tests.interop.oidc_idp import OidcProvider
 from tests.interop.processes import stop, tail, wait_until
 from tests.interop.stack import ROOT, EchoUpstream, SidecarProcess
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 DEPLOY = ROOT / "deploy"
 

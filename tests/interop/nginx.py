@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.interop.processes import accepts_connections, stop, tail, wait_until
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")

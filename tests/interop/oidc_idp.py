@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-from tests.dpop_proof import DpopKey
 from tests.interop.https import Reply, request
 from tests.interop.processes import stop, tail, wait_until
-from tests.pki_fixtures import TestPki
+from tests.support.dpop_proof import DpopKey
+from tests.support.pki_fixtures import TestPki
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 OPAQUE_RESOURCE = "https://api.example/opaque"

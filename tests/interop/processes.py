@@ -1,4 +1,4 @@
-"""Starting and stopping the real processes of the interop tests, on loopback (ports: tests/ports.py)."""
+"""Starting and stopping the real processes of the interop tests, on loopback (ports: tests/support/ports.py)."""
 
 from __future__ import annotations
 

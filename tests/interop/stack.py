@@ -20,7 +20,7 @@ from tests.interop.https import Reply, request
 from tests.interop.nginx import DEPLOY, Nginx
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.processes import stop, tail, wait_until
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

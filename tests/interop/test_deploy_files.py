@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config, load
-from sidecar.core.response import HeaderBuilder
+from sidecar.core.headers import HeaderBuilder
 from tests.interop.nginx import DEPLOY, render
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.interop
 

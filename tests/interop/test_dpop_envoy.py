@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dpop_proof import DpopKey
 from tests.interop.envoy import MODES, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
-from tests.pki_fixtures import TestPki
+from tests.support.dpop_proof import DpopKey
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.dpop]
 

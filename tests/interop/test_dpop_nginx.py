@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.dpop_proof import DpopKey, ath_of, hmac_signed, unsigned
 from tests.interop.conftest import StartStack
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import Stack
-from tests.pki_fixtures import TestPki
+from tests.support.dpop_proof import DpopKey, ath_of, hmac_signed, unsigned
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.dpop]
 

@@ -1,9 +1,9 @@
 """The real Envoy with the shipped deploy/envoy files where faults must be injected: the fake IdP
-(tests/fake_idp.py, real mutual TLS) answers 500, drops the connection or answers too late, the
-sidecar hangs; and the shared scenario table (tests/scenarios.py) through Envoy for real.
+(tests/support/fake_idp.py, real mutual TLS) answers 500, drops the connection or answers too late, the
+sidecar hangs; and the shared scenario table (tests/support/scenarios.py) through Envoy for real.
 
 Also what Envoy itself sends to the HTTP ext_authz service, recorded in the sidecar's place, so
-the model the other Envoy tests build requests from (tests/envoy_side.py) is checked against the
+the model the other Envoy tests build requests from (tests/support/envoy_side.py) is checked against the
 binary.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests import envoy_side
-from tests.fake_idp import Fault
 from tests.interop.envoy import MODES, Envoy, EnvoyFront, ThreadedFakeIdp
 from tests.interop.https import Reply, request, tls_context
 from tests.interop.stack import EchoUpstream, Received
-from tests.pki_fixtures import TestPki
-from tests.scenarios import CASES, Case
+from tests.support import envoy_side
+from tests.support.fake_idp import Fault
+from tests.support.pki_fixtures import TestPki
+from tests.support.scenarios import CASES, Case
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 
@@ -35,7 +35,7 @@ DEPLOYMENT = {"SIDECAR_POLICY__AUDIENCES": "api"}
 # Cases that need no sidecar settings of their own and a certificate Envoy accepts (Envoy refuses
 # the handshake without one, and cannot be made to forward an unreadable one).
 THROUGH_ENVOY = [c for c in CASES if not c.sections and c.cert in ("alice", "bob")]
-# Where the real Envoy differs from the model in tests/envoy_side.py: its HTTP ext_authz client
+# Where the real Envoy differs from the model in tests/support/envoy_side.py: its HTTP ext_authz client
 # joins two Authorization lines into one value ("Bearer a,Bearer b"), which the sidecar reads as
 # malformed rather than duplicated. Same status, same challenge: still invalid_request.
 REAL_REASON = {("http", "token_duplicated"): "token_malformed"}

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import envoy_side
 from tests.interop.conftest import own_idp
 from tests.interop.envoy import ENVOY_DIR, MODES, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
-from tests.pki_fixtures import TestPki
+from tests.support import envoy_side
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 

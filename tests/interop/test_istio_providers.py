@@ -25,8 +25,8 @@ import pytest
 from tests.interop.envoy import ConfiguredSidecar, Envoy, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import EchoUpstream
-from tests.pki_fixtures import TestPki
-from tests.ports import free_port
+from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
 from tests.unit.test_deploy_istio import ISTIO_DIR, providers
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import load
-from sidecar.core.response import HeaderBuilder
+from sidecar.core.headers import HeaderBuilder
 from tests.interop.front_doors import DEPLOY, FrontStack, start_front_stack
 from tests.interop.https import Reply
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 

@@ -29,7 +29,7 @@ from tests.interop.https import request
 from tests.interop.nginx import DEPLOY, Nginx
 from tests.interop.oidc_idp import BULKY_CLAIMS, BULKY_VALUE, OidcProvider
 from tests.interop.stack import EchoUpstream, SidecarProcess
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.interop
 

@@ -16,7 +16,7 @@ from tests.interop.conftest import StartStack
 from tests.interop.nginx import DEPLOY
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import Stack
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 

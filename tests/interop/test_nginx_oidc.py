@@ -17,7 +17,7 @@ import pytest
 from tests.interop.conftest import StartStack, own_idp
 from tests.interop.oidc_idp import OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import SidecarProcess, start_stack
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts]
 

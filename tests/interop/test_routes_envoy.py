@@ -15,7 +15,7 @@ import pytest
 from tests.interop.envoy import ENVOY_DIR, ROUTE_MODES, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.test_routes_nginx import CASES, route_tokens
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 pytestmark = [pytest.mark.interop, pytest.mark.fronts, pytest.mark.routes]
 

@@ -11,7 +11,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from sidecar import config as config_module
-from sidecar.core.decision import Allow, Decider, Deny, Miss
+from sidecar.core.decision import Decider
+from sidecar.core.entry import Entry
+from sidecar.core.outcome import Deny, Miss
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support.metrics import Metrics
@@ -56,7 +58,7 @@ class Reader:
 def decider(raw: dict[str, Any] | None = None, **claims: object) -> tuple[Decider, Verifier, Metrics]:
     verifier, metrics = Verifier(**claims), Metrics()
     d = Decider(config_module.from_mapping(CONFIG if raw is None else raw), verifier, metrics)
-    d.reader = Reader()  # type: ignore[assignment]
+    d.presented._header = Reader()  # type: ignore[assignment]  # the header value is the thumbprint
     return d, verifier, metrics
 
 
@@ -66,13 +68,13 @@ def req(method: str | None = "GET", path: str | None = "/orders", *, cert: str |
                         host=host)
 
 
-async def decide(d: Decider, request: CheckRequest) -> Allow | Deny:
+async def decide(d: Decider, request: CheckRequest) -> Entry | Deny:
     return await d.decide(request)
 
 
-def outcome(decision: Allow | Deny | Miss) -> str:
+def outcome(decision: Entry | Deny | Miss) -> str:
     assert not isinstance(decision, Miss)
-    return "allow" if isinstance(decision, Allow) else decision.denial.reason
+    return "allow" if isinstance(decision, Entry) else decision.denial.reason
 
 
 @pytest.mark.parametrize(("method", "path", "expected"), [
@@ -156,7 +158,7 @@ async def test_claim_headers_follow_the_policy_and_every_allow_carries_every_cla
     d, _, _ = decider(scope="read admin")
     admin = await decide(d, req("GET", "/admin"))
     orders = await decide(d, req("GET", "/orders"))
-    assert isinstance(admin, Allow) and isinstance(orders, Allow)
+    assert isinstance(admin, Entry) and isinstance(orders, Entry)
     assert admin.headers["x-credential-tenant"] == "acme"
     assert orders.headers["x-credential-tenant"] == ""  # sent empty: a client copy never passes
     assert admin.headers["x-credential-sub"] == orders.headers["x-credential-sub"]
@@ -166,7 +168,7 @@ async def test_a_policy_without_claims_shares_the_default_headers_object() -> No
     d, _, _ = decider(scope="read orders:write")
     write = await decide(d, req("POST", "/orders"))
     read = await decide(d, req("GET", "/orders"))
-    assert isinstance(write, Allow) and isinstance(read, Allow) and write.headers is read.headers
+    assert isinstance(write, Entry) and isinstance(read, Entry) and write.headers is read.headers
 
 
 class BrokenRouter:

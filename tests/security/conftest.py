@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
-from tests.fake_idp import FakeIdp, Handler, standard_idp
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Handler, standard_idp
+from tests.support.pki_fixtures import TestPki
 
 CLIENT_SECRET = "cs-4f1d9a7e-never-log-me-2b6c"
 BASIC = "Basic " + base64.b64encode(f"sidecar:{quote_plus(CLIENT_SECRET)}".encode()).decode()

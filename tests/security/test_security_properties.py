@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import re
@@ -34,11 +35,11 @@ from sidecar.dev.devidp import server_context
 from sidecar.idp.tls import TlsConfigError, client_context
 from sidecar.runtime import Sidecar
 from sidecar.support.logs import JsonFormatter
-from tests.check_server import CheckTestServer
 from tests.conftest import MakeSidecar, Running, escaped_pem, sidecar_config
-from tests.fake_idp import FakeIdp, Fault, standard_idp
-from tests.pki_fixtures import TestPki
 from tests.security.conftest import BASIC, CLIENT_SECRET, SecretAwareIdp
+from tests.support.check_server import CheckTestServer
+from tests.support.fake_idp import FakeIdp, Fault, standard_idp
+from tests.support.pki_fixtures import TestPki
 
 KEY_PASSWORD = "kp-93c1-never-log-me"
 
@@ -257,12 +258,10 @@ async def test_one_token_under_two_policies_gets_each_policys_answer_in_either_o
     assert lax.sidecar.decider.cache.key("t") != strict.sidecar.decider.cache.key("t")
 
 
-async def _sidecar_for(fake: FakeIdp, pki: TestPki, **sections: dict[str, Any]) -> tuple[Sidecar, TestClient[Any, Any]]:
-    sidecar = Sidecar(sidecar_config(pki, fake, **sections))
-    await sidecar.start()
-    client = TestClient(CheckTestServer(sidecar))
-    await client.start_server()
-    return sidecar, client
+async def _sidecar_for(stack: contextlib.AsyncExitStack, fake: FakeIdp, pki: TestPki,
+                       **sections: dict[str, Any]) -> TestClient[Any, Any]:
+    sidecar = await stack.enter_async_context(Sidecar.running(sidecar_config(pki, fake, **sections)))
+    return await stack.enter_async_context(TestClient(CheckTestServer(sidecar)))
 
 
 async def test_a_token_valid_at_one_issuer_is_never_accepted_for_another(
@@ -274,21 +273,17 @@ async def test_a_token_valid_at_one_issuer_is_never_accepted_for_another(
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)
     # The other IdP knows the same token string, as another client's and with its own issuer.
     other.tokens[token] = {**idp.tokens[token], "iss": other.issuer, "cnf": {"x5t#S256": pki.bob.x5t_s256}}
-    first = await _sidecar_for(idp, pki, policy={"allowed_issuers": [idp.issuer]})
-    second = await _sidecar_for(other, pki, policy={"allowed_issuers": [other.issuer]})
-    pinned_wrong = await _sidecar_for(other, pki, policy={"allowed_issuers": [idp.issuer]})
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        first = await _sidecar_for(stack, idp, pki, policy={"allowed_issuers": [idp.issuer]})
+        second = await _sidecar_for(stack, other, pki, policy={"allowed_issuers": [other.issuer]})
+        pinned_wrong = await _sidecar_for(stack, other, pki, policy={"allowed_issuers": [idp.issuer]})
         headers = {"Authorization": f"Bearer {token}", "x-client-cert": escaped_pem(pki.alice)}
         for _ in range(2):
-            assert (await first[1].get("/", headers=headers)).status == 200
-            denied = await second[1].get("/", headers=headers)
+            assert (await first.get("/", headers=headers)).status == 200
+            denied = await second.get("/", headers=headers)
             assert denied.status == 401 and (await denied.json())["reason"] == "cnf_mismatch"
-            bob = await pinned_wrong[1].get("/", headers={**headers, "x-client-cert": escaped_pem(pki.bob)})
+            bob = await pinned_wrong.get("/", headers={**headers, "x-client-cert": escaped_pem(pki.bob)})
             assert bob.status == 401 and (await bob.json())["reason"] == "issuer_not_allowed"
-    finally:
-        for sidecar, client in (first, second, pinned_wrong):
-            await client.close()
-            await sidecar.close()
 
 
 # --- header splitting ---------------------------------------------------------------------------

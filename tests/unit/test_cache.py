@@ -8,8 +8,8 @@ from typing import Any
 
 from sidecar.config import CacheConfig
 from sidecar.core.cache import Entry, TokenCache
-from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.core.token_info import INACTIVE, TokenInfo
+from sidecar.idp.failures import IdpError, IdpFailure
 
 ACTIVE = TokenInfo(active=True)
 
@@ -82,10 +82,10 @@ async def test_errors_reach_every_waiter_and_are_never_cached() -> None:
 
     async def failing() -> Entry:
         await asyncio.sleep(0.01)
-        raise IdpUnavailable(IdpFailure.HTTP_5XX, "down", status=500)
+        raise IdpError(IdpFailure.HTTP_5XX, "down", status=500)
 
     results = await asyncio.gather(*(cache.get_or_load(key, failing) for _ in range(5)), return_exceptions=True)
-    assert all(isinstance(r, IdpUnavailable) for r in results)
+    assert all(isinstance(r, IdpError) for r in results)
     assert cache.get(key) is None and len(cache) == 0
 
 

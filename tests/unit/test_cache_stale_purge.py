@@ -8,8 +8,9 @@ from typing import Any
 
 from sidecar.config import CacheConfig
 from sidecar.core.cache import Entry, TokenCache
-from sidecar.core.errors import IdpFailure, IdpUnavailable, InvalidToken
+from sidecar.core.errors import InvalidToken
 from sidecar.core.token_info import INACTIVE, TokenInfo
+from sidecar.idp.failures import IdpError, IdpFailure
 
 
 class Clock:
@@ -21,7 +22,7 @@ class Clock:
 
 
 BOUND = TokenInfo(active=True, cnf_x5t_s256="x" * 43)
-DOWN = IdpUnavailable(IdpFailure.REFUSED, "connection refused")
+DOWN = IdpError(IdpFailure.REFUSED, "connection refused")
 
 
 def TokenCache_(max_entries: int, *, timer: Any = time.monotonic, stale_if_error: float = 0.0,
@@ -144,5 +145,5 @@ async def test_a_stale_answer_is_never_used_when_the_sidecar_itself_refused_the_
     key = await fill(cache, "t", entry(BOUND))
     clock.now += 11
     assert cache.stale(key, DOWN) is not None
-    assert cache.stale(key, IdpUnavailable(IdpFailure.SATURATED, "no introspection slot")) is None
-    assert cache.stale(key, IdpUnavailable(IdpFailure.HTTP_4XX, "answered 400", status=400)) is None
+    assert cache.stale(key, IdpError(IdpFailure.SATURATED, "no introspection slot")) is None
+    assert cache.stale(key, IdpError(IdpFailure.HTTP_4XX, "answered 400", status=400)) is None

@@ -15,7 +15,7 @@ from aiohttp import web
 from sidecar.config import ConfigError, from_mapping
 from sidecar.fronts.connections import Gate, GuardedHandler, PortLimits, PortMetrics
 from sidecar.support.metrics import Metrics
-from tests.sidecar_process import with_nofile
+from tests.support.sidecar_process import with_nofile
 
 
 async def test_the_aiohttp_attributes_the_handler_reads_exist() -> None:

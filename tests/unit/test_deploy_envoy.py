@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import json_format
 
 from sidecar import config as config_module
-from tests.envoy_config import (
+from tests.support.envoy_config import (
     ENVOY_DIR,
     duration_seconds,
     endpoint_port,
@@ -23,7 +23,7 @@ from tests.envoy_config import (
     pgv_errors,
     sidecar_toml,
 )
-from tests.pki_fixtures import TestPki
+from tests.support.pki_fixtures import TestPki
 
 MODES = {"envoy-http.yaml": "sidecar-http.toml", "envoy-grpc.yaml": "sidecar-grpc.toml"}
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from tests.envoy_config import ISTIO_DIR, sidecar_toml
-from tests.pki_fixtures import TestPki
+from tests.support.envoy_config import ISTIO_DIR, sidecar_toml
+from tests.support.pki_fixtures import TestPki
 
 DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
 STR, INT, BOOL = "string", "uint32", "bool"

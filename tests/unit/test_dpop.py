@@ -12,17 +12,21 @@ import pytest
 
 from sidecar import config as config_module
 from sidecar.config import DpopConfig
-from sidecar.core.decision import Allow, Decider, Deny, Pending, ReplayClaim
-from sidecar.core.dpop import ProofVerifier, access_token_hash, jwk_thumbprint
+from sidecar.core.decision import Decider
+from sidecar.core.dpop import ProofVerifier, access_token_hash
+from sidecar.core.entry import Entry
 from sidecar.core.errors import InvalidDpopProof, InvalidToken, MissingToken
 from sidecar.core.errors import ReplayStoreFull as ReplayFull
+from sidecar.core.headers import HeaderBuilder
 from sidecar.core.htu import normalize
+from sidecar.core.outcome import Deny, Pending, ReplayClaim
 from sidecar.core.replay import LocalReplayStore
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import HeaderBuilder, render_denial
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
+from sidecar.fronts.render import render_denial
+from sidecar.support.jose import jwk_thumbprint
 from sidecar.support.metrics import Metrics
-from tests.dpop_proof import DpopKey, b64url, hmac_signed, unsigned
+from tests.support.dpop_proof import DpopKey, b64url, hmac_signed, unsigned
 
 pytestmark = pytest.mark.dpop
 
@@ -305,10 +309,10 @@ def dpop_request(key: DpopKey, token: str = TOKEN, *, scheme: str = "DPoP", peer
                  proof: str | None = None) -> CheckRequest:
     return CheckRequest([f"{scheme} {token}"], [], peer, method="GET", path="/orders?page=2",
                         host="api.example:8443", scheme="https",
-                        dpop=[proof if proof is not None else key.proof("GET", URL, token)])
+                        dpop_proofs=[proof if proof is not None else key.proof("GET", URL, token)])
 
 
-async def decide(d: Decider, request: CheckRequest) -> Allow | Deny:
+async def decide(d: Decider, request: CheckRequest) -> Entry | Deny:
     now = d.decide_now(request)
     return await d.decide(request, now) if isinstance(now, Pending) else now
 
@@ -320,7 +324,7 @@ async def test_a_dpop_bound_token_with_a_valid_proof_is_allowed_in_every_mode_an
     d = decider({"jkt": key.jkt}, binding)
     for _ in range(2):  # a miss, then a cache hit: each with its own proof
         decided = await decide(d, dpop_request(key))
-        assert isinstance(decided, Allow)
+        assert isinstance(decided, Entry)
         assert decided.headers["x-credential-cnf-jkt"] == key.jkt
         assert decided.headers["x-credential-cnf-method"] == "dpop"
         assert decided.headers["x-credential-cnf-x5t-s256"] == ""
@@ -330,24 +334,24 @@ async def test_a_cache_hit_still_verifies_a_new_proof_per_request() -> None:
     key = DpopKey()
     d = decider({"jkt": key.jkt})
     proof = key.proof("GET", URL, TOKEN)
-    assert isinstance(await decide(d, dpop_request(key, proof=proof)), Allow)
+    assert isinstance(await decide(d, dpop_request(key, proof=proof)), Entry)
     replayed = d.decide_now(dpop_request(key, proof=proof))
-    assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop
+    assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop_scheme
 
 
 async def test_in_a_fleet_an_accepted_proof_is_claimed_fleet_wide_before_the_allow_hit_or_miss() -> None:
     key, fleet = DpopKey(), FleetReplay()
     d, other = decider({"jkt": key.jkt}, fleet=fleet), decider({"jkt": key.jkt}, fleet=fleet)
     first, second = key.proof("GET", URL, TOKEN), key.proof("GET", URL, TOKEN)
-    assert isinstance(await decide(d, dpop_request(key, proof=first)), Allow)  # a miss
+    assert isinstance(await decide(d, dpop_request(key, proof=first)), Entry)  # a miss
     pending = d.decide_now(dpop_request(key, proof=second))  # a hit: every check done, one await left
     assert isinstance(pending, ReplayClaim) and len(fleet.claimed) == 1
-    assert isinstance(await d.decide(dpop_request(key, proof=second), pending), Allow)
+    assert isinstance(await d.decide(dpop_request(key, proof=second), pending), Entry)
     assert pending.until == pytest.approx(time.time() + 60, abs=5)
     # The other replica has never seen either proof: only the fleet's store knows.
     for proof in (first, second):
         replayed = await decide(other, dpop_request(key, proof=proof))
-        assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop
+        assert isinstance(replayed, Deny) and replayed.denial.reason == "dpop_replayed" and replayed.dpop_scheme
     # A certificate-bound or Bearer request never takes the await.
     assert not isinstance(d.decide_now(dpop_request(key, scheme="Bearer")), Pending)
 
@@ -363,14 +367,14 @@ async def test_a_dpop_bound_token_sent_as_bearer_is_refused_in_every_mode(bindin
     key = DpopKey()
     decided = await decide(decider({"jkt": key.jkt}, binding), dpop_request(key, scheme="Bearer"))
     assert isinstance(decided, Deny) and decided.denial.reason == "dpop_scheme_required"
-    assert not decided.dpop  # the Bearer challenge carries the error
+    assert not decided.dpop_scheme  # the Bearer challenge carries the error
 
 
 @pytest.mark.parametrize("cnf", [None, {"x5t#S256": "A" * 43}])
 async def test_the_dpop_scheme_with_a_token_not_bound_by_jkt_is_refused(cnf: dict[str, str] | None) -> None:
     key = DpopKey()
     decided = await decide(decider(cnf, "optional"), dpop_request(key))
-    assert isinstance(decided, Deny) and decided.denial.reason == "dpop_token_unbound" and decided.dpop
+    assert isinstance(decided, Deny) and decided.denial.reason == "dpop_token_unbound" and decided.dpop_scheme
 
 
 async def test_under_strict_an_unbound_bearer_token_is_still_refused() -> None:
@@ -409,12 +413,12 @@ def test_certificate_binding_under_off_is_not_named_as_verified_upstream_and_dpo
 
 def test_denials_carry_both_challenges_and_the_error_in_the_scheme_the_request_used() -> None:
     proof = InvalidDpopProof("dpop_replayed")
-    dpop = render_denial(proof, "api", dpop_algs="ES256 EdDSA", dpop=True).headers["WWW-Authenticate"]
+    dpop = render_denial(proof, "api", proof_algs="ES256 EdDSA", dpop_scheme=True).headers["WWW-Authenticate"]
     assert dpop == ('Bearer realm="api", DPoP realm="api", error="invalid_dpop_proof", '
                     'error_description="The DPoP proof is invalid", algs="ES256 EdDSA"')
-    bearer = render_denial(InvalidToken("dpop_scheme_required"), "api", dpop_algs="ES256").headers
+    bearer = render_denial(InvalidToken("dpop_scheme_required"), "api", proof_algs="ES256").headers
     assert bearer["WWW-Authenticate"] == ('Bearer realm="api", error="invalid_token", error_description='
                                           '"The access token is invalid", DPoP realm="api", algs="ES256"')
-    missing = render_denial(MissingToken("token_missing"), "api", dpop_algs="ES256").headers
+    missing = render_denial(MissingToken("token_missing"), "api", proof_algs="ES256").headers
     assert missing["WWW-Authenticate"] == 'Bearer realm="api", DPoP realm="api", algs="ES256"'
     assert render_denial(MissingToken("token_missing"), "api").headers["WWW-Authenticate"] == 'Bearer realm="api"'

@@ -8,10 +8,11 @@ import pytest
 from sidecar import config as config_module
 from sidecar.config import ConfigError
 from sidecar.core.client_cert import CertificateError, CertificateReader
-from sidecar.core.errors import IdpFailure, IdpUnavailable, InsufficientScope, InvalidRequest, MissingToken
-from sidecar.core.response import render_denial
-from tests import envoy_side
-from tests.pki_fixtures import TestPki
+from sidecar.core.errors import InsufficientScope, InvalidRequest, MissingToken
+from sidecar.fronts.render import render_denial
+from sidecar.idp.failures import IdpError, IdpFailure
+from tests.support import envoy_side
+from tests.support.pki_fixtures import TestPki
 
 
 def test_grpc_is_off_by_default_on_loopback_without_reflection() -> None:
@@ -52,7 +53,7 @@ def test_render_denial_maps_400_to_the_configured_status_and_sets_json() -> None
 def test_render_denial_keeps_the_challenge_scope_and_retry_after() -> None:
     scope = render_denial(InsufficientScope("scope_missing", scope="write"), "api")
     assert scope.status == 403 and scope.headers["WWW-Authenticate"].endswith('scope="write"')
-    down = render_denial(IdpUnavailable(IdpFailure.TIMEOUT), "api")
+    down = render_denial(IdpError(IdpFailure.TIMEOUT), "api")
     assert down.status == 503 and down.headers["Retry-After"] == "1" and "WWW-Authenticate" not in down.headers
     assert render_denial(MissingToken("token_missing"), "r").headers["WWW-Authenticate"] == 'Bearer realm="r"'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.core.forged import ForgedHeaders
+from sidecar.fronts.forged import ForgedHeaders
 
 NAMES = ["Host", "X-Original-URI", "Authorization", "X-Client-Cert", "X-Credentials", "x-credentialsub",
          "X-Credential-Sub", "x_credential_TENANT", "x-credential_group", "X-CREDENTIAL-SUB", "XX-Credential-Sub",

@@ -14,11 +14,13 @@ from prometheus_client import generate_latest
 
 from sidecar import config as config_module
 from sidecar.core import decision_log
-from sidecar.core.decision import Allow, Decider, Deny, Miss
+from sidecar.core.decision import Decider
 from sidecar.core.decision_log import AllowLog
+from sidecar.core.entry import Entry
+from sidecar.core.headers import HeaderBuilder
 from sidecar.core.interning import Interner
+from sidecar.core.outcome import Deny, Miss
 from sidecar.core.request import CheckRequest
-from sidecar.core.response import HeaderBuilder
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support import logs
 from sidecar.support.metrics import Metrics
@@ -49,7 +51,7 @@ def decider(**policy: object) -> tuple[Decider, Verifier, Metrics]:
     verifier, metrics = Verifier(), Metrics()
     config = config_module.from_mapping({"policy": policy})
     d = Decider(config, verifier, metrics)
-    d.reader = Reader()  # type: ignore[assignment]
+    d.presented._header = Reader()  # type: ignore[assignment]  # the header value is the thumbprint
     return d, verifier, metrics
 
 
@@ -61,9 +63,9 @@ async def test_a_cached_token_is_answered_now_without_awaiting_by_the_same_check
     d, verifier, _ = decider()
     auth = ["Bearer tok"]
     assert isinstance(d.decide_now(req(auth)), Miss)  # not cached yet: only the miss awaits
-    assert isinstance(await d.decide(req(auth)), Allow)
+    assert isinstance(await d.decide(req(auth)), Entry)
     hit = d.decide_now(req(auth))
-    assert isinstance(hit, Allow) and hit.headers["x-credential-client-id"] == "alice"
+    assert isinstance(hit, Entry) and hit.headers["x-credential-client-id"] == "alice"
     empty = d.decide_now(CheckRequest(auth, [" "], "127.0.0.1"))  # an empty header is no certificate
     assert isinstance(empty, Deny) and empty.denial.reason == "cert_missing"
     reasons = {
@@ -90,7 +92,7 @@ async def test_hits_are_counted_like_misses_when_the_registry_is_read() -> None:
     d, _, metrics = decider()
     await d.decide(req(["Bearer tok"]))
     for _ in range(3):
-        assert isinstance(d.decide_now(req(["Bearer tok"])), Allow)
+        assert isinstance(d.decide_now(req(["Bearer tok"])), Entry)
     text = generate_latest(metrics.registry).decode()
     assert 'sidecar_decisions_total{outcome="allow",policy="default",reason="ok"} 4.0' in text
     assert 'sidecar_cache_total{result="hit"} 3.0' in text

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import call_timeout, fetch_json
 from sidecar.idp.tls import client_context, client_session
-from tests.fake_idp import FakeIdp, Fault
-from tests.pki_fixtures import TestPki
+from tests.support.fake_idp import FakeIdp, Fault
+from tests.support.pki_fixtures import TestPki
 
 
 def test_only_failures_where_the_idp_did_no_work_are_retryable() -> None:
@@ -53,10 +53,10 @@ def test_each_http_status_has_one_kind(status: int, kind: IdpFailure) -> None:
 
 
 def test_the_result_label_of_an_http_failure_names_the_status_and_the_denial_stays_a_503() -> None:
-    exc = IdpUnavailable(IdpFailure.HTTP_5XX, "introspection answer: HTTP 502", status=502)
+    exc = IdpError(IdpFailure.HTTP_5XX, "introspection answer: HTTP 502", status=502)
     assert (exc.kind, exc.idp_status, exc.result) == (IdpFailure.HTTP_5XX, 502, "http_502")
     assert (exc.status, exc.reason, exc.detail) == (503, "idp_unavailable", "http_502: introspection answer: HTTP 502")
-    assert IdpUnavailable(IdpFailure.TIMEOUT).result == "timeout"
+    assert IdpError(IdpFailure.TIMEOUT).result == "timeout"
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ async def post(session: aiohttp.ClientSession, idp: FakeIdp, budget: float | Non
                             headers={"Accept": "application/json"}, timeout=call_timeout(budget, 0.5))
 
 
-async def failure_of(session: aiohttp.ClientSession, idp: FakeIdp, budget: float | None = None) -> IdpUnavailable:
-    with pytest.raises(IdpUnavailable) as raised:
+async def failure_of(session: aiohttp.ClientSession, idp: FakeIdp, budget: float | None = None) -> IdpError:
+    with pytest.raises(IdpError) as raised:
         await post(session, idp, budget)
     return raised.value
 
@@ -125,7 +125,7 @@ async def test_an_answer_that_is_not_a_bounded_json_document_is_its_kind(
 
 async def test_a_deeply_nested_answer_is_garbage_not_a_crash(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
     idp.fault = Fault(body=b"[" * 100_000)
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await fetch_json(session, "POST", f"{idp.issuer}/introspect", what="answer", max_bytes=256 * 1024,
                          headers={})
     assert raised.value.kind is IdpFailure.GARBAGE
@@ -140,7 +140,7 @@ async def test_a_closed_port_is_refused(session: aiohttp.ClientSession, idp: Fak
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await fetch_json(session, "GET", f"https://127.0.0.1:{port}/jwks", what="JWK Set", max_bytes=1024,
                          headers={})
     assert raised.value.kind is IdpFailure.REFUSED
@@ -153,6 +153,6 @@ async def test_a_get_of_the_jwk_set_uses_the_same_session_and_vocabulary(
                                 headers={})
     assert isinstance(document, dict) and "keys" in document
     idp.jwks_fault = Fault(status=503)
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await fetch_json(session, "GET", f"{idp.issuer}/jwks", what="JWK Set", max_bytes=64 * 1024, headers={})
     assert (raised.value.kind, raised.value.idp_status) == (IdpFailure.HTTP_503, 503)

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, IdpConfig, from_mapping
-from sidecar.core.errors import IdpFailure, IdpUnavailable
-from sidecar.idp.guard import CLOSED, HALF_OPEN, OPEN, IdpGuard
+from sidecar.idp.failures import IdpError, IdpFailure
+from sidecar.idp.guard import IdpGuard
+from sidecar.support.breaker import CLOSED, HALF_OPEN, OPEN
 from sidecar.support.metrics import Metrics
 
 
@@ -42,11 +43,11 @@ class Script:
         return "ok"
 
 
-def failure(result: str, retry_after: int = 1) -> IdpUnavailable:
+def failure(result: str, retry_after: int = 1) -> IdpError:
     if result.startswith("http_") and result[5:].isdigit():
         status = int(result[5:])
-        return IdpUnavailable(IdpFailure.of_status(status), "scripted", status=status, retry_after=retry_after)
-    return IdpUnavailable(IdpFailure(result), "scripted", retry_after=retry_after)
+        return IdpError(IdpFailure.of_status(status), "scripted", status=status, retry_after=retry_after)
+    return IdpError(IdpFailure(result), "scripted", retry_after=retry_after)
 
 
 def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
@@ -66,21 +67,21 @@ async def test_a_failure_before_the_idp_did_any_work_is_retried_once(kind: str) 
                                   "truncated", "garbage", "dns"])
 async def test_a_failure_that_may_have_reached_the_idp_or_will_repeat_is_not_retried(kind: str) -> None:
     g, attempt = guard(), Script(kind)
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(attempt)
     assert attempt.calls == 1
 
 
 async def test_retries_stop_at_the_configured_count() -> None:
     g, attempt = guard(retries=2), Script("refused", "refused", "refused")
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(attempt)
     assert attempt.calls == 3
 
 
 async def test_no_retry_starts_when_less_than_a_connect_timeout_is_left_of_the_deadline() -> None:
     g, attempt = guard(timeout=0.3, connect_timeout=0.25), Script("refused", delay=0.1)
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(attempt)
     assert attempt.calls == 1
 
@@ -94,10 +95,10 @@ async def test_each_attempt_gets_only_what_is_left_of_the_deadline() -> None:
 async def test_the_breaker_opens_after_n_consecutive_failures_and_then_answers_without_calling() -> None:
     g, attempt = guard(retries=0), Script("http_500", "http_500", "http_500")
     for _ in range(3):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpError):
             await g.call(attempt)
     assert g.breaker.state == OPEN and sample(g, "sidecar_idp_breaker_state") == OPEN
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await g.call(attempt)
     assert raised.value.kind is IdpFailure.BREAKER_OPEN and attempt.calls == 3
     assert sample(g, "sidecar_idp_rejections_total", {"reason": "breaker_open"}) == 1.0
@@ -107,22 +108,22 @@ async def test_the_breaker_opens_after_n_consecutive_failures_and_then_answers_w
 async def test_a_success_resets_the_count_of_consecutive_failures() -> None:
     g, attempt = guard(retries=0), Script("http_500", "http_500")
     for _ in range(2):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpError):
             await g.call(attempt)
     assert await g.call(attempt) == "ok"
     attempt.failures = ["http_500", "http_500"]
     for _ in range(2):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpError):
             await g.call(attempt)
     assert g.breaker.state == CLOSED
 
 
 async def test_a_429_opens_the_breaker_at_once_for_its_retry_after() -> None:
     g, attempt = guard(retries=0), Script("http_429", retry_after=7)
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(attempt)
     assert g.breaker.state == OPEN
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await g.call(attempt)
     assert raised.value.retry_after == 7  # the proxy hears the IdP's Retry-After
     await g.aclose()
@@ -138,7 +139,7 @@ async def test_the_background_probe_closes_the_breaker_once_the_idp_answers() ->
         return await probe(timeout)
 
     g.set_probe(watched)
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(Script("timeout"))
     await wait_for(lambda: g.breaker.state == CLOSED)
     assert probe.calls == 2 and half_open_seen == [HALF_OPEN, HALF_OPEN]
@@ -156,7 +157,7 @@ async def test_a_probe_that_raises_a_bug_keeps_the_breaker_open() -> None:
         raise RuntimeError("bug")
 
     g.set_probe(broken)
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(Script("timeout"))
     await wait_for(lambda: calls >= 2)
     assert g.breaker.state != CLOSED
@@ -167,7 +168,7 @@ async def test_a_probe_that_raises_a_bug_keeps_the_breaker_open() -> None:
 async def test_answers_about_one_token_never_open_the_breaker(result: str) -> None:
     g, attempt = guard(retries=1, breaker_failures=3), Script(*[result] * 5)
     for _ in range(5):
-        with pytest.raises(IdpUnavailable) as raised:
+        with pytest.raises(IdpError) as raised:
             await g.call(attempt)
         assert raised.value.result == result  # still a fail-closed 503 for that request
     assert attempt.calls == 5 and g.breaker.state == CLOSED  # not retried either
@@ -176,10 +177,10 @@ async def test_answers_about_one_token_never_open_the_breaker(result: str) -> No
 async def test_a_4xx_between_idp_failures_neither_counts_nor_resets_the_count() -> None:
     g, attempt = guard(retries=0, breaker_failures=3), Script("http_500", "http_400", "http_500", "http_500")
     for _ in range(3):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpError):
             await g.call(attempt)
     assert g.breaker.state == CLOSED  # two IdP failures so far
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await g.call(attempt)
     assert g.breaker.state == OPEN
     await g.aclose()
@@ -188,7 +189,7 @@ async def test_a_4xx_between_idp_failures_neither_counts_nor_resets_the_count() 
 async def test_breaker_failures_zero_turns_the_breaker_off_even_for_429() -> None:
     g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_429"] * 10)
     for _ in range(10):
-        with pytest.raises(IdpUnavailable):
+        with pytest.raises(IdpError):
             await g.call(attempt)
     assert attempt.calls == 10 and g.breaker.state == CLOSED
 
@@ -207,7 +208,7 @@ async def test_no_more_than_max_concurrent_calls_run_and_a_caller_without_a_slot
 
     results = await asyncio.gather(*(g.call(slow) for _ in range(6)), return_exceptions=True)
     assert peak == 2
-    saturated = [r for r in results if isinstance(r, IdpUnavailable)]
+    saturated = [r for r in results if isinstance(r, IdpError)]
     assert saturated and all(r.kind is IdpFailure.SATURATED for r in saturated)
     assert g.breaker.state == CLOSED  # our own limit is not an IdP failure
 
@@ -216,7 +217,7 @@ async def test_every_call_sent_has_at_least_half_of_the_timeout_and_later_caller
     g, attempt = guard(max_concurrent=1, timeout=1.0, connect_timeout=0.1), Script(delay=0.3)
     results = await asyncio.gather(*(g.call(attempt) for _ in range(5)), return_exceptions=True)
     assert attempt.calls >= 1 and all(budget >= 0.5 for budget in attempt.timeouts)
-    assert {r.kind for r in results if isinstance(r, IdpUnavailable)} <= {IdpFailure.SATURATED}
+    assert {r.kind for r in results if isinstance(r, IdpError)} <= {IdpFailure.SATURATED}
     assert results.count("ok") == attempt.calls
 
 
@@ -227,12 +228,12 @@ async def test_a_busy_but_healthy_idp_is_not_blamed_for_the_time_callers_spent_q
         """Like a real call: the answer comes after 0.25 s, or the budget runs out first."""
         await asyncio.sleep(min(budget, 0.25))
         if budget < 0.25:
-            raise IdpUnavailable(IdpFailure.TIMEOUT, "scripted")
+            raise IdpError(IdpFailure.TIMEOUT, "scripted")
         return "ok"
 
     results = await asyncio.gather(*(g.call(healthy_in_a_quarter_second) for _ in range(6)),
                                    return_exceptions=True)
-    assert not [r for r in results if isinstance(r, IdpUnavailable) and r.kind is IdpFailure.TIMEOUT]
+    assert not [r for r in results if isinstance(r, IdpError) and r.kind is IdpFailure.TIMEOUT]
     assert g.breaker.state == CLOSED
 
 
@@ -240,7 +241,7 @@ async def test_a_retry_that_times_out_on_what_was_left_is_not_blamed_the_refusal
     captured_logs: pytest.LogCaptureFixture,
 ) -> None:
     g = guard(timeout=1.0, connect_timeout=0.1, retries=1, breaker_failures=1)
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await g.call(Script("refused", "timeout", delay=0.6))  # the retry has < 0.5 s left
     assert raised.value.kind is IdpFailure.TIMEOUT and g.breaker.state == OPEN
     [opened] = [r for r in captured_logs.records if r.getMessage() == "idp breaker open"]

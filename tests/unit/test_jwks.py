@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import get_default_algorithms
 
 from sidecar.config import IdpConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable
 from sidecar.dev.devidp import SigningKey
 from sidecar.idp.discovery import Discovery
+from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.jwk_set import MAX_KEYS, JwksError, parse_jwks
 from sidecar.idp.jwks import Jwks
 from sidecar.idp.tls import IdpSession
@@ -142,43 +142,43 @@ async def test_a_rotated_key_is_found_by_the_unknown_kid_refresh() -> None:
 
 async def test_keys_older_than_max_age_are_fetched_again_and_never_used_when_that_fails() -> None:
     jwks = ScriptedJwks(jwks_max_age=60.0)
-    jwks.documents = [document(EC.public_jwk()), IdpUnavailable(IdpFailure.HTTP_5XX, "down", status=500)]
+    jwks.documents = [document(EC.public_jwk()), IdpError(IdpFailure.HTTP_5XX, "down", status=500)]
     assert len(await jwks.keys_for("ec")) == 1
     jwks.clock.now += 59
     assert len(await jwks.keys_for("ec")) == 1 and jwks.downloads == 1
     jwks.clock.now += 2
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await jwks.keys_for("ec")
     assert jwks.downloads == 2
 
 
 async def test_a_failed_load_is_idp_unavailable_and_retried_only_after_a_pause() -> None:
     jwks = ScriptedJwks()
-    jwks.documents = [IdpUnavailable(IdpFailure.REFUSED), document(EC.public_jwk())]
+    jwks.documents = [IdpError(IdpFailure.REFUSED), document(EC.public_jwk())]
     for _ in range(3):
-        with pytest.raises(IdpUnavailable) as raised:
+        with pytest.raises(IdpError) as raised:
             await jwks.keys_for("ec")
         assert raised.value.kind is IdpFailure.REFUSED  # the repeat keeps what went wrong
     assert jwks.downloads == 1 and not jwks.ready
-    jwks.clock.now += jwks.retry_after
+    jwks.clock.now += jwks.RETRY_AFTER
     assert len(await jwks.keys_for("ec")) == 1 and jwks.ready
 
 
 async def test_an_unusable_set_is_idp_unavailable() -> None:
     jwks = ScriptedJwks()
     jwks.documents = [document({"kty": "oct", "k": "c2VjcmV0", "kid": "ec"})]
-    with pytest.raises(IdpUnavailable) as raised:
+    with pytest.raises(IdpError) as raised:
         await jwks.keys_for("ec")
     assert raised.value.kind is IdpFailure.UNUSABLE
 
 
 async def test_an_unknown_kid_after_a_failed_refresh_is_unavailable_not_unknown() -> None:
     jwks = ScriptedJwks()
-    jwks.documents = [document(EC.public_jwk()), IdpUnavailable(IdpFailure.TIMEOUT, "slow")]
+    jwks.documents = [document(EC.public_jwk()), IdpError(IdpFailure.TIMEOUT, "slow")]
     await jwks.keys_for("ec")
-    with pytest.raises(IdpUnavailable):
+    with pytest.raises(IdpError):
         await jwks.keys_for("rotated")
-    with pytest.raises(IdpUnavailable):  # within the interval: not fetched again, still not a 401
+    with pytest.raises(IdpError):  # within the interval: not fetched again, still not a 401
         await jwks.keys_for("rotated")
     assert jwks.downloads == 2
     assert len(await jwks.keys_for("ec")) == 1  # the current set still serves known kids
@@ -187,7 +187,7 @@ async def test_an_unknown_kid_after_a_failed_refresh_is_unavailable_not_unknown(
 async def test_without_a_jwks_uri_auto_is_ready_and_jwt_is_not() -> None:
     for token_format, ready in (("auto", True), ("jwt", False)):
         jwks = ScriptedJwks(token_format=token_format, jwks_uri=None)
-        with pytest.raises(IdpUnavailable) as raised:
+        with pytest.raises(IdpError) as raised:
             await jwks.keys_for("ec")
         assert raised.value.kind is IdpFailure.NO_JWKS_URI
         assert jwks.ready is ready and jwks.downloads == 0

@@ -3,9 +3,11 @@ from __future__ import annotations
 import json
 
 from sidecar.config import ResponseConfig
-from sidecar.core.errors import IdpFailure, IdpUnavailable, InsufficientScope, InvalidToken, MissingToken
-from sidecar.core.response import HeaderBuilder, deny_body, deny_headers, sanitize
+from sidecar.core.errors import InsufficientScope, InvalidToken, MissingToken
+from sidecar.core.headers import HeaderBuilder, sanitize
 from sidecar.core.token_info import TokenInfo
+from sidecar.fronts.render import deny_body, deny_headers
+from sidecar.idp.failures import IdpError, IdpFailure
 
 
 def test_every_configured_header_is_present_and_empty_when_the_claim_is_absent() -> None:
@@ -45,7 +47,7 @@ def test_www_authenticate_follows_rfc6750_and_escapes_values() -> None:
 
 
 def test_idp_unavailable_carries_retry_after_and_a_generic_body() -> None:
-    denial = IdpUnavailable(IdpFailure.TIMEOUT, "secret detail", retry_after=3)
+    denial = IdpError(IdpFailure.TIMEOUT, "secret detail", retry_after=3)
     assert deny_headers(denial, "api")["Retry-After"] == "3"
     body = json.loads(deny_body(denial))
     assert body == {"error": "temporarily_unavailable", "reason": "idp_unavailable"}

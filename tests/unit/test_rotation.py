@@ -10,10 +10,10 @@ import pytest
 from sidecar import config as config_module
 from sidecar.config import ConfigError, IdpConfig
 from sidecar.dev.pki import CertificateAuthority
-from sidecar.idp.rotation import CertificateWatcher, certificate_expiry, snapshot
+from sidecar.idp.rotation import CertificateWatcher, certificate_expiry, files_of
 from sidecar.idp.tls import IdpSession
 from sidecar.support.metrics import Metrics
-from tests.kubelet import SecretVolume
+from tests.support.kubelet import SecretVolume
 
 
 def published(tmp_path: Path, content: bytes) -> tuple[SecretVolume, IdpConfig]:
@@ -26,27 +26,28 @@ def published(tmp_path: Path, content: bytes) -> tuple[SecretVolume, IdpConfig]:
 
 def test_a_snapshot_follows_the_data_symlink_to_the_timestamped_directory(tmp_path: Path) -> None:
     volume, idp = published(tmp_path, b"one")
-    first = snapshot(idp)
+    first = files_of(idp).read()
     assert Path(first.paths["cert_file"]).parent.name.startswith("..2")
     assert Path(first.paths["cert_file"]).parent.name != "..data"
     volume.publish({"tls.crt": b"two", "tls.key": b"key", "ca.crt": b"ca"})
-    second = snapshot(idp)
+    second = files_of(idp).read()
     assert second.digest != first.digest and second.paths["cert_file"] != first.paths["cert_file"]
     assert not Path(first.paths["cert_file"]).exists()  # the kubelet removed the old generation
 
 
 def test_the_same_content_republished_has_the_same_digest(tmp_path: Path) -> None:
     volume, idp = published(tmp_path, b"one")
-    first = snapshot(idp)
+    first = files_of(idp).read()
     volume.publish({"tls.crt": b"one", "tls.key": b"key", "ca.crt": b"ca"})
-    assert snapshot(idp).digest == first.digest
+    watch = files_of(idp)
+    assert watch.read().digest == first.digest
+    watch.seen = first.digest
+    assert watch.poll() is None  # unchanged content: nothing to reload
 
 
 def test_certificate_expiry_is_the_leafs_not_after(tmp_path: Path) -> None:
     issued = CertificateAuthority().issue("sidecar", days=2)
-    path = tmp_path / "leaf.crt"
-    path.write_bytes(issued.cert_pem)
-    assert certificate_expiry(str(path)) == issued.cert.not_valid_after_utc
+    assert certificate_expiry(issued.cert_pem) == issued.cert.not_valid_after_utc
     assert certificate_expiry(None) is None
 
 

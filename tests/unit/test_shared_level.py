@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 from sidecar import config as config_module
-from sidecar.core.decision import Allow, Decider, Deny, Miss
-from sidecar.core.shared import Verify
+from sidecar.core.decision import Decider
+from sidecar.core.entry import Entry
+from sidecar.core.outcome import Deny, Miss
+from sidecar.core.ports import Verify
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.metrics import Metrics
 from tests.unit.test_hot_path import X5T, Reader, Verifier, req
@@ -29,7 +31,7 @@ class Shared:
 def decider(shared: Shared) -> tuple[Decider, Verifier]:
     verifier = Verifier()
     d = Decider(config_module.from_mapping({}), verifier, Metrics(), shared=shared)
-    d.reader = Reader()  # type: ignore[assignment]
+    d.presented._header = Reader()  # type: ignore[assignment]  # the header value is the thumbprint
     return d, verifier
 
 
@@ -37,16 +39,16 @@ async def test_the_shared_level_is_asked_on_a_miss_and_never_on_a_hit() -> None:
     shared = Shared()
     d, verifier = decider(shared)
     request = req(["Bearer tok"], X5T)
-    assert isinstance(await d.decide(request), Allow)
+    assert isinstance(await d.decide(request), Entry)
     for _ in range(5):
-        assert isinstance(d.decide_now(request), Allow)
+        assert isinstance(d.decide_now(request), Entry)
     assert shared.loads == 1 and verifier.calls == 1
 
 
 async def test_the_shared_expiry_caps_the_entrys_life_in_memory() -> None:
     d, _ = decider(Shared(until=time.time() + 0.05))
     entry = await d.decide(req(["Bearer tok"], X5T))
-    assert isinstance(entry, Allow)
+    assert isinstance(entry, Entry)
     assert entry.expires - time.monotonic() <= 0.06
     time.sleep(0.06)
     assert isinstance(d.decide_now(req(["Bearer tok"], X5T)), Miss)

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from sidecar import config as config_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "deploy" / "envoy"
 ISTIO_DIR = ROOT / "deploy" / "istio"
 

@@ -1,24 +1,20 @@
-"""Stage 5: what the proxy receives: sanitized ``x-credential-*`` headers on allow, and an
-RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge with a small JSON body on deny — with DPoP
-on, also the RFC 9449 §7.1 ``DPoP`` challenge (``algs``), the error going to the scheme used.
+"""Stage 5: the upstream headers of an allow, sanitized ``x-credential-*`` values built once per
+token when it enters the cache (a cache hit allocates nothing for them).
 
-Upstream headers are built once per token, when it enters the cache. Every configured header is
-present on allow, empty when the claim is absent, so a copy sent by the client can never reach
-the upstream through Envoy (which keeps client headers the service does not return).
+Every configured header is present on allow, empty when the claim is absent, so a copy sent by
+the client can never reach the upstream through Envoy (which keeps client headers the service
+does not return). How a denial is rendered is the fronts' (sidecar/fronts/render.py).
 """
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from multidict import istr
 
 from sidecar.config import DPOP_HEADERS, STANDARD_HEADERS, BindingMode, ResponseConfig
-from sidecar.core.errors import Denial
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.memo import Memo, text_size
 
@@ -117,10 +113,6 @@ class HeaderBuilder:
         self._make = _headers_class(self.names + ((REMOVE_HEADER,) if self._remove else ()))
 
     @property
-    def extra_claims(self) -> tuple[str, ...]:
-        return tuple(claim for claim, _ in self._extra if claim)
-
-    @property
     def names(self) -> tuple[str, ...]:
         """Every header an allow carries (the proxy config must set or clear each)."""
         return tuple(h for _, h in self._standard) + tuple(h for _, h in self._extra)
@@ -144,75 +136,3 @@ class HeaderBuilder:
                 joined = self._joined.put(value, sanitize(" ".join(value), self._max))
             return joined
         return sanitize(str(value), self._max)
-
-
-def unset(headers: Mapping[str, str], forged: Sequence[str]) -> tuple[str, ...]:
-    """The client-sent credential names (core/forged.py) this answer does not set: the removal list.
-
-    A name the answer sets is overwritten by the proxy; listing it too would remove the sidecar's
-    own value (Envoy applies removals after the headers it sets)."""
-    return tuple(name for name in forged if name not in headers)
-
-
-def with_removals(headers: CredentialHeaders, names: Sequence[str]) -> list[tuple[str, str]]:
-    """An allow's headers with ``names`` added to ``x-envoy-auth-headers-to-remove``."""
-    listed = headers.get(REMOVE_HEADER)
-    pairs: list[tuple[str, str]] = [(k, v) for k, v in headers.pairs() if k != REMOVE_HEADER]
-    pairs.append((REMOVE_HEADER, ", ".join([listed, *names] if listed else names)))
-    return pairs
-
-
-def _quote(value: str) -> str:
-    """RFC 9110 §5.6.4 quoted-string: escape backslash and double quote."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def deny_headers(denial: Denial, realm: str, *, dpop_algs: str | None = None, dpop: bool = False) -> dict[str, str]:
-    """RFC 6750 §3 challenge; no ``error`` attribute when the request had no credentials.
-
-    With ``dpop_algs`` (DPoP accepted) both challenges are sent (RFC 9449 §7.2), the error only in
-    the one of the scheme the request used (``dpop``), and ``algs`` in the DPoP one (§7.1).
-    """
-    if denial.status in (429, 503):
-        return {"Retry-After": str(denial.retry_after), "Cache-Control": "no-store"}
-    error: list[str] = []
-    if denial.error:
-        error.append(f"error={_quote(denial.error)}")
-        error.append(f"error_description={_quote(denial.description)}")
-    if denial.scope:
-        error.append(f"scope={_quote(denial.scope)}")
-    bearer = [f"Bearer realm={_quote(realm)}", *([] if dpop and dpop_algs else error)]
-    if not dpop_algs:
-        return {"WWW-Authenticate": ", ".join(bearer), "Cache-Control": "no-store"}
-    challenge = [f"DPoP realm={_quote(realm)}", *(error if dpop else []), f"algs={_quote(dpop_algs)}"]
-    return {"WWW-Authenticate": ", ".join(bearer + challenge), "Cache-Control": "no-store"}
-
-
-def deny_body(denial: Denial) -> bytes:
-    body: Mapping[str, str | None] = {
-        "error": denial.error or ("temporarily_unavailable" if denial.status in (429, 503) else "unauthorized"),
-        "reason": denial.reason,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedDenial:
-    """What every front answers for a denial: HTTP status, headers (with Content-Type), body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400, *,
-                  dpop_algs: str | None = None, dpop: bool = False) -> RenderedDenial:
-    """The one rendering of a denial, shared by the HTTP front and the gRPC ext_authz front.
-
-    ``invalid_request_status`` (``server.invalid_request_status``) replaces 400, which nginx
-    would turn into 500. ``dpop_algs``/``dpop``: see :func:`deny_headers`.
-    """
-    status = invalid_request_status if denial.status == 400 else denial.status
-    headers = deny_headers(denial, realm, dpop_algs=dpop_algs, dpop=dpop)
-    headers["Content-Type"] = "application/json"
-    return RenderedDenial(status, headers, deny_body(denial))

@@ -1,0 +1,83 @@
+"""The one edge between a front and the decision: a front translates its protocol into a
+:class:`~sidecar.core.request.CheckRequest`, calls :meth:`Edge.answer_now` (and awaits
+:meth:`Edge.answer` only for a pending step), and translates the :data:`Answer` back.
+
+An answer is one of:
+
+- the token's :class:`~sidecar.core.headers.CredentialHeaders` (an allow; the object the cache
+  holds, so a cache hit allocates nothing here);
+- :class:`Removing`: an allow whose request carried client copies of credential headers that the
+  answer does not set, named for the proxy to remove (``response.forged_headers = "remove"``);
+- a :class:`~sidecar.fronts.render.RenderedDenial`: status, challenge and body, rendered once per
+  kind of denial and reused.
+"""
+
+from __future__ import annotations
+
+from sidecar.core.decision import Decided, Decider
+from sidecar.core.headers import CredentialHeaders
+from sidecar.core.outcome import Deny, Pending
+from sidecar.core.request import CheckRequest
+from sidecar.fronts.render import RenderedDenial, render_denial, unset
+from sidecar.runtime import Sidecar
+from sidecar.support.memo import Memo
+
+MEMO_SIZE = 4096
+
+
+class Removing:
+    """An allow that also asks the proxy to remove ``names`` (only requests with forged copies pay)."""
+
+    __slots__ = ("headers", "names")
+
+    def __init__(self, headers: CredentialHeaders, names: tuple[str, ...]) -> None:
+        self.headers = headers
+        self.names = names
+
+
+Answer = CredentialHeaders | Removing | RenderedDenial
+
+
+class Edge:
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "removals")
+
+    def __init__(self, decider: Decider, realm: str, invalid_request_status: int) -> None:
+        self._decider = decider
+        self._realm = realm
+        self._invalid_request_status = invalid_request_status  # server.invalid_request_status
+        self._proof_algs = decider.proof_algs
+        self._denied: Memo[tuple[type, str, str | None, int, bool], RenderedDenial] = Memo(MEMO_SIZE)
+        self.removals = decider.policies.headers.removals  # response.remove_upstream_headers, lower case
+
+    def answer_now(self, request: CheckRequest) -> Answer | Pending:
+        """The answer when it needs no await (a cached token); else the step to hand to :meth:`answer`."""
+        decided = self._decider.decide_now(request)
+        if isinstance(decided, Pending):
+            return decided
+        return self._render(decided, request)
+
+    @classmethod
+    def of(cls, sidecar: Sidecar) -> Edge:
+        config = sidecar.config
+        return cls(sidecar.decider, config.response.realm, config.server.invalid_request_status)
+
+    async def answer(self, request: CheckRequest, pending: Pending) -> Answer:
+        return self._render(await self._decider.decide(request, pending), request)
+
+    def _render(self, decided: Decided, request: CheckRequest) -> Answer:
+        if isinstance(decided, Deny):
+            return self._denial(decided)
+        headers = decided.headers
+        if request.forged and (names := unset(headers, request.forged)):
+            return Removing(headers, names)
+        return headers
+
+    def _denial(self, deny: Deny) -> RenderedDenial:
+        denial = deny.denial
+        key = (type(denial), denial.reason, denial.scope, denial.retry_after, deny.dpop_scheme)
+        rendered = self._denied.get(key)
+        if rendered is None:
+            rendered = self._denied.put(key, render_denial(
+                denial, self._realm, self._invalid_request_status, proof_algs=self._proof_algs,
+                dpop_scheme=deny.dpop_scheme))
+        return rendered
