@@ -8,7 +8,9 @@ by name (``SOMETHING.md``), which must be in the repository.
 
 from __future__ import annotations
 
+import ast
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,35 @@ def test_the_checks_catch_what_they_claim_to() -> None:
     assert _exists("deploy/nginx/snippets/*.conf")
     assert _CITED_DOC.findall(sample) == ["DESIGN.md"]
     assert _ISSUE.findall("the figures of issue 6") == ["issue 6"]
+
+
+LAYOUT = ROOT / "docs" / "layout.md"
+_MODULE = re.compile(r"(?<![\w/.-])sidecar/[\w/]+\.py\b")
+
+
+def _modules() -> set[str]:
+    """Every module of the package: each .py file, and an ``__init__.py`` only when it defines
+    something (the others hold a docstring, imports and ``__all__``: their package is the folder)."""
+    found = set()
+    for path in (ROOT / "sidecar").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if path.name != "__init__.py" or any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                                             for n in tree.body):
+            found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_the_layout_names_every_module_exactly_once_and_no_module_that_is_not_there() -> None:
+    named = Counter(_MODULE.findall(LAYOUT.read_text(encoding="utf-8")))
+    modules = _modules()
+    assert not sorted(modules - set(named)), f"docs/layout.md does not name: {sorted(modules - set(named))}"
+    assert not sorted(set(named) - modules), f"docs/layout.md names what is not there: {sorted(set(named) - modules)}"
+    twice = sorted(m for m, count in named.items() if count > 1)
+    assert not twice, f"docs/layout.md names these more than once (one row each): {twice}"
+
+
+def test_the_layout_has_a_section_for_every_package() -> None:
+    text = LAYOUT.read_text(encoding="utf-8")
+    packages = sorted(str(p.parent.relative_to(ROOT)) + "/" for p in (ROOT / "sidecar").glob("*/__init__.py"))
+    missing = [p for p in packages if f"\n## `{p}`" not in text]
+    assert not missing, f"docs/layout.md has no section for: {missing}"
