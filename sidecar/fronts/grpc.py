@@ -1,8 +1,8 @@
 """The Envoy gRPC ext_authz front: ``envoy.service.auth.v3.Authorization/Check`` over grpc.aio.
 
-It turns a ``CheckRequest`` into the same :class:`~sidecar.decision.CheckRequest` the HTTP front
+It turns a ``CheckRequest`` into the same :class:`~sidecar.core.request.CheckRequest` the HTTP front
 builds and renders the same decision (RFC 6750 §3 challenge, RFC 8705 §3 binding, via
-:func:`sidecar.response.render_denial`) as a ``CheckResponse``:
+:func:`sidecar.core.response.render_denial`) as a ``CheckResponse``:
 
 - token: ``attributes.request.http.headers["authorization"]`` (Envoy lower-cases the keys and
   joins repeated headers with ``,``, which a b64token never holds: we split them back, so a
