@@ -108,7 +108,8 @@ SITUATIONS: tuple[Situation, ...] = (
         "`strict`; a `cnf` method not verified here", InvalidToken,
         ("cnf_mismatch", "`cnf.x5t#S256` is not the thumbprint of the certificate the trusted proxy forwarded"),
         ("cert_missing", "the token is bound to a certificate and none was forwarded by a trusted proxy"),
-        ("cert_invalid", "the certificate header cannot be read, or came more than once"),
+        ("cert_invalid", "the certificate header is not a certificate in `client_cert.format`, is longer than "
+                         "`client_cert.max_size`, or came more than once"),
         ("token_unbound", "`policy.binding = \"strict\"` and the token is bound to nothing this sidecar verifies"),
         ("cnf_unsupported", "`cnf` holds a method not verified here (`jkt` without `dpop.enabled`, `x5t`, `jwk`), or "
                             "both `x5t#S256` and `jkt`"),
