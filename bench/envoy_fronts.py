@@ -129,14 +129,14 @@ async def drive(ports: dict[str, object], requests: int, concurrency: int) -> No
 
 
 def import_cost() -> None:
-    """Cumulative ``-X importtime`` of sidecar.grpc_authz after sidecar.app (best of 5 runs)."""
+    """Cumulative ``-X importtime`` of sidecar.fronts.grpc after sidecar.app (best of 5 runs)."""
     def cumulative_ms() -> float:
-        result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import sidecar.app, sidecar.grpc_authz"],
+        result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import sidecar.app, sidecar.fronts.grpc"],
                                 check=True, capture_output=True, text=True)
-        (line,) = [x for x in result.stderr.splitlines() if x.rstrip().endswith("| sidecar.grpc_authz")]
+        (line,) = [x for x in result.stderr.splitlines() if x.rstrip().endswith("| sidecar.fronts.grpc")]
         return int(line.split("|")[1]) / 1000
 
-    print(f"start-up import of sidecar.grpc_authz (grpc, xds-protos, health) on top of sidecar.app: "
+    print(f"start-up import of sidecar.fronts.grpc (grpc, xds-protos, health) on top of sidecar.app: "
           f"{min(cumulative_ms() for _ in range(5)):.0f} ms (paid only with server.grpc_port)")
 
 

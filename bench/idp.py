@@ -1,4 +1,4 @@
-"""The bench's IdP: :class:`sidecar.devidp.DevIdp` over real mutual TLS, plus an answer delay
+"""The bench's IdP: :class:`sidecar.dev.devidp.DevIdp` over real mutual TLS, plus an answer delay
 and counters for introspection calls and accepted TLS connections (= full handshakes: the
 sidecar's client does not resume TLS sessions, so each new connection is one handshake).
 

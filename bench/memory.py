@@ -1,4 +1,4 @@
-"""RSS per cached token: fill a real :class:`sidecar.decision.Decider` with N tokens and compare
+"""RSS per cached token: fill a real :class:`sidecar.core.decision.Decider` with N tokens and compare
 the process's resident set before and after.
 
 The verifier parses a JSON introspection answer exactly like the introspection client does

@@ -74,7 +74,7 @@ def certificate(fmt: str, trust_hash: bool = False) -> Callable[[str], None]:
 
 def introspection(text: str) -> None:
     body = text.encode("utf-8", "surrogateescape")
-    try:  # what sidecar.introspection does with a 200 body
+    try:  # what sidecar.idp.introspection does with a 200 body
         payload = json.loads(body)
     except (ValueError, RecursionError):
         return

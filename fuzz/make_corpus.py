@@ -2,7 +2,7 @@
 
 Each seed starts with the byte that picks its parser in fuzz_parsers.py. fuzz/corpus/found/ holds
 inputs that a longer fuzzing run added coverage with (libFuzzer ``-merge=1``), kept as seeds too.
-Certificates are public (minted by sidecar.pki; no key is written). Run again only to refresh
+Certificates are public (minted by sidecar.dev.pki; no key is written). Run again only to refresh
 the seeds:
 
     python fuzz/make_corpus.py

@@ -1,4 +1,4 @@
-"""The package stays ruff- and mypy --strict-clean (DESIGN.md habits): a regression fails CI."""
+"""The package stays ruff- and mypy --strict-clean (the project's habits): a regression fails CI."""
 
 from __future__ import annotations
 

@@ -52,6 +52,9 @@ _URL = (checks.https_url,)
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The check port, the admin port (health, readiness, metrics, purge), the gRPC port, workers and
+    the limits of each port."""
+
     host: str = key("127.0.0.1", "address of the check port (any method, any path)")
     port: int = tcp_port(8080, "the check port")
     admin_host: str = key("127.0.0.1", "address of the admin port (`/healthz`, `/readyz`, `/metrics`)")
@@ -89,6 +92,9 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class IdpConfig:
+    """The identity provider: where it is, how the sidecar authenticates to it, how tokens are
+    validated, and how it is protected."""
+
     issuer: str | None = key(None, "discovery: OpenID `/.well-known/openid-configuration`, then RFC 8414",
                              checks=_URL)
     introspection_endpoint: str | None = key(None, "explicit introspection endpoint (wins over discovery)",
@@ -139,6 +145,8 @@ class IdpConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
+    """The token cache: its size, the lifetimes of answers, inactive answers and stale-if-error."""
+
     max_entries: int = key(100_000, "cached decisions at most; `0` turns the cache off", ge=0)
     max_ttl: float = key(300.0, "longest life of an entry; never past the token's `exp`", ge=0, unit="seconds")
     negative_ttl: float = key(10.0, "how long an inactive answer is remembered", ge=0, unit="seconds")
@@ -150,6 +158,8 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """The default policy: binding, scopes, issuers, audiences, token types and formats, claim conditions."""
+
     binding: BindingMode = key("strict", "`strict`; `optional`: checked when the token is bound; `off`")
     required_scopes: tuple[str, ...] = key((), "all must be in the token's `scope`", checks=(checks.scopes,))
     allowed_issuers: tuple[str, ...] = key((), "`iss` must be one of them (when set)")
@@ -173,6 +183,9 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class ClientCertConfig:
+    """The certificate a proxy forwards: its header and format, the proxies trusted to send it,
+    optional CA validation."""
+
     header: str = key("x-client-cert", "the header the proxy forwards the certificate in",
                       checks=(checks.header_name,))
     format: CertFormat = key("auto", "encoding of that header (see Certificate header formats)")
@@ -190,6 +203,8 @@ class ClientCertConfig:
 
 @dataclass(frozen=True)
 class DpopConfig:
+    """DPoP-bound tokens (RFC 9449, docs/dpop.md): proof algorithms, freshness and the replay store."""
+
     enabled: bool = key(False, "DPoP (RFC 9449); off: tokens bound by `cnf.jkt` are denied (`cnf_unsupported`)")
     algorithms: tuple[str, ...] = key(("ES256", "ES384", "EdDSA", "PS256", "RS256"),
                                       "proof algorithms; asymmetric only, sent in the challenge's `algs`",
@@ -206,6 +221,8 @@ class DpopConfig:
 
 @dataclass(frozen=True)
 class AdmissionConfig:
+    """Fair admission of cache misses to the IdP: a rate and a share of IdP calls per client source."""
+
     source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
                                                 "misses are charged to it", checks=(checks.header_name,))
     miss_rate: float = key(50.0, "new IdP calls per second per source; `0`: no rate limit", ge=0)
@@ -216,6 +233,8 @@ class AdmissionConfig:
 
 @dataclass(frozen=True)
 class ResponseConfig:
+    """What the proxy receives: the credential headers, extra claims, the challenge's realm, client-sent copies."""
+
     prefix: str = key("x-credential-", "prefix of every upstream header", checks=(checks.header_prefix,))
     claims: Mapping[str, str] = key({}, "extra claim → header suffix (`tenant = \"tenant\"` → `x-credential-tenant`)")
     max_value_length: int = key(1024, "header values are cut to this length", ge=16, le=8192)
@@ -230,6 +249,8 @@ class ResponseConfig:
 
 @dataclass(frozen=True)
 class RoutingConfig:
+    """How a request's policy is chosen (docs/routes.md): the proxy's header, Envoy's path prefix, matching."""
+
     policy_header: str = key("x-sidecar-policy", "header naming the policy (from a trusted proxy: nginx sets it per "
                                                  "location; docs/routes.md)", checks=(checks.header_name,),
                              readme=False)
@@ -254,12 +275,16 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """The log level and the decision log."""
+
     level: LogLevel = key("info", "log level")
     decisions: DecisionLogging = key("all", "one log line per decision: all, denials only, or none")
 
 
 @dataclass(frozen=True)
 class FleetConfig:
+    """Replicas sharing answers, single-flight, purges and DPoP replays through Redis (docs/fleet.md)."""
+
     enabled: bool = key(False, "share answers, single-flight and purges with other replicas through Redis "
                                "(docs/fleet.md; needs the `fleet` extra)")
     url: str = key("redis://127.0.0.1:6379/0", "`redis://` or `rediss://` (TLS) URL of Redis; in `cluster` mode one "
@@ -305,8 +330,10 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     # [policies.NAME] tables (each with the keys of [policy]) and [[routes]] rules: file only.
-    policies: Mapping[str, PolicyConfig] = field(default_factory=dict)
-    routes: tuple[RouteConfig, ...] = ()
+    policies: Mapping[str, PolicyConfig] = field(default_factory=dict, metadata={
+        "doc": "Named policies, each with the keys of `[policy]` from their defaults (docs/routes.md); file only."})
+    routes: tuple[RouteConfig, ...] = field(default=(), metadata={
+        "doc": "Rules naming the policy of a request, the first match wins (docs/routes.md); file only."})
 
     @property
     def kept_claims(self) -> tuple[str, ...]:

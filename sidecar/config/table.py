@@ -1,19 +1,22 @@
 """The configuration tables, generated from the declarations.
 
-Two tables: the README's short one (key, default, meaning: ``config-table`` markers) and the full
-reference in docs/configuration.md (also the type with its range and the environment variable:
-``config-reference`` markers). ``python -m sidecar.config.table`` prints the full table;
+The README's short table (the keys by section: ``config-table`` markers), and in
+docs/configuration.md every section (``config-sections``) and the full reference (type with its
+range, default, environment variable, meaning: ``config-reference``); the keys of a ``[[routes]]``
+rule in docs/routes.md (``routes-reference``). ``python -m sidecar.config.table`` prints the full table;
 ``python -m sidecar.config.table FILE...`` rewrites every marked region of those files in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from sidecar.config.sections import KEYS, ROUTE_KEYS, Key
+from sidecar.config.sections import KEYS, ROUTE_KEYS, SECTIONS, Config, Key
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
@@ -21,6 +24,8 @@ REFERENCE_BEGIN = "<!-- config-reference:begin -->"
 REFERENCE_END = "<!-- config-reference:end -->"
 ROUTES_BEGIN = "<!-- routes-reference:begin -->"
 ROUTES_END = "<!-- routes-reference:end -->"
+SECTIONS_BEGIN = "<!-- config-sections:begin -->"
+SECTIONS_END = "<!-- config-sections:end -->"
 
 
 def short_table() -> str:
@@ -32,6 +37,29 @@ def short_table() -> str:
     for k in (k for k in KEYS if k.spec.readme):
         sections.setdefault(k.section, []).append(f"`{k.name}`")
     rows += [f"| `[{section}]` | {', '.join(names)} |" for section, names in sections.items()]
+    return "\n".join(rows) + "\n"
+
+
+def sections_table() -> str:
+    """docs/configuration.md: every section a file may hold, one per field of :class:`Config` (a
+    section, ``[name.NAME]`` tables, a ``[[name]]`` array), with the docstring of its dataclass or
+    the ``doc`` of its field. ValueError when one has neither: a new section is never left out."""
+    rows = ["| section | what it holds |", "|---|---|"]
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            heading, doc = f"[{f.name}]", SECTIONS[f.name].__doc__ or ""
+            if doc.startswith(f"{SECTIONS[f.name].__name__}("):  # the docstring dataclass writes itself
+                doc = ""
+        elif get_origin(hints[f.name]) is tuple:
+            heading, doc = f"[[{f.name}]]", f.metadata.get("doc", "")
+        elif get_origin(hints[f.name]) is Mapping:
+            heading, doc = f"[{f.name}.NAME]", f.metadata.get("doc", "")
+        else:
+            raise ValueError(f"Config.{f.name} is neither a section, a table of tables nor an array of tables")
+        if not doc:
+            raise ValueError(f"the section {heading} has no doc: a docstring, or metadata={{'doc': ...}}")
+        rows.append(f"| `{heading}` | {' '.join(doc.split())} |")
     return "\n".join(rows) + "\n"
 
 
@@ -112,7 +140,7 @@ def replace_between_markers(text: str, table: str, begin: str = BEGIN, end: str 
 def regenerate(text: str) -> str:
     """Every marked region of ``text`` filled with its table; ValueError when there is none."""
     regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table),
-               (ROUTES_BEGIN, ROUTES_END, routes_table))
+               (ROUTES_BEGIN, ROUTES_END, routes_table), (SECTIONS_BEGIN, SECTIONS_END, sections_table))
     present = [(b, e, make) for b, e, make in regions if b in text]
     if not present:
         raise ValueError(f"the markers {BEGIN} and {END} (or {REFERENCE_BEGIN}) are missing")

@@ -2,16 +2,16 @@
 
 Through ``logging`` an allow line costs about 20 µs of CPU (LogRecord, formatter, ``json.dumps``,
 one ``write`` per line), as much as half of aiohttp's own work for a request. When the process
-logs through the handler of :func:`sidecar.logs.setup` alone (production), a request only
+logs through the handler of :func:`sidecar.support.logs.setup` alone (production), a request only
 records its facts (time, token hash, ``client_id``); the lines are assembled from strings (a
 timestamp prefix refreshed once per second, the token's hash, the JSON of its ``client_id``)
 when the batch is written: at most ``FLUSH_AFTER`` seconds or
 ``FLUSH_LINES`` lines after the first line of a batch, and at exit. The line is byte for byte what
-:class:`sidecar.logs.JsonFormatter` writes; other log lines are not held back, so an allow line
+:class:`sidecar.support.logs.JsonFormatter` writes; other log lines are not held back, so an allow line
 can appear up to ``FLUSH_AFTER`` after a later line of another kind. In any other logging set-up
 (pytest's caplog, an added handler or filter) the line goes through ``logging`` as before.
 
-The token appears only as its hash (:func:`sidecar.logs.token_hash`), as in every log line.
+The token appears only as its hash (:func:`sidecar.support.logs.token_hash`), as in every log line.
 """
 
 from __future__ import annotations

@@ -2,18 +2,19 @@
 
 Each denial carries its HTTP status, its RFC 6750 §3.1 error code and a stable reason code.
 The reason code is the log field and the metrics label; the public description stays generic.
+Every reason, with its class and meaning, is listed in :mod:`sidecar.core.reasons`.
 
     Denial
-    ├── MissingToken         401, no error code (RFC 6750 §3.1: request lacked credentials)
-    ├── InvalidRequest       400 invalid_request    token_malformed, token_duplicated, cert_invalid
-    ├── InvalidToken         401 invalid_token      token_inactive, token_expired, cnf_mismatch, ...
-    ├── InsufficientScope    403 insufficient_scope scope_missing, claim_mismatch
-    ├── InvalidDpopProof     401 invalid_dpop_proof dpop_* (RFC 9449 §7.1; core/dpop.py)
-    ├── RouteDenied          403 (fail closed)      policy_unknown, route_unmatched (routes.py)
-    ├── RateLimited          429 (fail closed)      rate_limited (admission.py)
-    ├── ReplayStoreFull      503 (fail closed)      dpop_replay_full (core/replay.py)
-    ├── IdpUnavailable       503 (fail closed)      idp_unavailable (idp/failures.py: why)
-    └── InternalError        503 (fail closed)      internal_error
+    ├── MissingToken         401 (no error code: RFC 6750 §3.1, the request lacked credentials)
+    ├── InvalidRequest       400 invalid_request (server.invalid_request_status)
+    ├── InvalidToken         401 invalid_token
+    ├── InsufficientScope    403 insufficient_scope
+    ├── InvalidDpopProof     401 invalid_dpop_proof (RFC 9449 §7.1)
+    ├── RouteDenied          403 (no error code; fail closed)
+    ├── RateLimited          429 (fail closed)
+    ├── ReplayStoreFull      503 (fail closed)
+    ├── IdpUnavailable       503 (fail closed; why: idp/failures.py)
+    └── InternalError        503 (fail closed)
 """
 
 from __future__ import annotations

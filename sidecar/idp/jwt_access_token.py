@@ -76,7 +76,7 @@ def unverified_header(token: str) -> dict[str, Any]:
 
 
 class JwtAccessTokenVerifier:
-    """A :class:`~sidecar.decision.Verifier` for RFC 9068 JWT access tokens."""
+    """A :class:`~sidecar.core.ports.Verifier` for RFC 9068 JWT access tokens."""
 
     def __init__(
         self, idp: IdpConfig, policy: PolicyConfig, keys: KeySource, extra_claims: Collection[str] = ()

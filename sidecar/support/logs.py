@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-# The handler installed by setup(); sidecar.decision_log writes allow lines to it directly.
+# The handler installed by setup(); sidecar.core.decision_log writes allow lines to it directly.
 HANDLER: logging.StreamHandler[TextIO] | None = None
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

@@ -1,9 +1,10 @@
 """The store behind the token cache: bounded, and each entry expiring at its own deadline.
 
-A hit is one dict lookup and one clock read: about five times cheaper than
-``cachetools.TLRUCache.get``, and about 200 bytes less per entry (no per-item expiry object,
-heap slot, size map or recency links). Expired entries are dropped when read. When the store is
-full, the oldest inserted entry goes first (FIFO, not LRU: no bookkeeping on a hit; with TTLs
+A hit is one dict lookup and one clock read: 0.19 µs against 1.17 µs for
+``cachetools.TLRUCache.get``, and 187 bytes less per cached token (``bench/memory.py --tokens
+100000``: 1 048 against 1 235; no per-item expiry object, heap slot, size map or recency links):
+why the project does not use cachetools. Expired entries are dropped when read. When the store
+is full, the oldest inserted entry goes first (FIFO, not LRU: no bookkeeping on a hit; with TTLs
 bounded by ``cache.max_ttl`` a hot token is re-fetched at most once per TTL either way).
 """
 

@@ -1,4 +1,4 @@
-"""Envoy HTTP ext_authz, to the letter of PROTOCOLS.md: the sidecar asked exactly as Envoy asks.
+"""Envoy HTTP ext_authz, to the letter of Envoy's behaviour: the sidecar asked exactly as Envoy asks.
 
 Envoy sends the original method to ``path_prefix`` + the original ``:path`` (query included),
 with ``Content-Length: 0``, Host, Authorization and the ``allowed_headers`` (here XFCC) only; only

@@ -205,7 +205,7 @@ class ConfiguredSidecar:
 
 
 class ThreadedFakeIdp:
-    """tests/fake_idp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
+    """tests/support/fake_idp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
     from the test to inject a fault into introspection."""
 
     def __init__(self, pki: TestPki) -> None:

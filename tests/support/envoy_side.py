@@ -1,4 +1,4 @@
-"""What Envoy sends to an ext_authz service, built the way Envoy builds it (PROTOCOLS.md).
+"""What Envoy sends to an ext_authz service, built the way Envoy's source builds it.
 
 - XFCC (``conn_manager_utility.cc``): one element per hop, ``;``-separated pairs in the order
   By, Hash, Cert, Chain, Subject, URI, DNS; ``Hash`` is the lower-case hex SHA-256 of the DER;

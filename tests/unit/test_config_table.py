@@ -1,25 +1,30 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from sidecar.config import KEYS
+from sidecar.config import KEYS, Config, LogConfig
+from sidecar.config.sections import SECTIONS
 from sidecar.config.table import (
     BEGIN,
     END,
     REFERENCE_BEGIN,
     REFERENCE_END,
+    SECTIONS_BEGIN,
+    SECTIONS_END,
     main,
     markdown_table,
     replace_between_markers,
+    sections_table,
     short_table,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 REFERENCE = ROOT / "docs" / "configuration.md"
-REGENERATE = "run: python -m sidecar.config.table README.md docs/configuration.md"
+REGENERATE = "run: python -m sidecar.config.table README.md docs/configuration.md docs/routes.md"
 
 
 def test_the_readme_table_is_the_one_generated_from_the_declarations() -> None:
@@ -61,3 +66,22 @@ def test_regenerating_rewrites_only_what_lies_between_the_markers(tmp_path: Path
 def test_regenerating_a_file_without_markers_is_refused() -> None:
     with pytest.raises(ValueError, match="markers"):
         replace_between_markers("# no table here\n", markdown_table())
+
+
+def test_the_sections_of_the_reference_are_the_ones_generated_from_the_declarations() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    between = text.partition(SECTIONS_BEGIN)[2].partition(SECTIONS_END)[0]
+    assert between == "\n" + sections_table(), REGENERATE
+
+
+def test_every_field_of_the_configuration_is_a_section_of_the_reference() -> None:
+    headings = [row.split(" | ")[0].strip("| `") for row in sections_table().splitlines()[2:]]
+    assert headings == [f"[{f.name}]" for f in dataclasses.fields(Config) if f.name in SECTIONS] + [
+        "[policies.NAME]", "[[routes]]"]
+    assert {"[dpop]", "[admission]", "[fleet]", "[routing]"} <= set(headings)
+
+
+def test_a_section_without_a_doc_cannot_be_generated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LogConfig, "__doc__", "LogConfig(level: str = 'info')")  # what dataclass writes
+    with pytest.raises(ValueError, match=r"\[log\] has no doc"):
+        sections_table()

@@ -1,6 +1,6 @@
 """deploy/envoy/: each Envoy YAML parses into Envoy's Bootstrap message (unknown field or type
 fails), passes the protoc-gen-validate rules Envoy checks at load, and points its ext_authz
-filter at the ports of the matching sidecar TOML, with the settings PROTOCOLS.md calls for."""
+filter at the ports of the matching sidecar TOML, with the settings docs/envoy.md describes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The core's interface to a second cache level (sidecar/core/shared.py), without Redis: asked on
+"""The core's interface to a second cache level (sidecar/core/ports.py), without Redis: asked on
 a miss only, its expiry caps the entry's life, its digest key keys the cache, failures deny."""
 
 from __future__ import annotations
