@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from sidecar.dev.devidp import Client
+from sidecar.dev.fakeidp import FakeIdp
 from tests.deploy.test_kubernetes import OVERLAYS, pod_spec, sidecar_env
-from tests.fake_idp import FakeIdp
 from tests.kubelet import SecretVolume
 from tests.pki_fixtures import TestPki
 from tests.ports import free_port

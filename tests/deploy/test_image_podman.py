@@ -30,8 +30,8 @@ import pytest
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Fault, standard_idp
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp, Fault, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import accepts_connections
 from tests.pki_fixtures import TestPki

@@ -30,11 +30,11 @@ import yaml
 
 from sidecar import config as config_module
 from sidecar.dev.devidp import Client
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
 from tests.deploy.test_deployment_env import process_env
 from tests.deploy.test_kubernetes import pod_spec, render, sidecar_env
 from tests.envoy_config import ENVOY_DIR, duration_seconds, endpoint_port, ext_authz_of, parse_bootstrap
-from tests.fake_idp import FakeIdp
 from tests.interop.https import Reply, request
 from tests.interop.nginx import DEPLOY as NGINX_DIR
 from tests.interop.nginx import nginx_binary

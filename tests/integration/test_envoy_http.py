@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.dev.pki import Issued
 from tests import envoy_side
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
 from tests.scenarios import deploy_sections
 

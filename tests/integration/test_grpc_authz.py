@@ -18,10 +18,10 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import app
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.fronts.grpc import SERVICE, GrpcFront, peer_address
 from tests import envoy_side
 from tests.conftest import MakeSidecar, Running, sidecar_config
-from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
 from tests.ports import free_port
 from tests.scenarios import deploy_sections

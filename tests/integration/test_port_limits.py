@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
 from tests.ports import free_port
 from tests.sidecar_process import Process, running_sidecar

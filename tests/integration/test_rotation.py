@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.app import admin_app
 from sidecar.core.client_cert import thumbprint
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Handler, standard_idp
 from sidecar.dev.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
 from tests.check_server import CheckTestServer
 from tests.conftest import escaped_pem, sidecar_config
-from tests.fake_idp import FakeIdp, Handler, standard_idp
 from tests.kubelet import SecretVolume
 from tests.pki_fixtures import TestPki
 

@@ -17,8 +17,8 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
 from tests.ports import free_port
 from tests.sidecar_process import Process, running_sidecar

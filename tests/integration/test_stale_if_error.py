@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
-from tests.fake_idp import FakeIdp, Fault
 from tests.integration.test_idp_faults import metric
 from tests.pki_fixtures import TestPki
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from sidecar.config import ConfigError, from_mapping
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
-from tests.fake_idp import FakeIdp
 from tests.pki_fixtures import TestPki
 from tests.ports import free_ports
 

@@ -24,7 +24,7 @@ import yaml
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
-from tests.fake_idp import FakeIdp, standard_idp
+from sidecar.dev.fakeidp import FakeIdp, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import stop, tail, wait_until
 from tests.interop.stack import EchoUpstream, metric_sum
@@ -205,7 +205,7 @@ class ConfiguredSidecar:
 
 
 class ThreadedFakeIdp:
-    """tests/fake_idp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
+    """sidecar/dev/fakeidp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
     from the test to inject a fault into introspection."""
 
     def __init__(self, pki: TestPki) -> None:

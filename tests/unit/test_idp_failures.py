@@ -11,9 +11,9 @@ import pytest
 
 from sidecar.config import IdpConfig
 from sidecar.core.errors import IdpFailure, IdpUnavailable
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.idp.fetch import call_timeout, fetch_json
 from sidecar.idp.tls import client_context, client_session
-from tests.fake_idp import FakeIdp, Fault
 from tests.pki_fixtures import TestPki
 
 
