@@ -4,10 +4,9 @@
 "__main__"``) the arguments of its smallest run that still prints every section, the lines it must
 print (regular expressions, each matched against a line of its standard output) and, where a value
 means something (one IdP call for 200 concurrent requests, every refused certificate header), a
-check of that value. A new program without an entry fails
-``test_every_bench_program_has_a_quick_run_in_the_table``;
-a module that is no program must say it is a library module and be imported by a program. Nothing
-here asserts timing: the figures are printed, not judged.
+check of that value. A new program without an entry fails the table's own test; a module that is
+no program must say it is a library module and be imported by a program. Nothing here asserts
+timing: the figures are printed, not judged.
 """
 
 from __future__ import annotations
