@@ -1,6 +1,7 @@
 """Cost of one cache-hit decision (the hot path: ``decide_now``, no coroutine), in-process, without HTTP.
 
     taskset -c 1 .venv/bin/python bench/cache_hit_decide.py
+    .venv/bin/python bench/cache_hit_decide.py --quick    # 1 round of 2,000 (a smoke run)
 
 Prints the best of 7 rounds of 100k decisions. Compare two trees by running it with
 ``PYTHONPATH`` pointing at each (ratios within one run; absolute figures drift).
@@ -8,6 +9,7 @@ Prints the best of 7 rounds of 100k decisions. Compare two trees by running it w
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import platform
@@ -42,5 +44,16 @@ async def main(rounds: int = 7, n: int = 100_000) -> None:
           f"-{platform.python_version()} rounds={rounds}x{n}")
 
 
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds, the best taken (7)")
+    parser.add_argument("--decisions", type=int, default=100_000, help="decisions per round (100000)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2000")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.decisions = 1, 2000
+    asyncio.run(main(args.rounds, args.decisions))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    cli()

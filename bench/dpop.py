@@ -1,4 +1,5 @@
-"""DPoP for the bench: client keys, proofs signed ahead of a run, and the wrk script that sends them.
+"""DPoP for the benches: client keys, proofs signed ahead of a run, and the wrk script that sends
+them. A library module of bench/run.py and bench/dpop_fleet.py (no command of its own).
 
 A proof is single-use (its ``jti`` is remembered), so wrk cannot replay one request: each request
 takes the next of many proofs signed before the run (outside the measurement). The requests carry

@@ -22,19 +22,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import dpop
+from bench.run import free_port
 from sidecar import config as config_module
 from sidecar.core.decision import Decider
 from sidecar.core.entry import Entry
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
+from sidecar.dev.redis import RedisServer
 from sidecar.fleet.replay import RedisReplayStore
 from sidecar.fleet.store import Fleet
 from sidecar.support.metrics import Metrics
-from tests.fleet.redis_server import RedisServer
-from tests.support.dpop_proof import DpopKey
-
-URL = "https://api.example:8443/orders"
 
 
 class BoundVerifier:
@@ -49,8 +48,8 @@ class BoundVerifier:
 
 
 def request(proof: str) -> CheckRequest:
-    return CheckRequest(["DPoP tok"], [], "127.0.0.1", method="GET", path="/orders", host="api.example:8443",
-                        scheme="https", dpop_proofs=[proof])
+    return CheckRequest(["DPoP tok"], [], "127.0.0.1", method="GET", path=dpop.URI, host=dpop.HOST, scheme="https",
+                        dpop_proofs=[proof])
 
 
 async def per_decision(directory: Path, server: RedisServer | None, requests: int) -> float:
@@ -61,11 +60,11 @@ async def per_decision(directory: Path, server: RedisServer | None, requests: in
         raw["fleet"] = {"enabled": True, "url": server.url, "secret_file": str(directory / "secret"),
                         "seal_key_file": str(directory / "seal")}
     config = config_module.from_mapping(raw, {})
-    key, metrics = DpopKey(), Metrics()
+    key, metrics = dpop.Client(), Metrics()
     fleet = Fleet(config, metrics) if server is not None else None
     decider = Decider(config, BoundVerifier(key.jkt), metrics, shared=fleet,
                       shared_replay=RedisReplayStore(fleet) if fleet is not None else None)
-    proofs = [key.proof("GET", URL, "tok") for _ in range(requests + 1)]  # signed outside the timing
+    proofs = [key.proof("tok") for _ in range(requests + 1)]  # signed outside the timing
     try:
         assert isinstance(await decider.decide(request(proofs[0])), Entry)  # the token is cached now
         started = time.perf_counter()
@@ -88,7 +87,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-dpop-fleet-") as name:
         directory = Path(name)
-        server = RedisServer(directory / "redis").start()
+        server = RedisServer(directory / "redis", free_port()).start()
         try:
             local, fleet = [], []
             for _ in range(args.rounds):

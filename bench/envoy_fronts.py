@@ -2,6 +2,7 @@
 start-up cost of importing grpc + Envoy's protos. Prints figures; asserts nothing.
 
     .venv/bin/python -m bench.envoy_fronts [--requests 4000] [--concurrency 16]
+    .venv/bin/python -m bench.envoy_fronts --quick    # 200 checks per front, one import run
 
 The sidecar (with the development IdP over mutual TLS) runs in a child process pinned to CPU 0,
 the load generator in this process on CPU 1 (when the machine has two). Every request is the
@@ -128,24 +129,31 @@ async def drive(ports: dict[str, object], requests: int, concurrency: int) -> No
         await load("gRPC ext_authz front", grpc_call, requests, concurrency)
 
 
-def import_cost() -> None:
-    """Cumulative ``-X importtime`` of sidecar.fronts.grpc after sidecar.app (best of 5 runs)."""
+GRPC_FRONT = "sidecar.fronts.grpc"  # imported by sidecar.app only when server.grpc_port is set
+
+
+def import_cost(runs: int) -> None:
+    """Cumulative ``-X importtime`` of the gRPC front after sidecar.app (best of ``runs``)."""
     def cumulative_ms() -> float:
-        result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import sidecar.app, sidecar.fronts.grpc"],
+        result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import sidecar.app, {GRPC_FRONT}"],
                                 check=True, capture_output=True, text=True)
-        (line,) = [x for x in result.stderr.splitlines() if x.rstrip().endswith("| sidecar.fronts.grpc")]
+        (line,) = [x for x in result.stderr.splitlines() if x.rstrip().endswith(f"| {GRPC_FRONT}")]
         return int(line.split("|")[1]) / 1000
 
-    print(f"start-up import of sidecar.fronts.grpc (grpc, xds-protos, health) on top of sidecar.app: "
-          f"{min(cumulative_ms() for _ in range(5)):.0f} ms (paid only with server.grpc_port)")
+    print(f"start-up import of {GRPC_FRONT} (grpc, xds-protos, health) on top of sidecar.app: "
+          f"{min(cumulative_ms() for _ in range(runs)):.0f} ms (paid only with server.grpc_port)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--import-runs", type=int, default=5, help="runs of the import timing, best taken (5)")
+    parser.add_argument("--quick", action="store_true", help="200 checks per front at concurrency 4, one import run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.concurrency, args.import_runs = 200, 4, 1
     if args.child:
         asyncio.run(serve_child())
         return
@@ -164,7 +172,7 @@ def main() -> None:
         assert child.stdin is not None
         child.stdin.close()
         child.wait(timeout=10)
-    import_cost()
+    import_cost(args.import_runs)
 
 
 if __name__ == "__main__":

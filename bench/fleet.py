@@ -42,7 +42,7 @@ import aiohttp  # noqa: E402
 from bench.idp import start_idp  # noqa: E402
 from bench.run import PY, Env, Server, escaped, free_port, metric, spawn, wait_http  # noqa: E402
 from sidecar.dev.pki import CertificateAuthority  # noqa: E402
-from tests.fleet.redis_server import RedisServer  # noqa: E402
+from sidecar.dev.redis import RedisServer  # noqa: E402
 
 REPLICAS = 4
 CORES = "0-1"
@@ -158,7 +158,7 @@ async def main_async(args: argparse.Namespace) -> None:
     files = (tmp / "fleet-secret", tmp / "fleet-key")
     for path in files:
         path.write_text(secrets.token_urlsafe(32))
-    redis = RedisServer(tmp / "redis").start()
+    redis = RedisServer(tmp / "redis", free_port()).start()
     print(f"fleet bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  python {sys.version.split()[0]} "
           f"({sys.executable})  tokens {args.tokens}, {REPLICAS} replicas, {args.concurrency} tokens in flight, "
           f"IdP delay {args.idp_delay * 1000:.0f} ms, fleet.timeout {args.redis_timeout} s, "

@@ -14,7 +14,8 @@ does not answer (the ports serve; checks without a token are answered 401):
     python bench/half_open.py held --port check --connections 50 --head-bytes 7500000 --field-bytes 60000
     python bench/half_open.py flood --connections 1100 --nofile 1024
 
-Bounded: at most 2,000 connections and 120 s of waiting.
+``--header-timeout S`` sets the sidecar's ``server.header_timeout`` (10 s by default), so that a
+short ``held`` run sees the connections closed. Bounded: at most 2,000 connections and 120 s of waiting.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def partial_head(size: int, field: int) -> bytes:
 async def held(args: argparse.Namespace) -> dict[str, object]:
     extra = {"SIDECAR_SERVER__ADMIN_MAX_CONNECTIONS": str(args.admin_max_connections)} \
         if args.admin_max_connections else {}
+    if args.header_timeout:
+        extra["SIDECAR_SERVER__HEADER_TIMEOUT"] = str(args.header_timeout)
     async with sidecar(0, extra) as (process, port, admin):
         target = admin if args.port == "admin" else port
         await asyncio.sleep(0.5)
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--field-bytes", type=int, default=8000)
     parser.add_argument("--admin-max-connections", type=int, default=0)
     parser.add_argument("--wait", type=float, default=12.0)
+    parser.add_argument("--header-timeout", type=float, default=0.0, help="server.header_timeout (the default)")
     parser.add_argument("--nofile", type=int, default=1024)
     args = parser.parse_args()
     args.connections = min(args.connections, 2000)

@@ -1,6 +1,8 @@
-"""The bench's IdP: :class:`sidecar.dev.devidp.DevIdp` over real mutual TLS, plus an answer delay
-and counters for introspection calls and accepted TLS connections (= full handshakes: the
-sidecar's client does not resume TLS sessions, so each new connection is one handshake).
+"""The bench's IdP, a library module of the benches (bench/run.py, flood.py, fleet.py,
+cert_memory.py; no command of its own): :class:`sidecar.dev.devidp.DevIdp` over real mutual
+TLS, plus an answer delay and counters for introspection calls and accepted TLS connections
+(= full handshakes: the sidecar's client does not resume TLS sessions, so each new connection is
+one handshake).
 
 It runs inside the bench driver's event loop, so its counters are read directly.
 """

@@ -1,5 +1,6 @@
 """The peer in the benchmark: Apache httpd + mod_auth_openidc, the OAuth 2.0 resource
 server a user would run instead, against nginx + the sidecar as shipped in ``deploy/nginx``.
+A library module of bench/run.py, which runs it (``bench/run.py --peer-only``: only this).
 
 Four fronts, each terminating TLS with a client certificate and proxying to the same static
 backend (a separate nginx process), driven by ``ab -k -E`` (keep-alive, client certificate

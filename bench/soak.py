@@ -1,6 +1,6 @@
 """Soak: a million decisions under a mix of tokens and IdP faults, counting wrong allows.
 
-The sidecar runs in this process against the fake IdP (tests/support/fake_idp.py) over real mutual TLS
+The sidecar runs in this process against the fake IdP (sidecar/dev/fakeidp.py) over real mutual TLS
 on 127.0.0.1. Most decisions call ``Decider.decide()`` directly (in-process, for throughput: the
 HTTP parsing is not what a soak measures); ``--http-every N`` sends every Nth decision through the
 real HTTP check port instead. While it runs, the IdP cycles through faults (500, 503 with
@@ -53,9 +53,9 @@ from sidecar.config import from_mapping  # noqa: E402
 from sidecar.core.entry import Entry  # noqa: E402
 from sidecar.core.request import CheckRequest  # noqa: E402
 from sidecar.dev.devidp import server_context  # noqa: E402
+from sidecar.dev.fakeidp import FakeIdp, Fault, standard_idp  # noqa: E402
 from sidecar.dev.pki import CertificateAuthority, Issued  # noqa: E402
 from sidecar.runtime import Sidecar  # noqa: E402
-from tests.support.fake_idp import FakeIdp, Fault, standard_idp  # noqa: E402
 
 LEEWAY = 5.0
 MAX_TTL = 2.0

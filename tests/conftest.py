@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar import config as config_module
 from sidecar.app import admin_app
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, standard_idp
 from sidecar.dev.pki import Issued
 from sidecar.runtime import Sidecar
 from tests.support.check_server import CheckTestServer
-from tests.support.fake_idp import FakeIdp, standard_idp
 from tests.support.pki_fixtures import TestPki, make_pki
 
 

@@ -4,7 +4,7 @@ live on in the prose of the code under its old name.
 Read in every Python file of sidecar/, tests/, bench/ and fuzz/ (docstrings with ``ast``, comments
 with ``tokenize``): dotted names under ``sidecar`` (the longest prefix that is a module, the rest
 attributes of it), repository paths (``deploy/nginx/sidecar.toml``, globs and ``<mode>`` or
-``{a,b}`` placeholders read as ``*``, ``tests/support/fake_idp.FakeIdp`` as a module and an attribute) and,
+``{a,b}`` placeholders read as ``*``, ``tests/support/ports.free_port`` as a module and an attribute) and,
 inside sidecar/, paths relative to the package (``core/forged.py``).
 """
 
@@ -68,7 +68,7 @@ def path_exists(path: str, base: Path = ROOT) -> bool:
         return any(base.glob(path))
     if (base / path).exists():
         return True
-    module, _, attribute = path.rpartition(".")  # tests/support/fake_idp.FakeIdp
+    module, _, attribute = path.rpartition(".")  # tests/support/ports.free_port
     return bool(module) and attribute.isidentifier() and (base / f"{module}.py").exists()
 
 
@@ -100,7 +100,7 @@ def test_the_check_sees_moved_modules_missing_attributes_and_paths() -> None:
         '"""Uses :class:`sidecar.decision.Decider` and :func:`sidecar.fronts.render.render_denial`."""\n'
         "# reads deploy/envoy/sidecar-<mode>.toml and deploy/envoy/sidecar-{grpc,http}-routes.toml\n"
         "def f():\n"
-        '    """See sidecar.core.errors.NoSuchDenial, core/gone.py, tests/support/fake_idp.FakeIdp, sidecar.toml."""\n'
+        '    """See sidecar.core.errors.NoSuchDenial, core/gone.py, tests/support/ports.free_port, sidecar.toml."""\n'
         "    return 'sidecar.decision in code is not prose'\n"
     )
     texts = prose(source)

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from sidecar.dev.devidp import Client
+from sidecar.dev.fakeidp import FakeIdp
 from tests.deploy.test_kubernetes import OVERLAYS, pod_spec, sidecar_env
-from tests.support.fake_idp import FakeIdp
 from tests.support.kubelet import SecretVolume
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port

@@ -30,10 +30,10 @@ import pytest
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Fault, standard_idp
 from tests.conftest import escaped_pem
 from tests.interop.https import Reply, request
 from tests.interop.processes import accepts_connections
-from tests.support.fake_idp import FakeIdp, Fault, standard_idp
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 

@@ -30,6 +30,7 @@ import yaml
 
 from sidecar import config as config_module
 from sidecar.dev.devidp import Client
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
 from tests.deploy.test_deployment_env import process_env
 from tests.deploy.test_kubernetes import pod_spec, render, sidecar_env
@@ -39,7 +40,6 @@ from tests.interop.nginx import nginx_binary
 from tests.interop.processes import accepts_connections, stop, tail, wait_until
 from tests.interop.stack import EchoUpstream
 from tests.support.envoy_config import ENVOY_DIR, duration_seconds, endpoint_port, ext_authz_of, parse_bootstrap
-from tests.support.fake_idp import FakeIdp
 from tests.support.kubelet import SecretVolume
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port

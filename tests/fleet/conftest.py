@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.redis import RedisServer
 from tests.conftest import MakeSidecar, Running
-from tests.fleet.redis_server import RedisServer
+from tests.support.ports import free_port
 
 ADMIN_SECRET = "fleet-admin-secret-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_SECRET}"}
@@ -38,7 +39,7 @@ def fleet_files(tmp_path: Path) -> FleetFiles:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
+    server = RedisServer(tmp_path / "redis", free_port()).start()
     yield server
     server.kill()
 

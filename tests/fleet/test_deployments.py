@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError
+from sidecar.dev.fakeidp import FakeIdp
+from sidecar.dev.redis import DATA, RedisServer
 from tests.conftest import MakeSidecar
 from tests.fleet.conftest import ADMIN, ADMIN_SECRET, FleetFiles, events, fleet_of, wait_subscribed
-from tests.fleet.redis_server import DATA, RedisServer, start_cluster
-from tests.support.fake_idp import FakeIdp
+from tests.fleet.redis_server import start_cluster
 from tests.support.pki_fixtures import TestPki
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.fleet
 
@@ -61,7 +63,7 @@ async def test_replicas_share_answers_and_purges_through_a_three_node_cluster(
 async def test_an_acl_user_is_required_and_a_wrong_password_never_allows(
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, fleet_files: FleetFiles, tmp_path: Path
 ) -> None:
-    server = RedisServer(tmp_path / "acl", extra=(
+    server = RedisServer(tmp_path / "acl", free_port(), extra=(
         *DATA, "--user", "default", "off",
         "--user", "sidecar", "on", ">sidecar-password-0123", "~sidecar:*", "&sidecar:*",
         "+get", "+set", "+type", "+evalsha", "+script|load", "+del", "+unlink", "+scan", "+publish", "+subscribe",
@@ -90,7 +92,7 @@ async def test_redis_over_tls_with_a_client_certificate(
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, fleet_files: FleetFiles, tmp_path: Path
 ) -> None:
     cert, key = pki.idp_files  # a server certificate for 127.0.0.1 from the test CA
-    server = RedisServer(tmp_path / "tls", tls=True, extra=(
+    server = RedisServer(tmp_path / "tls", free_port(), tls=True, extra=(
         *DATA, "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(pki.ca_file),
         "--tls-auth-clients", "yes",
     )).start()
@@ -114,12 +116,12 @@ async def test_redis_over_tls_with_a_client_certificate(
 async def test_replicas_find_the_master_through_sentinel(
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, fleet_files: FleetFiles, tmp_path: Path
 ) -> None:
-    master = RedisServer(tmp_path / "master").start()
+    master = RedisServer(tmp_path / "master", free_port()).start()
     sentinel_dir = tmp_path / "sentinel"
     sentinel_dir.mkdir()
     conf = sentinel_dir / "sentinel.conf"
     conf.write_text(f"sentinel monitor fleet 127.0.0.1 {master.port} 1\n")
-    sentinel = RedisServer(sentinel_dir, config=conf, extra=("--sentinel",))
+    sentinel = RedisServer(sentinel_dir, free_port(), config=conf, extra=("--sentinel",))
     try:
         sentinel.start()
         fleet = {"mode": "sentinel", "sentinels": [f"127.0.0.1:{sentinel.port}"], "sentinel_master": "fleet"}

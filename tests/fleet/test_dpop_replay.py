@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
+from sidecar.dev.redis import RedisServer
 from tests.fleet.conftest import MakeReplica, events
-from tests.fleet.redis_server import RedisServer
 from tests.support.dpop_proof import DpopKey
-from tests.support.fake_idp import FakeIdp
 
 pytestmark = pytest.mark.fleet
 URL = "https://api.example:8443/orders"

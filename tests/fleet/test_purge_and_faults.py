@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
+from sidecar.dev.redis import RedisServer
 from sidecar.support.logs import token_hash
 from tests.conftest import Running
 from tests.fleet.conftest import ADMIN, MakeReplica, events, fleet_of, wait_subscribed
-from tests.fleet.redis_server import RedisServer
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet
@@ -63,7 +63,7 @@ async def test_a_purge_on_one_replica_drops_the_token_on_every_replica_and_in_re
 async def test_a_purge_while_an_idp_call_is_in_flight_keeps_the_old_answer_out_of_redis(
     make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
 ) -> None:
-    from tests.support.fake_idp import Fault
+    from sidecar.dev.fakeidp import Fault
 
     a, b = await make_replica(), await make_replica()
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from sidecar.core.token_info import INACTIVE, token_info_from_claims
+from sidecar.dev.fakeidp import FakeIdp
+from sidecar.dev.redis import RedisServer
 from sidecar.fleet.codec import decode, encode
 from sidecar.fleet.replay import RedisReplayStore
 from sidecar.fleet.seal import Names, Sealer, Tampered
 from tests.fleet.conftest import MakeReplica, events, fleet_of
-from tests.fleet.redis_server import RedisServer
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet

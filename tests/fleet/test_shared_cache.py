@@ -9,11 +9,11 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
+from sidecar.dev.redis import RedisServer
 from sidecar.support.logs import token_hash
 from tests.conftest import Running
 from tests.fleet.conftest import FleetFiles, MakeReplica, events, fleet_of
-from tests.fleet.redis_server import RedisServer
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet

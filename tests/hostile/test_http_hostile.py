@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from sidecar.core.client_cert import CertificateReader
 from sidecar.core.extract import bearer_token
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import Running, escaped_pem
 from tests.hostile.material import certificates, header_values
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 DENY_STATUSES = {400, 401, 403}

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import MakeSidecar
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 ATTACKER, CLIENT = "198.51.100.66", "198.51.100.7"

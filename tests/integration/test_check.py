@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from sidecar.core import decision
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import MakeSidecar, Running, escaped_pem
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, escaped_pem
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.dev.pki import Issued
 from tests.conftest import MakeSidecar, Running
 from tests.support import envoy_side
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 from tests.support.scenarios import deploy_sections
 

@@ -18,10 +18,10 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar import app
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.fronts.grpc import SERVICE, GrpcFront, peer_address
 from tests.conftest import MakeSidecar, Running, sidecar_config
 from tests.support import envoy_side
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 from tests.support.scenarios import deploy_sections

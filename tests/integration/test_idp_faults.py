@@ -26,9 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.dev.pki import CertificateAuthority
 from tests.conftest import MakeSidecar, Running
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 

@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from sidecar.dev.devidp import Client
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import MakeSidecar, Running
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 JWT_POLICY = {"audiences": ["api"]}

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 from tests.support.sidecar_process import Process, running_sidecar

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from sidecar.config import ConfigError, from_mapping
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 SECRET = "purge-secret-0123456789abcdef"

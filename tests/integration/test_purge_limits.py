@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import MakeSidecar, Running
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 SECRET = "purge-secret-0123456789abcdef"

@@ -23,11 +23,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.app import admin_app
 from sidecar.core.client_cert import thumbprint
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Handler, standard_idp
 from sidecar.dev.pki import CertificateAuthority, Issued
 from sidecar.runtime import Sidecar
 from tests.conftest import escaped_pem, sidecar_config
 from tests.support.check_server import CheckTestServer
-from tests.support.fake_idp import FakeIdp, Handler, standard_idp
 from tests.support.kubelet import SecretVolume
 from tests.support.pki_fixtures import TestPki
 

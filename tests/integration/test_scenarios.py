@@ -16,10 +16,10 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from google.rpc import code_pb2
 
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.fronts.grpc import GrpcFront
 from tests.conftest import MakeSidecar
 from tests.support import envoy_side
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 from tests.support.scenarios import (
     CASES,

@@ -17,8 +17,8 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import escaped_pem
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 from tests.support.sidecar_process import Process, running_sidecar

@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.core.errors import IdpUnavailable
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.idp.jwk_set import VerifyKey
 from sidecar.idp.signed_introspection import verify_signed_answer
 from tests.conftest import MakeSidecar
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.support.logs import token_hash
 from tests.conftest import MakeSidecar, Running
 from tests.integration.test_idp_faults import metric
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 STALE = {"max_ttl": 0.2, "stale_if_error": 30}

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from sidecar.config import ConfigError, from_mapping
+from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_ports
 

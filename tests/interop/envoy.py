@@ -24,10 +24,10 @@ import yaml
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, standard_idp
 from tests.interop.https import Reply, request
 from tests.interop.processes import stop, tail, wait_until
 from tests.interop.stack import EchoUpstream, metric_sum
-from tests.support.fake_idp import FakeIdp, standard_idp
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 
@@ -205,7 +205,7 @@ class ConfiguredSidecar:
 
 
 class ThreadedFakeIdp:
-    """tests/support/fake_idp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
+    """sidecar/dev/fakeidp.FakeIdp over mutual TLS on an event loop of its own thread; set ``.idp.fault``
     from the test to inject a fault into introspection."""
 
     def __init__(self, pki: TestPki) -> None:

@@ -1,5 +1,5 @@
 """The real Envoy with the shipped deploy/envoy files where faults must be injected: the fake IdP
-(tests/support/fake_idp.py, real mutual TLS) answers 500, drops the connection or answers too late, the
+(sidecar/dev/fakeidp.py, real mutual TLS) answers 500, drops the connection or answers too late, the
 sidecar hangs; and the shared scenario table (tests/support/scenarios.py) through Envoy for real.
 
 Also what Envoy itself sends to the HTTP ext_authz service, recorded in the sidecar's place, so
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from sidecar.dev.fakeidp import Fault
 from tests.interop.envoy import MODES, Envoy, EnvoyFront, ThreadedFakeIdp
 from tests.interop.https import Reply, request, tls_context
 from tests.interop.stack import EchoUpstream, Received
 from tests.support import envoy_side
-from tests.support.fake_idp import Fault
 from tests.support.pki_fixtures import TestPki
 from tests.support.scenarios import CASES, Case
 

@@ -11,10 +11,10 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from google.rpc import code_pb2
 
+from sidecar.dev.fakeidp import FakeIdp
 from sidecar.fronts.grpc import GrpcFront
 from tests.conftest import MakeSidecar, escaped_pem
 from tests.support import envoy_side
-from tests.support.fake_idp import FakeIdp
 from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.routes

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.dev.devidp import server_context
-from tests.support.fake_idp import FakeIdp, Handler, standard_idp
+from sidecar.dev.fakeidp import FakeIdp, Handler, standard_idp
 from tests.support.pki_fixtures import TestPki
 
 CLIENT_SECRET = "cs-4f1d9a7e-never-log-me-2b6c"

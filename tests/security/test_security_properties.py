@@ -32,13 +32,13 @@ from sidecar.core import binding, client_cert
 from sidecar.core.errors import InvalidToken
 from sidecar.core.token_info import TokenInfo
 from sidecar.dev.devidp import server_context
+from sidecar.dev.fakeidp import FakeIdp, Fault, standard_idp
 from sidecar.idp.tls import TlsConfigError, client_context
 from sidecar.runtime import Sidecar
 from sidecar.support.logs import JsonFormatter
 from tests.conftest import MakeSidecar, Running, escaped_pem, sidecar_config
 from tests.security.conftest import BASIC, CLIENT_SECRET, SecretAwareIdp
 from tests.support.check_server import CheckTestServer
-from tests.support.fake_idp import FakeIdp, Fault, standard_idp
 from tests.support.pki_fixtures import TestPki
 
 KEY_PASSWORD = "kp-93c1-never-log-me"

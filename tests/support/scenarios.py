@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.dev.pki import Issued
 from tests.support import envoy_side
 from tests.support.envoy_config import ENVOY_DIR, ext_authz_of, load_bootstrap
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 FRONTS = ("http", "grpc", "grpc-xfcc")  # grpc-xfcc: no include_peer_certificate (Istio's gRPC provider)

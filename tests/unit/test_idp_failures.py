@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 
 from sidecar.config import IdpConfig
+from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import call_timeout, fetch_json
 from sidecar.idp.tls import client_context, client_session
-from tests.support.fake_idp import FakeIdp, Fault
 from tests.support.pki_fixtures import TestPki
 
 

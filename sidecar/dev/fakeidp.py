@@ -1,7 +1,8 @@
-"""The development IdP with fault injection, for integration tests over real mutual TLS.
+"""The development IdP with fault injection: the tests' IdP, and the soak's (bench/soak.py).
 
 The IdP requires and verifies the sidecar's client certificate (tls_client_auth); faults are
-scripted per test: a status, garbage, a delay, a dropped connection.
+scripted by the caller: a status, garbage, a delay, a dropped connection. Failures of the IdP are
+what the sidecar's breaker, retries and stale-if-error exist for; this makes them on demand.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ async def _apply(fault: Fault | None, request: web.Request, handler: Handler) ->
 
 
 def standard_idp() -> FakeIdp:
+    """The clients the tests and the soak use: the sidecar (may introspect), alice and bob
+    (certificate-bound tokens), carol (unbound tokens)."""
     idp = FakeIdp()
     for client in (Client("sidecar", may_introspect=True), Client("alice"), Client("bob"),
                    Client("carol", bound=False)):
