@@ -1,5 +1,5 @@
 """A three-node Redis cluster on loopback for the fleet tests, of :class:`sidecar.dev.redis.RedisServer`
-nodes (one server alone: that class, on a port of tests/ports.py)."""
+nodes (one server alone: that class, on a port of tests/support/ports.py)."""
 
 from __future__ import annotations
 
