@@ -691,6 +691,16 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
+    if args.dpop_only:
+        try:
+            rc, rd = await scenario_dpop(env, pem, tokens)
+        finally:
+            idp_server.close()
+            await runner.cleanup()
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+        print(f"\nratio DPoP-bound / certificate-bound cache hit req/s: {rd.rps / rc.rps:.2f}")
+        return
     if args.routes_only:
         try:
             ra, rb = await scenario_routes(env, pem, tokens)
@@ -769,6 +779,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (3)")
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
     parser.add_argument("--routes-only", action="store_true", help=f"only one policy vs. {ROUTES} rules (issue 13)")
+    parser.add_argument("--dpop-only", action="store_true", help="only the DPoP-bound vs certificate-bound hit")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
     parser.add_argument("--peer-clients", type=int, default=50, help="ab -c for the peer comparison (50)")
