@@ -326,6 +326,7 @@ class PeerBench:
             "idp": {"issuer": env.idp.issuer, "cert_file": str(files[0]), "key_file": str(files[1]),
                     "ca_file": str(env.ca_file)},
             "policy": {"audiences": ["api"]},
+            "routing": {"origins": [f"https://127.0.0.1:{api_port}"]},  # nginx sends $host: any port of it
         }))
         sidecar = r.spawn([r.PY, "-m", "sidecar", "serve", "--config", str(d / "sidecar.toml")], r.SERVER_CORE,
                           d / "sidecar.log")

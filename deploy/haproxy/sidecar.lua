@@ -21,9 +21,13 @@ local function deny(txn, status, headers, body)
 end
 
 core.register_action("sidecar_check", { "http-req" }, function(txn, url)
+  -- The original request as the upstream receives it (the sidecar holds the host to
+  -- routing.origins; the Lua client's own Host is the sidecar's address).
   local send = {
     ["x-forwarded-method"] = { txn.sf:method() },
     ["x-forwarded-uri"] = { txn.sf:pathq() },
+    ["x-forwarded-host"] = { txn.sf:req_hdr("host") },
+    ["x-forwarded-proto"] = { txn.f:ssl_fc() and "https" or "http" },
   }
   -- Every copy: the sidecar refuses a request with two Authorization headers.
   local authorization = txn.http:req_get_headers()["authorization"]

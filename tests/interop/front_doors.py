@@ -199,6 +199,7 @@ def start_front_stack(name: str, idp: OidcProvider, log_dir: Path, *,
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),
         "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}",
     })
+    sidecar.env.setdefault("SIDECAR_ROUTING__ORIGINS", front.url)  # the front's public origin
     stack = FrontStack(idp, sidecar, front, upstream, client_files)
     try:
         sidecar.start()

@@ -157,6 +157,7 @@ class IstioFront(EnvoyFront):
         self.sidecar = ConfiguredSidecar(ISTIO_DIR / "sidecar.toml", oidc.issuer, pki, log_dir, DEPLOYMENT, grpc=True)
         port = self.sidecar.grpc_port if "envoyExtAuthzGrpc" in provider else self.sidecar.port
         self.envoy = IstioGateway(provider, pki, upstream=self.upstream.port, sidecar=port)
+        self.sidecar.env["SIDECAR_ROUTING__ORIGINS"] = self.envoy.url  # the gateway's public origin
 
 
 @pytest.fixture(scope="module", params=["sidecar-grpc", "sidecar-http"])
