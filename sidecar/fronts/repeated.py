@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# "host": aiohttp's parser itself refuses a second Host (RFC 9112 §3.2); listed should that change.
 DESCRIBING = ("host", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-method", "x-forwarded-uri",
               "x-original-method", "x-original-uri")
 
