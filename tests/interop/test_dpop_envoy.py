@@ -129,7 +129,8 @@ def test_envoy_hands_the_dpop_nonce_to_the_client_on_401_and_on_200_never_upstre
     assert second.headers["dpop-nonce"]  # the one to use next (the same within a quarter of its lifetime)
     seen = nonce_front.upstream.last
     assert seen.header("x-credential-cnf-jkt") == dave.jkt and seen.header("dpop-nonce") is None
+    altered = nonce[:-1] + ("B" if nonce[-1] != "B" else "C")
     forged = nonce_front.call(None, "bob", path=PATH, headers={
-        "Authorization": f"DPoP {token}", "DPoP": dave.proof("GET", url, token, nonce=nonce[:-1] + ("B" if nonce[-1] != "B" else "C"))})
+        "Authorization": f"DPoP {token}", "DPoP": dave.proof("GET", url, token, nonce=altered)})
     assert forged.status == 401 and forged.headers["dpop-nonce"] == second.headers["dpop-nonce"]
     assert nonce_front.sidecar.decisions("dpop_nonce_invalid") >= 1
