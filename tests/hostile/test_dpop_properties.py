@@ -17,10 +17,10 @@ from sidecar.config import DpopConfig, RoutingConfig
 from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.errors import Denial, InvalidDpopProof, UseDpopNonce
 from sidecar.core.extract import TrustedProxies
-from sidecar.core.request import CheckRequest
-from sidecar.core.target import RequestTarget
 from sidecar.core.htu import normalize
 from sidecar.core.replay import LocalReplayStore
+from sidecar.core.request import CheckRequest
+from sidecar.core.target import RequestTarget
 from tests.support.dpop_proof import DpopKey
 
 pytestmark = pytest.mark.dpop
