@@ -60,10 +60,7 @@ async def main(rounds: int, n: int) -> None:
     issued = CertificateAuthority().issue("alice")
     client = dpop.Client()
     config = from_mapping({"dpop": {"enabled": True, "iat_window": 3600, "replay_max_entries": 5_000_000},
-                           "log": {"decisions": "off"}, "routing": {"origins": [f"https://{dpop.HOST}"]}}
-                          if _origins() else
-                          {"dpop": {"enabled": True, "iat_window": 3600, "replay_max_entries": 5_000_000},
-                           "log": {"decisions": "off"}})
+                           "log": {"decisions": "off"}, "routing": {"origins": [dpop.ORIGIN]}})
     decider = Decider(config, Verifier(issued.x5t_s256, client.jkt), Metrics())
     cert = [quote(issued.cert_pem.decode(), safe="")]
     bearer, bound = [f"Bearer {TOKEN_CERT}"], [f"DPoP {TOKEN_DPOP}"]
@@ -87,13 +84,6 @@ async def main(rounds: int, n: int) -> None:
     print(f"dpop_bound_hit_us={best_dpop * 1e6:.2f}")
     print(f"dpop_adds_us={(best_dpop - best_cert) * 1e6:.2f} python={platform.python_implementation()}"
           f"-{platform.python_version()} rounds={rounds}x{n}")
-
-
-def _origins() -> bool:
-    """Whether this tree declares public origins (``routing.origins``): then the bench declares its own."""
-    from sidecar.config.sections import RoutingConfig
-
-    return hasattr(RoutingConfig, "origins")
 
 
 def cli() -> None:

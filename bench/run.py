@@ -470,12 +470,14 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
     next to a certificate-bound one, on the same sidecar, in alternating rounds. Proofs are signed
     before each run (dpop.iat_window 3600 s keeps them fresh), one per request: wrk never resends one."""
     sidecar = await start_sidecar(env, extra="\n[dpop]\nenabled = true\niat_window = 3600\n"
-                                             "replay_max_entries = 5000000\n")
+                                             "replay_max_entries = 5000000\n"
+                                             f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n')
+    described = {"Host": dpop.HOST, "X-Forwarded-Proto": "https"}  # what nginx says: the declared origin
     clients = [dpop.Client() for _ in range(4)]
     bound = [(clients[i % 4], env.idp.mint_dpop("client", clients[i % 4].jkt)) for i in range(len(tokens))]
     title = "cache hit, DPoP-bound (ES256 proof per request) vs certificate-bound, same sidecar"
     try:
-        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens)
+        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, extra=described)
         async with aiohttp.ClientSession() as session:
             for client, token in bound:
                 async with session.get(f"http://127.0.0.1:{sidecar.port}/check",
@@ -483,7 +485,7 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
                     warm[r.status] = warm.get(r.status, 0) + 1
         if set(warm) != {200}:
             raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
-        cert_script = lua_script(env, "x-client-cert", certs, tokens)
+        cert_script = lua_script(env, "x-client-cert", certs, tokens, extra=described)
         runs: dict[str, list[Run]] = {"cert": [], "dpop": []}
         rate = 0.0
         for round_ in range(env.args.rounds):
@@ -632,41 +634,53 @@ def routes_toml(count: int) -> str:
     return text
 
 
-async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
-    """Cache hit under one policy vs. under the last of 20 rules (20 named policies), same requests:
-    nginx-style ``X-Original-URI``/``X-Original-Method`` on both. The rule match is memoized per
-    (method, host, path) and the token's verdict under the policy is kept on its cache entry."""
-    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET"}
+async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run, Run]:
+    """Cache hit under one policy vs. under the last of 20 rules (20 named policies) vs. the same 20
+    rules with ``routing.origins`` declared, same requests: nginx-style ``X-Original-URI`` /
+    ``X-Original-Method``, ``Host`` and ``X-Forwarded-Proto`` on all three. The rule match is memoized
+    per (method, host, path), the target stage's verdicts per path and per host, and the token's
+    verdict under the policy is kept on its cache entry."""
+    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET",
+                "Host": dpop.HOST, "X-Forwarded-Proto": "https"}
     single = await start_sidecar(env)
     routed = await start_sidecar(env, extra=routes_toml(ROUTES))
+    origins = await start_sidecar(env, extra=f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n' + routes_toml(ROUTES))
+    servers = {"a": single, "b": routed, "c": origins}
     try:
-        for server in (single, routed):
+        for server in servers.values():
             warm = await check_all(server.port, "x-client-cert", certs, tokens, extra=original)
             if set(warm) != {200}:
                 raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
         script = lua_script(env, "x-client-cert", certs, tokens, extra=original)
         # Three times the rounds, each shorter: the difference sought (~1 µs of 40) is far below the
         # round-to-round spread of a shared machine, so more, shorter alternations.
-        runs: dict[str, list[Run]] = {"a": [], "b": []}
+        runs: dict[str, list[Run]] = {"a": [], "b": [], "c": []}
         for round_ in range(env.args.rounds * 3):
-            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
-                server = single if side == "a" else routed
+            for side in ("abc", "cba", "bca")[round_ % 3]:
+                server = servers[side]
                 runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
                                             duration=max(1, round(env.args.duration / 1.5))))
-        assert routed.admin_port is not None
-        allowed = await metric(routed.admin_port, "sidecar_decisions_total",
+        assert origins.admin_port is not None
+        allowed = await metric(origins.admin_port, "sidecar_decisions_total",
                                f'outcome="allow",policy="p{ROUTES - 1}",reason="ok"')
     finally:
-        single.stop()
-        routed.stop()
-    ra, rb = median_run(runs["a"]), median_run(runs["b"])
+        for server in servers.values():
+            server.stop()
+    ra, rb, rc = median_run(runs["a"]), median_run(runs["b"]), median_run(runs["c"])
+
+    def rounds(x: str, y: str) -> str:
+        return ", ".join(f"{p.rps / q.rps:.2f}" for p, q in zip(runs[x], runs[y], strict=True))
+
     report(env, f"per-route policies: cache hit, one policy vs. {ROUTES} rules (escaped PEM, X-Original-URI)",
            f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n"
-           f"  allowed under p{ROUTES - 1} (the last rule): {allowed:.0f}\n"
-           f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: "
-           + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True)) + ")"
-           + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
-    return ra, rb
+           f"  (c) {ROUTES} rules, routing.origins declared {rc.line()}\n"
+           f"  allowed under p{ROUTES - 1} (the last rule) with origins: {allowed:.0f}\n"
+           f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: {rounds('b', 'a')})"
+           f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}\n"
+           f"  ratio (c)/(a) {rc.rps / ra.rps:.3f}   (rounds: {rounds('c', 'a')})\n"
+           f"  ratio (c)/(b) {rc.rps / rb.rps:.3f}   (rounds: {rounds('c', 'b')})"
+           f"   CPU ratio (b)/(c) {rb.cpu_us / rc.cpu_us:.3f}")
+    return ra, rb, rc
 
 
 # --------------------------------------------------------------------------- main
@@ -703,13 +717,15 @@ async def main_async(args: argparse.Namespace) -> None:
         return
     if args.routes_only:
         try:
-            ra, rb = await scenario_routes(env, pem, tokens)
+            ra, rb, rc = await scenario_routes(env, pem, tokens)
         finally:
             idp_server.close()
             await runner.cleanup()
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-        print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
+        print(f"\nratio (c)/(a) cache hit, {ROUTES} rules with routing.origins vs one policy: {rc.rps / ra.rps:.3f}")
+        print(f"ratio (c)/(b) cache hit, {ROUTES} rules with routing.origins vs without: {rc.rps / rb.rps:.3f}")
+        print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
         return
     try:
         if args.peer_only:
@@ -740,7 +756,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await scenario_nginx(env, sidecar, pem, tokens)
         sidecar.stop()
         await scenario_dpop(env, pem, tokens)
-        route_a, route_b = await scenario_routes(env, pem, tokens)
+        route_a, route_b, route_c = await scenario_routes(env, pem, tokens)
         await scenario_memory(env)
         peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
         if not args.no_workers:
@@ -764,7 +780,8 @@ async def main_async(args: argparse.Namespace) -> None:
           f"  p99 at half the maximum rate: {half.p99_ms:.2f} ms (target <= 2)")
     print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
           "(other processes share the cores: compare ratios within this run)")
-    print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}; "
+          f"(c)/(b) with routing.origins declared vs without: {route_c.rps / route_b.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
           f"with client_cert.ca_file {vb.rps / va.rps:.2f})")
 
@@ -778,7 +795,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="A/B rounds per scenario (4)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (3)")
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
-    parser.add_argument("--routes-only", action="store_true", help=f"only one policy vs. {ROUTES} rules (issue 13)")
+    parser.add_argument("--routes-only", action="store_true",
+                        help=f"only one policy vs. {ROUTES} rules, without and with routing.origins (issues 13, 22)")
     parser.add_argument("--dpop-only", action="store_true", help="only the DPoP-bound vs certificate-bound hit")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
