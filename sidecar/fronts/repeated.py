@@ -13,7 +13,7 @@ names every such header that came more than once; the core refuses the request
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 # "host": aiohttp's parser itself refuses a second Host (RFC 9112 §3.2); listed should that change.
 DESCRIBING = ("host", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-method", "x-forwarded-uri",
@@ -23,15 +23,19 @@ DESCRIBING = ("host", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-meth
 class RepeatedHeaders:
     """Finds the describing headers a check request carries more than once."""
 
-    __slots__ = ("_markers",)
+    __slots__ = ("_names",)
 
     def __init__(self, *extra: str) -> None:
         """``extra``: the configured describing headers (the policy header, the source header)."""
         names = dict.fromkeys(n.lower() for n in (*DESCRIBING, *extra))
-        # Each name framed as "\n<name>\r" in the joined names: one count() in C per describing name.
-        self._markers = tuple((name, b"\n" + name.encode("ascii") + b"\r") for name in names)
+        self._names = tuple((name, name.encode("ascii")) for name in names)
 
-    def in_raw(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-        """The describing names among aiohttp's ``raw_headers`` that occur more than once (any case)."""
-        joined = (b"\n" + b"\r\n".join([name for name, _ in raw_headers]) + b"\r").lower()
-        return [name for name, marker in self._markers if joined.count(marker) > 1]
+    def in_raw(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> Sequence[str]:
+        """The describing names among aiohttp's ``raw_headers`` that occur more than once (any case).
+
+        Each check request pays for one set of its lower-cased names (about 0.4 µs for a dozen);
+        only a request with some name twice, describing or not, pays for the names' counts."""
+        if len({name.lower() for name, _ in raw_headers}) == len(raw_headers):
+            return ()
+        every = [name.lower() for name, _ in raw_headers]
+        return [name for name, key in self._names if every.count(key) > 1]
