@@ -24,7 +24,7 @@ from tests.interop.conftest import StartStack
 from tests.interop.oidc_idp import OIDC_DIR, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import Stack
 
-pytestmark = [pytest.mark.interop, pytest.mark.dpop]
+pytestmark = [pytest.mark.interop, pytest.mark.fronts, pytest.mark.dpop]
 
 DPOP = {"SIDECAR_DPOP__ENABLED": "true"}
 
