@@ -52,7 +52,8 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 
 def sign(key: SigningKey = EC_KEY, header: dict[str, Any] | None = None, **changes: Any) -> str:
-    headers = {k: v for k, v in {"typ": "at+jwt", "kid": key.kid, **(header or {})}.items() if v is not None}
+    headers = {k: v for k, v in {"typ": "at+jwt", "kid": key.kid, **(header or {})}.items()
+               if v is not None or k == "typ"}  # typ None: no typ at all (pyjwt would write JWT)
     return jwt.encode(claims(**changes), key.private_key, algorithm=key.alg, headers=headers)
 
 
