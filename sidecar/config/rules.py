@@ -82,6 +82,7 @@ def _key(where: str, name: str) -> str:
 
 
 def _validate_idp(i: IdpConfig, where: str = "idp") -> None:
+    _validate_tenants(i, where)
     introspects = i.token_format != "jwt"
     if not i.client_id and introspects:
         raise ConfigError(_key(where, "client_id"), "is required for introspection")
@@ -97,7 +98,6 @@ def _validate_idp(i: IdpConfig, where: str = "idp") -> None:
         raise ConfigError(_key(where, "client_secret"), f"is required with auth_method {i.auth_method}")
     if not i.jwt_algorithms and i.token_format != "introspection":
         raise ConfigError(_key(where, "jwt_algorithms"), "must not be empty unless token_format is introspection")
-    _validate_tenants(i, where)
 
 
 def _validate_tenants(i: IdpConfig, where: str) -> None:
