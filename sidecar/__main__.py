@@ -85,8 +85,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for warning in config_module.warnings(config):
             print(f"sidecar: warning: {warning}", file=sys.stderr)
         print("configuration ok")
-        print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}; "
-              f"issuers: {', '.join(config.every_issuer)}")
+        print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}")
+        if config.issuers:
+            print(f"issuers: {', '.join(config.every_issuer)}")
         if args.online:
             _check_online(config)
         return
