@@ -6,7 +6,9 @@ the right one (called on a cache miss only: a hit never routes).
 - **A JWT** goes to the issuer its ``iss`` names. The claim is read before verification only to
   choose the issuer (and so the keys); that issuer then verifies the token whole, ``iss``
   included. An ``iss`` that names no configured issuer (nor an allowed tenant of a multi-tenant
-  one) is ``issuer_not_allowed``, and no key is fetched for it.
+  one) is ``issuer_not_allowed``, and no key is fetched for it; unless the policy names issuers
+  known by their introspection endpoint alone (no ``issuer``), which are then asked as for an
+  opaque token.
 - **An opaque token** (or a JWT without ``iss``) is introspected at the issuers the request's
   policy names, in that order, until one says it is active. Its cost is bounded: at most one
   introspection per issuer the policy names (``policy.issuers``: at most four), each under that
@@ -86,9 +88,12 @@ class Issuers:
         iss = unverified_iss(token)
         if iss is not None:
             issuer = self._by_iss.get(iss)
-            if issuer is None:
+            if issuer is not None:
+                return await issuer.verify(token)
+            unnamed = tuple(n for n in issuers if not any(i.idp.issuer for i in self.by_name.get(n, ())))
+            if not unnamed:
                 raise InvalidToken("issuer_not_allowed", f"iss {iss[:100]!r} names no configured issuer")
-            return await issuer.verify(token)
+            issuers = unnamed
         return await self._introspect(token, issuers)
 
     async def _introspect(self, token: str, names: tuple[str, ...]) -> TokenInfo:

@@ -80,6 +80,16 @@ async def test_a_jwt_whose_iss_names_no_issuer_is_refused_before_any_issuer_is_a
     assert not checks["default"].asked and not checks["b"].asked
 
 
+async def test_a_jwt_of_unknown_iss_goes_only_to_the_policys_issuers_known_by_their_endpoint_alone() -> None:
+    raw = two(issuers={"b": {"introspection_endpoint": B + "/introspect", "token_format": "introspection",
+                             "client_id": "s", "auth_method": "client_secret_basic", "client_secret": "x" * 16}})
+    issuers, checks = registry(raw, default=ACTIVE, b=ACTIVE)
+    assert (await issuers.verify(token("https://b-tokens.example"), ("default", "b"))).issuer == "b"
+    assert not checks["default"].asked  # a has an issuer of its own: the token is not a's
+    with pytest.raises(InvalidToken):
+        await issuers.verify(token("https://b-tokens.example"), ("default",))
+
+
 async def test_an_opaque_token_is_introspected_at_the_policys_issuers_in_order_until_one_knows_it() -> None:
     issuers, checks = registry(two(), default=INACTIVE, b=ACTIVE)
     info = await issuers.verify("opaque", ("default", "b"))
