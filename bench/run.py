@@ -634,53 +634,85 @@ def routes_toml(count: int) -> str:
     return text
 
 
-async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run, Run]:
-    """Cache hit under one policy vs. under the last of 20 rules (20 named policies) vs. the same 20
-    rules with ``routing.origins`` declared, same requests: nginx-style ``X-Original-URI`` /
-    ``X-Original-Method``, ``Host`` and ``X-Forwarded-Proto`` on all three. The rule match is memoized
-    per (method, host, path), the target stage's verdicts per path and per host, and the token's
-    verdict under the policy is kept on its cache entry."""
-    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET",
-                "Host": dpop.HOST, "X-Forwarded-Proto": "https"}
-    single = await start_sidecar(env)
-    routed = await start_sidecar(env, extra=routes_toml(ROUTES))
-    origins = await start_sidecar(env, extra=f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n' + routes_toml(ROUTES))
-    servers = {"a": single, "b": routed, "c": origins}
+async def hits_ab(env: Env, certs: list[str], tokens: list[tuple[int, str]], extra: str,
+                  original: dict[str, str] | None = None,
+                  baseline: str = "") -> tuple[Run, Run, list[Run], list[Run], Server]:
+    """Cache hits on a sidecar as configured by default, or with ``baseline`` (a), vs. one with
+    ``extra`` configuration (b), the same requests; (b) is returned running (stop it). Three times
+    the rounds, each shorter: the differences sought (~1 µs of 40) are far below the round-to-round
+    spread of a shared machine, so more, shorter alternations."""
+    single = await start_sidecar(env, extra=baseline)
+    other = await start_sidecar(env, extra=extra)
     try:
-        for server in servers.values():
+        for server in (single, other):
             warm = await check_all(server.port, "x-client-cert", certs, tokens, extra=original)
             if set(warm) != {200}:
                 raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
         script = lua_script(env, "x-client-cert", certs, tokens, extra=original)
-        # Three times the rounds, each shorter: the difference sought (~1 µs of 40) is far below the
-        # round-to-round spread of a shared machine, so more, shorter alternations.
-        runs: dict[str, list[Run]] = {"a": [], "b": [], "c": []}
+        runs: dict[str, list[Run]] = {"a": [], "b": []}
         for round_ in range(env.args.rounds * 3):
-            for side in ("abc", "cba", "bca")[round_ % 3]:
-                server = servers[side]
+            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+                server = single if side == "a" else other
                 runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
                                             duration=max(1, round(env.args.duration / 1.5))))
-        assert origins.admin_port is not None
-        allowed = await metric(origins.admin_port, "sidecar_decisions_total",
+    except BaseException:
+        other.stop()
+        raise
+    finally:
+        single.stop()
+    return median_run(runs["a"]), median_run(runs["b"]), runs["a"], runs["b"], other
+
+
+def ratio_line(ra: Run, rb: Run, a: list[Run], b: list[Run]) -> str:
+    return (f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: "
+            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(b, a, strict=True)) + ")"
+            + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
+
+
+async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run, Run]:
+    """Cache hit under one policy vs. under the last of 20 rules (20 named policies), then those 20
+    rules vs. the same with ``routing.origins`` declared (issue 22), same requests: nginx-style
+    ``X-Original-URI``/``X-Original-Method``, ``Host`` and ``X-Forwarded-Proto``. The rule match is
+    memoized per (method, host, path), the target stage's verdicts per path and per host, and the
+    token's verdict under the policy is kept on its cache entry."""
+    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET",
+                "Host": dpop.HOST, "X-Forwarded-Proto": "https"}
+    ra, rb, a, b, routed = await hits_ab(env, certs, tokens, routes_toml(ROUTES), original)
+    routed.stop()
+    with_origins = f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n' + routes_toml(ROUTES)
+    rb2, rc, b2, c, declared = await hits_ab(env, certs, tokens, with_origins, original, baseline=routes_toml(ROUTES))
+    try:
+        assert declared.admin_port is not None
+        allowed = await metric(declared.admin_port, "sidecar_decisions_total",
                                f'outcome="allow",policy="p{ROUTES - 1}",reason="ok"')
     finally:
-        for server in servers.values():
-            server.stop()
-    ra, rb, rc = median_run(runs["a"]), median_run(runs["b"]), median_run(runs["c"])
-
-    def rounds(x: str, y: str) -> str:
-        return ", ".join(f"{p.rps / q.rps:.2f}" for p, q in zip(runs[x], runs[y], strict=True))
-
+        declared.stop()
     report(env, f"per-route policies: cache hit, one policy vs. {ROUTES} rules (escaped PEM, X-Original-URI)",
-           f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n"
-           f"  (c) {ROUTES} rules, routing.origins declared {rc.line()}\n"
+           f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n" + ratio_line(ra, rb, a, b)
+           + f"\n  (b) {ROUTES} rules     {rb2.line()}\n  (c) {ROUTES} rules, routing.origins declared {rc.line()}\n"
            f"  allowed under p{ROUTES - 1} (the last rule) with origins: {allowed:.0f}\n"
-           f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: {rounds('b', 'a')})"
-           f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}\n"
-           f"  ratio (c)/(a) {rc.rps / ra.rps:.3f}   (rounds: {rounds('c', 'a')})\n"
-           f"  ratio (c)/(b) {rc.rps / rb.rps:.3f}   (rounds: {rounds('c', 'b')})"
-           f"   CPU ratio (b)/(c) {rb.cpu_us / rc.cpu_us:.3f}")
+           + ratio_line(rb2, rc, b2, c).replace("(b)/(a)", "(c)/(b)").replace("(a)/(b)", "(b)/(c)"))
     return ra, rb, rc
+
+
+def issuers_toml(env: Env, names: tuple[str, ...] = ("b", "c")) -> str:
+    """Two issuers besides [idp] (introspection at the bench IdP), every one accepted by [policy]."""
+    text = f'\n[policy]\nissuers = {json.dumps(["default", *names])}\n'
+    for name in names:
+        text += (f'\n[issuers.{name}]\nintrospection_endpoint = "{env.idp.issuer}/introspect"\n'
+                 f'token_format = "introspection"\nclient_id = "sidecar"\ncert_file = "{env.sidecar_files[0]}"\n'
+                 f'key_file = "{env.sidecar_files[1]}"\nca_file = "{env.ca_file}"\ntimeout = 5.0\n')
+    return text
+
+
+async def scenario_issuers(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
+    """Cache hit with one issuer ([idp]) vs. three (``[issuers.b]``, ``[issuers.c]``, and a policy
+    naming all three), same requests: issuers are chosen on a miss only."""
+    ra, rb, a, b, several = await hits_ab(env, certs, tokens, issuers_toml(env))
+    several.stop()
+    report(env, "several issuers: cache hit, one issuer vs. three (escaped PEM)",
+           f"  (a) one issuer     {ra.line()}\n  (b) three issuers  {rb.line()}\n" + ratio_line(ra, rb, a, b))
+    return ra, rb
 
 
 # --------------------------------------------------------------------------- main
@@ -705,27 +737,24 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
-    if args.dpop_only:
+    if args.routes_only or args.issuers_only or args.dpop_only:
         try:
-            rc, rd = await scenario_dpop(env, pem, tokens)
+            if args.routes_only:
+                ra, rb, rc = await scenario_routes(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
+                print(f"ratio (c)/(b) cache hit, {ROUTES} rules with routing.origins vs without: "
+                      f"{rc.rps / rb.rps:.3f}")
+            if args.issuers_only:
+                ia, ib = await scenario_issuers(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, three issuers vs one: {ib.rps / ia.rps:.3f}")
+            if args.dpop_only:
+                dc, dd = await scenario_dpop(env, pem, tokens)
+                print(f"\nratio DPoP-bound / certificate-bound cache hit req/s: {dd.rps / dc.rps:.2f}")
         finally:
             idp_server.close()
             await runner.cleanup()
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-        print(f"\nratio DPoP-bound / certificate-bound cache hit req/s: {rd.rps / rc.rps:.2f}")
-        return
-    if args.routes_only:
-        try:
-            ra, rb, rc = await scenario_routes(env, pem, tokens)
-        finally:
-            idp_server.close()
-            await runner.cleanup()
-            if not args.keep:
-                shutil.rmtree(tmp, ignore_errors=True)
-        print(f"\nratio (c)/(a) cache hit, {ROUTES} rules with routing.origins vs one policy: {rc.rps / ra.rps:.3f}")
-        print(f"ratio (c)/(b) cache hit, {ROUTES} rules with routing.origins vs without: {rc.rps / rb.rps:.3f}")
-        print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
         return
     try:
         if args.peer_only:
@@ -757,6 +786,7 @@ async def main_async(args: argparse.Namespace) -> None:
         sidecar.stop()
         await scenario_dpop(env, pem, tokens)
         route_a, route_b, route_c = await scenario_routes(env, pem, tokens)
+        issuer_a, issuer_b = await scenario_issuers(env, pem, tokens)
         await scenario_memory(env)
         peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
         if not args.no_workers:
@@ -782,6 +812,7 @@ async def main_async(args: argparse.Namespace) -> None:
           "(other processes share the cores: compare ratios within this run)")
     print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}; "
           f"(c)/(b) with routing.origins declared vs without: {route_c.rps / route_b.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, three issuers vs one: {issuer_b.rps / issuer_a.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
           f"with client_cert.ca_file {vb.rps / va.rps:.2f})")
 
@@ -797,6 +828,7 @@ def main() -> None:
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
     parser.add_argument("--routes-only", action="store_true",
                         help=f"only one policy vs. {ROUTES} rules, without and with routing.origins (issues 13, 22)")
+    parser.add_argument("--issuers-only", action="store_true", help="only one issuer vs. three (issue 24)")
     parser.add_argument("--dpop-only", action="store_true", help="only the DPoP-bound vs certificate-bound hit")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")

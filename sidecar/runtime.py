@@ -1,4 +1,4 @@
-"""The assembled sidecar: configuration, issuer, fleet, decider, metrics, readiness.
+"""The assembled sidecar: configuration, issuers, fleet, decider, metrics, readiness.
 
 One :class:`Sidecar` serves every front in the process (HTTP check port, admin port, gRPC).
 :meth:`Sidecar.running` is its whole life (build, start, yield, close), shared by the server
@@ -19,6 +19,7 @@ from sidecar.core.cache import TokenCache
 from sidecar.core.decision import Decider
 from sidecar.core.ports import SharedReplay
 from sidecar.idp.issuer import Issuer
+from sidecar.idp.issuers import Issuers
 from sidecar.support.background import Background
 from sidecar.support.metrics import Metrics
 
@@ -31,9 +32,9 @@ class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.issuer = Issuer(config, self.metrics)
+        self.issuers = Issuers(config, self.metrics)
         self.fleet = build_fleet(config, self.metrics) if config.fleet.enabled else None
-        self.decider = Decider(config, self.issuer.verifier, self.metrics, shared=self.fleet,
+        self.decider = Decider(config, self.issuers, self.metrics, shared=self.fleet,
                                shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
         self.draining = False
@@ -53,6 +54,11 @@ class Sidecar:
             await sidecar.close()
 
     @property
+    def issuer(self) -> Issuer:
+        """The first issuer (``[idp]`` when configured)."""
+        return self.issuers.default
+
+    @property
     def in_flight(self) -> int:
         """Checks waiting for the IdP (drain waits for them; a cache hit never waits)."""
         return self.decider.in_flight
@@ -60,13 +66,13 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
-        reason = self.issuer.readiness()
+        reason = self.issuers.readiness()
         return (False, reason) if reason else (True, "ok")
 
     def start(self) -> None:
-        """Background work: the issuer's discovery, keys and file polling; the fleet's purge
+        """Background work: each issuer's discovery, keys and file polling; the fleet's purge
         subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in place)."""
-        self.issuer.start()
+        self.issuers.start()
         if self.purges is not None:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
@@ -83,7 +89,7 @@ class Sidecar:
             await self.purges.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()
-        await self.issuer.close()
+        await self.issuers.close()
 
 
 def build_fleet(config: Config, metrics: Metrics) -> Fleet:
