@@ -44,7 +44,7 @@ class Verifier:
     def __init__(self, x5t: str, jkt: str) -> None:
         self._x5t, self._jkt = x5t, jkt
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         exp = int(time.time()) + 3600
         if token == TOKEN_CERT:
             return TokenInfo(active=True, exp=exp, sub="alice", token_type="Bearer", cnf_x5t_s256=self._x5t)

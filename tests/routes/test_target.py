@@ -133,7 +133,7 @@ def test_dpop_without_a_declared_origin_is_warned_about() -> None:
 class Verifier:
     calls = 0
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         Verifier.calls += 1
         return TokenInfo(active=True)
 

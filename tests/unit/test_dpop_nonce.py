@@ -164,7 +164,7 @@ class Verifier:
     def __init__(self, jkt: str) -> None:
         self.jkt = jkt
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         cnf = {"jkt": self.jkt} if token == TOKEN else {"x5t#S256": "A" * 43}
         return token_info_from_claims({"active": True, "client_id": "app", "exp": 4_000_000_000,
                                        "token_type": "DPoP", "cnf": cnf})
