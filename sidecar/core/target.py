@@ -133,11 +133,6 @@ class RequestTarget:
         self._untrusted = RouteDenied("origin_not_allowed", "routing.origins: no trusted proxy described the request")
         self._no_path = InvalidRequest("path_invalid", "the policy depends on the path and no trusted proxy sent it")
 
-    @property
-    def active(self) -> bool:
-        """Whether anything beyond the duplicated headers is judged."""
-        return bool(self._origins) or self._choosing
-
     def check(self, request: CheckRequest) -> Denial | None:
         """Why the request as described cannot be judged safely, or None."""
         if request.repeated:
@@ -157,7 +152,7 @@ class RequestTarget:
             judged = self._paths.get(path)
             if judged is None:
                 judged = self._paths.put(path, self._judge(path))
-            return None if judged is True else judged  # type: ignore[return-value]
+            return judged if isinstance(judged, Denial) else None
         return None
 
     def uris(self, request: CheckRequest) -> Sequence[str]:
