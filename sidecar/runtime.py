@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.config import Config
 from sidecar.core.cache import TokenCache
 from sidecar.core.decision import Decider
+from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.ports import SharedReplay
 from sidecar.idp.issuer import Issuer
 from sidecar.support.background import Background
@@ -65,17 +66,26 @@ class Sidecar:
 
     def start(self) -> None:
         """Background work: the issuer's discovery, keys and file polling; the fleet's purge
-        subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in place)."""
+        subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in
+        place); the identity signing key's polling and rotation."""
         self.issuer.start()
         if self.purges is not None:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
             self._background.spawn(self._reload_client_trust())
+        if self.decider.identity is not None:
+            self._background.spawn(self._rotate_identity_keys(self.decider.identity.keys))
 
     async def _reload_client_trust(self) -> None:
         while True:
             await asyncio.sleep(self.config.idp.reload_interval)
             self.decider.presented.reload_trust()
+
+    async def _rotate_identity_keys(self, keys: SigningKeys) -> None:
+        """The identity signing key file's changes and the rotation's steps (core/identity_keys.py)."""
+        while True:
+            await asyncio.sleep(self.config.identity.reload_interval)
+            keys.poll()
 
     async def close(self) -> None:
         await self._background.cancel()

@@ -59,6 +59,7 @@ class Decider:
         self._admission = stages.admission
         self._proofs = stages.proofs
         self._interner = stages.interner
+        self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
         self._verifier = verifier
@@ -140,12 +141,16 @@ class Decider:
             denial = entry.denial
             if denial is None:
                 info = entry.info
-                policy.check_time(info, time.time())
+                now = time.time()
+                policy.check_time(info, now)
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
                 elif needs_certificate(info, policy.binding):
                     check_binding(info, self.presented.thumbprint(request), policy.binding)
                 denial = entry.scope_denial
+                if denial is None and entry.identity_due <= now:  # first allow, or half its life gone
+                    assert self.identity is not None  # identity_due is finite only under a policy that sends one
+                    self.identity.renew(entry, policy, now)
             if denial is not None:
                 return self.outcomes.deny(denial, entry.token_hash, policy, lookup=lookup,
                                           dpop_scheme=proof_token is not None)
@@ -200,4 +205,5 @@ class Decider:
             scope_denial=default.scope_denial(info),
             token_hash=token_hash(token),
             until=until,
+            identity_due=default.identity_due,
         )

@@ -13,6 +13,8 @@ from sidecar.core.admission import Admission
 from sidecar.core.cache import TokenCache
 from sidecar.core.dpop import ProofVerifier
 from sidecar.core.extract import TrustedProxies
+from sidecar.core.identity import IdentityTokens
+from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.interning import Interner
 from sidecar.core.policies import Policies
 from sidecar.core.ports import SharedAnswers, SharedReplay
@@ -32,6 +34,7 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
+    identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
@@ -56,4 +59,12 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
+        identity=identity_tokens(config, policies),
     )
+
+
+def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one (its key file is read now)."""
+    if not any(p.identity_audience for p in policies.all()):
+        return None
+    return IdentityTokens(config.identity, SigningKeys(config.identity), policies.builders)
