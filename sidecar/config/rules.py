@@ -53,6 +53,11 @@ def validate(config: Config) -> None:
         _validate_fleet(config.fleet, config.idp)
     _validate_policies(config)
     _validate_identity(config)
+    if config.events.enabled and not config.events.audience:
+        raise ConfigError(KEY.events.audience, f"is required with {KEY.events.enabled}")
+    if config.events.enabled and not config.idp.issuer:
+        # A SET is accepted from the configured issuer only, verified with its published keys.
+        raise ConfigError(KEY.idp.issuer, f"is required with {KEY.events.enabled}")
     for index, route in enumerate(config.routes):
         _validate_route(f"routes[{index}]", route, config)
 

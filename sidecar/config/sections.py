@@ -278,6 +278,22 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Revocation pushed by the IdP (docs/events.md): the Security Event Token receiver on the admin
+    port, and how long a revocation is remembered."""
+
+    enabled: bool = key(False, "receive Security Event Tokens (RFC 8935 push) at `POST /security-events` on the "
+                               "admin port, signed by `idp.issuer`")
+    audience: str = key("", "the `aud` every SET must carry: this receiver (required with `events.enabled`)")
+    iat_window: float = key(300.0, "a SET issued longer ago than this is refused (and its `jti` remembered as "
+                                   "long)", gt=0, le=86400, unit="seconds")
+    iat_skew: float = key(30.0, "a SET's `iat` may be this far ahead", ge=0, le=300, unit="seconds")
+    remember: float = key(3600.0, "a revocation refuses the tokens it names, issued before it, this long (past "
+                                  "it the IdP's own answer counts)", gt=0, le=7 * 86400, unit="seconds")
+    max_revocations: int = key(100_000, "revocations remembered at most (the oldest go first)", ge=1)
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     """How a request's policy is chosen (docs/routes.md): the proxy's header, Envoy's path prefix, matching."""
 
@@ -357,6 +373,7 @@ class Config:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)

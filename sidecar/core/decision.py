@@ -16,11 +16,13 @@ request to ``_verdict``, which applies it to the token's entry as seen by that p
 The Decider only decides: the stages are built in stages.py, which certificate counts is
 presented.py's, and every metric and log line, and the turning of any failure into a denial
 (fail closed), is outcome.py's. With ``cache.stale_if_error``, a miss whose IdP call failed may
-use the token's last active, bound answer (still bound and policy checked).
+use the token's last active, bound answer (still bound and policy checked). An answer a
+remembered revocation names (core/revocation.py) enters the cache as inactive.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -38,9 +40,11 @@ from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
 from sidecar.core.request import CheckRequest
 from sidecar.core.stages import build_stages
+from sidecar.core.token_info import INACTIVE
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
+log = logging.getLogger("sidecar.decision")
 Decided = Entry | Deny  # an allow is the token's cache entry: its upstream headers were built at fill
 
 
@@ -197,6 +201,9 @@ class Decider:
             info = self._interner.info(info)  # shared values: memory per token
         finally:
             self._admission.leave(source)
+        if info.active and self.cache.revoked(miss.key, info):  # a security event or purge named it
+            log.warning("revoked", extra={"token": token_hash(token), "client_id": info.client_id})
+            info = INACTIVE
         default = self._default
         return Entry(
             info=info,

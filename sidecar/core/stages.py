@@ -6,6 +6,7 @@ every front, bench and test get the same assembly from a configuration.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sidecar.config import Config
@@ -20,6 +21,7 @@ from sidecar.core.policies import Policies
 from sidecar.core.ports import SharedAnswers, SharedReplay
 from sidecar.core.presented import PresentedCertificate
 from sidecar.core.replay import LocalReplayStore
+from sidecar.core.revocation import Revocations
 from sidecar.core.routes import Router
 
 
@@ -50,7 +52,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     return Stages(
-        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key),
+        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
+                         revocations=Revocations(config.events.max_revocations, config.events.remember,
+                                                 time.monotonic)),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
