@@ -5,8 +5,9 @@ subject's or a client's answers without scanning the cache (docs/events.md).
 The hot path never reads it; each filled answer adds its values (the strings are the answer's own,
 shared). Entries leave the cache without telling the index (eviction, expiry, purges), so a lookup
 returns candidates the caller checks against the live answer, and when the index holds more than
-twice as many references as the cache can hold it is rebuilt from the live answers: bounded in
-entries by ``cache.max_entries``, amortized O(1) per fill.
+twice the references of the live answers at its last rebuild (at least twice ``cache.max_entries``)
+it is rebuilt from the live answers: bounded by a few references per cacheable answer, amortized
+O(1) per fill.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ Keys = bytes | list[bytes]  # one key (most subjects hold one token) or several
 
 
 class CacheIndex:
-    __slots__ = ("_by", "_limit", "_refs")
+    __slots__ = ("_base", "_by", "_limit", "_refs")
 
     def __init__(self, max_entries: int) -> None:
         self._by: dict[Kind, dict[str, Keys]] = {"jti": {}, "sub": {}, "email": {}, "client_id": {}}
-        self._limit = 2 * max_entries + 1024
+        self._base = 2 * max_entries + 1024
+        self._limit = self._base
         self._refs = 0
 
     def __len__(self) -> int:
@@ -57,6 +59,8 @@ class CacheIndex:
         self._refs = 0
         for key, info in live:
             self.add(key, info)
+        # Twice what the live answers hold (up to five references each): a rebuild per that many fills.
+        self._limit = max(self._base, 2 * self._refs)
 
     def candidates(self, kind: Kind, value: str) -> list[bytes]:
         """Keys that carried ``value`` as ``kind`` when filled (some may be gone or refilled)."""
