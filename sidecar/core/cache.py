@@ -65,7 +65,9 @@ def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
 
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
-                 secret: bytes | None = None, revocations: Revocations | None = None) -> None:
+                 secret: bytes | None = None, revocations: Revocations | None = None, index: bool = True) -> None:
+        """``index``: keep the index of core/cache_index.py (revocations then find their answers
+        without a scan, at some memory per token: docs/events.md)."""
         self._secret = secret or os.urandom(32)
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._config = config
@@ -81,7 +83,7 @@ class TokenCache:
         )
         self._flights: SingleFlight[bytes, Entry] = SingleFlight()
         self._generation = 0  # bumped by every purge
-        self._index = CacheIndex(config.max_entries) if on else None
+        self._index = CacheIndex(config.max_entries) if on and index else None
         self.revocations = revocations or Revocations(10_000, 3600.0, timer)  # tests build caches bare
 
     def key(self, token: str) -> bytes:
@@ -181,9 +183,10 @@ class TokenCache:
         return sum(self.purge(key) for key, _ in self.matching(selector))
 
     def matching(self, selector: Selector) -> list[tuple[bytes, Entry]]:
-        """The answers cached now (stale-if-error copies too) that ``selector`` names."""
+        """The answers cached now (stale-if-error copies too) that ``selector`` names: through the
+        index, else by a scan (a replica told by the fleet, whose own revocations are off)."""
         if self._index is None:
-            return []
+            return [(key, entry) for key, entry in self._items() if selector.matches(key, entry.info)]
         found = []
         for key in self._index.candidates(selector.kind, selector.value):
             entry = self.get(key)

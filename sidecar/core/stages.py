@@ -54,7 +54,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=Revocations(config.events.max_revocations, config.events.remember,
-                                                 time.monotonic)),
+                                                 time.monotonic), index=revocations_heard(config)),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
@@ -65,6 +65,13 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         shared_replay=shared_replay,
         identity=identity_tokens(config, policies),
     )
+
+
+def revocations_heard(config: Config) -> bool:
+    """Whether revocations by subject can reach this sidecar (SETs, or POST /purge with its secret):
+    only then does the cache keep its index (memory per token)."""
+    s = config.server
+    return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
 
 
 def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:

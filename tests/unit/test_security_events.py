@@ -172,6 +172,20 @@ async def test_a_revocation_purges_exactly_the_answers_it_names_through_the_inde
     assert cache.revoke(Selector("client_id", "cli"), time.time()) == 1 and cache.get(other_issuer) is None
 
 
+async def test_without_the_index_a_revocation_still_finds_its_answers_by_a_scan() -> None:
+    cache = TokenCache(CacheConfig(), index=False)
+    alice = await fill(cache, "a", info(sub="alice", client_id="web"))
+    bob = await fill(cache, "b", info(sub="bob", client_id="web"))
+    assert cache.revoke(Selector("sub", "alice"), time.time()) == 1
+    assert cache.get(alice) is None and cache.get(bob) is not None
+
+
+def test_the_index_is_kept_only_where_revocations_can_arrive() -> None:
+    plain = Decider(config_module.from_mapping({}), Verifier(), Metrics())
+    purging = Decider(config_module.from_mapping({"server": {"admin_secret": "x" * 16}}), Verifier(), Metrics())
+    assert plain.cache._index is None and purging.cache._index is not None
+
+
 async def test_the_index_stays_bounded_by_the_cache_size() -> None:
     cache = TokenCache(CacheConfig(max_entries=100))
     for i in range(2000):
