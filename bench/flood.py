@@ -54,9 +54,11 @@ async def start_sidecar(tmp: Path, idp: BenchIdp, files: dict[str, tuple[Path, P
 
 
 async def gauge(admin_port: int, name: str) -> float:
+    """The gauge's value (of [idp], the ``default`` issuer, when labelled by issuer)."""
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
         text = await r.text()
-    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith((name + " ", name + '{issuer="default"} ')))
 
 
 async def flood(url: str, connections: int, until: float, counts: dict[int, int]) -> None:

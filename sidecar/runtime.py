@@ -1,4 +1,4 @@
-"""The assembled sidecar: configuration, issuer, fleet, decider, metrics, readiness.
+"""The assembled sidecar: configuration, issuers, fleet, decider, metrics, readiness.
 
 One :class:`Sidecar` serves every front in the process (HTTP check port, admin port, gRPC).
 :meth:`Sidecar.running` is its whole life (build, start, yield, close), shared by the server
@@ -22,6 +22,7 @@ from sidecar.core.ports import SharedReplay
 from sidecar.core.replay import LocalReplayStore
 from sidecar.core.revocation import Selector
 from sidecar.idp.issuer import Issuer
+from sidecar.idp.issuers import Issuers
 from sidecar.idp.jwt_access_token import KeySource
 from sidecar.idp.security_events import SetVerifier
 from sidecar.support.background import Background
@@ -38,13 +39,14 @@ class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.issuer = Issuer(config, self.metrics)
+        self.issuers = Issuers(config, self.metrics)
         self.fleet = build_fleet(config, self.metrics) if config.fleet.enabled else None
-        self.decider = Decider(config, self.issuer.verifier, self.metrics, shared=self.fleet,
+        self.decider = Decider(config, self.issuers, self.metrics, shared=self.fleet,
                                shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
         events = config.events
-        self.events = SetVerifier(config.idp, events, self.verification_keys) if events.enabled else None
+        algorithms = frozenset(a for idp in config.every_issuer.values() for a in idp.jwt_algorithms)
+        self.events = SetVerifier(algorithms, events, self.verification_keys) if events.enabled else None
         # SET jtis seen (RFC 8935: de-duplicated), here and, in a fleet, on every replica.
         self.event_jtis = LocalReplayStore(events.max_revocations)
         self.shared_event_jtis = shared_replay(self.fleet)
@@ -65,8 +67,9 @@ class Sidecar:
             await sidecar.close()
 
     def verification_keys(self, issuer: str) -> KeySource | None:
-        """The keys that verify what ``issuer`` signs (its JWK Set), None for an issuer not configured."""
-        return self.issuer.jwks if issuer == self.config.idp.issuer else None
+        """The keys that verify what ``issuer`` signs (its JWK Set), None for an issuer not configured
+        (a tenant of a multi-tenant one is configured by its own issuer identifier)."""
+        return next((i.jwks for i in self.issuers if i.idp.issuer == issuer), None)
 
     async def revoke(self, selectors: Sequence[Selector], at: float) -> tuple[int, bool | None]:
         """Purge what ``selectors`` name and remember them as revoked at wall-clock ``at``, here and
@@ -81,6 +84,11 @@ class Sidecar:
         return purged, all(told)
 
     @property
+    def issuer(self) -> Issuer:
+        """The first issuer (``[idp]`` when configured)."""
+        return self.issuers.default
+
+    @property
     def in_flight(self) -> int:
         """Checks waiting for the IdP (drain waits for them; a cache hit never waits)."""
         return self.decider.in_flight
@@ -88,14 +96,14 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
-        reason = self.issuer.readiness()
+        reason = self.issuers.readiness()
         return (False, reason) if reason else (True, "ok")
 
     def start(self) -> None:
-        """Background work: the issuer's discovery, keys and file polling; the fleet's purge
+        """Background work: each issuer's discovery, keys and file polling; the fleet's purge
         subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in
         place); the identity signing key's polling and rotation."""
-        self.issuer.start()
+        self.issuers.start()
         if self.purges is not None:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
@@ -120,7 +128,7 @@ class Sidecar:
             await self.purges.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()
-        await self.issuer.close()
+        await self.issuers.close()
 
 
 def build_fleet(config: Config, metrics: Metrics) -> Fleet:

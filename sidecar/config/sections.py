@@ -19,6 +19,7 @@ BindingMode = Literal["off", "optional", "strict"]
 AuthMethod = Literal["tls_client_auth", "self_signed_tls_client_auth", "private_key_jwt", "client_secret_basic",
                      "client_secret_post"]
 TokenFormat = Literal["auto", "introspection", "jwt", "jwt_then_introspection"]
+IdpProfile = Literal["rfc9068", "keycloak", "entra", "okta", "auth0"]
 CertFormat = Literal[
     "auto", "escaped_pem", "pem", "der_base64", "xfcc", "alb", "traefik", "rfc9440"
 ]
@@ -144,6 +145,10 @@ class IdpConfig:
                               unit="seconds")
     jwks_min_refresh_interval: float = key(10.0, "at most one JWK Set refresh per interval for tokens naming an "
                                                  "unknown `kid`", ge=0, unit="seconds")
+    profile: IdpProfile = key("rfc9068", "the IdP's JWT access token shapes: accepted `typ`, where the scopes and the "
+                                         "client are (docs/issuers.md); `keycloak` for Keycloak's default `typ: JWT`")
+    tenants: tuple[str, ...] = key((), "multi-tenant issuer: `issuer` holds `{tenant}` and these are the tenants "
+                                       "accepted, each with its own discovery and keys", checks=(checks.tenants,))
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,9 @@ class PolicyConfig:
 
     binding: BindingMode = key("strict", "`strict`; `optional`: checked when the token is bound; `off`")
     required_scopes: tuple[str, ...] = key((), "all must be in the token's `scope`", checks=(checks.scopes,))
+    issuers: tuple[str, ...] = key((), "names of the issuers whose tokens this policy accepts (`default`: `[idp]`; "
+                                       "`[issuers.NAME]`), in the order opaque tokens are introspected; empty: the "
+                                       "only issuer (required with several)", checks=(checks.issuer_names,))
     allowed_issuers: tuple[str, ...] = key((), "`iss` must be one of them (when set)")
     audiences: tuple[str, ...] = key((), "`aud` must contain one of them (when set)")
     leeway: float = key(5.0, "clock skew allowed for `exp`/`nbf`", ge=0, le=300, unit="seconds")
@@ -382,6 +390,9 @@ class Config:
         "doc": "Named policies, each with the keys of `[policy]` from their defaults (docs/routes.md); file only."})
     routes: tuple[RouteConfig, ...] = field(default=(), metadata={
         "doc": "Rules naming the policy of a request, the first match wins (docs/routes.md); file only."})
+    # [issuers.NAME] tables, each with the keys of [idp]: issuers besides [idp] (named default).
+    issuers: Mapping[str, IdpConfig] = field(default_factory=dict, metadata={
+        "doc": "More issuers, each with the keys of `[idp]` from their defaults (docs/issuers.md); file only."})
 
     @property
     def kept_claims(self) -> tuple[str, ...]:
@@ -396,6 +407,17 @@ class Config:
     def idp_configured(self) -> bool:
         i = self.idp
         return bool(i.issuer or i.introspection_endpoint or i.jwks_uri)
+
+    @property
+    def every_issuer(self) -> dict[str, IdpConfig]:
+        """Every issuer by name: ``default`` is ``[idp]`` (unless only ``[issuers.NAME]`` are configured)."""
+        if self.idp_configured or not self.issuers:
+            return {"default": self.idp, **self.issuers}
+        return dict(self.issuers)
+
+    def policy_issuers(self, policy: PolicyConfig) -> tuple[str, ...]:
+        """The issuers ``policy`` accepts, in order: its ``issuers``, else the only one there is."""
+        return policy.issuers or tuple(self.every_issuer)[:1]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@
   never stored, and a memory dump cannot be matched against a leaked token list.
 - **Single-flight**: concurrent misses for one token share one IdP call
   (:class:`~sidecar.support.singleflight.SingleFlight`).
+- **Routes**: with several issuers, an opaque token is introspected at the issuers the request's
+  policy names (its ``route``), so an inactive answer says "unknown to these issuers" only: it is
+  kept, and its call shared, under the key and the route; an active answer is one issuer's, which
+  every policy then judges, and is kept under the key alone. The default route is empty: with one
+  issuer every key is as it was.
 - **Stale-if-error** (off unless ``cache.stale_if_error`` > 0, in the spirit of RFC 5861 §4): an
   active, bound answer that passed the static policy is also kept until ``stale_if_error``
   seconds past its expiry, never past ``exp``. It is used only when the IdP itself failed
@@ -94,24 +99,26 @@ class TokenCache:
     def __len__(self) -> int:
         return sum(len(store) for store in (self._active, self._inactive) if store is not None)
 
-    def get(self, key: bytes) -> Entry | None:
+    def get(self, key: bytes, route: bytes = b"") -> Entry | None:
         active = self._active
         if active is None:
             return None
         entry = active.get(key)
         if entry is None and self._inactive is not None:
-            return self._inactive.get(key)
+            return self._inactive.get(key + route if route else key)
         return entry
 
-    async def get_or_load(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> tuple[Entry, Lookup]:
+    async def get_or_load(self, key: bytes, load: Callable[[], Awaitable[Entry]],
+                          route: bytes = b"") -> tuple[Entry, Lookup]:
         """The cached entry, or the result of one shared ``load()`` call (stored by its TTL)."""
-        entry = self.get(key)
+        entry = self.get(key, route)
         if entry is not None:
             return entry, "hit"
-        entry, started = await self._flights.run(key, lambda: self._fill(key, load))
+        flight = key + route if route else key
+        entry, started = await self._flights.run(flight, lambda: self._fill(key, load, route))
         return entry, "miss" if started else "coalesced"
 
-    async def _fill(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> Entry:
+    async def _fill(self, key: bytes, load: Callable[[], Awaitable[Entry]], route: bytes = b"") -> Entry:
         generation = self._generation
         entry = await load()
         now = self._timer()
@@ -120,7 +127,7 @@ class TokenCache:
             return entry  # purged meanwhile: the answer may predate a revocation
         store = self._active if entry.info.active else self._inactive
         if store is not None and entry.expires > now:
-            store[key] = entry
+            store[key if entry.info.active or not route else key + route] = entry
             if not entry.info.active and self._active is not None:
                 self._active.pop(key)
             elif self._index is not None:

@@ -90,7 +90,7 @@ class Decider:
             policy = selected
             token, dpop_scheme = access_token(request.authorization, dpop=self._proofs is not None)
             key = self.cache.key(token)
-            entry = self.cache.get(key)
+            entry = self.cache.get(key, policy.route)
         except Exception as exc:
             return self.outcomes.refuse(exc, None, policy)
         if entry is None:
@@ -181,7 +181,7 @@ class Decider:
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
         """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""
         try:
-            return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request))
+            return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request), miss.policy.route)
         except IdpUnavailable as failure:
             stale = self.cache.stale(miss.key, failure)
             if stale is None:
@@ -190,14 +190,15 @@ class Decider:
 
     async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
         """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
-        token = miss.token
+        token, issuers = miss.token, miss.policy.issuers
         source = source_of(request.forwarded, request.peer in self._trusted)
         self._admission.enter(source)
         try:
-            if self._shared is None:
-                info, until = await self._verifier.verify(token), math.inf
+            # The fleet's level holds the default route's answers only (its keys are the tokens').
+            if self._shared is None or miss.policy.route:
+                info, until = await self._verifier.verify(token, issuers), math.inf
             else:
-                info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token))
+                info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token, issuers))
             info = self._interner.info(info)  # shared values: memory per token
         finally:
             self._admission.leave(source)

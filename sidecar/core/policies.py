@@ -11,7 +11,7 @@ that is judged afresh under the others on each request (correct, only slower).
 
 from __future__ import annotations
 
-from sidecar.config import Config
+from sidecar.config import Config, PolicyConfig
 from sidecar.core.entry import Entry
 from sidecar.core.headers import HeaderBuilder
 from sidecar.core.policy import Policy
@@ -29,8 +29,16 @@ class Policies:
         claims = list(dict.fromkeys([*config.response.claims.items(),
                                      *(pair for _, p in every for pair in p.claims.items())]))
         dpop = config.dpop.enabled
-        self.default = Policy(config.policy, dpop=dpop)
-        self.named = {name: Policy(p, name, index, dpop=dpop) for index, (name, p) in enumerate(every) if index}
+        several = len(config.every_issuer) > 1
+        first = config.policy_issuers(config.policy)
+
+        def policy(p: PolicyConfig, name: str = "default", index: int = 0) -> Policy:
+            issuers = config.policy_issuers(p)
+            route = b"" if issuers == first else "\x00".join(("", *issuers)).encode()
+            return Policy(p, name, index, dpop=dpop, issuers=issuers, several=several, route=route)
+
+        self.default = policy(config.policy)
+        self.named = {name: policy(p, name, index) for index, (name, p) in enumerate(every) if index}
         # Every allow carries the identity header when any policy sends the token (empty elsewhere).
         identity = config.identity.header if any(p.identity for _, p in every) else None
         self.builders: list[HeaderBuilder] = [

@@ -4,10 +4,10 @@ push receiver (docs/events.md). In this order, each failure a
 
 1. a compact JWS whose header is a JSON object, ``typ`` ``secevent+jwt`` (RFC 8417 §2.3), no
    ``crit`` (``invalid_request``);
-2. ``iss`` is a configured issuer (``idp.issuer``): one whose keys the sidecar knows
-   (``invalid_issuer``);
-3. ``alg`` one of ``idp.jwt_algorithms``, a key of the issuer's JWK Set named by ``kid`` that
-   fits it (``invalid_key``);
+2. ``iss`` is a configured issuer's identifier (``idp.issuer``, ``issuers.NAME.issuer``): one
+   whose keys the sidecar knows (``invalid_issuer``);
+3. ``alg`` one of the issuers' ``jwt_algorithms``, a key of that issuer's JWK Set named by
+   ``kid`` that fits it (``invalid_key``);
 4. the signature (``authentication_failed``: whoever sent it is not the issuer);
 5. ``aud`` holds ``events.audience`` (``invalid_audience``);
 6. ``iat`` within ``events.iat_window`` (and at most ``events.iat_skew`` ahead), ``jti`` a
@@ -25,7 +25,7 @@ from typing import Any
 
 import jwt
 
-from sidecar.config import EventsConfig, IdpConfig
+from sidecar.config import EventsConfig
 from sidecar.core.events import SetRefused
 from sidecar.idp.jwk_set import VerifyKey
 from sidecar.idp.jwt_access_token import KeySource, key_fits
@@ -38,10 +38,11 @@ _OPTIONS: Any = {"verify_aud": False, "verify_iss": False, "verify_iat": False, 
 class SetVerifier:
     """Verifies one SET against its issuer's keys; returns its claims."""
 
-    def __init__(self, idp: IdpConfig, events: EventsConfig, keys: Callable[[str], KeySource | None],
+    def __init__(self, algorithms: frozenset[str], events: EventsConfig, keys: Callable[[str], KeySource | None],
                  clock: Callable[[], float] = time.time) -> None:
-        """``keys``: the verification keys of a configured issuer by its name, None for any other."""
-        self._algorithms = frozenset(idp.jwt_algorithms)
+        """``algorithms``: those the issuers' ``jwt_algorithms`` accept; ``keys``: the verification
+        keys of a configured issuer by its issuer identifier, None for any other."""
+        self._algorithms = algorithms
         self._audience = events.audience
         self._window, self._skew = events.iat_window, events.iat_skew
         self._keys = keys

@@ -36,7 +36,7 @@ class Verifier:
         self.claims = {"active": True, "client_id": "alice", "sub": "alice@example", "scope": "read write",
                        "exp": EXP, "token_type": "Bearer", "cnf": {"x5t#S256": X5T}, "tenant": "t1", **claims}
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         return token_info_from_claims(json.loads(json.dumps(self.claims)), ("tenant",))
 
 
