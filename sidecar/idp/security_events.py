@@ -52,7 +52,7 @@ class SetVerifier:
         try:
             header = jwt.get_unverified_header(compact)
             unverified = jwt.decode(compact, options={"verify_signature": False})
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise SetRefused("invalid_request", "the body is not a signed JWT") from None
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in SET_TYPES or "crit" in header:
@@ -80,7 +80,7 @@ class SetVerifier:
                 return claims
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, ValueError, RecursionError):
                 raise SetRefused("invalid_request", "the SET's claims are malformed or expired") from None
         raise SetRefused("authentication_failed", "the signature does not verify with the issuer's keys")
 

@@ -118,8 +118,18 @@ async def test_a_set_from_the_issuer_for_this_receiver_verifies() -> None:
     assert verified["iss"] == ISS and CAEP_SESSION_REVOKED in verified["events"]
 
 
+def nested() -> str:
+    import base64
+
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    return f"{segment('[' * 20000 + ']' * 20000)}.{segment('{}')}.c2ln"
+
+
 REFUSALS: dict[str, tuple[Any, str]] = {
     "not a JWT": (lambda: "garbage", "invalid_request"),
+    "a header nested beyond reason": (nested, "invalid_request"),
     "another typ": (lambda: a_set(typ="JWT"), "invalid_request"),
     "another issuer": (lambda: a_set(iss="https://other.example"), "invalid_issuer"),
     "an unknown kid": (lambda: a_set(kid="k9"), "invalid_key"),
