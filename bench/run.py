@@ -717,6 +717,47 @@ async def scenario_issuers(env: Env, certs: list[str], tokens: list[tuple[int, s
     return ra, rb
 
 
+def identity_toml(tmp: Path) -> str:
+    """The default policy sends the identity token (docs/identity.md), signed with a new Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key_file = tmp / "identity.key"
+    key_file.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return (f'\n[identity]\nkey_file = "{key_file}"\nissuer = "https://sidecar.example"\n'
+            '\n[policy]\nidentity = true\nidentity_audience = "https://api.example"\n')
+
+
+async def scenario_identity(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
+    """Cache hit without and with the identity token, same requests: the token is signed once per
+    cached entry (at the warm-up) and again only past half its life, so a hit signs nothing."""
+    plain = await start_sidecar(env)
+    signed = await start_sidecar(env, extra=identity_toml(env.tmp))
+    try:
+        for server in (plain, signed):
+            warm = await check_all(server.port, "x-client-cert", certs, tokens)
+            if set(warm) != {200}:
+                raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
+        script = lua_script(env, "x-client-cert", certs, tokens)
+        runs: dict[str, list[Run]] = {"a": [], "b": []}
+        for round_ in range(env.args.rounds * 3):  # more, shorter alternations, as for the routes
+            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+                server = plain if side == "a" else signed
+                runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
+                                            duration=max(1, round(env.args.duration / 1.5))))
+    finally:
+        plain.stop()
+        signed.stop()
+    ra, rb = median_run(runs["a"]), median_run(runs["b"])
+    report(env, "identity token: cache hit without vs. with it (escaped PEM)",
+           f"  (a) without  {ra.line()}\n  (b) with     {rb.line()}\n"
+           f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: "
+           + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True)) + ")"
+           + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
+    return ra, rb
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -739,7 +780,7 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
-    if args.routes_only or args.issuers_only or args.dpop_only:
+    if args.routes_only or args.issuers_only or args.identity_only or args.dpop_only:
         try:
             if args.routes_only:
                 (ra, rb), (rb2, rc) = await scenario_routes(env, pem, tokens)
@@ -749,6 +790,9 @@ async def main_async(args: argparse.Namespace) -> None:
             if args.issuers_only:
                 ia, ib = await scenario_issuers(env, pem, tokens)
                 print(f"\nratio (b)/(a) cache hit, three issuers vs one: {ib.rps / ia.rps:.3f}")
+            if args.identity_only:
+                da, db = await scenario_identity(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, with the identity token vs without: {db.rps / da.rps:.3f}")
             if args.dpop_only:
                 dc, dd = await scenario_dpop(env, pem, tokens)
                 print(f"\nratio DPoP-bound / certificate-bound cache hit req/s: {dd.rps / dc.rps:.2f}")
@@ -788,6 +832,7 @@ async def main_async(args: argparse.Namespace) -> None:
         sidecar.stop()
         await scenario_dpop(env, pem, tokens)
         (route_a, route_b), (route_b2, route_c) = await scenario_routes(env, pem, tokens)
+        identity_a, identity_b = await scenario_identity(env, pem, tokens)
         issuer_a, issuer_b = await scenario_issuers(env, pem, tokens)
         await scenario_memory(env)
         peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
@@ -815,6 +860,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}; "
           f"(c)/(b) with routing.origins declared vs without: {route_c.rps / route_b2.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, three issuers vs one: {issuer_b.rps / issuer_a.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, with the identity token vs without: {identity_b.rps / identity_a.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
           f"with client_cert.ca_file {vb.rps / va.rps:.2f})")
 
@@ -831,6 +877,8 @@ def main() -> None:
     parser.add_argument("--routes-only", action="store_true",
                         help=f"only one policy vs. {ROUTES} rules, without and with routing.origins (issues 13, 22)")
     parser.add_argument("--issuers-only", action="store_true", help="only one issuer vs. three (issue 24)")
+    parser.add_argument("--identity-only", action="store_true",
+                        help="only a cache hit without vs. with the identity token (issue 27)")
     parser.add_argument("--dpop-only", action="store_true", help="only the DPoP-bound vs certificate-bound hit")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -17,11 +17,18 @@ from aiohttp import web
 from sidecar.config import Config
 from sidecar.core.cache import TokenCache
 from sidecar.core.decision import Decider
+from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.ports import SharedReplay
+from sidecar.core.replay import LocalReplayStore
+from sidecar.core.revocation import Selector
 from sidecar.idp.issuer import Issuer
 from sidecar.idp.issuers import Issuers
+from sidecar.idp.jwt_access_token import KeySource
+from sidecar.idp.security_events import SetVerifier
 from sidecar.support.background import Background
 from sidecar.support.metrics import Metrics
+
+MAX_SELECTORS = 4  # per fleet message (sidecar/fleet/purges.py has the same bound)
 
 if TYPE_CHECKING:
     from sidecar.fleet.purges import Purges
@@ -37,6 +44,12 @@ class Sidecar:
         self.decider = Decider(config, self.issuers, self.metrics, shared=self.fleet,
                                shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
+        events = config.events
+        algorithms = frozenset(a for idp in config.every_issuer.values() for a in idp.jwt_algorithms)
+        self.events = SetVerifier(algorithms, events, self.verification_keys) if events.enabled else None
+        # SET jtis seen (RFC 8935: de-duplicated), here and, in a fleet, on every replica.
+        self.event_jtis = LocalReplayStore(events.max_revocations)
+        self.shared_event_jtis = shared_replay(self.fleet)
         self.draining = False
         self._background = Background()
         self.metrics.inflight.set_function(lambda: self.in_flight)
@@ -52,6 +65,23 @@ class Sidecar:
             yield sidecar
         finally:
             await sidecar.close()
+
+    def verification_keys(self, issuer: str) -> KeySource | None:
+        """The keys that verify what ``issuer`` signs (its JWK Set), None for an issuer not configured
+        (a tenant of a multi-tenant one is configured by its own issuer identifier)."""
+        return next((i.jwks for i in self.issuers if i.idp.issuer == issuer), None)
+
+    async def revoke(self, selectors: Sequence[Selector], at: float) -> tuple[int, bool | None]:
+        """Purge what ``selectors`` name and remember them as revoked at wall-clock ``at``, here and
+        on every replica: (answers purged here, whether the fleet was told; None without a fleet)."""
+        cache = self.decider.cache
+        found = [(key, entry.token_hash) for selector in selectors for key, entry in cache.matching(selector)]
+        purged = sum(cache.revoke(selector, at) for selector in selectors)
+        if self.purges is None:
+            return purged, None
+        told = [await self.purges.revoke(list(selectors[i:i + MAX_SELECTORS]), at, found if not i else [])
+                for i in range(0, len(selectors), MAX_SELECTORS)]
+        return purged, all(told)
 
     @property
     def issuer(self) -> Issuer:
@@ -71,17 +101,26 @@ class Sidecar:
 
     def start(self) -> None:
         """Background work: each issuer's discovery, keys and file polling; the fleet's purge
-        subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in place)."""
+        subscription (and its warm-up); the client CA bundle's polling (a Secret volume updates in
+        place); the identity signing key's polling and rotation."""
         self.issuers.start()
         if self.purges is not None:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
             self._background.spawn(self._reload_client_trust())
+        if self.decider.identity is not None:
+            self._background.spawn(self._rotate_identity_keys(self.decider.identity.keys))
 
     async def _reload_client_trust(self) -> None:
         while True:
             await asyncio.sleep(self.config.idp.reload_interval)
             self.decider.presented.reload_trust()
+
+    async def _rotate_identity_keys(self, keys: SigningKeys) -> None:
+        """The identity signing key file's changes and the rotation's steps (core/identity_keys.py)."""
+        while True:
+            await asyncio.sleep(self.config.identity.reload_interval)
+            keys.poll()
 
     async def close(self) -> None:
         await self._background.cancel()

@@ -72,6 +72,7 @@ RUN_SECTIONS = (
     "server.workers scaling", "per-route policies: cache hit, one policy vs. 20 rules",
     "several issuers: cache hit, one issuer vs. three",
     "the peer: Apache + mod_auth_openidc vs nginx + sidecar", "the peer: a new token",
+    "identity token: cache hit without vs. with it",
 )
 PEER_FRONTS = ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
                "nginx alone (no auth)")

@@ -14,17 +14,20 @@ from sidecar.config import checks
 from sidecar.config.declare import ConfigError
 from sidecar.config.sections import (
     DPOP_HEADERS,
+    IDENTITY_CLAIMS,
     KEY,
     STANDARD_HEADERS,
     ClientCertConfig,
     Config,
     FleetConfig,
+    IdentityConfig,
     IdpConfig,
     PolicyConfig,
     ResponseConfig,
     RouteConfig,
     ServerConfig,
 )
+from sidecar.support.jose import signing_key
 
 _METHOD = re.compile(r"^[A-Z]{1,20}\Z")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]{0,252})?\Z|^\[[0-9a-f:.]+\]\Z")
@@ -51,6 +54,12 @@ def validate(config: Config) -> None:
     if config.fleet.enabled:
         _validate_fleet(config.fleet, config.idp)
     _validate_policies(config)
+    _validate_identity(config)
+    if config.events.enabled and not config.events.audience:
+        raise ConfigError(KEY.events.audience, f"is required with {KEY.events.enabled}")
+    if config.events.enabled and not any(i.issuer for i in config.every_issuer.values()):
+        # A SET is accepted from a configured issuer only, verified with its published keys.
+        raise ConfigError(KEY.idp.issuer, f"(or an issuers.NAME.issuer) is required with {KEY.events.enabled}")
     for index, route in enumerate(config.routes):
         _validate_route(f"routes[{index}]", route, config)
 
@@ -281,3 +290,51 @@ def client_secret(i: IdpConfig) -> str | None:
     if i.client_secret_file:
         return Path(i.client_secret_file).read_text(encoding="utf-8").strip()
     return i.client_secret
+
+
+def _validate_identity(config: Config) -> None:
+    """Identity tokens (docs/identity.md): a key, an issuer and, per policy, an audience; the header
+    in the credential namespace, which every shipped front clears of client copies and overwrites."""
+    i = config.identity
+    every = [("policy", config.policy), *((f"policies.{name}", p) for name, p in config.policies.items())]
+    for where, policy in every:
+        if policy.identity and not policy.identity_audience:
+            raise ConfigError(f"{where}.identity_audience", "is required with identity = true")
+        if reserved := sorted(IDENTITY_CLAIMS.intersection(policy.identity_claims)):
+            raise ConfigError(f"{where}.identity_claims", f"the sidecar sets {', '.join(reserved)} itself")
+    if any(p.identity for _, p in every) and not i.key_file:
+        raise ConfigError(KEY.identity.key_file, "is required when a policy sets identity = true")
+    if not i.key_file:
+        return
+    if not i.issuer:
+        raise ConfigError(KEY.identity.issuer, f"is required with {KEY.identity.key_file}")
+    prefix, header = config.response.prefix.lower(), i.header.lower()
+    if not header.startswith(prefix) or header == prefix:
+        # A name outside the namespace would pass from the client to the upstream wherever a front
+        # only clears the namespace (every shipped one does), forged.py would not see it either.
+        raise ConfigError(KEY.identity.header, f"must be a name in the {KEY.response.prefix} namespace "
+                          f"({prefix}...); got {i.header!r}")
+    taken = {prefix + suffix for _, suffix in STANDARD_HEADERS + DPOP_HEADERS}
+    taken |= {prefix + h.lower() for _, p in every for h in p.claims.values()}
+    taken |= {prefix + h.lower() for h in config.response.claims.values()}
+    if header in taken:
+        raise ConfigError(KEY.identity.header, f"{i.header!r} is already a credential header")
+    if i.rotation_overlap < i.ttl:
+        raise ConfigError(KEY.identity.rotation_overlap, f"must be at least {KEY.identity.ttl} ({i.ttl})")
+    if i.jwks_file and not Path(i.jwks_file).parent.is_dir():
+        raise ConfigError(KEY.identity.jwks_file, f"the directory of {i.jwks_file} does not exist")
+    identity_key(i)
+
+
+def identity_key(i: IdentityConfig) -> bytes:
+    """The identity signing key file's content, checked to hold an Ed25519 or P-256 private key
+    (read at start; the key itself is never logged)."""
+    assert i.key_file
+    try:
+        pem = Path(i.key_file).read_bytes()
+        signing_key(pem)
+    except OSError as exc:
+        raise ConfigError(KEY.identity.key_file, f"cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(KEY.identity.key_file, str(exc)) from None
+    return pem

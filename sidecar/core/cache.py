@@ -25,6 +25,10 @@
 - **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
   path and memory do not), or all. A purge also stops loads in flight from filling the cache with
   an answer that may predate the revocation.
+- **Revoke** (security events, docs/events.md): purge every answer a
+  :class:`~sidecar.core.revocation.Selector` names (a ``jti``, a subject, a client), found through
+  the index of core/cache_index.py, and remember it (:class:`~sidecar.core.revocation.Revocations`)
+  so that the decision refuses such a token when it is filled again (:meth:`TokenCache.revoked`).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal
 
 from sidecar.config import CacheConfig
+from sidecar.core.cache_index import CacheIndex
 from sidecar.core.entry import Entry
 from sidecar.core.errors import IdpUnavailable
+from sidecar.core.revocation import Revocations, Selector
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
@@ -64,7 +70,9 @@ def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
 
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, revocations: Revocations | None = None, index: bool = True) -> None:
+        """``index``: keep the index of core/cache_index.py (revocations then find their answers
+        without a scan, at some memory per token: docs/events.md)."""
         self._secret = secret or os.urandom(32)
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._config = config
@@ -80,6 +88,8 @@ class TokenCache:
         )
         self._flights: SingleFlight[bytes, Entry] = SingleFlight()
         self._generation = 0  # bumped by every purge
+        self._index = CacheIndex(config.max_entries) if on and index else None
+        self.revocations = revocations or Revocations(10_000, 3600.0, timer)  # tests build caches bare
 
     def key(self, token: str) -> bytes:
         keyed = self._keyed.copy()  # the key block is absorbed once, not per token (hot path)
@@ -120,6 +130,8 @@ class TokenCache:
             store[key if entry.info.active or not route else key + route] = entry
             if not entry.info.active and self._active is not None:
                 self._active.pop(key)
+            elif self._index is not None:
+                self._indexed(key, entry.info, self._index)
         if self._stale is not None:
             self._keep_stale(key, entry, self._stale)
         return entry
@@ -164,6 +176,36 @@ class TokenCache:
             self.purge(key)
         self._generation += 1
         return len(keys)
+
+    def _indexed(self, key: bytes, info: TokenInfo, index: CacheIndex) -> None:
+        index.add(key, info)
+        if index.full():
+            index.rebuild((k, e.info) for k, e in self._items())
+
+    def revoke(self, selector: Selector, at: float) -> int:
+        """Purge every answer ``selector`` names and remember it as revoked at wall-clock ``at``;
+        the count purged."""
+        self.revocations.add(selector, at)
+        self._generation += 1
+        return sum(self.purge(key) for key, _ in self.matching(selector))
+
+    def matching(self, selector: Selector) -> list[tuple[bytes, Entry]]:
+        """The answers cached now (stale-if-error copies too) that ``selector`` names: through the
+        index, else by a scan (a replica told by the fleet, whose own revocations are off)."""
+        if self._index is None:
+            return [(key, entry) for key, entry in self._items() if selector.matches(key, entry.info)]
+        found = []
+        for key in self._index.candidates(selector.kind, selector.value):
+            entry = self.get(key)
+            kept = self._stale.get(key) if self._stale is not None else None
+            current = entry or (kept[0] if kept is not None else None)
+            if current is not None and selector.matches(key, current.info):
+                found.append((key, current))
+        return found
+
+    def revoked(self, key: bytes, info: TokenInfo) -> bool:
+        """Whether a remembered revocation refuses this answer as it fills the cache."""
+        return self.revocations.revoked(key, info)
 
     def clear(self) -> int:
         self._generation += 1

@@ -20,11 +20,13 @@ every confirmation method the token's ``cnf`` holds (a DPoP proof for ``jkt``, t
 The Decider only decides: the stages are built in stages.py, which certificate counts is
 presented.py's, and every metric and log line, and the turning of any failure into a denial
 (fail closed), is outcome.py's. With ``cache.stale_if_error``, a miss whose IdP call failed may
-use the token's last active, bound answer (still bound and policy checked).
+use the token's last active, bound answer (still bound and policy checked). An answer a
+remembered revocation names (core/revocation.py) enters the cache as inactive.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -43,9 +45,11 @@ from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
 from sidecar.core.request import CheckRequest
 from sidecar.core.stages import build_stages
+from sidecar.core.token_info import INACTIVE
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
+log = logging.getLogger("sidecar.decision")
 Decided = Entry | Deny  # an allow is the token's cache entry: its upstream headers were built at fill
 
 
@@ -65,6 +69,7 @@ class Decider:
         self._admission = stages.admission
         self._proofs = stages.proofs
         self._interner = stages.interner
+        self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
         self._verifier = verifier
@@ -155,7 +160,8 @@ class Decider:
             denial = entry.denial
             if denial is None:
                 info = entry.info
-                policy.check_time(info, time.time())
+                now = time.time()
+                policy.check_time(info, now)
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
                     if info.cnf_x5t_s256 is not None and policy.binding != "off":  # bound by both
@@ -163,6 +169,9 @@ class Decider:
                 elif needs_certificate(info, policy.binding):
                     check_binding(info, self.presented.thumbprint(request), policy.binding)
                 denial = entry.scope_denial
+                if denial is None and entry.identity_due <= now:  # first allow, or half its life gone
+                    assert self.identity is not None  # identity_due is finite only under a policy that sends one
+                    self.identity.renew(entry, policy, now)
             if denial is not None:
                 return self.outcomes.deny(denial, entry.token_hash, policy, lookup=lookup,
                                           dpop_scheme=proof_token is not None)
@@ -211,6 +220,9 @@ class Decider:
             info = self._interner.info(info)  # shared values: memory per token
         finally:
             self._admission.leave(source)
+        if info.active and self.cache.revoked(miss.key, info):  # a security event or purge named it
+            log.warning("revoked", extra={"token": token_hash(token), "client_id": info.client_id})
+            info = INACTIVE
         default = self._default
         return Entry(
             info=info,
@@ -219,4 +231,5 @@ class Decider:
             scope_denial=default.scope_denial(info),
             token_hash=token_hash(token),
             until=until,
+            identity_due=default.identity_due,
         )

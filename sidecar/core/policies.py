@@ -39,14 +39,17 @@ class Policies:
 
         self.default = policy(config.policy)
         self.named = {name: policy(p, name, index) for index, (name, p) in enumerate(every) if index}
+        # Every allow carries the identity header when any policy sends the token (empty elsewhere).
+        identity = config.identity.header if any(p.identity for _, p in every) else None
         self.builders: list[HeaderBuilder] = [
             HeaderBuilder(config.response, claims, {*config.response.claims.items(), *p.claims.items()},
-                          binding=p.binding, dpop=dpop)
+                          binding=p.binding, dpop=dpop, identity=identity)
             for _, p in every
         ]
-        # A policy without claims of its own (and the same binding: cnf-method depends on it) sends
-        # exactly the default's headers: share them.
-        self._shared = [not p.claims and not config.policy.claims and p.binding == config.policy.binding
+        # A policy without claims or an identity token of its own (and the same binding: cnf-method
+        # depends on it) sends exactly the default's headers: share them.
+        plain = not config.policy.claims and not config.policy.identity
+        self._shared = [plain and not p.claims and not p.identity and p.binding == config.policy.binding
                         for _, p in every]
 
     @property
@@ -70,7 +73,8 @@ class Policies:
             info = entry.info
             headers = entry.headers if self._shared[index] else self.builders[index].build(info)
             view = Entry(info=info, headers=headers, denial=policy.static_denial(info),
-                         scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires)
+                         scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires,
+                         identity_due=policy.identity_due)
             if len(views) < MAX_VIEWS:  # memory per token stays bounded; past it, computed per request
                 views[index] = view
         return view

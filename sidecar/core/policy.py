@@ -13,6 +13,8 @@ meets the token (:mod:`sidecar.core.policies`). Only the time window is checked 
 
 from __future__ import annotations
 
+import math
+
 from sidecar.config import PolicyConfig
 from sidecar.core.errors import Denial, InsufficientScope, InvalidToken
 from sidecar.core.token_info import TokenInfo
@@ -22,8 +24,8 @@ REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
 
 class Policy:
     __slots__ = ("_allow_missing_type", "_any", "_audiences", "_contain", "_dpop", "_equal", "_formats", "_issuers",
-                 "_leeway", "_required", "_scope_param", "_sources", "_token_types", "binding", "hit_allows", "index",
-                 "issuers", "name", "route")
+                 "_leeway", "_required", "_scope_param", "_sources", "_token_types", "binding", "hit_allows",
+                 "identity_audience", "identity_claims", "identity_due", "index", "issuers", "name", "route")
 
     def __init__(self, config: PolicyConfig, name: str = "default", index: int = 0, *, dpop: bool = False,
                  issuers: tuple[str, ...] = ("default",), several: bool = False, route: bytes = b"") -> None:
@@ -50,6 +52,11 @@ class Policy:
         self._leeway = config.leeway
         self._token_types = frozenset(t.lower() for t in config.token_types)
         self._allow_missing_type = config.allow_missing_token_type
+        # The identity token (identity.py): its aud and copied claims; a new entry signs it at its
+        # first allow (identity_due 0), or never.
+        self.identity_audience = config.identity_audience if config.identity else None
+        self.identity_claims = config.identity_claims if config.identity else ()
+        self.identity_due = 0.0 if config.identity else math.inf
 
     def static_denial(self, info: TokenInfo) -> Denial | None:
         """The first 401 that does not depend on the clock, or None."""

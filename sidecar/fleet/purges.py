@@ -19,12 +19,14 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from sidecar.core.cache import TokenCache
+from sidecar.core.revocation import Selector
 from sidecar.fleet.seal import Tampered
 from sidecar.fleet.store import Fleet
 from sidecar.support.logs import token_hash
 
 log = logging.getLogger("sidecar.fleet.store")
-MAX_MESSAGE = 1024
+MAX_MESSAGE = 8192  # a revocation carries up to MAX_SELECTORS selectors
+MAX_SELECTORS = 4
 PURGE_TIMEOUT = 5.0  # a purge scans Redis (by hash, all): bounded as a whole
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{12}\Z")
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
@@ -51,7 +53,16 @@ class Purges:
     async def all(self) -> bool:
         return await self._purge([], self._fleet.names.every_answer(), {"by": "all"})
 
-    async def _purge(self, names: list[str], pattern: str | None, message: dict[str, str]) -> bool:
+    async def revoke(self, selectors: list[Selector], at: float, keys: list[tuple[bytes, str]]) -> bool:
+        """Revocations (core/revocation.py) to every replica, and out of Redis the answers this
+        replica found for them (``keys``: cache key and token hash). A replica filling a token from
+        Redis later still refuses it: the revocation is remembered there too."""
+        names = self._fleet.names
+        doomed = [name for key, hashed in keys for name in (names.value(key, hashed), names.lock(key, hashed))]
+        return await self._purge(doomed, None, {"by": "revoke", "v": [s.to_message() for s in selectors],
+                                                "at": at})
+
+    async def _purge(self, names: list[str], pattern: str | None, message: dict[str, object]) -> bool:
         fleet = self._fleet
         channel = fleet.names.channel
         sealed = fleet.sealer.seal(channel.encode(), json.dumps(message).encode())
@@ -88,6 +99,14 @@ class Purges:
             cache.purge_hash(value)
         elif by == "all":
             cache.clear()
+        elif by == "revoke" and isinstance(value, list) and 0 < len(value) <= MAX_SELECTORS \
+                and isinstance(at := doc.get("at"), int | float):
+            try:
+                selectors = [Selector.from_message(v) for v in value]
+            except ValueError:
+                return False
+            for selector in selectors:
+                cache.revoke(selector, float(at))
         else:
             return False
         fleet.metrics.event("purge_received")

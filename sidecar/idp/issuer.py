@@ -50,8 +50,9 @@ class Issuer:
         self.cert_watcher = CertificateWatcher(idp, self.session, metrics)
         self.guard = IdpGuard(idp, metrics, name)
         local = local_jwt_enabled(config, name)
+        # Also the keys that sign the issuer's Security Event Tokens (idp/security_events.py).
         self.jwks = Jwks(idp, self.session, self.discovery, metrics) \
-            if local or idp.introspection_response != "json" else None
+            if local or idp.introspection_response != "json" or (config.events.enabled and idp.issuer) else None
         self.introspector = None if idp.token_format == "jwt" else Introspector(
             idp, self.session, self.discovery, extra_claims=config.kept_claims, metrics=metrics, guard=self.guard,
             keys=self.jwks, leeway=config.policy.leeway,

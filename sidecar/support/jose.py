@@ -1,6 +1,7 @@
 """The JOSE every part of the sidecar shares: RFC 7515 §2 base64url, RFC 7638 thumbprints, SHA-256
-thumbprints such as RFC 8705 ``x5t#S256`` and RFC 9449 ``ath``, and JWS signatures checked with
-``cryptography`` directly (the JWK's public key, each algorithm's padding and hash prepared once)."""
+thumbprints such as RFC 8705 ``x5t#S256`` and RFC 9449 ``ath``, JWS signatures checked with
+``cryptography`` directly (the JWK's public key, each algorithm's padding and hash prepared once),
+and the keys the sidecar signs with (a private key file, its public JWK)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
@@ -58,6 +61,33 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
         raise ValueError("jwk lacks the members of its kty")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), ensure_ascii=False)
     return sha256_thumbprint(canonical.encode())
+
+
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def signing_key(pem: bytes) -> tuple[SigningKey, str]:
+    """A PEM private key that signs JWTs, and its algorithm: Ed25519 (``EdDSA``, RFC 8037) or P-256
+    (``ES256``); ValueError for anything else (RSA, other curves, an encrypted or broken file)."""
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key, "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key, "ES256"
+    raise ValueError("an Ed25519 or P-256 private key is required")
+
+
+def public_jwk(key: SigningKey, alg: str) -> dict[str, str]:
+    """The public half of ``key`` as a JWK (RFC 7517) with ``kid`` its RFC 7638 thumbprint, ``use``
+    and ``alg``: the same key gives the same ``kid`` on every replica."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        jwk: dict[str, str] = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    else:
+        jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": jwk_thumbprint(jwk), "use": "sig", "alg": alg}
 
 
 # --- JWS signature verification with cryptography (RFC 7515 §5.2, RFC 7518 §3, RFC 8037 §3.1, RFC 9864)
