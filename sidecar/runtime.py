@@ -18,6 +18,7 @@ from sidecar.config import Config
 from sidecar.core.cache import TokenCache
 from sidecar.core.decision import Decider
 from sidecar.core.ports import SharedReplay
+from sidecar.core.purges import Selector
 from sidecar.idp.issuer import Issuer
 from sidecar.support.background import Background
 from sidecar.support.metrics import Metrics
@@ -60,8 +61,14 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
-        reason = self.issuer.readiness()
+        reason = self.issuer.readiness() or (self.purges.problem() if self.purges is not None else None)
         return (False, reason) if reason else (True, "ok")
+
+    async def purge(self, selector: Selector) -> tuple[int, bool | None]:
+        """Drop what ``selector`` names: the tokens dropped here, and whether the fleet was told
+        (None without a fleet; False when Redis failed: purge again)."""
+        purged = self.decider.cache.drop(selector)
+        return purged, (await self.purges.send(selector) if self.purges is not None else None)
 
     def start(self) -> None:
         """Background work: the issuer's discovery, keys and file polling; the fleet's purge

@@ -314,6 +314,8 @@ class FleetConfig:
                                 ge=1)
     breaker_open: float = key(2.0, "time the breaker stays open before Redis is tried again", gt=0,
                               unit="seconds")
+    clock_skew: float = key(0.1, "how far the replicas' wall clocks may disagree; a shared answer begun this "
+                                 "close to a purge is refused too", ge=0, le=10, unit="seconds")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@
   (``IdpUnavailable.allows_stale``): never while the IdP answers — not when the sidecar's own
   limits refused the call (``saturated``, a per-source limit) — and any fresh answer for the token
   (inactive: revoked) drops it.
-- **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
-  path and memory do not), or all. A purge also stops loads in flight from filling the cache with
-  an answer that may predate the revocation.
+- **Purge** (revocation events): what a :class:`~sidecar.core.purges.Selector` names — one key,
+  or a scan for any other kind (``token_hash``: rare admin calls pay, the hot path and memory do
+  not), or all. A purge also stops loads in flight from filling the cache with an answer that may
+  predate the revocation.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Literal
 from sidecar.config import CacheConfig
 from sidecar.core.entry import Entry
 from sidecar.core.errors import IdpUnavailable
+from sidecar.core.purges import Selector
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
@@ -146,13 +148,22 @@ class TokenCache:
         found = [store.pop(key) is not None for store in self._stores() if store is not None]
         return any(found)
 
-    def purge_hash(self, hashed: str) -> int:
-        """Drop every answer whose ``token_hash`` (the 12-hex log value) is ``hashed``; the count.
+    def drop(self, selector: Selector) -> int:
+        """Drop every answer ``selector`` names; the count of tokens dropped."""
+        if selector.kind == "all":
+            return self.clear()
+        if selector.kind == "key":
+            return int(self.purge(bytes.fromhex(selector.value)))
+        return self._drop_matching(selector)
+
+    def _drop_matching(self, selector: Selector) -> int:
+        """Drop every answer ``selector`` names by what an entry holds (its ``token_hash``, its
+        claims); the count.
 
         A linear scan: purges are rare and this keeps the hit path and the memory per entry as
         they are (no second index to keep in step with evictions).
         """
-        keys = {key for key, entry in self._items() if entry.token_hash == hashed}
+        keys = {key for key, entry in self._items() if selector.matches(key, entry.token_hash, entry.info)}
         for key in keys:
             self.purge(key)
         self._generation += 1

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from sidecar.core.extract import TrustedProxies
+from sidecar.core.purges import Selector
 from sidecar.fronts.purge_guard import PurgeGuard, retry_after
 from sidecar.runtime import SIDECAR
 from sidecar.support.body import BodyTooLarge, read_bounded
@@ -119,26 +120,18 @@ async def purge(request: web.Request) -> web.Response:
         return _bad("body must be a JSON object")
     if not isinstance(body, dict) or len(body) != 1:
         return _bad('give exactly one of "token", "token_hash", "all": true')
-    sidecar = request.app[SIDECAR]
-    cache, fleet = sidecar.decider.cache, sidecar.purges  # fleet: purges through Redis, or None
     [(what, value)] = body.items()
     if what == "token" and isinstance(value, str) and value:
-        hashed = token_hash(value)
-        key = cache.key(value)
-        purged = int(cache.purge(key))
-        shared = fleet.token(key, value) if fleet else None
+        hashed, selector = token_hash(value), Selector.token(request.app[SIDECAR].decider.cache.key(value))
     elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
-        hashed = value
-        purged = cache.purge_hash(value)
-        shared = fleet.hash(value) if fleet else None
+        hashed, selector = value, Selector.hash(value)
     elif what == "all" and value is True:
-        hashed = "*"
-        purged = cache.clear()
-        shared = fleet.all() if fleet else None
+        hashed, selector = "*", Selector.everything()
     else:
         return _bad('give exactly one of "token", "token_hash" (12 hex), "all": true')
+    purged, shared = await request.app[SIDECAR].purge(selector)
     answer: dict[str, object] = {"purged": purged}
     if shared is not None:
-        answer["fleet"] = await shared
+        answer["fleet"] = shared
     log.warning("purge", extra={"by": what, "token": hashed, **answer})
     return web.json_response(answer)
