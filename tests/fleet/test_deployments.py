@@ -127,6 +127,7 @@ async def test_replicas_find_the_master_through_sentinel(
         fleet = {"mode": "sentinel", "sentinels": [f"127.0.0.1:{sentinel.port}"], "sentinel_master": "fleet"}
         a = await make_sidecar(fleet=section(fleet_files, "redis://127.0.0.1:1/0", **fleet))
         b = await make_sidecar(fleet=section(fleet_files, "redis://127.0.0.1:1/0", **fleet))
+        await wait_subscribed(b, 10)  # a replica reads shared answers only while it hears purges
         token = idp.mint("alice", cnf=pki.alice.x5t_s256)
         assert (await a.check(token, pki.alice)).status == 200
         assert (await b.check(token, pki.alice)).status == 200
