@@ -190,6 +190,9 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'cert_file = "{env.sidecar_files[0]}"\nkey_file = "{env.sidecar_files[1]}"\n'
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
         f'[cache]\nmax_entries = 200000\n\n'
+        # Four clients making every request a new token (the miss scenario): admission, which
+        # bench/flood.py measures, would refuse most of them.
+        f'[admission]\nmiss_rate = 0\nmax_share = 1.0\n\n'
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
         + (f'ca_file = "{ca_file}"\n' if ca_file else "")
         + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")

@@ -224,11 +224,17 @@ class AdmissionConfig:
     """Fair admission of cache misses to the IdP: a rate and a share of IdP calls per client source."""
 
     source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
-                                                "misses are charged to it", checks=(checks.header_name,))
+                                                "misses of clients without a known certificate are charged to "
+                                                "its group", checks=(checks.header_name,))
+    ipv4_prefix: int = key(32, "IPv4 addresses in one prefix of this length are one source", ge=8, le=32)
+    ipv6_prefix: int = key(64, "IPv6 addresses in one prefix of this length are one source (a client holds a "
+                               "/64)", ge=16, le=128)
     miss_rate: float = key(50.0, "new IdP calls per second per source; `0`: no rate limit", ge=0)
     miss_burst: int = key(100, "burst of new IdP calls per source", ge=1)
     max_share: float = key(0.5, "share of `idp.max_concurrent` one source may hold", gt=0, le=1)
-    max_sources: int = key(10_000, "sources remembered at once", ge=1)
+    max_sources: int = key(10_000, "sources (and certificates the IdP vouched for) remembered at once", ge=1)
+    idp_backoff_max: float = key(30.0, "longest a source is refused after the IdP answered its call 429 (its "
+                                       "`Retry-After`, doubled per further 429)", gt=0, le=300, unit="seconds")
 
 
 @dataclass(frozen=True)

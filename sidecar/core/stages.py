@@ -46,13 +46,14 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries), secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
+    presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
-        presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
+        presented=presented,
         trusted=trusted,
-        admission=Admission(config.admission, config.idp.max_concurrent),
+        admission=Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented),
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
