@@ -217,6 +217,8 @@ class DpopConfig:
                               le=65536, unit="bytes")
     replay_max_entries: int = key(250_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
                                   ge=1)
+    replay_max_share: float = key(0.1, "share of the replay store one DPoP key may hold; past it that client's new "
+                                       "proofs get 429 (one client cannot fill the store)", gt=0, le=1)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     proofs = None
     if dp.enabled:
         secret = None if shared_replay is None else shared_replay.secret
-        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries), secret=secret)
+        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share),
+                               secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
