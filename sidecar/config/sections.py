@@ -83,11 +83,12 @@ class ServerConfig:
                                          "first to fit", ge=1, le=1024)
     purge_peers: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "addresses that may call `POST /purge`",
                                        checks=(checks.networks,))
-    purge_rate: float = key(5.0, "purge attempts per second, all addresses together", gt=0)
-    purge_burst: int = key(10, "purge attempts at once, all addresses together", ge=1)
-    purge_backoff: float = key(1.0, "lockout after a failed purge authentication, doubled per further failure",
-                               gt=0, unit="seconds")
-    purge_backoff_max: float = key(300.0, "longest purge lockout", gt=0, unit="seconds")
+    purge_rate: float = key(5.0, "purge attempts with a wrong secret answered per second, all addresses together "
+                                 "(the right secret is never limited)", gt=0)
+    purge_burst: int = key(10, "purge attempts with a wrong secret answered at once, all addresses together", ge=1)
+    purge_backoff: float = key(1.0, "after a wrong purge secret, that address's wrong attempts get 429 this long, "
+                                    "doubled per further failure", gt=0, unit="seconds")
+    purge_backoff_max: float = key(300.0, "longest purge lockout of wrong attempts", gt=0, unit="seconds")
 
 
 @dataclass(frozen=True)
