@@ -35,6 +35,7 @@ def check_server(sidecar: Sidecar) -> web.Server:
 def admin_app(sidecar: Sidecar) -> web.Application:
     app = web.Application()
     app[SIDECAR] = sidecar
+    app[admin.SCRAPES] = admin.Scrapes(sidecar.metrics.registry)
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", admin.metrics)
