@@ -17,7 +17,7 @@ clients arrive spread over the flood, each with its certificate and a token it h
   each legitimate client from its own.
 
 Each prints the legitimate new tokens allowed (target: at least 95 %) and the IdP calls against
-the budget the flood's sources may spend (``miss_burst + miss_rate × seconds`` per source, the
+the budget the flood's sources may spend (``miss_burst + miss_rate * seconds`` per source, the
 legitimate clients' own calls added). Then the probes: ``/healthz`` and ``/readyz`` on a new
 connection each (as the kubelet asks) while 16 admin connections from four addresses are held
 open, and a cached check's latency while those 16 connections flood ``/metrics`` (then, for

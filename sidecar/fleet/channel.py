@@ -120,17 +120,19 @@ class Agreement:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._joined_at = clock() + JOIN
+        self._joining_until = clock() + JOIN  # "fleet_joining" until then (unless decided sooner)
+        self._joined_at = self._joining_until  # disagreement heard before then makes this replica the odd one
         self._subscribed = False
         self._agreed = False  # a peer that agrees with us has spoken
         self._foreign: str | None = None  # the disagreement heard while joining
         self._logged = -math.inf
 
     def subscribed(self) -> None:
-        """The channel is heard: the first time, the join window starts now."""
+        """The channel is heard: the first time, this replica listens for JOIN seconds more (a
+        replica that came up while Redis was away is ready meanwhile)."""
         if not self._subscribed:
             self._subscribed = True
-            self._joined_at = self._clock() + JOIN
+            self._joined_at = max(self._joined_at, self._clock() + JOIN)
 
     def peer(self) -> None:
         """A message from another replica of this fleet opened."""
@@ -154,4 +156,4 @@ class Agreement:
             return None
         if self._foreign is not None:
             return self._foreign
-        return "fleet_joining" if self._clock() < self._joined_at else None
+        return "fleet_joining" if self._clock() < self._joining_until else None
