@@ -137,7 +137,7 @@ class IdpConfig:
     retry_backoff: float = key(0.05, "full-jitter exponential backoff base between retries", ge=0, unit="seconds")
     breaker_failures: int = key(5, "consecutive IdP failures that open the circuit breaker; `0` turns it off", ge=0)
     breaker_open: float = key(5.0, "time the breaker stays open before each background probe (longer if a "
-                                   "429/503 `Retry-After` says so)", gt=0, unit="seconds")
+                                   "503's `Retry-After` says so)", gt=0, unit="seconds")
     jwks_max_age: float = key(300.0, "time a fetched JWK Set is used before it is fetched again", gt=0,
                               unit="seconds")
     jwks_min_refresh_interval: float = key(10.0, "at most one JWK Set refresh per interval for tokens naming an "

@@ -80,31 +80,36 @@ class ClientTrust:
         """The chain's verdict (computed once per header value) and the chain's window."""
         leaf = x509.load_der_x509_certificate(leaf_der)
         start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-        path, problem = self._path(leaf, chain, min(max(dt.datetime.now(dt.UTC), start), end))
-        return Presented(thumbprint, max(c.not_valid_before_utc for c in path).timestamp(),
-                         min(c.not_valid_after_utc for c in path).timestamp(), problem)
+        path = self._path(leaf, chain, min(max(dt.datetime.now(dt.UTC), start), end))
+        problem = self._problem(leaf, path)
+        certificates = [leaf] if path is None else path
+        return Presented(thumbprint, max(c.not_valid_before_utc for c in certificates).timestamp(),
+                         min(c.not_valid_after_utc for c in certificates).timestamp(), problem)
 
-    def _path(self, leaf: x509.Certificate, chain: list[bytes],
-              when: dt.datetime) -> tuple[list[x509.Certificate], str | None]:
-        """The certificates of the verified path (the leaf alone if none) and the problem, if any."""
+    def _path(self, leaf: x509.Certificate, chain: list[bytes], when: dt.datetime) -> list[x509.Certificate] | None:
+        """The verified path, leaf to root; None when there is none."""
         if self._store is None or len(chain) > MAX_CHAIN:
-            return [leaf], "cert_untrusted"
+            return None
         try:
             intermediates = [x509.load_der_x509_certificate(der) for der in chain]
         except ValueError:
-            return [leaf], "cert_untrusted"
+            return None
         ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName,
                                                                   Criticality.AGNOSTIC, None)
         verifier = (PolicyBuilder().store(self._store).time(when)
                     .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
                     .build_client_verifier())
         try:
-            path = verifier.verify(leaf, intermediates).chain
+            return [leaf, *verifier.verify(leaf, intermediates).chain]
         except VerificationError:
-            return [leaf], "cert_untrusted"
+            return None
+
+    def _problem(self, leaf: x509.Certificate, path: list[x509.Certificate] | None) -> str | None:
+        if path is None:
+            return "cert_untrusted"
         if self._require_client_auth and not _has_client_auth(leaf):
-            return [leaf], "cert_untrusted"
-        return [leaf, *path], None
+            return "cert_untrusted"
+        return None
 
 
 def window_problem(presented: Presented, now: float, leeway: float) -> str | None:
