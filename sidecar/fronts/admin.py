@@ -3,18 +3,16 @@
 They live apart from the check route: the admin port is for the kubelet, Prometheus and the
 pod's own containers, never for the proxied clients. They share the checks' event loop, so none
 may hold it long: the probes read a few attributes, and ``/metrics`` (the one costly answer: a
-few hundred µs to render, more with many label sets) is rendered a metric family at a time,
-yielding to the loop between steps of :data:`FAMILIES_PER_STEP`, by one rendering at a time
-that concurrent scrapes share, and at most :data:`RENDER_SHARE` of the time (a scrape sooner
-after the last rendering gets it again): a ``/metrics`` flood delays a check by one step, not
-by a whole rendering, and costs the checks about what a ``/healthz`` flood does.
+few hundred µs to render, more with many label sets) is rendered :data:`FAMILIES_PER_STEP`
+metric families at a time, yielding to the loop between steps, by one rendering that concurrent
+scrapes share: a ``/metrics`` flood delays a check by one step, not by a whole rendering, and
+costs the checks about what a ``/healthz`` flood does. A scrape that follows another is fresh.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,7 +21,6 @@ from prometheus_client.metrics_core import Metric
 from sidecar.runtime import SIDECAR
 from sidecar.support.singleflight import SingleFlight
 
-RENDER_SHARE = 0.5  # of the event loop's time that rendering /metrics may take, at most
 FAMILIES_PER_STEP = 4
 
 
@@ -40,42 +37,28 @@ class _Family:
 
 
 class Scrapes:
-    """The registry's rendering, done again only once the last one is far enough behind."""
+    """Renders the registry in steps; concurrent scrapes share one rendering."""
 
-    __slots__ = ("_body", "_clock", "_flight", "_next", "_registry")
+    __slots__ = ("_flight", "_registry")
 
-    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        self._clock = clock
-        self._body = b""
-        self._next = 0.0  # no new rendering before then
         self._flight: SingleFlight[None, bytes] = SingleFlight()
 
     async def body(self) -> bytes:
-        if self._clock() < self._next:
-            return self._body
         body, _ = await self._flight.run(None, self._render)
         return body
 
     async def _render(self) -> bytes:
         parts: list[bytes] = []
-        spent = 0.0
         families = iter(self._registry.collect())  # a generator: each collector is read when reached
-        family: Metric | None = None
         while True:
-            started = self._clock()
             for _ in range(FAMILIES_PER_STEP):
                 family = next(families, None)
                 if family is None:
-                    break
+                    return b"".join(parts)
                 parts.append(generate_latest(_Family(family)))
-            spent += self._clock() - started
-            if family is None:
-                break
             await asyncio.sleep(0)  # a check waiting on the loop goes first
-        self._body = b"".join(parts)
-        self._next = self._clock() + spent * (1 - RENDER_SHARE) / RENDER_SHARE
-        return self._body
 
 
 SCRAPES = web.AppKey("scrapes", Scrapes)
