@@ -57,7 +57,8 @@ def answer(i: int, now: int) -> bytes:
 
 async def measure(n: int) -> dict[str, float]:
     config = config_module.from_mapping({"cache": {"max_entries": n + 1, "max_ttl": 3600},
-                                         "policy": {"binding": "off"}, "log": {"decisions": "off"}})
+                                         "policy": {"binding": "off"}, "log": {"decisions": "off"},
+                                         "admission": {"miss_rate": 0}})  # one client filling the cache
     verifier = JsonVerifier()
     decider = Decider(config, verifier, Metrics())
     tokens = [secrets.token_urlsafe(32) for _ in range(n)]  # the clients' side: allocated before
