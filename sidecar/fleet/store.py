@@ -122,7 +122,8 @@ class Fleet:
         self.metrics.breaker.set_function(lambda: 1 if self.breaker.is_open else 0)
         self._cache_config: CacheConfig = config.cache
         # Purges seen, kept as long as an answer given before one may live (its IdP call included).
-        self.memory = PurgeMemory(config.cache.max_ttl + 2 * config.idp.timeout + f.clock_skew + 1.0)
+        lives = max(config.cache.max_ttl, config.cache.negative_ttl)
+        self.memory = PurgeMemory(lives + 2 * config.idp.timeout + f.clock_skew + 1.0)
         self.subscribed = False  # purges.py: hearing the channel now (else purges may be missed)
         self.skew = f.clock_skew
         self.timeout = f.timeout
