@@ -1,4 +1,4 @@
-"""Command line: ``sidecar [serve] [--config FILE]``, ``sidecar check-config``, ``sidecar demo``."""
+"""Command line: ``sidecar [serve] [--config FILE]``, ``sidecar check-config [--online]``, ``sidecar demo``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description=__doc__)
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "check-config", "demo"))
     parser.add_argument("--config", "-c", help="TOML file (default: $SIDECAR_CONFIG)")
+    parser.add_argument("--online", action="store_true", help="check-config: contact every issuer (discovery, "
+                        "mutual TLS, JWK Set, one introspection); exit 1 naming each key that fails")
     return parser
 
 
@@ -27,9 +29,14 @@ def _load_checked(path: str | None) -> config_module.Config:
     """Load, validate, and prove the TLS files load; exits 2 naming the key on error."""
     try:
         config = config_module.load(path)
-        if not config.idp_configured:
+        if not (config.idp_configured or config.issuers):
             raise ConfigError("idp.issuer", "set idp.issuer or idp.introspection_endpoint (or run 'sidecar demo')")
-        client_context(config.idp)
+        for name, idp in config.every_issuer.items():
+            try:
+                client_context(idp)
+            except TlsConfigError as exc:
+                where = "idp" if name == "default" else f"issuers.{name}"
+                raise TlsConfigError(str(exc).replace("idp.", f"{where}.")) from None
         if config.client_cert.ca_file:
             try:
                 ClientTrust(config.client_cert.ca_file)
@@ -42,6 +49,18 @@ def _load_checked(path: str | None) -> config_module.Config:
         print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return config
+
+
+def _check_online(config: config_module.Config) -> None:
+    """Contact every issuer; exit 1 with one line per failure (the key, the cause, the detail)."""
+    from sidecar.idp.online import check_online
+
+    findings = asyncio.run(check_online(config))
+    for finding in findings:
+        print(f"sidecar: online check failed: {finding}", file=sys.stderr)
+    if findings:
+        raise SystemExit(1)
+    print(f"online: every issuer answered ({', '.join(config.every_issuer)})")
 
 
 def _run(coro: object) -> None:
@@ -67,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"sidecar: warning: {warning}", file=sys.stderr)
         print("configuration ok")
         print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}")
+        if config.issuers:
+            print(f"issuers: {', '.join(config.every_issuer)}")
+        if args.online:
+            _check_online(config)
         return
     logs.setup(config.log.level)
     for warning in config_module.warnings(config):

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sidecar.config import Config, admin_secret
 from sidecar.core.extract import TrustedProxies
-from sidecar.fronts import admin, purge
+from sidecar.fronts import admin, events, jwks, purge
 from sidecar.fronts import http as handlers
 from sidecar.fronts.connections import Gate, GuardedSite, PortLimits, PortMetrics, fit_file_descriptors
 from sidecar.fronts.purge_guard import PurgeGuard
@@ -39,6 +39,10 @@ def admin_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", admin.metrics)
+    if sidecar.decider.identity is not None:  # the public keys of identity tokens
+        app.router.add_get(jwks.PATH, jwks.jwks)
+    if sidecar.events is not None:  # RFC 8935 push of Security Event Tokens
+        app.router.add_post(events.PATH, events.receive)
     s = sidecar.config.server
     secret = admin_secret(s)
     if secret:  # no secret, no purge route

@@ -70,7 +70,9 @@ RUN_SECTIONS = (
     "cache hit, escaped PEM, client_cert.ca_file", "p99 at half of the maximum rate", "cache miss",
     "burst: 200 concurrent", "nginx auth_request", "cache hit, DPoP-bound", "memory: RSS per cached token",
     "server.workers scaling", "per-route policies: cache hit, one policy vs. 20 rules",
+    "several issuers: cache hit, one issuer vs. three",
     "the peer: Apache + mod_auth_openidc vs nginx + sidecar", "the peer: a new token",
+    "identity token: cache hit without vs. with it",
 )
 PEER_FRONTS = ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
                "nginx alone (no auth)")

@@ -1,11 +1,13 @@
-"""What a purge names (a :class:`Selector`), and what a replica remembers of the purges it has seen
+"""What a purge names (a :class:`Purge`), and what a replica remembers of the purges it has seen
 (:class:`PurgeMemory`), so that an answer given before a purge is never used after it.
 
-A selector names the cached answers to drop: one token (``key``: its keyed digest), every token
-with a ``token_hash`` (the 12-hex log value), or ``all``. It travels as ``{"by": …, "v": …}`` (the
-purge endpoint, the fleet's channel), is checked strictly on the way in, and matches an answer by
-what the cache knows of it (its key, its hash, its :class:`TokenInfo`): a new selector kind (a
-subject, a client) is one more entry in ``_KINDS`` and one more case in :meth:`Selector.matches`.
+A purge drops cached answers: one token (``key``: its keyed digest), every token with a
+``token_hash`` (the 12-hex log value), or ``all`` — answers, not tokens: the IdP's next answer
+for the token stands. (A *revocation*, core/revocation.py, names tokens by their claims and
+refuses them for a while, whatever the IdP answers.) A purge travels as ``{"by": …, "v": …}``
+(the fleet's channel), is checked strictly on the way in, and names an answer by what the cache
+knows of it (its key, its hash, its :class:`TokenInfo`): a new kind is one more entry in
+``_KINDS`` and one more purge in :meth:`Purge.naming`.
 
 Deleting an answer is not enough where answers are shared: a copy made before the purge (a value
 saved from Redis and written back, a fill that raced the purge) would be used again. So a replica
@@ -39,7 +41,7 @@ MAX_REMEMBERED = 65_536  # purges remembered by name; past it the oldest is fold
 
 
 @dataclass(frozen=True, slots=True)
-class Selector:
+class Purge:
     """The answers a purge drops. Build with :meth:`token`, :meth:`hash`, :meth:`everything` or
     :meth:`from_wire` (which refuses anything malformed)."""
 
@@ -47,19 +49,19 @@ class Selector:
     value: str = ""
 
     @classmethod
-    def token(cls, key: bytes) -> Selector:
+    def token(cls, key: bytes) -> Purge:
         return cls("key", key.hex())
 
     @classmethod
-    def hash(cls, hashed: str) -> Selector:
+    def hash(cls, hashed: str) -> Purge:
         return cls("token_hash", hashed)
 
     @classmethod
-    def everything(cls) -> Selector:
+    def everything(cls) -> Purge:
         return cls("all")
 
     @classmethod
-    def from_wire(cls, doc: Any) -> Selector | None:
+    def from_wire(cls, doc: Any) -> Purge | None:
         """``{"by": kind, "v": value}`` as :meth:`wire` writes it; None unless exactly that."""
         if not isinstance(doc, dict) or set(doc) - {"by", "v"}:
             return None
@@ -73,14 +75,14 @@ class Selector:
         return {"by": self.kind, "v": self.value}
 
     @staticmethod
-    def naming(key: bytes, hashed: str, info: TokenInfo | None = None) -> tuple[Selector, ...]:
-        """Every selector (``all`` aside) that names the answer for the token with ``key`` and
+    def naming(key: bytes, hashed: str, info: TokenInfo | None = None) -> tuple[Purge, ...]:
+        """Every purge (``all`` aside) that names the answer for the token with ``key`` and
         ``hashed`` (and, for kinds that look at claims, ``info``)."""
-        return Selector("key", key.hex()), Selector("token_hash", hashed)
+        return Purge("key", key.hex()), Purge("token_hash", hashed)
 
     def matches(self, key: bytes, hashed: str, info: TokenInfo | None = None) -> bool:
         """Whether this purge names the answer for the token with ``key`` and ``hashed``."""
-        return self.kind == "all" or self in Selector.naming(key, hashed, info)
+        return self.kind == "all" or self in Purge.naming(key, hashed, info)
 
 
 class PurgeMemory:
@@ -93,20 +95,20 @@ class PurgeMemory:
         self._keep = keep
         self._max = max_entries
         self._clock = clock
-        self._seen: OrderedDict[Selector, float] = OrderedDict()  # oldest first
+        self._seen: OrderedDict[Purge, float] = OrderedDict()  # oldest first
         self.floor = 0.0  # wall clock: every shared answer begun before it is refused
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def remember(self, selector: Selector) -> None:
+    def remember(self, purge: Purge) -> None:
         """A purge learnt now (sent from here, or received)."""
         now = self._clock()
-        if selector.kind == "all":
+        if purge.kind == "all":
             self.raise_floor(now)
             return
-        self._seen.pop(selector, None)
-        self._seen[selector] = now
+        self._seen.pop(purge, None)
+        self._seen[purge] = now
         self._prune(now)
         while len(self._seen) > self._max:
             _, at = self._seen.popitem(last=False)
@@ -124,12 +126,12 @@ class PurgeMemory:
         if began < self.floor:
             return True
         seen = self._seen
-        return any(seen.get(selector, 0.0) > began for selector in Selector.naming(key, hashed, info))
+        return any(seen.get(purge, 0.0) > began for purge in Purge.naming(key, hashed, info))
 
     def _prune(self, now: float) -> None:
         seen = self._seen
         while seen:
-            selector, at = next(iter(seen.items()))
+            purge, at = next(iter(seen.items()))
             if at > now - self._keep:
                 break
-            del seen[selector]
+            del seen[purge]

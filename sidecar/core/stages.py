@@ -6,6 +6,7 @@ every front, bench and test get the same assembly from a configuration.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sidecar.config import Config
@@ -13,11 +14,14 @@ from sidecar.core.admission import Admission
 from sidecar.core.cache import TokenCache
 from sidecar.core.dpop import ProofVerifier
 from sidecar.core.extract import TrustedProxies
+from sidecar.core.identity import IdentityTokens
+from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.interning import Interner
 from sidecar.core.policies import Policies
 from sidecar.core.ports import SharedAnswers, SharedReplay
 from sidecar.core.presented import PresentedCertificate
 from sidecar.core.replay import LocalReplayStore
+from sidecar.core.revocation import Revocations
 from sidecar.core.routes import Router
 
 
@@ -32,6 +36,7 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
+    identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
@@ -49,7 +54,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     return Stages(
-        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key),
+        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
+                         revocations=Revocations(config.events.max_revocations, config.events.remember,
+                                                 time.monotonic), index=revocations_heard(config)),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=presented,
@@ -58,4 +65,19 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
+        identity=identity_tokens(config, policies),
     )
+
+
+def revocations_heard(config: Config) -> bool:
+    """Whether revocations by subject can reach this sidecar (SETs, or POST /purge with its secret):
+    only then does the cache keep its index (memory per token)."""
+    s = config.server
+    return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
+
+
+def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one (its key file is read now)."""
+    if not any(p.identity_audience for p in policies.all()):
+        return None
+    return IdentityTokens(config.identity, SigningKeys(config.identity), policies.builders)

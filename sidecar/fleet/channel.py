@@ -1,5 +1,5 @@
 """The fleet's channel (``<prefix>fleet``): sealed messages every replica publishes and hears —
-purges, and heartbeats — and what they tell a replica about the fleet it is in.
+purges, revocations and heartbeats — and what they tell a replica about the fleet it is in.
 
 A message is AES-256-GCM sealed (seal.py) with the channel's name as associated data, and says
 who sent it (a random id per process), when (wall clock), a nonce, and the fleet tag (a digest of
@@ -34,11 +34,11 @@ from typing import Any
 from sidecar.fleet.seal import Names, Sealer, Tampered
 
 log = logging.getLogger("sidecar.fleet")
-MAX_MESSAGE = 1024
+MAX_MESSAGE = 8192  # a revocation carries up to four selectors of up to 1024 characters
 MAX_AGE = 30.0  # seconds a message stays acceptable; also how long its nonce is remembered
 MAX_HEARD = 65_536  # (sender, nonce) pairs remembered; the oldest go first
 JOIN = 1.0  # seconds in which a new replica learns whether the fleet agrees with it
-KINDS = frozenset({"purge", "beat"})
+KINDS = frozenset({"purge", "revoke", "beat"})
 
 
 class Foreign(Exception):
@@ -52,9 +52,9 @@ class Foreign(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    kind: str  # "purge" or "beat"
+    kind: str  # "purge", "revoke" or "beat"
     sender: str
-    body: dict[str, Any]  # what the kind carries: a purge's selector ("p"), a beat's hello ("h")
+    body: dict[str, Any]  # what the kind carries: a purge ("p"), revocations ("r", "at"), a hello ("h")
 
 
 class Channel:

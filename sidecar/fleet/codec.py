@@ -17,7 +17,8 @@ from typing import Any
 from sidecar.core.token_info import INACTIVE, TokenInfo, scope_set
 from sidecar.fleet.seal import Tampered
 
-_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "cnf_jkt", "token_use")
+_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "cnf_jkt", "token_use",
+        "issuer")
 _INT = ("exp", "iat", "nbf")
 _TUPLE = ("aud", "cnf_unverifiable")
 _FIELDS = frozenset((*_STR, *_INT, *_TUPLE, "active", "introspected", "extra"))

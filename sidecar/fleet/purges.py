@@ -1,11 +1,13 @@
-"""Purges across the fleet: a revoked token leaves every replica's memory, and no copy of an
-answer given before the purge is used after it, whoever writes Redis.
+"""Purges and revocations across the fleet: a revoked token leaves every replica's memory, and no
+copy of an answer given before the purge is used after it, whoever writes Redis.
 
-:meth:`Purges.send` takes any :class:`~sidecar.core.purges.Selector`: the replica remembers it
+:meth:`Purges.send` takes any :class:`~sidecar.core.purges.Purge`: the replica remembers it
 (core/purges.py), deletes a single token's value and lock from Redis (two names: bounded, whatever
 else Redis holds; purges by hash and full purges delete nothing, there is nothing to scan) and
 publishes it, sealed, on the fleet's channel (channel.py). Every replica that hears it drops what
 it names from memory and remembers it, so a value saved from Redis and written back is refused.
+:meth:`Purges.revoke` carries revocations (core/revocation.py) the same way: every replica purges
+and remembers them (the cache refuses a token they name when it is filled again, from Redis too).
 
 The subscription is watched: each replica beats every :data:`BEAT` seconds and must hear its own
 beats back; a replica that has not for :data:`SILENT` seconds (or whose connection failed)
@@ -26,13 +28,15 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from sidecar.core.cache import TokenCache
-from sidecar.core.purges import Selector
+from sidecar.core.purges import Purge
+from sidecar.core.revocation import Selector
 from sidecar.fleet.channel import Agreement, Channel, Foreign
 from sidecar.fleet.seal import Tampered
 from sidecar.fleet.store import Fleet
 
 log = logging.getLogger("sidecar.fleet")
 PURGE_TIMEOUT = 5.0  # a purge: two deletions and a publish, bounded as a whole
+MAX_SELECTORS = 4  # revocations per message (runtime.py sends more in several)
 BEAT = 2.0  # seconds between a replica's heartbeats
 SILENT = 3 * BEAT  # not hearing its own beats for this long: the subscription is resumed
 ANSWER_EVERY = 1.0  # at most one answering beat per second (to a hello, or a message we cannot read)
@@ -56,16 +60,24 @@ class Purges:
         self._beaten = -ANSWER_EVERY  # when this replica last beat (monotonic)
         self._answer_at: float | None = None  # when to answer with a beat, if asked
 
-    async def send(self, selector: Selector) -> bool:
-        """Drop ``selector``'s answers fleet-wide; False if Redis failed (this replica's own purge
+    async def send(self, purge: Purge) -> bool:
+        """Drop ``purge``'s answers fleet-wide; False if Redis failed (this replica's own purge
         stands: purge again)."""
+        self._fleet.memory.remember(purge)
+        keys = [bytes.fromhex(purge.value)] if purge.kind == "key" else []
+        return await self._publish(self.channel.seal("purge", p=purge.wire()), keys)
+
+    async def revoke(self, selectors: list[Selector], at: float, keys: list[bytes]) -> bool:
+        """Revocations (at most :data:`MAX_SELECTORS`) to every replica, and out of Redis the
+        answers this replica found for them (``keys``: their cache keys)."""
+        message = self.channel.seal("revoke", r=[s.to_message() for s in selectors], at=at)
+        return await self._publish(message, keys)
+
+    async def _publish(self, message: bytes, keys: list[bytes]) -> bool:
         fleet = self._fleet
-        fleet.memory.remember(selector)
-        message = self.channel.seal("purge", p=selector.wire())
         try:
             async with asyncio.timeout(PURGE_TIMEOUT):
-                if selector.kind == "key":  # one slot: the value and the lock share the hash tag
-                    key = bytes.fromhex(selector.value)
+                for key in keys:  # one slot each: a value and its lock share the hash tag
                     await fleet.redis.unlink(fleet.names.value(key), fleet.names.lock(key))
                 await fleet.redis.publish(self.channel.name, message)
         except Exception as exc:  # Redis failing: the local purge stands, the caller is told
@@ -100,13 +112,29 @@ class Purges:
             if message.body.get("h") is True:
                 self._answer()
             return True
-        selector = Selector.from_wire(message.body.get("p"))
-        if selector is None:
-            fleet.metrics.event("tampered")
+        applied = self._revoke(message.body) if message.kind == "revoke" else self._purge(message.body)
+        fleet.metrics.event("purge_received" if applied else "tampered")
+        return applied
+
+    def _purge(self, body: dict[str, Any]) -> bool:
+        purge = Purge.from_wire(body.get("p"))
+        if purge is None:
             return False
-        fleet.memory.remember(selector)
-        self._cache.drop(selector)
-        fleet.metrics.event("purge_received")
+        self._fleet.memory.remember(purge)
+        self._cache.drop(purge)
+        return True
+
+    def _revoke(self, body: dict[str, Any]) -> bool:
+        revoked, at = body.get("r"), body.get("at")
+        if not isinstance(revoked, list) or not 0 < len(revoked) <= MAX_SELECTORS or isinstance(at, bool) \
+                or not isinstance(at, int | float):
+            return False
+        try:
+            selectors = [Selector.from_message(doc) for doc in revoked]
+        except ValueError:
+            return False
+        for selector in selectors:
+            self._cache.revoke(selector, float(at))
         return True
 
     def _answer(self) -> None:

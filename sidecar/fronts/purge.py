@@ -6,7 +6,12 @@ the length of the secret leaks through timing). A JSON body names what to drop:
 
 - ``{"token": "<access token>"}``: that token's entry (the token is hashed at once, never logged);
 - ``{"token_hash": "<12 hex>"}``: every entry with that ``token_hash`` (the value in the logs);
-- ``{"all": true}``: the whole cache.
+- ``{"all": true}``: the whole cache;
+- ``{"sub": "<subject>"}`` (optionally with ``"iss"``), ``{"email": "…"}``, ``{"client_id": "…"}``,
+  ``{"jti": "…"}``: a **revocation**, as a security event makes it (docs/events.md): every answer
+  it names is purged (found through the cache's index), and tokens it names issued until now are
+  refused when they come back, from the IdP, Redis or a locally validated JWT, for
+  ``events.remember``.
 
 The answer is ``{"purged": <entries dropped>}``. Without a configured secret there is no route.
 In a fleet (``fleet.enabled``) the purge also leaves Redis and is published to every replica;
@@ -27,12 +32,14 @@ import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from sidecar.core.extract import TrustedProxies
-from sidecar.core.purges import Selector
+from sidecar.core.purges import Purge
+from sidecar.core.revocation import MAX_VALUE, Selector
 from sidecar.fronts.purge_guard import PurgeGuard, retry_after
 from sidecar.runtime import SIDECAR
 from sidecar.support.body import BodyTooLarge, read_bounded
@@ -42,6 +49,22 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{12}$")
 ADMIN_SECRET_DIGEST = web.AppKey("admin_secret_digest", bytes)
+ONE_OF = ('give exactly one of "token", "token_hash" (12 hex), "all": true, "sub" (and "iss"), "email", '
+          '"client_id", "jti"')
+SELECTORS = ("sub", "email", "client_id", "jti")
+
+
+def _selector(body: dict[str, object]) -> Selector | None:
+    """A revocation selector (``sub`` with an optional ``iss``, ``email``, ``client_id``, ``jti``)."""
+    named = [k for k in SELECTORS if k in body]
+    allowed = {*named, "iss"} if named == ["sub"] else set(named)
+    if len(named) != 1 or set(body) != allowed:
+        return None
+    [kind] = named
+    value, iss = body[kind], body.get("iss")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE or (iss is not None and not isinstance(iss, str)):
+        return None
+    return Selector(kind, value, iss)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -116,18 +139,24 @@ async def purge(request: web.Request) -> web.Response:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         return _bad("body must be a JSON object")
+    sidecar = request.app[SIDECAR]
+    if isinstance(body, dict) and (selector := _selector(body)) is not None:
+        count, told = await sidecar.revoke([selector], time.time())
+        revoked: dict[str, object] = {"purged": count, **({} if told is None else {"fleet": told})}
+        log.warning("purge", extra={"by": selector.kind, **revoked})
+        return web.json_response(revoked)
     if not isinstance(body, dict) or len(body) != 1:
-        return _bad('give exactly one of "token", "token_hash", "all": true')
+        return _bad(ONE_OF)
     [(what, value)] = body.items()
     if what == "token" and isinstance(value, str) and value:
-        hashed, selector = token_hash(value), Selector.token(request.app[SIDECAR].decider.cache.key(value))
+        hashed, dropped = token_hash(value), Purge.token(sidecar.decider.cache.key(value))
     elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
-        hashed, selector = value, Selector.hash(value)
+        hashed, dropped = value, Purge.hash(value)
     elif what == "all" and value is True:
-        hashed, selector = "*", Selector.everything()
+        hashed, dropped = "*", Purge.everything()
     else:
-        return _bad('give exactly one of "token", "token_hash" (12 hex), "all": true')
-    purged, shared = await request.app[SIDECAR].purge(selector)
+        return _bad(ONE_OF)
+    purged, shared = await sidecar.purge(dropped)
     answer: dict[str, object] = {"purged": purged}
     if shared is not None:
         answer["fleet"] = shared

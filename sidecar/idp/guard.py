@@ -41,10 +41,11 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sidecar.config import IdpConfig
 from sidecar.idp.failures import IdpError, IdpFailure
@@ -63,29 +64,57 @@ def fair_budget(idp: IdpConfig) -> float:
     return min(idp.timeout, max(idp.connect_timeout, idp.timeout / 2))
 
 
-class GuardMetrics:
-    def __init__(self, metrics: Metrics) -> None:
-        r = self.registry = metrics.registry
+class _Registered:
+    """The guard metrics of one registry, labelled by issuer (every issuer's guard shares them)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
         self.state = Gauge("sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open",
-                           registry=r)
+                           ["issuer"], registry=r)
         self.rejections = Counter("sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
-                                  ["reason"], registry=r)
+                                  ["issuer", "reason"], registry=r)
         self.retries = Counter("sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
-                               ["result"], registry=r)
-        self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["result"], registry=r)
+                               ["issuer", "result"], registry=r)
+        self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["issuer", "result"],
+                              registry=r)
+
+
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, _Registered] = weakref.WeakKeyDictionary()
+
+
+class _Issuer:
+    """A counter seen by one issuer: ``.labels(x)`` is ``.labels(issuer, x)``."""
+
+    def __init__(self, counter: Counter, issuer: str) -> None:
+        self._counter, self._issuer = counter, issuer
+
+    def labels(self, value: str) -> Counter:
+        return self._counter.labels(self._issuer, value)
+
+
+class GuardMetrics:
+    def __init__(self, metrics: Metrics, issuer: str = "default") -> None:
+        r = self.registry = metrics.registry
+        shared = _REGISTERED.get(r)
+        if shared is None:
+            shared = _REGISTERED[r] = _Registered(r)
+        self.state = shared.state.labels(issuer)
+        self.rejections = _Issuer(shared.rejections, issuer)
+        self.retries = _Issuer(shared.retries, issuer)
+        self.probes = _Issuer(shared.probes, issuer)
 
 
 class IdpGuard:
     """Runs one introspection under the deadline, the concurrency bound, retries and the breaker."""
 
-    def __init__(self, idp: IdpConfig, metrics: Metrics) -> None:
+    def __init__(self, idp: IdpConfig, metrics: Metrics, issuer: str = "default") -> None:
+        """``issuer``: the configured issuer's name, the ``issuer`` label of its metrics."""
         self._timeout = idp.timeout
         self._connect_timeout = idp.connect_timeout
         self._fair_budget = fair_budget(idp)
         self._retries = idp.retries
         self._backoff = idp.retry_backoff
         self._slots = FairSlots(idp.max_concurrent)
-        self.metrics = GuardMetrics(metrics)
+        self.metrics = GuardMetrics(metrics, issuer)
         self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, on_change=self.metrics.state.set)
         self._probe: Callable[[float], Awaitable[object]] | None = None
         self._prober: asyncio.Task[None] | None = None

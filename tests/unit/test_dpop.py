@@ -302,7 +302,7 @@ class Verifier:
     def __init__(self, cnf: dict[str, str] | None) -> None:
         self.cnf = cnf
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         claims: dict[str, Any] = {"active": True, "client_id": "app", "scope": "read", "exp": 4_000_000_000,
                                   "token_type": "DPoP"}
         if self.cnf is not None:

@@ -51,7 +51,7 @@ def failure(result: str, retry_after: int = 1) -> IdpError:
 
 
 def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
-    value = g.metrics.registry.get_sample_value(name, labels or {})
+    value = g.metrics.registry.get_sample_value(name, {"issuer": "default", **(labels or {})})
     return float(value or 0.0)
 
 
