@@ -190,6 +190,9 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'cert_file = "{env.sidecar_files[0]}"\nkey_file = "{env.sidecar_files[1]}"\n'
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
         f'[cache]\nmax_entries = 200000\n\n'
+        # Four clients making every request a new token (the miss scenario): admission, which
+        # bench/flood.py measures, would refuse most of them.
+        f'[admission]\nmiss_rate = 0\nmax_share = 1.0\n\n'
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
         + (f'ca_file = "{ca_file}"\n' if ca_file else "")
         + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")
@@ -220,9 +223,14 @@ class Run:
 
 
 def lua_script(env: Env, header: str, certs: list[str], tokens: list[tuple[int, str]], *,
-               delay_ms: int = 0, path: str = "/check", extra: dict[str, str] | None = None) -> Path:
-    """Requests are formatted once in init(); each request takes the next (token, cert) pair."""
+               delay_ms: int = 0, path: str = "/check", extra: dict[str, str] | None = None,
+               sources: bool = False) -> Path:
+    """Requests are formatted once in init(); each request takes the next (token, cert) pair.
+    ``sources``: each client (certificate) sends its own address, as a proxy vouches for it."""
     lua_extra = "".join(f', ["{k}"] = "{v}"' for k, v in (extra or {}).items())
+    if sources:
+        lua_extra += ', ["X-Forwarded-For"] = "10.0.0." .. idx'
+
     fd, name = tempfile.mkstemp(suffix=".lua", dir=env.tmp)
     data = Path(name + ".txt")
     data.write_text("".join(f"{i} {t}\n" for i, t in tokens))
@@ -354,8 +362,9 @@ async def metric(admin_port: int, name: str, labels: str) -> float:
 
 
 def mint(env: Env, n: int) -> list[tuple[int, str]]:
-    return [(i % len(env.clients), env.idp.mint_bound("client", env.clients[i % len(env.clients)].x5t_s256))
-            for i in range(n)]
+    """``n`` tokens, each bound to one of the four clients' certificates (client0 … client3)."""
+    count = len(env.clients)
+    return [(i % count, env.idp.mint_bound(f"client{i % count}", env.clients[i % count].x5t_s256)) for i in range(n)]
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -419,12 +428,13 @@ async def scenario_half_rate(env: Env, sidecar: Server, max_rps: float, tokens: 
 
 
 async def scenario_miss(env: Env, sidecar: Server, certs: list[str], hit_c1: Run) -> Run:
-    """Every request carries a token never seen before (wrk rotates over more tokens than it sends)."""
+    """Every request carries a token never seen before (wrk rotates over more tokens than it sends),
+    from four clients, each its own client and address (each its own admission source)."""
     n = env.args.miss_tokens
     tokens = mint(env, n)
     env.idp.delay = 0.005
     calls0, conns0 = env.idp.introspection_calls, env.idp.connections
-    script = lua_script(env, "x-client-cert", certs, tokens)
+    script = lua_script(env, "x-client-cert", certs, tokens, sources=True)
     run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=50, duration=env.args.duration)
     calls, conns = env.idp.introspection_calls - calls0, env.idp.connections - conns0
     env.idp.delay = 0.0

@@ -22,9 +22,9 @@
   (``IdpUnavailable.allows_stale``): never while the IdP answers — not when the sidecar's own
   limits refused the call (``saturated``, a per-source limit) — and any fresh answer for the token
   (inactive: revoked) drops it.
-- **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
-  path and memory do not), or all. A purge also stops loads in flight from filling the cache with
-  an answer that may predate the revocation.
+- **Purge**: what a :class:`~sidecar.core.purges.Purge` names — one key, or a scan for a
+  ``token_hash`` (rare admin calls pay, the hot path and memory do not), or all. A purge also
+  stops loads in flight from filling the cache with an answer that may predate the revocation.
 - **Revoke** (security events, docs/events.md): purge every answer a
   :class:`~sidecar.core.revocation.Selector` names (a ``jti``, a subject, a client), found through
   the index of core/cache_index.py, and remember it (:class:`~sidecar.core.revocation.Revocations`)
@@ -43,6 +43,7 @@ from sidecar.config import CacheConfig
 from sidecar.core.cache_index import CacheIndex
 from sidecar.core.entry import Entry
 from sidecar.core.errors import IdpUnavailable
+from sidecar.core.purges import Purge
 from sidecar.core.revocation import Revocations, Selector
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.singleflight import SingleFlight
@@ -165,13 +166,21 @@ class TokenCache:
         found = [store.pop(key) is not None for store in self._stores() if store is not None]
         return any(found)
 
-    def purge_hash(self, hashed: str) -> int:
-        """Drop every answer whose ``token_hash`` (the 12-hex log value) is ``hashed``; the count.
+    def drop(self, purge: Purge) -> int:
+        """Drop every answer ``purge`` names; the count of tokens dropped."""
+        if purge.kind == "all":
+            return self.clear()
+        if purge.kind == "key":
+            return int(self.purge(bytes.fromhex(purge.value)))
+        return self._drop_matching(purge)
 
-        A linear scan: purges are rare and this keeps the hit path and the memory per entry as
-        they are (no second index to keep in step with evictions).
+    def _drop_matching(self, purge: Purge) -> int:
+        """Drop every answer ``purge`` names by what an entry holds (its ``token_hash``); the count.
+
+        A linear scan: purges by hash are rare admin calls, and this keeps the hit path and the
+        memory per entry as they are.
         """
-        keys = {key for key, entry in self._items() if entry.token_hash == hashed}
+        keys = {key for key, entry in self._items() if purge.matches(key, entry.token_hash, entry.info)}
         for key in keys:
             self.purge(key)
         self._generation += 1

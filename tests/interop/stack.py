@@ -160,13 +160,13 @@ class Stack:
 
     def call(self, token: str | None = None, cert: str | None = None, *, path: str = "/orders/42",
              method: str = "GET", headers: Mapping[str, str] | None = None,
-             repeated: list[tuple[str, str]] | None = None) -> Reply:
-        """A client request through nginx: TLS with ``cert``'s certificate (or none)."""
+             repeated: list[tuple[str, str]] | None = None, source: str | None = None) -> Reply:
+        """A client request through nginx: TLS with ``cert``'s certificate (or none), from ``source``."""
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         return request(self.nginx.url + path, ca_file=self.idp.pki.ca_file, method=method, headers=sent,
-                       cert=self.client_files[cert] if cert else None, repeated=repeated)
+                       cert=self.client_files[cert] if cert else None, repeated=repeated, source=source)
 
     def diagnostics(self) -> str:
         return (f"--- sidecar\n{self.sidecar.logs()}\n--- nginx\n{self.nginx.error_log()}\n"
