@@ -236,7 +236,7 @@ def test_a_server_without_the_keyed_hash_neither_reads_nor_fills_the_cache(
     # The hash is set in another server block only: in this one $sidecar_edge_key is empty, and the
     # snippet must not let every request share the one key "/_sidecar_check ".
     template = (DEPLOY / TEMPLATE).read_text()
-    hashed = re.search(r"\n    set_hmac_sha256 .*?set_encode_base64 [^\n]*\n", template, re.DOTALL)
+    hashed = re.search(r"\n    if \(\$sidecar_edge_key = \"\"\) \{\n.*?\n    \}\n", template, re.DOTALL)
     assert hashed is not None
     elsewhere = f"\nserver {{\n    listen 127.0.0.1:{free_port()};\n{hashed.group(0)}}}\n"
     unkeyed = tmp_path / "unkeyed.conf.template"
