@@ -218,8 +218,10 @@ class FormPoster:
         request = self._request(origin, body, headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with asyncio.timeout_at(deadline):
-            connection = await self._acquire(origin)
+        connection = self._take_idle(origin)  # the usual case: a kept connection, at once
+        if connection is None:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._acquire(origin)
         try:
             if connection is None:
                 connection = await self._connect(origin, min(connect_timeout, deadline - loop.time()))
@@ -244,19 +246,26 @@ class FormPoster:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        """A kept connection to ``origin`` that is still open, now in use; None when there is none."""
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()  # the most recently used: the likeliest to be open still
+            self._idle_count -= 1
+            transport = connection.transport
+            if connection.closed or transport is None or transport.is_closing() \
+                    or time.monotonic() - connection.idle_since > self._keepalive:
+                connection.close()
+                continue
+            self._busy += 1
+            return connection
+        return None
+
     async def _acquire(self, origin: _Origin) -> _Connection | None:
-        """An idle connection to ``origin``, or None with a slot to open one (waits at the limit)."""
+        """A kept connection to ``origin``, or None with a slot to open one (waits at the limit)."""
         while True:
-            idle = self._idle.get(origin)
-            while idle:
-                connection = idle.pop()  # the most recently used: the likeliest to be open still
-                self._idle_count -= 1
-                transport = connection.transport
-                if connection.closed or transport is None or transport.is_closing() \
-                        or time.monotonic() - connection.idle_since > self._keepalive:
-                    connection.close()
-                    continue
-                self._busy += 1
+            connection = self._take_idle(origin)
+            if connection is not None:
                 return connection
             if self._busy + self._idle_count < self._limit:
                 self._busy += 1
