@@ -1,9 +1,10 @@
 """The IdP call of a new token: an HTTP/1.1 POST of a form over keep-alive (mutual) TLS connections.
 
 aiohttp's client builds a request object, a response object, timers and a stream reader for every
-call: about 130 µs of CPU per introspection, a third of what a new token costs the sidecar
-(docs/performance.md, "A new token"). This client writes one prepared request and reads the
-answer with llhttp (``httptools``) into a status, a few headers and a bounded body: about 45 µs.
+call: about 130 µs of CPU per introspection, a third of what a new token cost the sidecar
+(docs/performance.md, "Where the CPU of a new token goes"). This client writes one prepared
+request and reads the answer with llhttp (``httptools``) into a status, a few headers and a
+bounded body: about 45 µs.
 Discovery and the JWK Set (rare GETs that may follow redirects) stay on aiohttp (fetch.py).
 
 One request at a time per connection, never pipelined. Bytes that arrive when no answer is awaited,
