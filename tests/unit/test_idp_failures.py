@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.config import IdpConfig
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.idp.failures import IdpError, IdpFailure
-from sidecar.idp.fetch import decode_json, fetch_json, post_form
+from sidecar.idp.fetch import decode_json, encode_form, fetch_json, post_form
 from sidecar.idp.http1 import FormPoster
 from sidecar.idp.tls import client_context, client_session
 from tests.support.pki_fixtures import TestPki
@@ -170,3 +173,16 @@ async def test_a_get_of_the_jwk_set_uses_the_same_session_and_vocabulary(
     with pytest.raises(IdpError) as raised:
         await fetch_json(session, "GET", f"{idp.issuer}/jwks", what="JWK Set", max_bytes=64 * 1024, headers={})
     assert (raised.value.kind, raised.value.idp_status) == (IdpFailure.HTTP_503, 503)
+
+
+_TEXT = st.text(st.sampled_from("aZ09-._~+/= &%:é\n") | st.characters(blacklist_categories=("Cs",)))
+
+
+@given(st.dictionaries(_TEXT, _TEXT, max_size=6))
+def test_the_introspection_form_is_encoded_exactly_as_urlencode_encodes_it(form: dict[str, str]) -> None:
+    assert encode_form(form) == urlencode(form).encode("ascii")
+
+
+def test_a_token_and_a_secret_with_reserved_characters_are_quoted() -> None:
+    form = {"client_id": "sidecar", "token": "a+b/c==", "client_secret": "p&s=w rd", "x": "é", "y": "a+b"}
+    assert encode_form(form) == b"client_id=sidecar&token=a%2Bb%2Fc%3D%3D&client_secret=p%26s%3Dw+rd&x=%C3%A9&y=a%2Bb"
