@@ -63,7 +63,8 @@ def answer(i: int, now: int) -> bytes:
 async def measure(n: int, index: bool = False) -> dict[str, float]:
     revocations = {"server": {"admin_secret": "bench-admin-secret-0123"}} if index else {}
     config = config_module.from_mapping({"cache": {"max_entries": n + 1, "max_ttl": 3600},
-                                         "policy": {"binding": "off"}, "log": {"decisions": "off"}, **revocations})
+                                         "policy": {"binding": "off"}, "log": {"decisions": "off"},
+                                         "admission": {"miss_rate": 0}, **revocations})  # one client fills it
     verifier = JsonVerifier()
     decider = Decider(config, verifier, Metrics())
     tokens = [secrets.token_urlsafe(32) for _ in range(n)]  # the clients' side: allocated before

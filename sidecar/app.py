@@ -35,6 +35,7 @@ def check_server(sidecar: Sidecar) -> web.Server:
 def admin_app(sidecar: Sidecar) -> web.Application:
     app = web.Application()
     app[SIDECAR] = sidecar
+    app[admin.SCRAPES] = admin.Scrapes(sidecar.metrics.registry)
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", admin.metrics)
@@ -66,7 +67,7 @@ def port_limits(config: Config) -> tuple[PortLimits, PortLimits]:
     check = PortLimits("check", check_cap, s.header_timeout, s.max_head_size, CHECK_IDLE_TIMEOUT,
                        max_field_size=s.max_header_size)
     admin_limits = PortLimits("admin", admin_cap, s.header_timeout, ADMIN_MAX_HEAD, ADMIN_IDLE_TIMEOUT,
-                              max_per_peer=max(1, admin_cap // 4))
+                              max_per_peer=max(1, admin_cap // 4), evict_idle=True)
     return check, admin_limits
 
 

@@ -19,6 +19,7 @@ from sidecar.core.cache import TokenCache
 from sidecar.core.decision import Decider
 from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.ports import SharedReplay
+from sidecar.core.purges import Purge
 from sidecar.core.replay import LocalReplayStore
 from sidecar.core.revocation import Selector
 from sidecar.idp.issuer import Issuer
@@ -75,7 +76,7 @@ class Sidecar:
         """Purge what ``selectors`` name and remember them as revoked at wall-clock ``at``, here and
         on every replica: (answers purged here, whether the fleet was told; None without a fleet)."""
         cache = self.decider.cache
-        found = [(key, entry.token_hash) for selector in selectors for key, entry in cache.matching(selector)]
+        found = [key for selector in selectors for key, _ in cache.matching(selector)]
         purged = sum(cache.revoke(selector, at) for selector in selectors)
         if self.purges is None:
             return purged, None
@@ -96,8 +97,14 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting_down"
-        reason = self.issuers.readiness()
+        reason = self.issuers.readiness() or (self.purges.problem() if self.purges is not None else None)
         return (False, reason) if reason else (True, "ok")
+
+    async def purge(self, purge: Purge) -> tuple[int, bool | None]:
+        """Drop the answers ``purge`` names: the tokens dropped here, and whether the fleet was told
+        (None without a fleet; False when Redis failed: purge again)."""
+        purged = self.decider.cache.drop(purge)
+        return purged, (await self.purges.send(purge) if self.purges is not None else None)
 
     def start(self) -> None:
         """Background work: each issuer's discovery, keys and file polling; the fleet's purge

@@ -207,6 +207,10 @@ def warnings(config: Config) -> list[str]:
     if any(ipaddress.ip_network(cidr, strict=False).prefixlen == 0 for cidr in config.client_cert.trusted_proxies):
         found.append(f"{KEY.client_cert.trusted_proxies} trusts every address: any client can then forward a "
                      "certificate header")
+    secret = admin_secret(config.server)
+    if secret is not None and len(secret) < STRONG_SECRET:
+        found.append(f"{KEY.server.admin_secret} has fewer than {STRONG_SECRET} characters: the right secret is "
+                     "never locked out, so its strength is what stops guessing (openssl rand -base64 32)")
     return found
 
 def _validate_fleet(f: FleetConfig, i: IdpConfig) -> None:
@@ -273,6 +277,9 @@ def _validate_route(where: str, route: RouteConfig, config: Config) -> None:
                           f"{route.path!r}")
     if route.match != "glob" and "*" in route.path:
         raise ConfigError(f"{where}.path", "`*` needs match = \"glob\"")
+
+
+STRONG_SECRET = 32  # characters of a purge secret that no guessing rate can find (about 190 bits, random)
 
 
 def admin_secret(s: ServerConfig) -> str | None:

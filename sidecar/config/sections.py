@@ -88,11 +88,12 @@ class ServerConfig:
                                          "first to fit", ge=1, le=1024)
     purge_peers: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "addresses that may call `POST /purge`",
                                        checks=(checks.networks,))
-    purge_rate: float = key(5.0, "purge attempts per second, all addresses together", gt=0)
-    purge_burst: int = key(10, "purge attempts at once, all addresses together", ge=1)
-    purge_backoff: float = key(1.0, "lockout after a failed purge authentication, doubled per further failure",
-                               gt=0, unit="seconds")
-    purge_backoff_max: float = key(300.0, "longest purge lockout", gt=0, unit="seconds")
+    purge_rate: float = key(5.0, "purge attempts with a wrong secret answered per second, all addresses together "
+                                 "(the right secret is never limited)", gt=0)
+    purge_burst: int = key(10, "purge attempts with a wrong secret answered at once, all addresses together", ge=1)
+    purge_backoff: float = key(1.0, "after a wrong purge secret, that address's wrong attempts get 429 this long, "
+                                    "doubled per further failure", gt=0, unit="seconds")
+    purge_backoff_max: float = key(300.0, "longest purge lockout of wrong attempts", gt=0, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class IdpConfig:
     retry_backoff: float = key(0.05, "full-jitter exponential backoff base between retries", ge=0, unit="seconds")
     breaker_failures: int = key(5, "consecutive IdP failures that open the circuit breaker; `0` turns it off", ge=0)
     breaker_open: float = key(5.0, "time the breaker stays open before each background probe (longer if a "
-                                   "429/503 `Retry-After` says so)", gt=0, unit="seconds")
+                                   "503's `Retry-After` says so)", gt=0, unit="seconds")
     jwks_max_age: float = key(300.0, "time a fetched JWK Set is used before it is fetched again", gt=0,
                               unit="seconds")
     jwks_min_refresh_interval: float = key(10.0, "at most one JWK Set refresh per interval for tokens naming an "
@@ -235,6 +236,8 @@ class DpopConfig:
                               le=65536, unit="bytes")
     replay_max_entries: int = key(250_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
                                   ge=1)
+    replay_max_share: float = key(0.1, "share of the replay store one DPoP key may hold; past it that client's new "
+                                       "proofs get 429 (one client cannot fill the store)", gt=0, le=1)
     nonce: NonceMode = key("off", "server nonces (RFC 9449 §9) in `DPoP-Nonce`: `optional` checks a proof's `nonce` "
                                   "when it has one; `required`: a proof without a current one gets `use_dpop_nonce`")
     nonce_lifetime: float = key(300.0, "a nonce is accepted this long after it was issued; a new one every quarter "
@@ -246,11 +249,17 @@ class AdmissionConfig:
     """Fair admission of cache misses to the IdP: a rate and a share of IdP calls per client source."""
 
     source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
-                                                "misses are charged to it", checks=(checks.header_name,))
+                                                "misses of clients without a known certificate are charged to "
+                                                "its group", checks=(checks.header_name,))
+    ipv4_prefix: int = key(32, "IPv4 addresses in one prefix of this length are one source", ge=8, le=32)
+    ipv6_prefix: int = key(64, "IPv6 addresses in one prefix of this length are one source (a client holds a "
+                               "/64)", ge=16, le=128)
     miss_rate: float = key(50.0, "new IdP calls per second per source; `0`: no rate limit", ge=0)
     miss_burst: int = key(100, "burst of new IdP calls per source", ge=1)
     max_share: float = key(0.5, "share of `idp.max_concurrent` one source may hold", gt=0, le=1)
-    max_sources: int = key(10_000, "sources remembered at once", ge=1)
+    max_sources: int = key(10_000, "sources (and certificates the IdP vouched for) remembered at once", ge=1)
+    idp_backoff_max: float = key(30.0, "longest a source is refused after the IdP answered its call 429 (its "
+                                       "`Retry-After`, doubled per further 429)", gt=0, le=300, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,10 @@ class ResponseConfig:
                                                   "as `-`): `remove` allows and names it in Envoy's removal list; "
                                                   "`deny` answers 400 `credential_header_forged` (for nginx "
                                                   "without headers-more)")
+    edge_ttl: int = key(0, "how long nginx may keep an allow in its decision cache (`X-Accel-Expires` on every "
+                           "answer; deploy/nginx/api-edge-cache.conf.template): never past the token's `exp` or its "
+                           "cache entry, never for DPoP, stale or denied answers; `0`: never", ge=0, le=60,
+                        unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -377,6 +390,8 @@ class FleetConfig:
                                 ge=1)
     breaker_open: float = key(2.0, "time the breaker stays open before Redis is tried again", gt=0,
                               unit="seconds")
+    clock_skew: float = key(0.1, "how far the replicas' wall clocks may disagree; a shared answer begun this "
+                                 "close to a purge is refused too", ge=0, le=10, unit="seconds")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ import time
 from collections.abc import Sequence
 
 from sidecar.config import Config
-from sidecar.core.admission import source_of
 from sidecar.core.binding import check_binding, needs_certificate
 from sidecar.core.cache import Lookup
 from sidecar.core.dpop import access_token_hash
@@ -46,6 +45,7 @@ from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
 from sidecar.core.request import CheckRequest
 from sidecar.core.stages import build_stages
 from sidecar.core.token_info import INACTIVE
+from sidecar.support.fair import OWNER
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 
@@ -209,8 +209,11 @@ class Decider:
     async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
         """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
         token, issuers = miss.token, miss.policy.issuers
-        source = source_of(request.forwarded, request.peer in self._trusted)
-        self._admission.enter(source)
+        admission = self._admission
+        source = admission.source(request)
+        admission.enter(source)
+        owner = OWNER.set(source)  # the IdP guard's slots are shared out fairly by source
+        throttled, retry_after = False, 0
         try:
             # The fleet's level holds the default route's answers only (its keys are the tokens').
             if self._shared is None or miss.policy.route:
@@ -218,11 +221,16 @@ class Decider:
             else:
                 info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token, issuers))
             info = self._interner.info(info)  # shared values: memory per token
+        except IdpUnavailable as failure:
+            throttled, retry_after = failure.throttled, failure.retry_after
+            raise
         finally:
-            self._admission.leave(source)
+            OWNER.reset(owner)
+            admission.leave(source, throttled=throttled, retry_after=retry_after)
         if info.active and self.cache.revoked(miss.key, info):  # a security event or purge named it
             log.warning("revoked", extra={"token": token_hash(token), "client_id": info.client_id})
             info = INACTIVE
+        admission.learn(info)
         default = self._default
         return Entry(
             info=info,

@@ -84,13 +84,14 @@ def _rsa_problem(key: rsa.RSAPublicKey) -> str | None:
 
 class ProofKey:
     """The verified header of a proof: the signature check of its key under its ``alg``, and the
-    key's thumbprint (ASCII bytes, for the constant-time compare)."""
+    key's thumbprint (``jkt``; ``thumbprint``: its ASCII bytes, for the constant-time compare)."""
 
-    __slots__ = ("check", "thumbprint")
+    __slots__ = ("check", "jkt", "thumbprint")
 
-    def __init__(self, check: SignatureCheck, thumbprint: bytes) -> None:
+    def __init__(self, check: SignatureCheck, jkt: str) -> None:
         self.check = check
-        self.thumbprint = thumbprint
+        self.jkt = jkt
+        self.thumbprint = jkt.encode("ascii")
 
 
 class ProofVerifier:
@@ -150,7 +151,7 @@ class ProofVerifier:
             raise InvalidDpopProof("dpop_invalid_signature", "signature verification failed")
         claims = self._claims(payload)
         self._check_claims(claims, ath=ath, method=method, uris=uris)
-        claimed = self._first_use(key.thumbprint, claims["jti"], claims["iat"])
+        claimed = self._first_use(key, claims["jti"], claims["iat"])
         if fresh:
             self._keys.put(header, key)  # only keys of proofs that passed: bound to a valid token
         return claimed
@@ -184,7 +185,7 @@ class ProofVerifier:
         check = signature_check(alg, key, jwk)
         if check is None:
             raise InvalidDpopProof("dpop_bad_key", f"jwk does not fit alg {alg}")
-        return ProofKey(check, thumbprint.encode("ascii"))
+        return ProofKey(check, thumbprint)
 
     def _claims(self, segment: str) -> dict[str, Any]:
         claims = _json_object(segment, "payload")
@@ -227,12 +228,12 @@ class ProofVerifier:
         elif not self.nonces.accepts(nonce):
             raise UseDpopNonce("dpop_nonce_invalid", "the proof's nonce was not issued here or is no longer current")
 
-    def _first_use(self, thumbprint: bytes, jti: str, iat: float) -> tuple[bytes, float]:
+    def _first_use(self, proof_key: ProofKey, jti: str, iat: float) -> tuple[bytes, float]:
         hashed = self._secret.copy()
-        hashed.update(thumbprint + b"\x00" + jti.encode("utf-8", "surrogatepass"))
+        hashed.update(proof_key.thumbprint + b"\x00" + jti.encode("utf-8", "surrogatepass"))
         key, until = hashed.digest(), iat + self._window
         try:
-            first = self._replay.claim(key, until)
+            first = self._replay.claim(key, until, proof_key.jkt)  # charged to this client's key
         except StoreFull as exc:
             raise ReplayFull(str(exc)) from None
         if not first:

@@ -189,8 +189,10 @@ SITUATIONS: tuple[Situation, ...] = (
                                "described them"),
     ),
     _situation(
-        "one client's new tokens over its share (`admission.*`)", RateLimited,
-        ("rate_limited", "the source is over `admission.miss_rate` or holds `admission.max_share` of the IdP calls"),
+        "one client's new tokens or DPoP proofs over its share (`admission.*`, `dpop.replay_max_share`)", RateLimited,
+        ("rate_limited", "the source is over `admission.miss_rate`, holds `admission.max_share` of the IdP calls or "
+                         "backs off after the IdP's 429; or a DPoP key holds `dpop.replay_max_share` of the replay "
+                         "store"),
     ),
     _situation(
         "the DPoP replay store is full", ReplayStoreFull,

@@ -50,9 +50,11 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     proofs = None
     if dp.enabled:
         secret = None if shared_replay is None else shared_replay.secret
-        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries), secret=secret)
+        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share),
+                               secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
+    presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=Revocations(config.events.max_revocations, config.events.remember,
@@ -60,9 +62,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         policies=policies,
         target=RequestTarget(config.routing, trusted, choosing=bool(config.policies or config.routes)),
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
-        presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
+        presented=presented,
         trusted=trusted,
-        admission=Admission(config.admission, config.idp.max_concurrent),
+        admission=Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented),
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,

@@ -4,19 +4,30 @@
 
 An answer is one of:
 
-- the token's :class:`~sidecar.core.headers.CredentialHeaders` (an allow; the object the cache
-  holds, so a cache hit allocates nothing here);
+- the token's cache :class:`~sidecar.core.entry.Entry` (an allow: its
+  :class:`~sidecar.core.headers.CredentialHeaders` were built at fill, so a cache hit allocates
+  nothing here);
 - :class:`Allow`: an allow that carries more than the token's headers: client copies of
   credential headers the answer does not set, named for the proxy to remove
   (``response.forged_headers = "remove"``), and for a DPoP-bound token with ``dpop.nonce`` the
   current nonce for the client (RFC 9449 §9: ``DPoP-Nonce`` on 200 as on 401);
 - a :class:`~sidecar.fronts.render.RenderedDenial`: status, challenge and body, rendered once per
   kind of denial and reused.
+
+An HTTP answer also says how long a proxy's own decision cache may keep it (:class:`EdgeTtl`,
+nginx's ``X-Accel-Expires``): an allow at most ``response.edge_ttl`` seconds and never past what
+the cache fill allowed (:func:`~sidecar.core.cache.edge_second`); anything else never.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from multidict import istr
+
 from sidecar.core.decision import Decided, Decider
+from sidecar.core.entry import Entry
 from sidecar.core.headers import CredentialHeaders
 from sidecar.core.outcome import Deny, Pending
 from sidecar.core.request import CheckRequest
@@ -25,11 +36,14 @@ from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
 MEMO_SIZE = 4096
+EXPIRES = istr("X-Accel-Expires")  # nginx: how long proxy_cache may keep the answer; "0": not at all
+NEVER = "0"
 
 
 class Allow:
     """An allow that also asks the proxy to remove ``names`` and/or hands the client a DPoP ``nonce``
-    (only requests with forged copies, and DPoP requests with ``dpop.nonce``, pay for it)."""
+    (only requests with forged copies, and DPoP requests with ``dpop.nonce``, pay for it); it is
+    this request's own answer (never for a proxy's decision cache)."""
 
     __slots__ = ("headers", "names", "nonce")
 
@@ -39,14 +53,48 @@ class Allow:
         self.nonce = nonce
 
 
-Answer = CredentialHeaders | Allow | RenderedDenial
+Answer = Entry | Allow | RenderedDenial
+
+
+class EdgeTtl:
+    """``response.edge_ttl``: nginx's ``X-Accel-Expires`` for an allow answered now.
+
+    ``@S`` names the last whole Unix second nginx's decision cache may answer with the allow (it
+    keeps an entry until that second is over, by its own clock: one host's, or synchronized), so at
+    most ``ttl`` seconds from now and never past what the cache fill allowed
+    (:func:`~sidecar.core.cache.edge_second`); ``0``: not at all. Every token far from its
+    deadline shares one value per second: nothing is formatted per request.
+    """
+
+    __slots__ = ("_clock", "_second", "_ttl", "_until", "_value")
+
+    def __init__(self, ttl: int, clock: Callable[[], float] = time.time) -> None:
+        self._ttl = ttl
+        self._clock = clock  # wall clock
+        self._second = -1  # the second _until was computed in
+        self._until = 0
+        self._value = NEVER
+
+    def of(self, allow: Entry) -> str:
+        if not self._ttl:
+            return NEVER
+        now = int(self._clock())
+        if now != self._second:
+            self._second, self._until = now, now + self._ttl - 1
+            self._value = f"@{self._until}"
+        last = allow.edge
+        if last >= self._until:
+            return self._value
+        return f"@{last}" if last >= now else NEVER
 
 
 class Edge:
-    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_nonces", "_proof_algs", "_realm", "removals")
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_nonces", "_proof_algs", "_realm", "expires",
+                 "removals")
 
-    def __init__(self, decider: Decider, realm: str, invalid_request_status: int) -> None:
+    def __init__(self, decider: Decider, realm: str, invalid_request_status: int, edge_ttl: int = 0) -> None:
         self._decider = decider
+        self.expires = EdgeTtl(edge_ttl).of  # an allow's X-Accel-Expires (the HTTP front sends it)
         self._realm = realm
         self._invalid_request_status = invalid_request_status  # server.invalid_request_status
         self._proof_algs = decider.proof_algs
@@ -64,7 +112,8 @@ class Edge:
     @classmethod
     def of(cls, sidecar: Sidecar) -> Edge:
         config = sidecar.config
-        return cls(sidecar.decider, config.response.realm, config.server.invalid_request_status)
+        response = config.response
+        return cls(sidecar.decider, response.realm, config.server.invalid_request_status, response.edge_ttl)
 
     async def answer(self, request: CheckRequest, pending: Pending) -> Answer:
         return self._render(await self._decider.decide(request, pending), request)
@@ -72,13 +121,12 @@ class Edge:
     def _render(self, decided: Decided, request: CheckRequest) -> Answer:
         if isinstance(decided, Deny):
             return self._denial(decided)
-        headers = decided.headers
         # A DPoP-bound token was allowed only with a verified proof: its client gets the nonce.
         nonce = None if self._nonces is None or decided.info.cnf_jkt is None else self._nonces.current()
-        names = unset(headers, request.forged) if request.forged else ()
+        names = unset(decided.headers, request.forged) if request.forged else ()
         if names or nonce is not None:
-            return Allow(headers, names, nonce)
-        return headers
+            return Allow(decided.headers, names, nonce)
+        return decided
 
     def _denial(self, deny: Deny) -> RenderedDenial:
         denial = deny.denial

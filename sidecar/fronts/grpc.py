@@ -113,7 +113,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             return self._deny(answer)
         if isinstance(answer, Allow):  # Envoy drops the client's copies; a DPoP client gets a nonce
             return self._ok_response(answer.headers, answer.names, answer.nonce)
-        return self._allow(answer)
+        return self._allow(answer.headers)
 
     def _read_headers(self, http: Any) -> tuple[list[str], list[str], list[str]]:
         """(every Authorization, certificate header and DPoP value) from ``headers`` or ``header_map``.

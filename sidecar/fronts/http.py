@@ -13,7 +13,8 @@ own method and path minus ``routing.path_prefix``, ``Host``; each with ``X-Forwa
 policy the proxy names (``routing.policy_header``), the names of any credential headers the client
 sent (fronts/forged.py) and of any describing header that came twice (fronts/repeated.py), and
 writes the answer (an allow's removal list as Envoy's ``x-envoy-auth-headers-to-remove``, a DPoP
-nonce as ``DPoP-Nonce``). Whether any of it counts (a trusted proxy) is the core's rule.
+nonce as ``DPoP-Nonce``; on every answer ``X-Accel-Expires``, how long nginx's decision cache may
+keep it: answer.py). Whether any of it counts (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import Allow, Edge
+from sidecar.fronts.answer import EXPIRES, NEVER, Allow, Edge
 from sidecar.fronts.forged import ForgedHeaders
 from sidecar.fronts.render import RenderedDenial, allow_pairs
 from sidecar.fronts.repeated import RepeatedHeaders
@@ -68,10 +69,13 @@ def check_handler(sidecar: Sidecar) -> Handler:
         if isinstance(answer, Pending):
             answer = await edge.answer(facts, answer)
         if isinstance(answer, RenderedDenial):
-            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+            denied = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+            denied.headers[EXPIRES] = NEVER
+            return denied
         if isinstance(answer, Allow):  # Envoy drops the client's copies; a DPoP client gets a nonce
-            return web.Response(headers=allow_pairs(answer.headers, answer.names, answer.nonce))
-        return web.Response(headers=answer.pairs())
+            return web.Response(headers=[*allow_pairs(answer.headers, answer.names, answer.nonce), (EXPIRES, NEVER)])
+        # A tuple: aiohttp's CIMultiDict is built faster from a sized sequence than from the zip itself.
+        return web.Response(headers=(*answer.headers.pairs(), (EXPIRES, edge.expires(answer))))
 
     return check
 

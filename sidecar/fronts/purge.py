@@ -18,9 +18,10 @@ In a fleet (``fleet.enabled``) the purge also leaves Redis and is published to e
 the answer then says ``"fleet": true``, or ``false`` when Redis failed (purge again).
 A stale-if-error copy is purged along with the entry, so a revoked token is never served stale.
 
-Only peers in ``server.purge_peers`` are heard (403 otherwise); attempts are rate-limited and a
-failed authentication locks its peer out for a growing time (429 with Retry-After): see
-purge_guard.py. The body must arrive within ``server.header_timeout``.
+Only peers in ``server.purge_peers`` are heard (403 otherwise). The right secret is always
+served; wrong ones are rate-limited and lock their peer's further wrong attempts out for a
+growing time (429 with Retry-After): see purge_guard.py. The body must arrive within
+``server.header_timeout``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from sidecar.core.extract import TrustedProxies
+from sidecar.core.purges import Purge
 from sidecar.core.revocation import MAX_VALUE, Selector
 from sidecar.fronts.purge_guard import PurgeGuard, retry_after
 from sidecar.runtime import SIDECAR
@@ -101,12 +103,9 @@ def _bad(message: str) -> web.Response:
     return web.json_response({"error": "invalid_request", "error_description": message}, status=400)
 
 
-def _refused(access: PurgeAccess, peer: str) -> web.Response | None:
-    """403 for a peer not in server.purge_peers, 429 while rate-limited or locked out."""
-    if peer not in access.peers:
-        if count := access.guard.quiet("peer_not_allowed"):
-            log.warning("purge refused", extra={"reason": "peer_not_allowed", "peer": peer, "count": count})
-        return web.json_response({"error": "forbidden"}, status=403)
+def _refused(access: PurgeAccess, peer: str) -> web.Response:
+    """A wrong secret: 429 while its peer is locked out or the bucket is empty, else 401 (and a
+    longer lockout)."""
     wait = access.guard.wait(peer)
     if wait:
         if count := access.guard.quiet("rate_limited"):
@@ -114,21 +113,21 @@ def _refused(access: PurgeAccess, peer: str) -> web.Response | None:
                                                 "retry_after": round(wait, 3)})
         return web.json_response({"error": "too_many_requests"}, status=429,
                                  headers={"Retry-After": retry_after(wait)})
-    return None
+    lockout = access.guard.failed(peer)
+    log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": peer,
+                                        "failures": access.guard.failures(peer), "locked_for": lockout})
+    return _unauthorized()
 
 
 async def purge(request: web.Request) -> web.Response:
     access = request.app[PURGE_ACCESS]
     peer = request.remote or ""
-    refused = _refused(access, peer)
-    if refused is not None:
-        return refused
+    if peer not in access.peers:
+        if count := access.guard.quiet("peer_not_allowed"):
+            log.warning("purge refused", extra={"reason": "peer_not_allowed", "peer": peer, "count": count})
+        return web.json_response({"error": "forbidden"}, status=403)
     if not authorized(request, request.app[ADMIN_SECRET_DIGEST]):
-        lockout = access.guard.failed(peer)
-        log.warning("purge refused", extra={"reason": "admin_unauthorized", "peer": peer,
-                                            "failures": access.guard.failures(peer), "locked_for": lockout})
-        return _unauthorized()
-    access.guard.succeeded(peer)
+        return _refused(access, peer)
     try:
         async with asyncio.timeout(access.body_timeout):
             raw = await read_bounded(request.content, MAX_BODY_BYTES, request.content_length)
@@ -148,25 +147,18 @@ async def purge(request: web.Request) -> web.Response:
         return web.json_response(revoked)
     if not isinstance(body, dict) or len(body) != 1:
         return _bad(ONE_OF)
-    cache, fleet = sidecar.decider.cache, sidecar.purges  # fleet: purges through Redis, or None
     [(what, value)] = body.items()
     if what == "token" and isinstance(value, str) and value:
-        hashed = token_hash(value)
-        key = cache.key(value)
-        purged = int(cache.purge(key))
-        shared = fleet.token(key, value) if fleet else None
+        hashed, dropped = token_hash(value), Purge.token(sidecar.decider.cache.key(value))
     elif what == "token_hash" and isinstance(value, str) and _TOKEN_HASH.match(value):
-        hashed = value
-        purged = cache.purge_hash(value)
-        shared = fleet.hash(value) if fleet else None
+        hashed, dropped = value, Purge.hash(value)
     elif what == "all" and value is True:
-        hashed = "*"
-        purged = cache.clear()
-        shared = fleet.all() if fleet else None
+        hashed, dropped = "*", Purge.everything()
     else:
         return _bad(ONE_OF)
+    purged, shared = await sidecar.purge(dropped)
     answer: dict[str, object] = {"purged": purged}
     if shared is not None:
-        answer["fleet"] = await shared
+        answer["fleet"] = shared
     log.warning("purge", extra={"by": what, "token": hashed, **answer})
     return web.json_response(answer)

@@ -164,13 +164,13 @@ class Stack:
 
     def call(self, token: str | None = None, cert: str | None = None, *, path: str = "/orders/42",
              method: str = "GET", headers: Mapping[str, str] | None = None,
-             repeated: list[tuple[str, str]] | None = None) -> Reply:
-        """A client request through nginx: TLS with ``cert``'s certificate (or none)."""
+             repeated: list[tuple[str, str]] | None = None, source: str | None = None) -> Reply:
+        """A client request through nginx: TLS with ``cert``'s certificate (or none), from ``source``."""
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         return request(self.nginx.url + path, ca_file=self.idp.pki.ca_file, method=method, headers=sent,
-                       cert=self.client_files[cert] if cert else None, repeated=repeated)
+                       cert=self.client_files[cert] if cert else None, repeated=repeated, source=source)
 
     def diagnostics(self) -> str:
         return (f"--- sidecar\n{self.sidecar.logs()}\n--- nginx\n{self.nginx.error_log()}\n"
@@ -185,13 +185,15 @@ class Stack:
 def start_stack(idp: OidcProvider, log_dir: Path, *, template: str = "api.conf.template",
                 overrides: Mapping[str, str] | None = None,
                 client_files: Mapping[str, tuple[Path, Path]] | None = None,
-                config: Path = DEPLOY / "sidecar.toml", upstream: EchoUpstream | None = None) -> Stack:
+                config: Path = DEPLOY / "sidecar.toml", upstream: EchoUpstream | None = None,
+                values: Mapping[str, str] | None = None) -> Stack:
+    """``values``: the template's own placeholders beyond the addresses and files every one has."""
     upstream = upstream or EchoUpstream()
     sidecar = SidecarProcess(idp, log_dir, overrides or {}, config)
     pki = idp.pki
     nginx = Nginx(template, {
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),
-        "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}",
+        "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}", **(values or {}),
     })
     # The public origin is nginx's own, as a deployment declares its own in routing.origins.
     sidecar.env.setdefault("SIDECAR_ROUTING__ORIGINS", nginx.url)

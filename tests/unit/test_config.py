@@ -219,3 +219,19 @@ def test_every_key_named_in_the_package_source_is_declared() -> None:
                 named.add(f"{node.value.attr}.{node.attr}")
     assert "server.admin_port" in named
     assert named <= {k.dotted for k in KEYS}
+
+
+def test_a_purge_secret_shorter_than_32_characters_is_warned_about_since_only_its_strength_stops_guessing() -> None:
+    from sidecar.config import warnings
+
+    def found(secret: str) -> list[str]:
+        return [w for w in warnings(from_mapping({"server": {"admin_secret": secret}})) if KEY.server.admin_secret in w]
+
+    assert len(found("x" * 31)) == 1 and found("x" * 32) == []
+    assert secret_not_echoed("x" * 31)
+
+
+def secret_not_echoed(secret: str) -> bool:
+    from sidecar.config import warnings
+
+    return all(secret not in w for w in warnings(from_mapping({"server": {"admin_secret": secret}})))

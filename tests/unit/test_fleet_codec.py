@@ -21,4 +21,4 @@ def test_an_answer_with_every_field_set_reads_back_equal() -> None:
         introspected=True, token_use="access_token", extra={"tenant": "t"}, issuer="partner",
     )
     assert all(getattr(info, f.name) not in (None, (), False) for f in dataclasses.fields(TokenInfo))
-    assert decode(encode(info, 123.0)) == (info, 123.0)
+    assert decode(encode(info, 123.0, 100.0)) == (info, 123.0, 100.0)
