@@ -199,11 +199,13 @@ def test_the_cache_files_never_hold_a_token_in_the_clear(edge: Edge, oidc: OidcP
 
 def test_a_429_is_never_answered_from_the_cache(oidc: OidcProvider, client_files: dict[str, tuple[Path, Path]],
                                                 tmp_path: Path) -> None:
-    # One new token per second per client address (nginx says 127.0.0.1), one at a time.
+    # One new token per second per client, one at a time. The first is charged to the address; once
+    # the IdP has vouched for alice's certificate, her new tokens are charged to her client_id.
     edge = start_edge(oidc, tmp_path, client_files, SIDECAR_ADMISSION__MISS_RATE="1",
                       SIDECAR_ADMISSION__MISS_BURST="1")
     try:
-        first, second = oidc.access_token("alice"), oidc.access_token("alice")
+        vouching, first, second = (oidc.access_token("alice") for _ in range(3))
+        assert edge.call(vouching) == 200, edge.stack.diagnostics()
         assert edge.call(first) == 200, edge.stack.diagnostics()
         assert edge.call(second) == 500  # the sidecar's 429: auth_request turns it into 500
         assert edge.decisions("deny", reason="rate_limited") == 1
