@@ -17,6 +17,10 @@ front:
 
 from __future__ import annotations
 
+import base64
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +191,40 @@ def test_a_dpop_client_gets_its_nonce_from_traefiks_401_and_its_proof_for_the_ap
     seen = traefik.upstream.last
     assert seen.header("x-credential-cnf-jkt") == dave.jkt
     assert seen.header("dpop") is None and seen.header("authorization") is None  # for the sidecar only
+
+
+@pytest.fixture(scope="module")
+def edge_host_rules(oidc: OidcProvider, client_files: dict[str, tuple[Path, Path]],
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """deploy/nginx/api-edge-cache.conf.template (nginx's decision cache) with the host rule."""
+    state = tmp_path_factory.mktemp("edge-hosts")
+    config = state / "sidecar.toml"
+    config.write_text((NGINX_DIR / "sidecar-edge-cache.toml").read_text() + HOST_RULES)
+    directory = Path(tempfile.mkdtemp(prefix="sidecar-edge-"))
+    directory.chmod(0o755)  # nginx's workers (nobody) create the cache directory in it
+    started = start_stack(oidc, state, template="api-edge-cache.conf.template", config=config,
+                          client_files=client_files,
+                          overrides={"SIDECAR_ROUTING__ORIGINS": "https://api.test,https://admin.test",
+                                     "SIDECAR_RESPONSE__EDGE_TTL": "5"},
+                          values={"EDGE_CACHE_DIR": str(directory / "cache"),
+                                  "EDGE_CACHE_SECRET": base64.b64encode(os.urandom(32)).decode()})
+    yield started
+    started.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_nginx_edge_cache_never_answers_an_absolute_form_request_with_another_hosts_allow(
+        edge_host_rules: Stack, oidc: OidcProvider) -> None:
+    """The cache key holds the host the check sends ($host): an allow cached for api.test (its lax
+    rule) is never the answer to ``GET https://admin.test/...`` with ``Host: api.test``."""
+    stack, carol = edge_host_rules, oidc.access_token("carol", scope="read")
+    auth = ("Authorization", f"Bearer {carol}")
+    for _ in range(2):  # the second from nginx's cache
+        plain = raw_request(stack.nginx.url, PATH.encode(), ca_file=oidc.pki.ca_file,
+                            headers=[("Host", "api.test"), auth])
+        assert plain.status == 200, (plain.status, stack.diagnostics())
+    reached = len(stack.upstream.received)
+    absolute = raw_request(stack.nginx.url, b"https://admin.test" + PATH.encode(), ca_file=oidc.pki.ca_file,
+                           headers=[("Host", "api.test"), auth])
+    assert absolute.status == 401, (absolute.status, stack.diagnostics())
+    assert len(stack.upstream.received) == reached
