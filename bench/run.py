@@ -488,7 +488,8 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
     bound = [(clients[i % 4], env.idp.mint_dpop("client", clients[i % 4].jkt)) for i in range(len(tokens))]
     title = "cache hit, DPoP-bound (ES256 proof per request) vs certificate-bound, same sidecar"
     try:
-        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, extra=described)
+        # 16 at once: one source (the bench's address) may hold idp.max_concurrent IdP calls, no more.
+        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, concurrency=16, extra=described)
         async with aiohttp.ClientSession() as session:
             for client, token in bound:
                 async with session.get(f"http://127.0.0.1:{sidecar.port}/check",

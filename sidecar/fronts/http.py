@@ -59,12 +59,12 @@ def check_handler(sidecar: Sidecar) -> Handler:
             method, path, host = headers.get("X-Forwarded-Method"), uri, headers.get("X-Forwarded-Host")
         else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
             method, path, host = request.method, _original_path(request.raw_path, path_prefix), headers.get("Host")
-        raw = request.raw_headers
         facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
                              request.remote, forwarded=headers.get(source_header), method=method, path=path,
                              host=host, scheme=headers.get("X-Forwarded-Proto"),
                              policy=headers.get(policy_header), dpop_proofs=headers.getall("DPoP", ()),
-                             forged=forged_headers.in_raw(raw), repeated=repeated_headers.in_raw(raw))
+                             forged=forged_headers.in_raw(request.raw_headers),
+                             repeated=repeated_headers.in_headers(headers))
         answer = edge.answer_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(answer, Pending):
             answer = await edge.answer(facts, answer)
