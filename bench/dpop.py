@@ -23,8 +23,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 HOST = "api.example"
+ORIGIN = f"https://{HOST}"  # the bench sidecars' routing.origins
 URI = "/orders/42"
-HTU = f"https://{HOST}{URI}"
+HTU = f"{ORIGIN}{URI}"
 
 
 def b64url(data: bytes) -> str:

@@ -377,6 +377,7 @@ class PeerBench:
             "idp": {"issuer": env.idp.issuer, "cert_file": str(files[0]), "key_file": str(files[1]),
                     "ca_file": str(env.ca_file)},
             "policy": {"audiences": ["api"]},
+            "routing": {"origins": ["https://127.0.0.1"]},  # nginx sends $host, without port: every listener's
         }, name))
         sidecar = r.spawn([r.PY, "-m", "sidecar", "serve", "--config", str(config)], r.SERVER_CORE,
                           d / f"sidecar-{port}.log")

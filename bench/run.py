@@ -481,12 +481,15 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
     next to a certificate-bound one, on the same sidecar, in alternating rounds. Proofs are signed
     before each run (dpop.iat_window 3600 s keeps them fresh), one per request: wrk never resends one."""
     sidecar = await start_sidecar(env, extra="\n[dpop]\nenabled = true\niat_window = 3600\n"
-                                             "replay_max_entries = 5000000\n")
+                                             "replay_max_entries = 5000000\n"
+                                             f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n')
+    described = {"Host": dpop.HOST, "X-Forwarded-Proto": "https"}  # what nginx says: the declared origin
     clients = [dpop.Client() for _ in range(4)]
     bound = [(clients[i % 4], env.idp.mint_dpop("client", clients[i % 4].jkt)) for i in range(len(tokens))]
     title = "cache hit, DPoP-bound (ES256 proof per request) vs certificate-bound, same sidecar"
     try:
-        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens)
+        # 16 at once: one source (the bench's address) may hold idp.max_concurrent IdP calls, no more.
+        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, concurrency=16, extra=described)
         async with aiohttp.ClientSession() as session:
             for client, token in bound:
                 async with session.get(f"http://127.0.0.1:{sidecar.port}/check",
@@ -494,7 +497,7 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
                     warm[r.status] = warm.get(r.status, 0) + 1
         if set(warm) != {200}:
             raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
-        cert_script = lua_script(env, "x-client-cert", certs, tokens)
+        cert_script = lua_script(env, "x-client-cert", certs, tokens, extra=described)
         runs: dict[str, list[Run]] = {"cert": [], "dpop": []}
         rate = 0.0
         for round_ in range(env.args.rounds):
@@ -644,12 +647,13 @@ def routes_toml(count: int) -> str:
 
 
 async def hits_ab(env: Env, certs: list[str], tokens: list[tuple[int, str]], extra: str,
-                  original: dict[str, str] | None = None) -> tuple[Run, Run, list[Run], list[Run], Server]:
-    """Cache hits on a sidecar as configured by default (a) vs. one with ``extra`` configuration
-    (b), the same requests; (b) is returned running (stop it). Three times the rounds, each shorter:
-    the differences sought (~1 µs of 40) are far below the round-to-round spread of a shared
-    machine, so more, shorter alternations."""
-    single = await start_sidecar(env)
+                  original: dict[str, str] | None = None,
+                  baseline: str = "") -> tuple[Run, Run, list[Run], list[Run], Server]:
+    """Cache hits on a sidecar as configured by default, or with ``baseline`` (a), vs. one with
+    ``extra`` configuration (b), the same requests; (b) is returned running (stop it). Three times
+    the rounds, each shorter: the differences sought (~1 µs of 40) are far below the round-to-round
+    spread of a shared machine, so more, shorter alternations."""
+    single = await start_sidecar(env, extra=baseline)
     other = await start_sidecar(env, extra=extra)
     try:
         for server in (single, other):
@@ -677,22 +681,32 @@ def ratio_line(ra: Run, rb: Run, a: list[Run], b: list[Run]) -> str:
             + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
 
 
-async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
-    """Cache hit under one policy vs. under the last of 20 rules (20 named policies), same requests:
-    nginx-style ``X-Original-URI``/``X-Original-Method`` on both. The rule match is memoized per
-    (method, host, path) and the token's verdict under the policy is kept on its cache entry."""
-    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET"}
+async def scenario_routes(env: Env, certs: list[str],
+                          tokens: list[tuple[int, str]]) -> tuple[tuple[Run, Run], tuple[Run, Run]]:
+    """Cache hit under one policy vs. under the last of 20 rules (20 named policies), then those 20
+    rules vs. the same with ``routing.origins`` declared (issue 22), same requests: nginx-style
+    ``X-Original-URI``/``X-Original-Method``, ``Host`` and ``X-Forwarded-Proto``. The rule match is
+    memoized per (method, host, path), the target stage's verdicts per path and per host, and the
+    token's verdict under the policy is kept on its cache entry. Returns ((a), (b)) and ((b), (c)),
+    each pair from its own alternating rounds."""
+    original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET",
+                "Host": dpop.HOST, "X-Forwarded-Proto": "https"}
     ra, rb, a, b, routed = await hits_ab(env, certs, tokens, routes_toml(ROUTES), original)
+    routed.stop()
+    with_origins = f'\n[routing]\norigins = ["{dpop.ORIGIN}"]\n' + routes_toml(ROUTES)
+    rb2, rc, b2, c, declared = await hits_ab(env, certs, tokens, with_origins, original, baseline=routes_toml(ROUTES))
     try:
-        assert routed.admin_port is not None
-        allowed = await metric(routed.admin_port, "sidecar_decisions_total",
+        assert declared.admin_port is not None
+        allowed = await metric(declared.admin_port, "sidecar_decisions_total",
                                f'outcome="allow",policy="p{ROUTES - 1}",reason="ok"')
     finally:
-        routed.stop()
+        declared.stop()
     report(env, f"per-route policies: cache hit, one policy vs. {ROUTES} rules (escaped PEM, X-Original-URI)",
-           f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n"
-           f"  allowed under p{ROUTES - 1} (the last rule): {allowed:.0f}\n" + ratio_line(ra, rb, a, b))
-    return ra, rb
+           f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n" + ratio_line(ra, rb, a, b)
+           + f"\n  (b) {ROUTES} rules     {rb2.line()}\n  (c) {ROUTES} rules, routing.origins declared {rc.line()}\n"
+           f"  allowed under p{ROUTES - 1} (the last rule) with origins: {allowed:.0f}\n"
+           + ratio_line(rb2, rc, b2, c).replace("(b)/(a)", "(c)/(b)").replace("(a)/(b)", "(b)/(c)"))
+    return (ra, rb), (rb2, rc)
 
 
 def issuers_toml(env: Env, names: tuple[str, ...] = ("b", "c")) -> str:
@@ -778,17 +792,22 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
-    if args.routes_only or args.issuers_only or args.identity_only:
+    if args.routes_only or args.issuers_only or args.identity_only or args.dpop_only:
         try:
             if args.routes_only:
-                ra, rb = await scenario_routes(env, pem, tokens)
+                (ra, rb), (rb2, rc) = await scenario_routes(env, pem, tokens)
                 print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
+                print(f"ratio (c)/(b) cache hit, {ROUTES} rules with routing.origins vs without: "
+                      f"{rc.rps / rb2.rps:.3f} (CPU per request {rb2.cpu_us:.1f} -> {rc.cpu_us:.1f} µs)")
             if args.issuers_only:
                 ia, ib = await scenario_issuers(env, pem, tokens)
                 print(f"\nratio (b)/(a) cache hit, three issuers vs one: {ib.rps / ia.rps:.3f}")
             if args.identity_only:
                 da, db = await scenario_identity(env, pem, tokens)
                 print(f"\nratio (b)/(a) cache hit, with the identity token vs without: {db.rps / da.rps:.3f}")
+            if args.dpop_only:
+                dc, dd = await scenario_dpop(env, pem, tokens)
+                print(f"\nratio DPoP-bound / certificate-bound cache hit req/s: {dd.rps / dc.rps:.2f}")
         finally:
             idp_server.close()
             await runner.cleanup()
@@ -824,7 +843,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await scenario_nginx(env, sidecar, pem, tokens)
         sidecar.stop()
         cert_bound, dpop_bound = await scenario_dpop(env, pem, tokens)
-        route_a, route_b = await scenario_routes(env, pem, tokens)
+        (route_a, route_b), (route_b2, route_c) = await scenario_routes(env, pem, tokens)
         identity_a, identity_b = await scenario_identity(env, pem, tokens)
         issuer_a, issuer_b = await scenario_issuers(env, pem, tokens)
         await scenario_memory(env)
@@ -860,7 +879,8 @@ async def main_async(args: argparse.Namespace) -> None:
               "faster (target >= 2.5)")
     print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
           "(other processes share the cores: compare ratios within this run)")
-    print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}; "
+          f"(c)/(b) with routing.origins declared vs without: {route_c.rps / route_b2.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, three issuers vs one: {issuer_b.rps / issuer_a.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, with the identity token vs without: {identity_b.rps / identity_a.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
@@ -876,10 +896,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="A/B rounds per scenario (4)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (3)")
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
-    parser.add_argument("--routes-only", action="store_true", help=f"only one policy vs. {ROUTES} rules (issue 13)")
+    parser.add_argument("--routes-only", action="store_true",
+                        help=f"only one policy vs. {ROUTES} rules, without and with routing.origins (issues 13, 22)")
     parser.add_argument("--issuers-only", action="store_true", help="only one issuer vs. three (issue 24)")
     parser.add_argument("--identity-only", action="store_true",
                         help="only a cache hit without vs. with the identity token (issue 27)")
+    parser.add_argument("--dpop-only", action="store_true", help="only the DPoP-bound vs certificate-bound hit")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
     parser.add_argument("--peer-clients", type=int, default=50, help="ab -c for the peer comparison (50)")

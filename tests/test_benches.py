@@ -162,7 +162,8 @@ QUICK_RUNS = (
         *(rf"^== {re.escape(section)}" for section in RUN_SECTIONS),
         r"burst: 200 concurrent requests for one new token\n  IdP calls 1;",  # single-flight
         r"IdP introspection calls (?P<calls>\d+) for \d+ requests.*?during the run (?P<handshakes>\d+)",
-        r"allowed under p19 \(the last rule\): [1-9]",  # the 20th rule chose the policy
+        r"allowed under p19 \(the last rule\) with origins: [1-9]",  # the 20th rule chose the policy
+        r"^  ratio \(c\)/\(b\) [\d.]+ ",  # 20 rules with routing.origins declared vs without
         *(rf"^  {re.escape(front)} +\d+ req/s .* µs CPU/req" for front in PEER_FRONTS),  # the peer ran: all five
         r"req/s nginx \+ sidecar / Apache \+ mod_auth_openidc: ",
         r"CPU authorization adds per request: sidecar ",
@@ -196,6 +197,10 @@ QUICK_RUNS = (
         rf"rss_start={FLOAT}MiB rss_end={FLOAT}MiB",
     ), soak_py),
     QuickRun("cache_hit_decide.py", ("--quick",), (rf"^cache_hit_decide_us={FLOAT} python=\S+ rounds=1x2000$",)),
+    QuickRun("dpop_hit.py", ("--quick",), (
+        rf"^certificate_bound_hit_us={FLOAT}$", rf"^dpop_bound_hit_us={FLOAT}$",
+        rf"^dpop_adds_us=-?{FLOAT} python=\S+ rounds=1x200$",
+    )),
     QuickRun("memory.py", ("--tokens", "2000"), (
         rf'^{{"tokens": \d+, "rss_before_mib": {FLOAT}, "rss_after_mib": {FLOAT}, "bytes_per_token": \S+}}$',
     ), memory_py),

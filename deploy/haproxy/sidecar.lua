@@ -21,9 +21,13 @@ local function deny(txn, status, headers, body)
 end
 
 core.register_action("sidecar_check", { "http-req" }, function(txn, url)
+  -- The original request as the upstream receives it (the sidecar holds the host to
+  -- routing.origins; the Lua client's own Host is the sidecar's address).
   local send = {
     ["x-forwarded-method"] = { txn.sf:method() },
     ["x-forwarded-uri"] = { txn.sf:pathq() },
+    ["x-forwarded-host"] = { txn.sf:req_hdr("host") },
+    ["x-forwarded-proto"] = { txn.f:ssl_fc() and "https" or "http" },
     -- The client's address, set (never a client's own X-Forwarded-For): the sidecar charges new
     -- tokens to it (admission.source_header), so that one client cannot spend the others' IdP calls.
     ["x-forwarded-for"] = { txn.sf:src() },

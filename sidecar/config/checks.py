@@ -15,6 +15,11 @@ HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 JWT_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
 )
+# DPoP proofs (sidecar/support/jose.py verifies them with cryptography): the JOSE names above and
+# the RFC 9864 fully-specified ones (Ed25519, Ed448; ESP256-512, the ECDSA names of RFC 9864).
+DPOP_ALGORITHMS = JWT_ALGORITHMS | {"Ed25519", "Ed448", "ESP256", "ESP384", "ESP512"}
+# An origin: scheme, a lower-case host name, IPv4 address or [IPv6] address, an optional port.
+_ORIGIN = re.compile(r"(https?)://([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?/?\Z")
 
 
 def https_url(url: str) -> str | None:
@@ -83,6 +88,23 @@ def asymmetric_algorithms(names: tuple[str, ...]) -> str | None:
         return "only asymmetric algorithms are allowed"
     unknown = sorted(set(names) - JWT_ALGORITHMS)
     return f"unsupported: {', '.join(unknown)}" if unknown else None
+
+
+def dpop_algorithms(names: tuple[str, ...]) -> str | None:
+    if "none" in (a.lower() for a in names) or any(a.startswith("HS") for a in names):
+        return "only asymmetric algorithms are allowed"
+    unknown = sorted(set(names) - DPOP_ALGORITHMS)
+    return f"unsupported: {', '.join(unknown)}" if unknown else None
+
+
+def origins(values: tuple[str, ...]) -> str | None:
+    """Public origins (RFC 6454): ``https://api.example.com`` or ``https://api.example.com:8443``,
+    lower case, no path, query or user information."""
+    for value in values:
+        match = _ORIGIN.match(value)
+        if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
+            return f"not an origin (http(s)://host[:port], lower case, no path): {value!r}"
+    return None
 
 
 def path_prefix(value: str) -> str | None:

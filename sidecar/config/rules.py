@@ -200,6 +200,10 @@ def warnings(config: Config) -> list[str]:
                      "its last element and refuses any other header holding more than one certificate, so a "
                      "proxy that appends to a client-sent header cannot be fooled, but an explicit format is "
                      "clearer")
+    if config.dpop.enabled and not config.routing.origins:
+        found.append(f"{KEY.dpop.enabled} without {KEY.routing.origins}: a proof's htu is compared with the host "
+                     "the proxy reports, which the client chooses where the proxy accepts any host (nginx "
+                     "server_name _, Envoy domains *): declare the public origins the API is served at")
     if any(ipaddress.ip_network(cidr, strict=False).prefixlen == 0 for cidr in config.client_cert.trusted_proxies):
         found.append(f"{KEY.client_cert.trusted_proxies} trusts every address: any client can then forward a "
                      "certificate header")

@@ -28,6 +28,7 @@ ScopeMatch = Literal["all", "any"]
 PathMatch = Literal["prefix", "exact", "glob", "regex"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ForgedHeaders = Literal["remove", "deny"]
+NonceMode = Literal["off", "optional", "required"]
 FleetMode = Literal["standalone", "cluster", "sentinel"]
 
 # (TokenInfo attribute, header suffix): the credential headers every allow carries.
@@ -224,9 +225,9 @@ class DpopConfig:
     """DPoP-bound tokens (RFC 9449, docs/dpop.md): proof algorithms, freshness and the replay store."""
 
     enabled: bool = key(False, "DPoP (RFC 9449); off: tokens bound by `cnf.jkt` are denied (`cnf_unsupported`)")
-    algorithms: tuple[str, ...] = key(("ES256", "ES384", "EdDSA", "PS256", "RS256"),
-                                      "proof algorithms; asymmetric only, sent in the challenge's `algs`",
-                                      checks=(checks.asymmetric_algorithms,))
+    algorithms: tuple[str, ...] = key(("ES256", "ES384", "Ed25519", "EdDSA", "PS256", "RS256"),
+                                      "proof algorithms, RFC 9864 names (`Ed25519`, `ESP256`) too; asymmetric "
+                                      "only, sent in the challenge's `algs`", checks=(checks.dpop_algorithms,))
     iat_window: float = key(60.0, "proof lifetime; accepted this long after its `iat`, its `jti` remembered as long",
                             gt=0, le=3600, unit="seconds")
     iat_skew: float = key(5.0, "`iat` skew; a proof's `iat` may be this far ahead", ge=0, le=300,
@@ -237,6 +238,10 @@ class DpopConfig:
                                   ge=1)
     replay_max_share: float = key(0.1, "share of the replay store one DPoP key may hold; past it that client's new "
                                        "proofs get 429 (one client cannot fill the store)", gt=0, le=1)
+    nonce: NonceMode = key("off", "server nonces (RFC 9449 §9) in `DPoP-Nonce`: `optional` checks a proof's `nonce` "
+                                  "when it has one; `required`: a proof without a current one gets `use_dpop_nonce`")
+    nonce_lifetime: float = key(300.0, "a nonce is accepted this long after it was issued; a new one every quarter "
+                                       "of it", ge=20, le=3600, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -316,8 +321,12 @@ class EventsConfig:
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """How a request's policy is chosen (docs/routes.md): the proxy's header, Envoy's path prefix, matching."""
+    """The original request (docs/routes.md): the public origins it may name, how its policy is chosen (the
+    proxy's header, Envoy's path prefix, matching)."""
 
+    origins: tuple[str, ...] = key((), "the public origins the API is served at (`https://api.example.com`, with "
+                                       "`:port` when not the default); when set, the request's scheme and host must "
+                                       "be one of them and a DPoP `htu` must name one", checks=(checks.origins,))
     policy_header: str = key("x-sidecar-policy", "header naming the policy (from a trusted proxy: nginx sets it per "
                                                  "location; docs/routes.md)", checks=(checks.header_name,),
                              readme=False)

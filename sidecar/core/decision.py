@@ -1,4 +1,4 @@
-"""The decision: extract → lookup → bind → authorize → headers, for every front (HTTP or gRPC).
+"""The decision: target → extract → lookup → bind → authorize → headers, for every front (HTTP or gRPC).
 
 One path. :meth:`Decider.decide_now` is synchronous: it chooses the policy, extracts the token
 and, when the cache holds it, returns the final allow or :class:`~sidecar.core.outcome.Deny`
@@ -8,10 +8,14 @@ call per token, admitted per source) and runs the **same** :meth:`Decider._verdi
 entry. A front calls ``decide_now`` and awaits ``decide`` only for a pending step, so a cache hit
 creates no coroutine; no check exists twice.
 
-The policy is chosen per request before anything else (:class:`~sidecar.core.routes.Router`:
-the proxy's named policy, else the first matching rule, else ``[policy]``) and travels with the
-request to ``_verdict``, which applies it to the token's entry as seen by that policy
-(:meth:`~sidecar.core.policies.Policies.view`).
+Before anything else the description of the original request is judged
+(:class:`~sidecar.core.target.RequestTarget`: each describing header once, the origin one of
+``routing.origins``, a path with one meaning where the path decides the policy), then the policy is
+chosen (:class:`~sidecar.core.routes.Router`: the proxy's named policy, else the first matching
+rule, else ``[policy]``); it travels with the request to ``_verdict``, which applies it to the
+token's entry as seen by that policy (:meth:`~sidecar.core.policies.Policies.view`) and verifies
+every confirmation method the token's ``cnf`` holds (a DPoP proof for ``jkt``, the certificate for
+``x5t#S256``; both when it holds both).
 
 The Decider only decides: the stages are built in stages.py, which certificate counts is
 presented.py's, and every metric and log line, and the turning of any failure into a denial
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 from sidecar.config import Config
 from sidecar.core.binding import check_binding, needs_certificate
@@ -33,7 +38,7 @@ from sidecar.core.dpop import access_token_hash
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InvalidDpopProof, InvalidToken
 from sidecar.core.extract import access_token
-from sidecar.core.htu import target
+from sidecar.core.nonce import Nonces
 from sidecar.core.outcome import Deny, Miss, Outcomes, Pending, ReplayClaim, forged_denial
 from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
@@ -57,6 +62,7 @@ class Decider:
         stages = build_stages(config, shared, shared_replay)
         self.cache = stages.cache
         self.policies = stages.policies
+        self.target = stages.target
         self.router = stages.router
         self.presented = stages.presented
         self._trusted = stages.trusted
@@ -77,6 +83,11 @@ class Decider:
         """The ``algs`` of the DPoP challenge (RFC 9449 §7.1); None when DPoP is off."""
         return None if self._proofs is None else self._proofs.algs
 
+    @property
+    def nonces(self) -> Nonces | None:
+        """The DPoP server nonces (RFC 9449 §9) handed to DPoP clients; None unless ``dpop.nonce``."""
+        return None if self._proofs is None else self._proofs.nonces
+
     def decide_now(self, request: CheckRequest) -> Decided | Pending:
         """Everything that needs no await: the final answer for a cached token, else a Miss (or, for a
         DPoP request in a fleet, the ReplayClaim to confirm)."""
@@ -84,6 +95,9 @@ class Decider:
             return self.outcomes.deny(forged_denial(request.forged), None, None)
         policy: Policy | None = None
         try:
+            unsafe = self.target.check(request)  # stage 0: before any IdP call
+            if unsafe is not None:
+                return self.outcomes.deny(unsafe, None, None)
             selected = self.router.select(request)
             if isinstance(selected, Denial):  # no policy admits the request
                 return self.outcomes.deny(selected, None, None)
@@ -136,8 +150,9 @@ class Decider:
         and a miss.
 
         ``proof_token``: the token, when it came with the DPoP scheme. The binding step verifies
-        the method the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme),
-        else the certificate.
+        every method the token is bound by: a DPoP proof for ``cnf.jkt`` (and for the DPoP scheme),
+        and the certificate for ``cnf.x5t#S256`` (per ``policy.binding``; a token holding both must
+        pass both).
         """
         claimed = None
         try:
@@ -149,6 +164,8 @@ class Decider:
                 policy.check_time(info, now)
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
+                    if info.cnf_x5t_s256 is not None and policy.binding != "off":  # bound by both
+                        check_binding(info, self.presented.thumbprint(request), policy.binding)
                 elif needs_certificate(info, policy.binding):
                     check_binding(info, self.presented.thumbprint(request), policy.binding)
                 denial = entry.scope_denial
@@ -172,11 +189,12 @@ class Decider:
             raise InvalidToken("dpop_scheme_required", "a DPoP-bound token came with the Bearer scheme")
         if jkt is None or self._proofs is None:
             raise InvalidToken("dpop_token_unbound", "the DPoP scheme with a token not bound by cnf.jkt")
-        method = uri = None
+        method: str | None = None
+        uris: Sequence[str] = ()
         if request.peer in self._trusted:  # only a trusted proxy describes the original request
-            method, uri = request.method, target(request.scheme, request.host, request.path)
+            method, uris = request.method, self.target.uris(request)
         return self._proofs.verify(request.dpop_proofs, jkt=jkt, ath=access_token_hash(proof_token),
-                                   method=method, uri=uri)
+                                   method=method, uris=uris)
 
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
         """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""

@@ -7,27 +7,31 @@ failure an :class:`InvalidDpopProof` (401 ``invalid_dpop_proof``) with a stable 
    ``dpop.max_proof_size`` bytes, three base64url parts (``dpop_proof_too_large``,
    ``dpop_proof_malformed``);
 2. the JOSE header: ``typ`` ``dpop+jwt`` (``dpop_wrong_type``); ``alg`` in ``dpop.algorithms``, never
-   ``none`` nor ``HS*`` (``dpop_algorithm_not_allowed``); no ``crit``; ``jwk`` a public key that fits
-   ``alg`` with no private member (``dpop_bad_key``);
+   ``none`` nor ``HS*`` (``dpop_algorithm_not_allowed``), the RFC 9864 fully-specified names
+   (``Ed25519``, ``Ed448``, ``ESP256``...) beside the polymorphic ``EdDSA``; no ``crit``; ``jwk`` a
+   public key that fits ``alg`` with no private member, an RSA key of 2048 to 4096 bits with the
+   exponent 65537 (``dpop_bad_key``);
 3. the key's RFC 7638 SHA-256 thumbprint equals the token's ``cnf.jkt``, compared in constant time
    (``dpop_key_mismatch``) — before the signature, so a stranger's key costs no verification;
 4. the signature (``dpop_invalid_signature``);
 5. claims: ``jti``, ``htm``, ``htu``, ``iat`` present and typed (``dpop_proof_malformed``); ``htm`` equals
    the original method (``dpop_htm_mismatch``); ``htu`` equals the original target URI, both without
-   query and fragment, after RFC 3986 normalization (``dpop_htu_mismatch``); ``iat`` no older than
+   query and fragment, after RFC 3986 normalization (``dpop_htu_mismatch``), the target's origin being
+   one of ``routing.origins`` when they are declared (core/target.py); ``iat`` no older than
    ``dpop.iat_window`` and no further ahead than ``dpop.iat_skew`` (``dpop_iat_too_old``,
    ``dpop_iat_in_future``); ``ath`` equals base64url(SHA-256(token)) (``dpop_ath_mismatch``);
+   with ``dpop.nonce``, ``nonce`` one this sidecar (or fleet) issued and still current
+   (:class:`UseDpopNonce`: ``dpop_nonce_missing``, ``dpop_nonce_invalid``; core/nonce.py);
 6. the ``jti`` was never accepted for this key within the window (``dpop_replayed``, §11.1).
 
-Parsing is bounded: the header of a proof that passed (``typ``, ``alg``, ``jwk``) is remembered with
-its public key in a byte-bounded :class:`Memo`, so a client's next proof costs one signature
-verification, one small JSON parse and a few compares. Server nonces (``DPoP-Nonce``,
-``use_dpop_nonce``) are not issued: a ``nonce`` claim is ignored.
+Parsing is bounded and done once per key: the header of a proof that passed (``typ``, ``alg``,
+``jwk``) is remembered in a byte-bounded :class:`Memo` with its thumbprint and a signature check
+built on the ``cryptography`` public key (support/jose.py: padding and hash prepared once), so a
+client's next proof costs one signature verification, one small JSON parse and a few compares.
 """
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import hmac
 import math
@@ -36,22 +40,30 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.config import DpopConfig
-from sidecar.core.errors import InvalidDpopProof
+from sidecar.core.errors import InvalidDpopProof, UseDpopNonce
 from sidecar.core.errors import ReplayStoreFull as ReplayFull
 from sidecar.core.htu import Normalizer
+from sidecar.core.nonce import Nonces
 from sidecar.core.replay import ReplayStore, StoreFull
-from sidecar.support.jose import b64url_decode, json_segment, jwk_thumbprint, sha256_thumbprint
+from sidecar.support.jose import (
+    SIGNATURE_ALGORITHMS,
+    SignatureCheck,
+    b64url_decode,
+    json_segment,
+    jwk_thumbprint,
+    public_key,
+    sha256_thumbprint,
+    signature_check,
+)
 from sidecar.support.memo import Memo
 
 _PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1,
-                                              "ES512": ec.SECP521R1, "ES256K": ec.SECP256K1}
-_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 4096  # RSA verification cost grows with the modulus: bounded per proof
+RSA_EXPONENT = 65537  # any other exponent costs the event loop up to 12 ms per proof (issue 23)
 MAX_JTI = 256
 MAX_HEADER_CLAIMS = 16
 
@@ -61,25 +73,25 @@ def access_token_hash(token: str) -> str:
     return sha256_thumbprint(token.encode())
 
 
-def _fits(key: Any, alg: str) -> bool:
-    if alg in _CURVES:
-        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES[alg])
-    if alg in _RSA:
-        return isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS
-    if alg == "EdDSA":
-        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
-    return False
+def _rsa_problem(key: rsa.RSAPublicKey) -> str | None:
+    """Why an RSA proof key is refused: its size out of bounds or an exponent other than 65537."""
+    if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+        return f"RSA keys of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits only; got {key.key_size}"
+    if key.public_numbers().e != RSA_EXPONENT:
+        return f"RSA keys with the exponent {RSA_EXPONENT} only"
+    return None
 
 
 class ProofKey:
-    """The verified header of a proof: its algorithm, public key and thumbprint."""
+    """The verified header of a proof: the signature check of its key under its ``alg``, and the
+    key's thumbprint (``jkt``; ``thumbprint``: its ASCII bytes, for the constant-time compare)."""
 
-    __slots__ = ("algorithm", "key", "thumbprint")
+    __slots__ = ("check", "jkt", "thumbprint")
 
-    def __init__(self, algorithm: Any, key: Any, thumbprint: str) -> None:
-        self.algorithm = algorithm
-        self.key = key
-        self.thumbprint = thumbprint
+    def __init__(self, check: SignatureCheck, jkt: str) -> None:
+        self.check = check
+        self.jkt = jkt
+        self.thumbprint = jkt.encode("ascii")
 
 
 class ProofVerifier:
@@ -87,10 +99,10 @@ class ProofVerifier:
 
     def __init__(self, config: DpopConfig, replay: ReplayStore, *, secret: bytes | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        """``secret``: the key of the replay keys; a fleet shares one (:mod:`sidecar.core.replay`), so
-        that every replica names a proof alike. Default: one of this process's own."""
-        # Resolved once: an algorithm pyjwt lacks fails at start, not per request.
-        self._algorithms = {a: jwt.get_algorithm_by_name(a) for a in config.algorithms if a.lower() != "none"}
+        """``secret``: the key of the replay keys and the nonces; a fleet shares one
+        (:mod:`sidecar.core.replay`), so that every replica names a proof alike and accepts the
+        nonces the others issue. Default: one of this process's own."""
+        self._algorithms = frozenset(config.algorithms) & SIGNATURE_ALGORITHMS
         self.algs = " ".join(config.algorithms)  # the challenge's algs parameter (§7.1)
         self._window = config.iat_window
         self._skew = config.iat_skew
@@ -98,16 +110,21 @@ class ProofVerifier:
         self._replay = replay
         self._clock = clock
         self._normalize = Normalizer()
+        secret = secret or os.urandom(32)
         # Replay keys: the jti is never stored.
-        self._secret = hashlib.blake2b(key=secret or os.urandom(32), digest_size=16, person=b"dpop replay")
+        self._secret = hashlib.blake2b(key=secret, digest_size=16, person=b"dpop replay")
         self._keys: Memo[str, ProofKey] = Memo(4096, max_bytes=4 * 1024 * 1024,
-                                               size_of=lambda header, _key: 2 * len(header) + 512)
+                                               size_of=lambda header, _key: 2 * len(header) + 1024)
+        self.nonces = None if config.nonce == "off" else \
+            Nonces(config.nonce_lifetime, skew=config.iat_skew, secret=secret, clock=clock)
+        self._nonce_required = config.nonce == "required"
 
     def verify(self, proofs: Sequence[str], *, jkt: str, ath: str, method: str | None,
-               uri: str | None) -> tuple[bytes, float]:
-        """Raise :class:`InvalidDpopProof` (or ReplayStoreFull) unless the one proof holds; return the
-        replay key the proof was claimed under here and the wall-clock end of its window (a fleet
-        claims it again across replicas)."""
+               uris: Sequence[str]) -> tuple[bytes, float]:
+        """Raise :class:`InvalidDpopProof` (:class:`UseDpopNonce`, ReplayStoreFull) unless the one proof
+        holds for ``method`` and one of ``uris`` (the request's target URIs; none when no trusted proxy
+        described it); return the replay key the proof was claimed under here and the wall-clock end
+        of its window (a fleet claims it again across replicas)."""
         if not proofs:
             raise InvalidDpopProof("dpop_proof_missing", "no DPoP header")
         if len(proofs) > 1:
@@ -115,26 +132,26 @@ class ProofVerifier:
         proof = proofs[0].strip(" \t")
         if len(proof) > self._max_size:
             raise InvalidDpopProof("dpop_proof_too_large", f"DPoP header longer than {self._max_size}")
-        parts = proof.split(".")
-        if len(parts) != 3 or not proof.isascii():
+        signed, _, signature = proof.rpartition(".")
+        header, _, payload = signed.partition(".")
+        if not payload or "." in payload or not proof.isascii():
             raise InvalidDpopProof("dpop_proof_malformed", "not a compact JWS")
-        header, payload, signature = parts
         key = self._keys.get(header)
         fresh = key is None
         if key is None:
             key = self._header(header)
         # Constant time: how much of a forged key's thumbprint matched must not leak.
-        if not hmac.compare_digest(key.thumbprint.encode(), jkt.encode("utf-8", "surrogatepass")):
+        if not hmac.compare_digest(key.thumbprint, jkt.encode("utf-8", "surrogatepass")):
             raise InvalidDpopProof("dpop_key_mismatch", "the proof key's thumbprint is not cnf.jkt")
         try:
-            valid = key.algorithm.verify(f"{header}.{payload}".encode(), key.key, b64url_decode(signature))
-        except (ValueError, binascii.Error):
+            valid = key.check(signed.encode("ascii"), b64url_decode(signature))
+        except ValueError:
             valid = False
         if not valid:
             raise InvalidDpopProof("dpop_invalid_signature", "signature verification failed")
         claims = self._claims(payload)
-        self._check_claims(claims, ath=ath, method=method, uri=uri)
-        claimed = self._first_use(key.thumbprint, claims["jti"], claims["iat"])
+        self._check_claims(claims, ath=ath, method=method, uris=uris)
+        claimed = self._first_use(key, claims["jti"], claims["iat"])
         if fresh:
             self._keys.put(header, key)  # only keys of proofs that passed: bound to a valid token
         return claimed
@@ -156,15 +173,19 @@ class ProofVerifier:
         private = _PRIVATE.intersection(jwk)
         if private:
             raise InvalidDpopProof("dpop_bad_key", f"jwk holds private members: {', '.join(sorted(private))}")
+        if jwk.get("alg", alg) != alg or jwk.get("use", "sig") != "sig":  # RFC 7517 §4.2, §4.4
+            raise InvalidDpopProof("dpop_bad_key", "jwk names another algorithm or use")
         try:
             thumbprint = jwk_thumbprint(jwk)
-            algorithm = self._algorithms[alg]
-            key = algorithm.from_jwk(jwk)
-        except (ValueError, TypeError, KeyError, jwt.PyJWTError) as exc:
-            raise InvalidDpopProof("dpop_bad_key", f"jwk: {type(exc).__name__}") from None
-        if not _fits(key, alg):
+            key = public_key(jwk)
+        except (ValueError, TypeError) as exc:
+            raise InvalidDpopProof("dpop_bad_key", f"jwk: {str(exc)[:80]}") from None
+        if isinstance(key, rsa.RSAPublicKey) and (problem := _rsa_problem(key)) is not None:
+            raise InvalidDpopProof("dpop_bad_key", problem)
+        check = signature_check(alg, key, jwk)
+        if check is None:
             raise InvalidDpopProof("dpop_bad_key", f"jwk does not fit alg {alg}")
-        return ProofKey(algorithm, key, thumbprint)
+        return ProofKey(check, thumbprint)
 
     def _claims(self, segment: str) -> dict[str, Any]:
         claims = _json_object(segment, "payload")
@@ -177,13 +198,13 @@ class ProofVerifier:
             raise InvalidDpopProof("dpop_proof_malformed", "iat: must be a NumericDate")
         return claims
 
-    def _check_claims(self, claims: dict[str, Any], *, ath: str, method: str | None, uri: str | None) -> None:
+    def _check_claims(self, claims: dict[str, Any], *, ath: str, method: str | None, uris: Sequence[str]) -> None:
         if method is None or claims["htm"] != method:
             raise InvalidDpopProof("dpop_htm_mismatch", f"htm {claims['htm'][:16]!r} is not the request method")
-        expected = self._normalize(uri) if uri else None
-        if expected is None:
+        if not uris:
             raise InvalidDpopProof("dpop_htu_mismatch", "the proxy did not describe the original request")
-        if self._normalize(claims["htu"]) != expected:
+        htu = self._normalize(claims["htu"])
+        if htu is None or all(self._normalize(uri) != htu for uri in uris):
             raise InvalidDpopProof("dpop_htu_mismatch", "htu is not the request's target URI")
         now = self._clock()
         iat = claims["iat"]
@@ -195,13 +216,24 @@ class ProofVerifier:
         if not isinstance(proof_ath, str) or not hmac.compare_digest(proof_ath.encode("utf-8", "surrogatepass"),
                                                                      ath.encode()):
             raise InvalidDpopProof("dpop_ath_mismatch", "ath is not the hash of this access token")
+        if self.nonces is not None:
+            self._check_nonce(claims.get("nonce"))
 
-    def _first_use(self, thumbprint: str, jti: str, iat: float) -> tuple[bytes, float]:
+    def _check_nonce(self, nonce: object) -> None:
+        """RFC 9449 §4.3 step 10 and §9: the nonce this server provided, when it provides them."""
+        assert self.nonces is not None
+        if nonce is None:
+            if self._nonce_required:
+                raise UseDpopNonce("dpop_nonce_missing", "dpop.nonce is required and the proof has none")
+        elif not self.nonces.accepts(nonce):
+            raise UseDpopNonce("dpop_nonce_invalid", "the proof's nonce was not issued here or is no longer current")
+
+    def _first_use(self, proof_key: ProofKey, jti: str, iat: float) -> tuple[bytes, float]:
         hashed = self._secret.copy()
-        hashed.update(f"{thumbprint}\x00{jti}".encode("utf-8", "surrogatepass"))
+        hashed.update(proof_key.thumbprint + b"\x00" + jti.encode("utf-8", "surrogatepass"))
         key, until = hashed.digest(), iat + self._window
         try:
-            first = self._replay.claim(key, until, thumbprint)  # charged to this client's key
+            first = self._replay.claim(key, until, proof_key.jkt)  # charged to this client's key
         except StoreFull as exc:
             raise ReplayFull(str(exc)) from None
         if not first:
@@ -212,7 +244,7 @@ class ProofVerifier:
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
         value = json_segment(segment)
-    except (ValueError, binascii.Error):
+    except ValueError:
         raise InvalidDpopProof("dpop_proof_malformed", f"{part}: not base64url JSON") from None
     if not isinstance(value, dict):
         raise InvalidDpopProof("dpop_proof_malformed", f"{part}: not a JSON object")

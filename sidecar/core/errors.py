@@ -10,6 +10,7 @@ Every reason, with its class and meaning, is listed in :mod:`sidecar.core.reason
     ├── InvalidToken         401 invalid_token
     ├── InsufficientScope    403 insufficient_scope
     ├── InvalidDpopProof     401 invalid_dpop_proof (RFC 9449 §7.1)
+    ├── UseDpopNonce         401 use_dpop_nonce (RFC 9449 §9; the answer carries DPoP-Nonce)
     ├── RouteDenied          403 (no error code; fail closed)
     ├── RateLimited          429 (fail closed)
     ├── ReplayStoreFull      503 (fail closed)
@@ -76,6 +77,16 @@ class InvalidDpopProof(Denial):
     status = 401
     error = "invalid_dpop_proof"
     description = "The DPoP proof is invalid"
+
+
+class UseDpopNonce(Denial):
+    """RFC 9449 §9 use_dpop_nonce: ``dpop.nonce`` asks for a current server nonce in the proof and it
+    has none, or one that was not issued here or is no longer current (401, with the ``DPoP``
+    challenge and the current nonce in ``DPoP-Nonce``)."""
+
+    status = 401
+    error = "use_dpop_nonce"
+    description = "Resource server requires nonce in DPoP proof"
 
 
 class RouteDenied(Denial):

@@ -130,8 +130,8 @@ class HeaderBuilder:
 
     def build(self, info: TokenInfo) -> CredentialHeaders:
         values = [self._text(getattr(info, attr)) for attr, _ in self._standard]
-        if self._method_at >= 0 and info.cnf_method in self._unverified:
-            values[self._method_at] = ""
+        if self._method_at >= 0 and self._unverified and info.cnf_method:
+            values[self._method_at] = " ".join(m for m in info.cnf_method.split() if m not in self._unverified)
         extra = info.extra or {}
         values.extend(self._text(extra.get(claim) if claim else None) for claim, _ in self._extra)
         if self._identity:

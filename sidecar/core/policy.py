@@ -67,11 +67,8 @@ class Policy:
             # must never pass as an unbound one.
             methods = ", ".join(info.cnf_unverifiable)
             return InvalidToken("cnf_unsupported", f"cnf holds {methods}, which this sidecar does not verify")
-        if info.cnf_jkt is not None:
-            if not self._dpop:
-                return InvalidToken("cnf_unsupported", "cnf holds jkt and dpop.enabled is off")
-            if info.cnf_x5t_s256 is not None:  # RFC 9449 §6 and RFC 8705 §3 at once: which one holds?
-                return InvalidToken("cnf_unsupported", "cnf holds both x5t#S256 and jkt")
+        if info.cnf_jkt is not None and not self._dpop:
+            return InvalidToken("cnf_unsupported", "cnf holds jkt and dpop.enabled is off")
         kind = self._not_an_access_token(info)
         if kind is not None:
             return kind

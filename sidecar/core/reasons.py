@@ -28,6 +28,7 @@ from sidecar.core.errors import (
     RateLimited,
     ReplayStoreFull,
     RouteDenied,
+    UseDpopNonce,
 )
 from sidecar.core.extract import MAX_TOKEN_LENGTH
 
@@ -76,10 +77,15 @@ SITUATIONS: tuple[Situation, ...] = (
                                      "case, `_` or `.` for `-`)"),
     ),
     _situation(
-        "with `[[routes]]`, an original request that cannot be read safely ([docs/routes.md](docs/routes.md))",
-        InvalidRequest,
-        ("path_invalid", "the original method is not an upper-case token, or the original path cannot be normalized "
-                         "safely"),
+        "with named policies or `[[routes]]`, an original request that cannot be read safely "
+        "([docs/routes.md](docs/routes.md))", InvalidRequest,
+        ("path_invalid", "the original path has no single normalized form (or a trusted proxy sent none), or a "
+                         "rule's original method is not an upper-case token"),
+    ),
+    _situation(
+        "a header describing the original request sent more than once", InvalidRequest,
+        ("request_header_duplicated", "the original URI or method, `Host`, `X-Forwarded-Host`/`-Proto`, the policy "
+                                      "header or the source header came twice"),
     ),
     _situation(
         "inactive, expired, not yet valid, wrong issuer, audience or format; a refresh token or another "
@@ -104,8 +110,7 @@ SITUATIONS: tuple[Situation, ...] = (
         ("cert_invalid", "the certificate header is not a certificate in `client_cert.format`, is longer than "
                          "`client_cert.max_size`, or came more than once"),
         ("token_unbound", "`policy.binding = \"strict\"` and the token is bound to nothing this sidecar verifies"),
-        ("cnf_unsupported", "`cnf` holds a method not verified here (`jkt` without `dpop.enabled`, `x5t`, `jwk`), or "
-                            "both `x5t#S256` and `jkt`"),
+        ("cnf_unsupported", "`cnf` holds a method not verified here (`jkt` without `dpop.enabled`, `x5t`, `jwk`)"),
     ),
     _situation(
         "with `client_cert.ca_file` ([docs/parity.md](docs/parity.md)): the chain does not end at the bundle, "
@@ -145,6 +150,14 @@ SITUATIONS: tuple[Situation, ...] = (
         scheme="DPoP",
     ),
     _situation(
+        "DPoP with `dpop.nonce`: no current server nonce in the proof (the answer carries `DPoP-Nonce`)",
+        UseDpopNonce,
+        ("dpop_nonce_missing", "`dpop.nonce = \"required\"` and the proof has no `nonce`"),
+        ("dpop_nonce_invalid", "the proof's `nonce` was not issued by this sidecar (or fleet) or is older than "
+                               "`dpop.nonce_lifetime`"),
+        scheme="DPoP",
+    ),
+    _situation(
         "JWT access token refused locally (RFC 9068, [docs/jwt.md](docs/jwt.md))", InvalidToken,
         ("jwt_malformed", "the JWT cannot be decoded, `kid` is not a string, or a required claim is missing or "
                           "mistyped"),
@@ -168,6 +181,12 @@ SITUATIONS: tuple[Situation, ...] = (
         "no policy for the request ([docs/routes.md](docs/routes.md)): unknown name, no rule matched", RouteDenied,
         ("policy_unknown", "a trusted proxy named (in `routing.policy_header`) a policy that is not configured"),
         ("route_unmatched", "no `[[routes]]` rule matches, or no trusted proxy described the original path"),
+    ),
+    _situation(
+        "with `routing.origins`, a request for another host or scheme ([docs/routes.md](docs/routes.md))",
+        RouteDenied,
+        ("origin_not_allowed", "the original scheme and host are not one of `routing.origins`, or no trusted proxy "
+                               "described them"),
     ),
     _situation(
         "one client's new tokens or DPoP proofs over its share (`admission.*`, `dpop.replay_max_share`)", RateLimited,

@@ -7,72 +7,24 @@ match the original request's method, host and path in file order (Oathkeeper's a
 when rules exist and none matches, the request is denied (``route_unmatched``). Without rules,
 the default policy (``[policy]``) applies, as before routes existed.
 
-The path is matched in the form the upstream acts on (:func:`normalize_path`): query and
-fragment cut, ``;`` parameters dropped per segment (Tomcat, Spring and Jetty ignore them),
-percent-decoding once, dot segments resolved (RFC 3986 §5.2.4), empty segments and the trailing
-slash removed, lower case when ``routing.case_sensitive`` is false. Whatever would make that form
-ambiguous is refused (``path_invalid``) rather than matched loosely: an encoded ``/``, ``\\``,
-``;`` or ``%`` (double encoding), a backslash, ``..`` above the root, control characters,
-non-ASCII bytes in the target, a decoded segment that NFKC would change (full-width dots), a segment
-ending in a dot or a space (``/admin.`` is ``/admin`` on Windows servers).
+The path is matched in the form the upstream acts on (core/target.py's :func:`normalize_path`);
+the request reaches the router only once the target stage found that form unambiguous.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
-from urllib.parse import unquote
 
 from sidecar.config import RouteConfig, RoutingConfig
 from sidecar.core.errors import Denial, InvalidRequest, RouteDenied
 from sidecar.core.extract import TrustedProxies
 from sidecar.core.policy import Policy
 from sidecar.core.request import CheckRequest
+from sidecar.core.target import normalize_path, split_host
 from sidecar.support.memo import Memo, text_size
 
-MAX_PATH = 8192
 _METHOD = re.compile(r"[A-Z]{1,20}")
-_AMBIGUOUS = frozenset("/\\;%")
-
-
-class UnsafePath(ValueError):
-    """A request target with no single normalized form: never matched, denied."""
-
-
-def normalize_path(target: str, *, case_sensitive: bool = True) -> str:
-    """The path an upstream acts on, for matching; raises :class:`UnsafePath`."""
-    path = target.partition("?")[0].partition("#")[0]
-    if not path.startswith("/") or len(path) > MAX_PATH:
-        raise UnsafePath("not an origin-form path")
-    if not path.isascii() or "\\" in path or not path.isprintable():
-        raise UnsafePath("raw non-ASCII, control characters or a backslash")
-    segments: list[str] = []
-    for raw in path.split("/")[1:]:
-        segment = raw.partition(";")[0]  # RFC 3986 §3.3 parameters: many servers drop them
-        if "%" in segment:
-            try:
-                segment = unquote(segment, errors="strict")
-            except UnicodeDecodeError:
-                raise UnsafePath("percent-encoding that is not UTF-8") from None
-            if not _AMBIGUOUS.isdisjoint(segment):
-                raise UnsafePath("an encoded separator or a double encoding")
-            if not segment.isprintable() or unicodedata.normalize("NFKC", segment) != segment:
-                raise UnsafePath("encoded control characters or a compatibility form")
-            if not case_sensitive and not segment.isascii():
-                raise UnsafePath("non-ASCII with case-insensitive matching")
-        if segment in ("", "."):
-            continue
-        if (segment != ".." and segment[-1] in ". ") or segment[0] == " ":
-            raise UnsafePath("a segment ending in a dot or a space (Windows servers drop them)")
-        if segment == "..":  # RFC 3986 §5.2.4 remove_dot_segments
-            if not segments:
-                raise UnsafePath("a dot segment above the root")
-            segments.pop()
-            continue
-        segments.append(segment)
-    normal = "/" + "/".join(segments)
-    return normal if case_sensitive else normal.lower()
 
 
 def _glob(pattern: str) -> str:
@@ -123,16 +75,6 @@ def _host_matches(pattern: str, host: str) -> bool:
     return host.endswith(pattern[1:]) if pattern.startswith("*.") else host == pattern
 
 
-def _host(value: str | None) -> str | None:
-    """The ``Host`` name, lower case, without port or final dot."""
-    if not value:
-        return None
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value.partition("]")[0] + "]"
-    return value.rpartition(":")[0].rstrip(".") if ":" in value else value.rstrip(".")
-
-
 Selected = Policy | Denial
 
 
@@ -178,11 +120,9 @@ class Router:
     def _match(self, method: str | None, host: str | None, target: str) -> Selected:
         if method is None or not _METHOD.fullmatch(method):
             return InvalidRequest("path_invalid", "no upper-case original method")
-        try:
-            path = normalize_path(target, case_sensitive=self._case_sensitive)
-        except UnsafePath as exc:
-            return InvalidRequest("path_invalid", f"the original path cannot be normalized safely: {exc}")
-        name = _host(host)
+        path = normalize_path(target, case_sensitive=self._case_sensitive)  # safe: core/target.py judged it
+        split = split_host(host)
+        name = None if split is None else split[0]
         for rule in self._rules:
             if rule.matches(method, name, path):
                 return rule.policy

@@ -23,12 +23,14 @@ from sidecar.core.presented import PresentedCertificate
 from sidecar.core.replay import LocalReplayStore
 from sidecar.core.revocation import Revocations
 from sidecar.core.routes import Router
+from sidecar.core.target import RequestTarget
 
 
 @dataclass(frozen=True, slots=True)
 class Stages:
     cache: TokenCache  # stage 2: answers per token, single-flight, purge
     policies: Policies  # stage 4: every configured policy, and a token's verdict under each
+    target: RequestTarget  # stage 0: the request as the upstream receives it (origin, path, each header once)
     router: Router  # which policy a request falls under
     presented: PresentedCertificate  # stage 1b: which client certificate counts
     trusted: TrustedProxies  # who may describe the request (certificate, original request, policy name)
@@ -58,6 +60,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
                          revocations=Revocations(config.events.max_revocations, config.events.remember,
                                                  time.monotonic), index=revocations_heard(config)),
         policies=policies,
+        target=RequestTarget(config.routing, trusted, choosing=bool(config.policies or config.routes)),
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=presented,
         trusted=trusted,

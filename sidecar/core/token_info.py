@@ -58,8 +58,10 @@ class TokenInfo:
 
     @property
     def cnf_method(self) -> str | None:
-        """How the token is sender-constrained: ``mtls`` (RFC 8705) or ``dpop`` (RFC 9449)."""
-        return "mtls" if self.cnf_x5t_s256 is not None else "dpop" if self.cnf_jkt is not None else None
+        """How the token is sender-constrained: ``mtls`` (RFC 8705), ``dpop`` (RFC 9449) or both
+        (``dpop mtls``: the decision verifies both)."""
+        methods = " ".join(m for m, held in (("dpop", self.cnf_jkt), ("mtls", self.cnf_x5t_s256)) if held is not None)
+        return methods or None
 
 
 INACTIVE = TokenInfo(active=False)

@@ -7,8 +7,10 @@ An answer is one of:
 - the token's cache :class:`~sidecar.core.entry.Entry` (an allow: its
   :class:`~sidecar.core.headers.CredentialHeaders` were built at fill, so a cache hit allocates
   nothing here);
-- :class:`Removing`: an allow whose request carried client copies of credential headers that the
-  answer does not set, named for the proxy to remove (``response.forged_headers = "remove"``);
+- :class:`Allow`: an allow that carries more than the token's headers: client copies of
+  credential headers the answer does not set, named for the proxy to remove
+  (``response.forged_headers = "remove"``), and for a DPoP-bound token with ``dpop.nonce`` the
+  current nonce for the client (RFC 9449 §9: ``DPoP-Nonce`` on 200 as on 401);
 - a :class:`~sidecar.fronts.render.RenderedDenial`: status, challenge and body, rendered once per
   kind of denial and reused.
 
@@ -38,17 +40,20 @@ EXPIRES = istr("X-Accel-Expires")  # nginx: how long proxy_cache may keep the an
 NEVER = "0"
 
 
-class Removing:
-    """An allow that also asks the proxy to remove ``names`` (only requests with forged copies pay)."""
+class Allow:
+    """An allow that also asks the proxy to remove ``names`` and/or hands the client a DPoP ``nonce``
+    (only requests with forged copies, and DPoP requests with ``dpop.nonce``, pay for it); it is
+    this request's own answer (never for a proxy's decision cache)."""
 
-    __slots__ = ("headers", "names")
+    __slots__ = ("headers", "names", "nonce")
 
-    def __init__(self, headers: CredentialHeaders, names: tuple[str, ...]) -> None:
+    def __init__(self, headers: CredentialHeaders, names: tuple[str, ...], nonce: str | None = None) -> None:
         self.headers = headers
         self.names = names
+        self.nonce = nonce
 
 
-Answer = Entry | Removing | RenderedDenial
+Answer = Entry | Allow | RenderedDenial
 
 
 class EdgeTtl:
@@ -84,7 +89,8 @@ class EdgeTtl:
 
 
 class Edge:
-    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "expires", "removals")
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_nonces", "_proof_algs", "_realm", "expires",
+                 "removals")
 
     def __init__(self, decider: Decider, realm: str, invalid_request_status: int, edge_ttl: int = 0) -> None:
         self._decider = decider
@@ -92,7 +98,8 @@ class Edge:
         self._realm = realm
         self._invalid_request_status = invalid_request_status  # server.invalid_request_status
         self._proof_algs = decider.proof_algs
-        self._denied: Memo[tuple[type, str, str | None, int, bool], RenderedDenial] = Memo(MEMO_SIZE)
+        self._nonces = decider.nonces  # dpop.nonce: handed to every DPoP request, allowed or denied
+        self._denied: Memo[tuple[type, str, str | None, int, bool, str | None], RenderedDenial] = Memo(MEMO_SIZE)
         self.removals = decider.policies.headers.removals  # response.remove_upstream_headers, lower case
 
     def answer_now(self, request: CheckRequest) -> Answer | Pending:
@@ -114,16 +121,20 @@ class Edge:
     def _render(self, decided: Decided, request: CheckRequest) -> Answer:
         if isinstance(decided, Deny):
             return self._denial(decided)
-        if request.forged and (names := unset(decided.headers, request.forged)):
-            return Removing(decided.headers, names)
+        # A DPoP-bound token was allowed only with a verified proof: its client gets the nonce.
+        nonce = None if self._nonces is None or decided.info.cnf_jkt is None else self._nonces.current()
+        names = unset(decided.headers, request.forged) if request.forged else ()
+        if names or nonce is not None:
+            return Allow(decided.headers, names, nonce)
         return decided
 
     def _denial(self, deny: Deny) -> RenderedDenial:
         denial = deny.denial
-        key = (type(denial), denial.reason, denial.scope, denial.retry_after, deny.dpop_scheme)
+        nonce = self._nonces.current() if self._nonces is not None and deny.dpop_scheme else None
+        key = (type(denial), denial.reason, denial.scope, denial.retry_after, deny.dpop_scheme, nonce)
         rendered = self._denied.get(key)
-        if rendered is None:
+        if rendered is None:  # a new nonce every quarter of dpop.nonce_lifetime: a few kinds more each time
             rendered = self._denied.put(key, render_denial(
                 denial, self._realm, self._invalid_request_status, proof_algs=self._proof_algs,
-                dpop_scheme=deny.dpop_scheme))
+                dpop_scheme=deny.dpop_scheme, nonce=nonce))
         return rendered

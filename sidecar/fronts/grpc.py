@@ -17,7 +17,8 @@ It only translates (answer.py is the edge): a ``CheckRequest`` proto into the co
 - allow: ``status`` OK and ``ok_response.headers`` with every credential header set with
   ``OVERWRITE_IF_EXISTS_OR_ADD`` (the proto default appends to a client-sent copy), plus
   ``headers_to_remove`` from ``response.remove_upstream_headers``, plus every client-sent name in the
-  credential namespace the answer does not set (``response.forged_headers``, fronts/forged.py).
+  credential namespace the answer does not set (``response.forged_headers``, fronts/forged.py), plus
+  the DPoP nonce for the client in ``response_headers_to_add`` (``dpop.nonce``, RFC 9449 §9).
 - deny: ``denied_response`` (HTTP status, ``WWW-Authenticate``, JSON body) and ``status``
   UNAUTHENTICATED (401), PERMISSION_DENIED (403), INVALID_ARGUMENT (400) or UNAVAILABLE (503).
   Envoy treats every non-OK ``status`` as a denial and sends ``denied_response`` to the client,
@@ -49,9 +50,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sidecar.core.headers import REMOVE_HEADER, CredentialHeaders
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import Edge, Removing
+from sidecar.fronts.answer import Allow, Edge
 from sidecar.fronts.forged import ForgedHeaders
-from sidecar.fronts.render import RenderedDenial
+from sidecar.fronts.render import NONCE_HEADER, RenderedDenial
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
@@ -110,8 +111,8 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             answer = await self._edge.answer(facts, answer)
         if isinstance(answer, RenderedDenial):
             return self._deny(answer)
-        if isinstance(answer, Removing):  # Envoy drops the client's copies
-            return self._ok_response(answer.headers, answer.names)
+        if isinstance(answer, Allow):  # Envoy drops the client's copies; a DPoP client gets a nonce
+            return self._ok_response(answer.headers, answer.names, answer.nonce)
         return self._allow(answer.headers)
 
     def _read_headers(self, http: Any) -> tuple[list[str], list[str], list[str]]:
@@ -152,9 +153,10 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         self._ok.put(id(headers), (headers, response))  # holding headers keeps its id unique
         return response
 
-    def _ok_response(self, headers: CredentialHeaders, removals: tuple[str, ...]) -> Any:
+    def _ok_response(self, headers: CredentialHeaders, removals: tuple[str, ...], nonce: str | None = None) -> Any:
         ok = pb.OkHttpResponse(headers=_options((k, v) for k, v in headers.items() if k != REMOVE_HEADER),
-                               headers_to_remove=[*self._edge.removals, *removals])
+                               headers_to_remove=[*self._edge.removals, *removals],
+                               response_headers_to_add=_options(() if nonce is None else ((NONCE_HEADER, nonce),)))
         return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
 
     def _deny(self, rendered: RenderedDenial) -> Any:

@@ -6,13 +6,15 @@ headers, or 401/403/400 with an RFC 6750 challenge, or 429/503 with ``Retry-Afte
 
 The front only translates (answer.py is the edge): it hands the core every certificate header
 copy, the peer address, the forwarded client address, every ``DPoP`` header, the original request
-(nginx: ``X-Original-Method``, ``X-Original-URI``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``,
-``X-Forwarded-Uri``; Envoy: the check request's own method and path minus
-``routing.path_prefix``; ``Host``, ``X-Forwarded-Proto``), the policy the proxy names
-(``routing.policy_header``) and the names of any credential headers the client sent
-(fronts/forged.py), and writes the answer (an allow's removal list as Envoy's
-``x-envoy-auth-headers-to-remove``; on every answer ``X-Accel-Expires``, how long nginx's decision
-cache may keep it: answer.py). Whether any of it counts (a trusted proxy) is the core's rule.
+as the upstream receives it (nginx: ``X-Original-Method``, ``X-Original-URI``, ``Host`` — the
+snippet sets ``$host``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``, ``X-Forwarded-Uri``,
+``X-Forwarded-Host``, as forwardAuth sends its own address as ``Host``; Envoy: the check request's
+own method and path minus ``routing.path_prefix``, ``Host``; each with ``X-Forwarded-Proto``), the
+policy the proxy names (``routing.policy_header``), the names of any credential headers the client
+sent (fronts/forged.py) and of any describing header that came twice (fronts/repeated.py), and
+writes the answer (an allow's removal list as Envoy's ``x-envoy-auth-headers-to-remove``, a DPoP
+nonce as ``DPoP-Nonce``; on every answer ``X-Accel-Expires``, how long nginx's decision cache may
+keep it: answer.py). Whether any of it counts (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import EXPIRES, NEVER, Edge, Removing
+from sidecar.fronts.answer import EXPIRES, NEVER, Allow, Edge
 from sidecar.fronts.forged import ForgedHeaders
-from sidecar.fronts.render import RenderedDenial, with_removals
+from sidecar.fronts.render import RenderedDenial, allow_pairs
+from sidecar.fronts.repeated import RepeatedHeaders
 from sidecar.runtime import Sidecar
 
 Handler = Callable[[BaseRequest], Awaitable[web.Response]]
@@ -42,6 +45,7 @@ def check_handler(sidecar: Sidecar) -> Handler:
     cert_header, source_header = config.client_cert.header, config.admission.source_header
     policy_header, path_prefix = config.routing.policy_header, config.routing.path_prefix
     forged_headers = ForgedHeaders(config.response.prefix)
+    repeated_headers = RepeatedHeaders(policy_header, source_header)
 
     async def check(request: BaseRequest) -> web.Response:
         if not request.raw_path.startswith("/"):  # authority-form (CONNECT) or "*": never a check
@@ -50,16 +54,17 @@ def check_handler(sidecar: Sidecar) -> Handler:
         method: str | None
         path: str | None
         if (uri := headers.get("X-Original-URI")) is not None:  # nginx auth_request: the check location sets it
-            method, path = headers.get("X-Original-Method"), uri
+            method, path, host = headers.get("X-Original-Method"), uri, headers.get("Host")
         elif (uri := headers.get("X-Forwarded-Uri")) is not None:  # Traefik, Caddy, HAProxy (deploy/haproxy)
-            method, path = headers.get("X-Forwarded-Method"), uri
+            method, path, host = headers.get("X-Forwarded-Method"), uri, headers.get("X-Forwarded-Host")
         else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
-            method, path = request.method, _original_path(request.raw_path, path_prefix)
+            method, path, host = request.method, _original_path(request.raw_path, path_prefix), headers.get("Host")
         facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
                              request.remote, forwarded=headers.get(source_header), method=method, path=path,
-                             host=headers.get("Host"), scheme=headers.get("X-Forwarded-Proto"),
+                             host=host, scheme=headers.get("X-Forwarded-Proto"),
                              policy=headers.get(policy_header), dpop_proofs=headers.getall("DPoP", ()),
-                             forged=forged_headers.in_raw(request.raw_headers))
+                             forged=forged_headers.in_raw(request.raw_headers),
+                             repeated=repeated_headers.in_headers(headers))
         answer = edge.answer_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(answer, Pending):
             answer = await edge.answer(facts, answer)
@@ -67,8 +72,8 @@ def check_handler(sidecar: Sidecar) -> Handler:
             denied = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
             denied.headers[EXPIRES] = NEVER
             return denied
-        if isinstance(answer, Removing):  # Envoy drops the client's copies; the answer is this request's own
-            return web.Response(headers=[*with_removals(answer.headers, answer.names), (EXPIRES, NEVER)])
+        if isinstance(answer, Allow):  # Envoy drops the client's copies; a DPoP client gets a nonce
+            return web.Response(headers=[*allow_pairs(answer.headers, answer.names, answer.nonce), (EXPIRES, NEVER)])
         # A tuple: aiohttp's CIMultiDict is built faster from a sized sequence than from the zip itself.
         return web.Response(headers=(*answer.headers.pairs(), (EXPIRES, edge.expires(answer))))
 

@@ -1,7 +1,8 @@
 """How a decision is rendered to the proxy, the same for every front: an RFC 6750 §3
 ``WWW-Authenticate: Bearer`` challenge with a small JSON body on deny — with DPoP on, also the
-RFC 9449 §7.1 ``DPoP`` challenge (``algs``), the error going to the scheme the request used — and
-on allow the removal list for client-sent credential headers (fronts/forged.py).
+RFC 9449 §7.1 ``DPoP`` challenge (``algs``), the error going to the scheme the request used, and
+with ``dpop.nonce`` the current server nonce in ``DPoP-Nonce`` for a DPoP request (§9) — and on
+allow the removal list for client-sent credential headers (fronts/forged.py) and the nonce.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ def unset(headers: Mapping[str, str], forged: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in forged if name not in headers)
 
 
-def with_removals(headers: CredentialHeaders, names: Sequence[str]) -> list[tuple[str, str]]:
-    """An allow's headers with ``names`` added to ``x-envoy-auth-headers-to-remove``."""
-    listed = headers.get(REMOVE_HEADER)
-    pairs: list[tuple[str, str]] = [(k, v) for k, v in headers.pairs() if k != REMOVE_HEADER]
-    pairs.append((REMOVE_HEADER, ", ".join([listed, *names] if listed else names)))
+NONCE_HEADER = "DPoP-Nonce"  # RFC 9449 §8.1, §9
+
+
+def allow_pairs(headers: CredentialHeaders, names: Sequence[str], nonce: str | None) -> list[tuple[str, str]]:
+    """An allow's headers with ``names`` added to ``x-envoy-auth-headers-to-remove`` and the DPoP
+    nonce (for the client: the proxy hands it on, never to the upstream)."""
+    if names:
+        listed = headers.get(REMOVE_HEADER)
+        pairs: list[tuple[str, str]] = [(k, v) for k, v in headers.pairs() if k != REMOVE_HEADER]
+        pairs.append((REMOVE_HEADER, ", ".join([listed, *names] if listed else names)))
+    else:
+        pairs = list(headers.pairs())
+    if nonce is not None:
+        pairs.append((NONCE_HEADER, nonce))
     return pairs
 
 
@@ -77,13 +87,16 @@ class RenderedDenial:
 
 
 def render_denial(denial: Denial, realm: str, invalid_request_status: int = 400, *,
-                  proof_algs: str | None = None, dpop_scheme: bool = False) -> RenderedDenial:
+                  proof_algs: str | None = None, dpop_scheme: bool = False, nonce: str | None = None) -> RenderedDenial:
     """The one rendering of a denial, shared by the HTTP front and the gRPC ext_authz front.
 
     ``invalid_request_status`` (``server.invalid_request_status``) replaces 400, which nginx
-    would turn into 500. ``proof_algs``/``dpop_scheme``: see :func:`deny_headers`.
+    would turn into 500. ``proof_algs``/``dpop_scheme``: see :func:`deny_headers`; ``nonce``: the
+    current DPoP nonce, sent in ``DPoP-Nonce``.
     """
     status = invalid_request_status if denial.status == 400 else denial.status
     headers = deny_headers(denial, realm, proof_algs=proof_algs, dpop_scheme=dpop_scheme)
     headers["Content-Type"] = "application/json"
+    if nonce is not None:
+        headers[NONCE_HEADER] = nonce
     return RenderedDenial(status, headers, deny_body(denial), denial.reason)

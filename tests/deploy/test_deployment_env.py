@@ -54,7 +54,8 @@ async def test_the_sidecar_runs_from_the_rendered_configmap_alone(
 
     token = idp.mint("alice", cnf=pki.alice.x5t_s256, aud=env["SIDECAR_POLICY__AUDIENCES"])  # the API's identifier
     async with running_sidecar(env, *container["args"]) as process, aiohttp.ClientSession() as client:
-        auth = {"Authorization": f"Bearer {token}"}
+        # What the pod's proxy says about the original request: the API's public origin (routing.origins).
+        auth = {"Authorization": f"Bearer {token}", "Host": "api.example.com", "X-Forwarded-Proto": "https"}
         async with client.get(process.check_url, headers={**auth, header: presented(pki.alice.cert_pem)}) as ok:
             assert ok.status == 200 and ok.headers["x-credential-sub"] == "alice"
         async with client.get(process.check_url, headers={**auth, header: presented(pki.bob.cert_pem)}) as bad:

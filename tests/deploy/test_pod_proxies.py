@@ -338,6 +338,7 @@ async def test_the_nginx_pod_as_rendered_passes_a_bound_token_with_its_credentia
     (sidecar,) = pod_spec("nginx")["initContainers"]
     upstream = EchoUpstream()
     nginx = PodNginx(pki, int(env["SIDECAR_SERVER__PORT"]), upstream.port)
+    env["SIDECAR_ROUTING__ORIGINS"] = f"https://127.0.0.1:{nginx.port}"  # the deployment's public origin
     token = idp.mint("alice", cnf=pki.alice.x5t_s256, aud=env["SIDECAR_POLICY__AUDIENCES"])  # the API's identifier
 
     async def call(cert: tuple[Path, Path] | None, headers: dict[str, str]) -> Reply:

@@ -1,5 +1,7 @@
-"""Property tests: no DPoP header, proof header or payload a client writes makes the proof check
-raise anything but a denial (RFC 9449 §4.3 failures are 401 ``invalid_dpop_proof``, never a 500)."""
+"""Property tests: no DPoP header, proof header, payload or nonce a client writes makes the proof
+check raise anything but a denial (RFC 9449 §4.3 failures are 401 ``invalid_dpop_proof``, §9 nonce
+failures 401 ``use_dpop_nonce``, never a 500); no host or path a proxy passes on makes the target
+stage raise."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.config import DpopConfig
+from sidecar.config import DpopConfig, RoutingConfig
 from sidecar.core.dpop import ProofVerifier, access_token_hash
-from sidecar.core.errors import InvalidDpopProof
+from sidecar.core.errors import Denial, InvalidDpopProof, UseDpopNonce
+from sidecar.core.extract import TrustedProxies
 from sidecar.core.htu import normalize
 from sidecar.core.replay import LocalReplayStore
+from sidecar.core.request import CheckRequest
+from sidecar.core.target import RequestTarget
 from tests.support.dpop_proof import DpopKey
 
 pytestmark = pytest.mark.dpop
@@ -34,7 +39,7 @@ def segment(value: Any) -> str:
 
 def refused(proofs: list[str]) -> None:
     with pytest.raises(InvalidDpopProof):
-        VERIFIER.verify(proofs, jkt=KEY.jkt, ath=access_token_hash("t"), method="GET", uri=URL)
+        VERIFIER.verify(proofs, jkt=KEY.jkt, ath=access_token_hash("t"), method="GET", uris=(URL,))
 
 
 @given(st.lists(st.text(max_size=300), max_size=3))
@@ -57,3 +62,28 @@ def test_any_jwk_in_an_otherwise_valid_proof_is_refused_as_a_denial(jwk: Any) ->
 def test_normalize_returns_a_string_or_none_for_any_text(uri: str) -> None:
     normal = normalize(uri)
     assert normal is None or (normal.startswith(("http://", "https://")) and normalize(normal) == normal)
+
+
+NONCES = ProofVerifier(DpopConfig(enabled=True, nonce="required"), LocalReplayStore(100_000))
+
+
+@given(json_values)
+def test_any_nonce_claim_is_refused_as_use_dpop_nonce(nonce: Any) -> None:
+    proof = KEY.proof("GET", URL, "t", claims={"nonce": nonce})
+    with pytest.raises(UseDpopNonce):
+        NONCES.verify([proof], jkt=KEY.jkt, ath=access_token_hash("t"), method="GET", uris=(URL,))
+
+
+TARGET = RequestTarget(RoutingConfig(origins=("https://api.example", "https://api.example:8443")),
+                       TrustedProxies(["127.0.0.1/32"]), choosing=True)
+
+
+@given(st.one_of(st.none(), st.text(max_size=80)), st.one_of(st.none(), st.text(max_size=8)),
+       st.one_of(st.none(), st.text(max_size=200)))
+def test_any_host_scheme_and_path_give_a_verdict_and_target_uris_never_an_exception(
+        host: str | None, scheme: str | None, path: str | None) -> None:
+    request = CheckRequest([], (), "127.0.0.1", method="GET", path=path, host=host, scheme=scheme)
+    verdict = TARGET.check(request)
+    assert verdict is None or isinstance(verdict, Denial)
+    uris = TARGET.uris(request)
+    assert verdict is not None or not uris or all(u.startswith("https://api.example") for u in uris)

@@ -158,7 +158,8 @@ async def test_an_xfcc_with_a_chain_above_8kb_is_read(make_sidecar: MakeSidecar,
 async def test_xfcc_from_a_peer_outside_trusted_proxies_is_ignored(
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
 ) -> None:
-    running = await envoy_http(make_sidecar, client_cert={"trusted_proxies": ["10.0.0.0/8"]})
+    # Without routing.origins (the shipped file declares one, which an untrusted peer cannot vouch for).
+    running = await envoy_http(make_sidecar, client_cert={"trusted_proxies": ["10.0.0.0/8"]}, routing={"origins": []})
     response = await ask(running, alice_token(idp, pki), envoy_side.xfcc_element(pki.alice))
     assert response.status == 401 and (await response.json())["reason"] == "cert_missing"
 

@@ -92,9 +92,12 @@ async def test_the_peer_certificate_is_used_when_the_grpc_peer_is_trusted(
 async def test_neither_peer_certificate_nor_xfcc_counts_from_an_untrusted_grpc_peer(
     start_grpc: StartGrpc, idp: FakeIdp, pki: TestPki
 ) -> None:
-    g = await start_grpc(client_cert={"trusted_proxies": ["10.0.0.0/8"]})
     request = envoy_side.check_request(bound(idp, pki), peer_certificate=alice_pem(pki),
                                        xfcc=envoy_side.xfcc_element(pki.alice))
+    # The shipped sidecar-grpc.toml declares routing.origins, which an untrusted peer cannot vouch for.
+    g = await start_grpc(client_cert={"trusted_proxies": ["10.0.0.0/8"]})
+    assert '"reason":"origin_not_allowed"' in (await g.check(request)).denied_response.body
+    g = await start_grpc(client_cert={"trusted_proxies": ["10.0.0.0/8"]}, routing={"origins": []})
     answer = await g.check(request)
     assert answer.status.code == code_pb2.UNAUTHENTICATED
     assert answer.denied_response.status.code == 401 and '"reason":"cert_missing"' in answer.denied_response.body
@@ -133,7 +136,10 @@ async def test_raw_header_map_is_read_like_the_headers_map(start_grpc: StartGrpc
 
 
 async def test_an_empty_check_request_is_a_clean_denial(start_grpc: StartGrpc) -> None:
-    answer = await (await start_grpc()).check(pb.CheckRequest())
+    answer = await (await start_grpc()).check(pb.CheckRequest())  # no host: not a declared origin
+    assert answer.status.code == code_pb2.PERMISSION_DENIED and answer.denied_response.status.code == 403
+    assert '"reason":"origin_not_allowed"' in answer.denied_response.body
+    answer = await (await start_grpc(routing={"origins": []})).check(pb.CheckRequest())
     assert answer.status.code == code_pb2.UNAUTHENTICATED and answer.denied_response.status.code == 401
     (challenge,) = [h.header.value for h in answer.denied_response.headers if h.header.key == "WWW-Authenticate"]
     assert challenge == 'Bearer realm="api"'

@@ -255,6 +255,7 @@ class EnvoyFront:
                                          grpc=mode.startswith("grpc"))
         self.envoy = Envoy(envoy_file, pki, upstream=self.upstream.port, check=self.sidecar.port,
                            admin=self.sidecar.admin_port, grpc=self.sidecar.grpc_port)
+        self.sidecar.env.setdefault("SIDECAR_ROUTING__ORIGINS", self.envoy.url)  # Envoy's public origin
 
     def start(self) -> EnvoyFront:
         try:

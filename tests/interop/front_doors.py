@@ -190,16 +190,18 @@ FRONTS: dict[str, type[Front]] = {"traefik": Traefik, "caddy": Caddy, "haproxy":
 
 def start_front_stack(name: str, idp: OidcProvider, log_dir: Path, *,
                       client_files: Mapping[str, tuple[Path, Path]],
-                      overrides: Mapping[str, str] | None = None) -> FrontStack:
+                      overrides: Mapping[str, str] | None = None, config: Path | None = None) -> FrontStack:
+    """``config``: the sidecar's file (default: the front's shipped ``sidecar.toml``)."""
     upstream = EchoUpstream()
     # A front closing an idle keep-alive connection to it (HAProxy on stop) is no error here.
     upstream.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    sidecar = FrontSidecar(idp, log_dir, DEPLOY / name / "sidecar.toml", overrides or {})
+    sidecar = FrontSidecar(idp, log_dir, config or DEPLOY / name / "sidecar.toml", overrides or {})
     pki = idp.pki
     front = FRONTS[name]({
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),
         "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}",
     })
+    sidecar.env.setdefault("SIDECAR_ROUTING__ORIGINS", front.url)  # the front's public origin
     stack = FrontStack(idp, sidecar, front, upstream, client_files)
     try:
         sidecar.start()

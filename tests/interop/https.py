@@ -4,6 +4,7 @@ presenting the given client certificate (or none), verifying the server against 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPSConnection
@@ -57,8 +58,9 @@ def request(
         path += "?" + parts.query
     try:
         if repeated:
-            connection.putrequest(method, path)
-            for name, value in [*sent.items(), *repeated]:
+            every = [*sent.items(), *repeated]
+            connection.putrequest(method, path, skip_host=any(k.lower() == "host" for k, _ in every))
+            for name, value in every:
                 connection.putheader(name, value)
             connection.endheaders(body.encode() if body is not None else None)
         else:
@@ -68,3 +70,24 @@ def request(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
     finally:
         connection.close()
+
+
+def raw_request(url: str, target: bytes, *, ca_file: Path, headers: list[tuple[str, str]],
+                cert: tuple[Path, Path] | None = None, method: str = "GET", timeout: float = 10.0) -> Reply:
+    """One request with ``target`` sent as is on the request line (an absolute-form URI, raw
+    non-ASCII bytes), to the server of ``url``; ``headers`` as given (Host among them, or none)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    lines = [method.encode() + b" " + target + b" HTTP/1.1"]
+    lines += [f"{name}: {value}".encode("latin-1") for name, value in [*headers, ("Connection", "close")]]
+    context = tls_context(ca_file, cert)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as plain, \
+            context.wrap_socket(plain, server_hostname=parts.hostname) as tls:
+        tls.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    answered = dict(line.split(":", 1) for line in header_lines)
+    return Reply(int(status_line.split(" ", 2)[1]), {k.strip().lower(): v.strip() for k, v in answered.items()}, body)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.interop.https import Reply, request
 from tests.interop.nginx import DEPLOY, Nginx
@@ -130,8 +131,11 @@ class SidecarProcess:
         return request(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
 
     def check(self, headers: Mapping[str, str]) -> Reply:
-        """A check straight to the sidecar, as nginx's subrequest would make it."""
-        return request(f"http://127.0.0.1:{self.port}/_sidecar_check", headers=dict(headers), timeout=10)
+        """A check straight to the sidecar, as nginx's subrequest would make it: for the declared
+        public origin (``Host: $host``, ``X-Forwarded-Proto: $scheme``) unless ``headers`` say otherwise."""
+        origin = urlsplit(self.env.get("SIDECAR_ROUTING__ORIGINS", "").split(",")[0])
+        described = {"Host": origin.hostname or "", "X-Forwarded-Proto": origin.scheme} if origin.scheme else {}
+        return request(f"http://127.0.0.1:{self.port}/_sidecar_check", headers={**described, **headers}, timeout=10)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of ``name`` whose labels include ``labels`` (0 when none)."""
@@ -191,6 +195,8 @@ def start_stack(idp: OidcProvider, log_dir: Path, *, template: str = "api.conf.t
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),
         "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}", **(values or {}),
     })
+    # The public origin is nginx's own, as a deployment declares its own in routing.origins.
+    sidecar.env.setdefault("SIDECAR_ROUTING__ORIGINS", nginx.url)
     stack = Stack(idp, sidecar, nginx, upstream, client_files or {})
     try:
         sidecar.start()

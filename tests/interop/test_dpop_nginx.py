@@ -91,10 +91,10 @@ def test_a_dpop_bound_token_sent_as_bearer_is_refused_and_both_challenges_are_of
     assert reply.status == 401
     challenge = reply.headers["www-authenticate"]
     assert challenge.startswith('Bearer realm="api", error="invalid_token"')
-    assert 'DPoP realm="api", algs="ES256 ES384 EdDSA PS256 RS256"' in challenge
+    assert 'DPoP realm="api", algs="ES256 ES384 Ed25519 EdDSA PS256 RS256"' in challenge
     assert denials(stack, "dpop_scheme_required") == before + 1
     assert stack.call().headers["www-authenticate"] == ('Bearer realm="api", DPoP realm="api", '
-                                                        'algs="ES256 ES384 EdDSA PS256 RS256"')
+                                                        'algs="ES256 ES384 Ed25519 EdDSA PS256 RS256"')
 
 
 Hostile = Callable[[Stack, str, DpopKey], tuple[str | None, dict[str, object]]]

@@ -167,6 +167,7 @@ def envoy_side(oidc: OidcProvider, pki: TestPki, client_files: dict[str, tuple[P
                                 identity_env(deployment.key_file, deployment.jwks_file), grpc=False)
     guard = UpstreamEnvoy(upstream=upstream.port, sidecar_admin=sidecar.admin_port)
     front = Envoy("envoy-http.yaml", pki, upstream=guard.port, check=sidecar.port, admin=sidecar.admin_port)
+    sidecar.env["SIDECAR_ROUTING__ORIGINS"] = front.url  # the front's public origin (routing.origins)
     chain = EnvoyChain(sidecar, front, guard, upstream, pki, client_files)
     try:
         sidecar.start()

@@ -4,7 +4,9 @@ sidecar running deploy/istio/sidecar.toml and the real OpenID provider.
 No Istio control plane runs here, so istiod's part is modelled: :func:`ext_authz_filter` renders a
 provider the way istiod does (pilot/pkg/security/authz/builder/extauthz.go: the HTTP provider's
 ``includeRequestHeadersInCheck`` → ``allowed_headers``, ``*`` as a prefix/suffix match;
-``headersToUpstreamOnAllow`` → ``allowed_upstream_headers``; ``failOpen``, ``statusOnError``,
+``headersToUpstreamOnAllow`` → ``allowed_upstream_headers``; ``headersToDownstreamOnDeny`` →
+``allowed_client_headers``, ``headersToDownstreamOnAllow`` → ``allowed_client_headers_on_success``;
+``failOpen``, ``statusOnError``,
 ``pathPrefix``, ``timeout``; the gRPC provider → ``envoy_grpc``), and the gateway is a mutual-TLS
 listener with Istio's XFCC (``SANITIZE_SET``; Hash, Subject, URI, DNS and no Cert). What is real:
 Envoy's ext_authz filter, the sidecar, the IdP, the certificates.
@@ -25,6 +27,7 @@ import pytest
 from tests.interop.envoy import ConfiguredSidecar, Envoy, EnvoyFront
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import EchoUpstream
+from tests.support.dpop_proof import DpopKey
 from tests.support.pki_fixtures import TestPki
 from tests.support.ports import free_port
 from tests.unit.test_deploy_istio import ISTIO_DIR, providers
@@ -82,6 +85,7 @@ def ext_authz_filter(provider: Mapping[str, Any]) -> dict[str, Any]:
                 "authorization_response": {
                     "allowed_upstream_headers": matchers(http["headersToUpstreamOnAllow"]),
                     "allowed_client_headers": matchers(http["headersToDownstreamOnDeny"]),
+                    "allowed_client_headers_on_success": matchers(http.get("headersToDownstreamOnAllow", [])),
                 },
             },
         }
@@ -157,6 +161,7 @@ class IstioFront(EnvoyFront):
         self.sidecar = ConfiguredSidecar(ISTIO_DIR / "sidecar.toml", oidc.issuer, pki, log_dir, DEPLOYMENT, grpc=True)
         port = self.sidecar.grpc_port if "envoyExtAuthzGrpc" in provider else self.sidecar.port
         self.envoy = IstioGateway(provider, pki, upstream=self.upstream.port, sidecar=port)
+        self.sidecar.env["SIDECAR_ROUTING__ORIGINS"] = self.envoy.url  # the gateway's public origin
 
 
 @pytest.fixture(scope="module", params=["sidecar-grpc", "sidecar-http"])
@@ -172,7 +177,7 @@ def test_the_model_renders_every_field_the_shipped_providers_set() -> None:
     modelled = {"envoyExtAuthzGrpc": {"service", "port", "timeout", "failOpen", "statusOnError"},
                 "envoyExtAuthzHttp": {"service", "port", "timeout", "failOpen", "statusOnError", "pathPrefix",
                                       "includeRequestHeadersInCheck", "headersToUpstreamOnAllow",
-                                      "headersToDownstreamOnDeny"}}
+                                      "headersToDownstreamOnDeny", "headersToDownstreamOnAllow"}}
     for provider in providers().values():
         (kind,) = set(provider) - {"name"}
         assert set(provider[kind]) <= modelled[kind], provider["name"]
@@ -242,3 +247,29 @@ def test_without_the_sidecars_removal_list_the_gateway_would_pass_a_forged_name(
         assert control.upstream.last.header("x-credential-tenant") == "forged"
     finally:
         control.stop()
+
+
+@pytest.mark.dpop
+def test_a_dpop_client_gets_its_nonce_through_the_gateway_on_401_and_on_200(
+    front: IstioFront, oidc: OidcProvider, tmp_path: Path
+) -> None:
+    """deploy/istio/sidecar.toml with DPoP on and nonces required (RFC 9449 §9): the providers hand
+    dpop-nonce to the client (HTTP: headersToDownstreamOnDeny / OnAllow; gRPC: denied_response,
+    response_headers_to_add), never to the upstream."""
+    nonced = IstioFront(front.mode, oidc, front.pki, tmp_path, front.client_files)
+    nonced.sidecar.env.update({"SIDECAR_DPOP__ENABLED": "true", "SIDECAR_DPOP__NONCE": "required"})
+    nonced.start()
+    try:
+        dave = DpopKey()
+        token = oidc.access_token("dave", dpop=dave)
+        url = nonced.envoy.url + "/orders/42"
+        first = nonced.call(None, "bob", headers={"Authorization": f"DPoP {token}",
+                                                  "DPoP": dave.proof("GET", url, token)})
+        assert first.status == 401 and "dpop-nonce" in first.headers, (first.status, nonced.diagnostics())
+        proof = dave.proof("GET", url, token, nonce=first.headers["dpop-nonce"])
+        second = nonced.call(None, "bob", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert second.status == 200 and second.headers.get("dpop-nonce"), (second.status, nonced.diagnostics())
+        assert nonced.upstream.last.header("dpop-nonce") is None
+        assert nonced.upstream.last.header("x-credential-cnf-jkt") == dave.jkt
+    finally:
+        nonced.stop()

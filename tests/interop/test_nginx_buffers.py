@@ -102,7 +102,9 @@ def test_the_bound_is_the_answer_limit_when_values_at_the_maximum_would_exceed_i
 def bulky_claims_config() -> dict[str, str]:
     """The sidecar keeps every bulky claim, at the largest value length it allows."""
     claims = ",".join(f"{name}={name.replace('_', '-')}" for name in BULKY_CLAIMS if name.startswith("bulky_"))
-    return {"SIDECAR_RESPONSE__CLAIMS": claims, "SIDECAR_RESPONSE__MAX_VALUE_LENGTH": str(largest_max_value_length())}
+    # nginx sends $host (no port): the one origin stands for every nginx this module starts.
+    return {"SIDECAR_RESPONSE__CLAIMS": claims, "SIDECAR_RESPONSE__MAX_VALUE_LENGTH": str(largest_max_value_length()),
+            "SIDECAR_ROUTING__ORIGINS": "https://127.0.0.1"}
 
 
 def with_claim_headers(nginx: Nginx) -> None:
@@ -165,7 +167,8 @@ def answer_head(sidecar: SidecarProcess, token: str, issued: Issued) -> bytes:
     from urllib.parse import quote
 
     with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
-        sock.sendall(f"GET /_sidecar_check HTTP/1.1\r\nHost: s\r\nConnection: close\r\n"
+        sock.sendall(f"GET /_sidecar_check HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+                     "Connection: close\r\n"
                      f"Authorization: Bearer {token}\r\n"
                      f"X-Client-Cert: {quote(issued.cert_pem.decode(), safe='')}\r\n\r\n".encode())
         data = b""

@@ -72,3 +72,17 @@ def test_a_client_cannot_reach_a_laxer_envoy_route(front: EnvoyFront, tokens: di
     answer = front.call(tokens["carol"], "alice", path=path, headers={"X-Sidecar-Policy": "health"})
     assert answer.status in (400, 401), (answer.status, answer.body)
     assert front.upstream.received == [] or front.upstream.last.path != path
+
+
+# Targets Envoy's normalize_path leaves alone (a %25, percent-encoded non-ASCII): Envoy routes them
+# under /health (policy health) and the upstream receives them as they are (issue 22, case 2).
+@pytest.mark.parametrize("path", ["/health/%252e%252e/admin/users", "/health/%e2%80%a5/admin/users",
+                                  "/health/%EF%BC%8E%EF%BC%8E/admin/users"])
+def test_a_target_with_two_meanings_never_reaches_the_upstream_under_the_policy_the_route_names(
+        front: EnvoyFront, tokens: dict[str, str], path: str) -> None:
+    reached = len(front.upstream.received)
+    before = front.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="path_invalid")
+    answer = front.call(tokens["carol"], "alice", path=path)
+    assert answer.status == 400 and b'"path_invalid"' in answer.body, (answer.status, answer.body, front.diagnostics())
+    assert len(front.upstream.received) == reached
+    assert front.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="path_invalid") == before + 1

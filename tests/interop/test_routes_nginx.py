@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.https import raw_request, request
 from tests.interop.nginx import DEPLOY
 from tests.interop.oidc_idp import JWT_RESOURCE, OPAQUE_RESOURCE, OidcProvider
 from tests.interop.stack import Stack, start_stack
@@ -113,3 +114,58 @@ def test_a_location_naming_an_unknown_policy_is_denied_and_logged(stack: Stack, 
                                   "X-Original-URI": "/orders/1", "X-Original-Method": "GET"})
     assert answer.status == 403 and b'"policy_unknown"' in answer.body
     assert '"reason":"policy_unknown"' in stack.sidecar.logs()
+
+
+# Targets nginx reads one way and an upstream another (issue 22, case 2): nginx picks
+# `location /health` (policy health: any active token, binding off) on its own normalized reading,
+# and proxy_pass sends the raw target upstream, where it means /admin/users.
+AMBIGUOUS = [
+    b"/health/%252e%252e/admin/users",         # an upstream that decodes twice
+    b"/health/x/..;/../admin/users",            # Tomcat: ..; is .., nginx: a segment named ..;
+    b"/health/..\\admin/users",                 # Windows-style normalizers: \ is /
+    "/health/\u2025/admin/users".encode(),      # NFKC: the two-dot leader is ..
+    b"/health/%e2%80%a5/admin/users",
+    b"/health;x/../admin/users",
+]
+
+
+@pytest.mark.parametrize("target", AMBIGUOUS, ids=[t.decode(errors="replace") for t in AMBIGUOUS])
+def test_a_target_with_two_meanings_never_reaches_the_upstream_under_the_policy_nginx_names(
+        stack: Stack, tokens: dict[str, str], oidc: OidcProvider, target: bytes) -> None:
+    """carol's unbound token passes /health only: under the name nginx sends, the sidecar judges
+    the raw target the upstream receives and refuses the ambiguous ones (path_invalid, answered
+    401 for nginx: server.invalid_request_status)."""
+    reached, before = len(stack.upstream.received), stack.sidecar.metric(
+        "sidecar_decisions_total", outcome="deny", reason="path_invalid")
+    reply = raw_request(stack.nginx.url, target, ca_file=oidc.pki.ca_file,
+                        headers=[("Host", "127.0.0.1"), ("Authorization", f"Bearer {tokens['carol']}")])
+    assert reply.status in (400, 401), (reply.status, stack.diagnostics())
+    assert len(stack.upstream.received) == reached, stack.upstream.last.path
+    if reply.status == 401:  # the sidecar's answer (nginx itself refuses some targets with 400)
+        assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="path_invalid") == before + 1
+
+
+def test_the_same_token_passes_health_with_a_target_that_has_one_meaning(
+        stack: Stack, tokens: dict[str, str], oidc: OidcProvider) -> None:
+    reply = raw_request(stack.nginx.url, b"/health/x/../live?probe=1", ca_file=oidc.pki.ca_file,
+                        headers=[("Host", "127.0.0.1"), ("Authorization", f"Bearer {tokens['carol']}")])
+    assert reply.status == 200 and stack.upstream.last.path == "/health/x/../live?probe=1"
+
+
+def test_a_describing_header_sent_twice_to_the_sidecar_is_refused_whichever_copy_would_win(
+        stack: Stack, tokens: dict[str, str]) -> None:
+    """Issue 22, case 4: a check request with two copies of a header describing the request
+    (nginx sets one; a second one can only come from a client through a front that passes it on)."""
+    auth = {"Authorization": f"Bearer {tokens['read']}", "X-Original-Method": "GET", "X-Original-URI": "/health",
+            "X-Sidecar-Policy": "health", "Host": "127.0.0.1", "X-Forwarded-Proto": "https"}
+    for name, second in [("X-Sidecar-Policy", "admin"), ("X-Original-URI", "/admin/users"),
+                         ("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-Proto", "http"), ("Host", "evil.test")]:
+        before = stack.sidecar.metric("sidecar_decisions_total", reason="request_header_duplicated")
+        first = [(name, auth.get(name, "198.51.100.7"))] if name not in auth else []
+        reply = request(f"http://127.0.0.1:{stack.sidecar.port}/_sidecar_check", headers=auth,
+                        repeated=[*first, (name, second)])
+        if name == "Host" and reply.status == 400 and b"request_header_duplicated" not in reply.body:
+            continue  # aiohttp's parser refuses a second Host itself (RFC 9112 §3.2): no decision at all
+        assert reply.status == 401 and b'"request_header_duplicated"' in reply.body, (name, reply.body)
+        assert stack.sidecar.metric("sidecar_decisions_total", reason="request_header_duplicated") == before + 1
+    assert request(f"http://127.0.0.1:{stack.sidecar.port}/_sidecar_check", headers=auth).status == 200

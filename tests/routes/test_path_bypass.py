@@ -1,8 +1,11 @@
-"""The path-bypass suite: ``/admin`` is never reached under the laxer rule for ``/``.
+"""The path-bypass suite: ``/admin`` is never reached under the laxer rule for ``/``, nor under a
+laxer policy the proxy names.
 
 Every attempt is either matched by the ``/admin`` rule (the upstream would serve ``/admin``) or
 denied as ``path_invalid`` (no single normalized form); a request for another path may fall under
-``/``. The table lists what an upstream would act on, and why.
+``/``. The table lists what an upstream would act on, and why. The same one check (core/target.py)
+runs whichever way the policy is chosen: a proxy that names ``public`` for a location it matched
+on its own reading of the path gets every ambiguous attempt refused as well.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from sidecar.config import PolicyConfig, RouteConfig, RoutingConfig
 from sidecar.core.extract import TrustedProxies
 from sidecar.core.policy import Policy
 from sidecar.core.request import CheckRequest
-from sidecar.core.routes import Router, UnsafePath, normalize_path
+from sidecar.core.routes import Router
+from sidecar.core.target import RequestTarget, UnsafePath, normalize_path
 
 pytestmark = pytest.mark.routes
 
@@ -37,10 +41,15 @@ ATTEMPTS = [
     ("/public/%2e/../admin", ADMIN),
     ("/%61dmin", ADMIN),                     # encoded letter
     ("/adm%69n/x", ADMIN),
-    ("/admin;jsessionid=1", ADMIN),          # Tomcat/Spring drop ;parameters
-    ("/admin;/users", ADMIN),
-    ("/public/..;/admin", ADMIN),            # Tomcat: ..;/ is ..
-    ("/public;x=1/../admin", ADMIN),
+    ("/admin;jsessionid=1", INVALID),        # Tomcat/Spring drop ;parameters, nginx and Envoy keep them
+    ("/admin;/users", INVALID),
+    ("/public/..;/admin", INVALID),          # Tomcat: ..;/ is .., nginx: a segment named ..;
+    ("/public;x=1/../admin", INVALID),
+    ("/api/x/..;/../admin/users", INVALID),  # issue 22: nginx location /api, Tomcat /admin/users
+    ("/api/%252e%252e/admin/users", INVALID),  # issue 22: an upstream that decodes twice
+    ("/api/..\\admin/users", INVALID),       # issue 22: Windows-style normalizers
+    ("/api/\u2025/admin", INVALID),          # issue 22: NFKC turns the two-dot leader into ..
+    ("/api/%e2%80%a5/admin", INVALID),
     ("/public/x/../../admin", ADMIN),
     ("/ADMIN", PUBLIC),                      # case-sensitive upstream: another path
     ("/admin%2fusers", INVALID),             # encoded separator: servers disagree
@@ -74,17 +83,31 @@ ATTEMPTS = [
 ]
 
 
-def router(case_sensitive: bool = True) -> Router:
-    admin = Policy(PolicyConfig(required_scopes=("admin",)), "admin", 1)
-    public = Policy(PolicyConfig(binding="off"), "public", 2)
-    routes = (RouteConfig(path="/admin", policy="admin"), RouteConfig(path="/", policy="public"))
-    return Router(Policy(PolicyConfig()), {"admin": admin, "public": public}, routes,
-                  RoutingConfig(case_sensitive=case_sensitive), TrustedProxies(["127.0.0.1/32"]))
+class Stages:
+    """The target stage and the router of one configuration, run as the decision runs them."""
+
+    def __init__(self, case_sensitive: bool = True, rules: bool = True) -> None:
+        admin = Policy(PolicyConfig(required_scopes=("admin",)), "admin", 1)
+        public = Policy(PolicyConfig(binding="off"), "public", 2)
+        routes = (RouteConfig(path="/admin", policy="admin"), RouteConfig(path="/", policy="public")) if rules else ()
+        config, trusted = RoutingConfig(case_sensitive=case_sensitive), TrustedProxies(["127.0.0.1/32"])
+        self.target = RequestTarget(config, trusted, choosing=True)
+        self.router = Router(Policy(PolicyConfig()), {"admin": admin, "public": public}, routes, config, trusted)
+
+    def select(self, request: CheckRequest) -> str:
+        unsafe = self.target.check(request)
+        if unsafe is not None:
+            return unsafe.reason
+        selected = self.router.select(request)
+        return selected.name if isinstance(selected, Policy) else selected.reason
 
 
-def chosen(r: Router, path: str) -> str:
-    selected = r.select(CheckRequest([], (), "127.0.0.1", method="GET", path=path))
-    return selected.name if isinstance(selected, Policy) else selected.reason
+def router(case_sensitive: bool = True) -> Stages:
+    return Stages(case_sensitive)
+
+
+def chosen(r: Stages, path: str, policy: str | None = None) -> str:
+    return r.select(CheckRequest([], (), "127.0.0.1", method="GET", path=path, policy=policy))
 
 
 @pytest.mark.parametrize(("attempt", "expected"), ATTEMPTS)
@@ -94,7 +117,15 @@ def test_admin_is_never_reached_under_the_laxer_rule(attempt: str, expected: str
     assert chosen(r, attempt) == expected  # the memoized answer is the same
 
 
-@pytest.mark.parametrize("attempt", ["/ADMIN", "/Admin/users", "/%41dmin", "/public/../ADMIN", "/aDmIn;x"])
+@pytest.mark.parametrize(("attempt", "expected"), ATTEMPTS)
+def test_a_policy_the_proxy_names_gets_the_same_path_check(attempt: str, expected: str) -> None:
+    """nginx picks ``location /public`` (named policy public) on its own reading of the path; the
+    upstream acts on the raw target: any attempt the rules style refuses is refused here too."""
+    named = Stages(rules=False)
+    assert chosen(named, attempt, policy="public") == (INVALID if expected == INVALID else PUBLIC)
+
+
+@pytest.mark.parametrize("attempt", ["/ADMIN", "/Admin/users", "/%41dmin", "/public/../ADMIN", "/aDmIn/x"])
 def test_with_a_case_insensitive_upstream_every_case_of_admin_is_admin(attempt: str) -> None:
     assert chosen(router(case_sensitive=False), attempt) == ADMIN
 
@@ -105,7 +136,7 @@ def test_non_ascii_is_refused_when_case_is_ignored() -> None:
 
 
 def test_normalization_resolves_dots_drops_parameters_and_the_trailing_slash() -> None:
-    assert normalize_path("/a/./b/../c;p=1//d/?q#f") == "/a/c/d"
+    assert normalize_path("/a/./b/../c//d/?q;x#f") == "/a/c/d"
     assert normalize_path("/") == "/" and normalize_path("/.") == "/"
     with pytest.raises(UnsafePath):
         normalize_path("/a/" + "x" * 9000)
@@ -115,4 +146,5 @@ def test_the_memo_holds_answers_for_distinct_paths_within_its_bound() -> None:
     r = router()
     for i in range(10_000):
         assert chosen(r, f"/public/{i}") == PUBLIC
-    assert len(r._memo) <= RoutingConfig().memo_entries
+    assert len(r.router._memo) <= RoutingConfig().memo_entries
+    assert len(r.target._paths) <= RoutingConfig().memo_entries

@@ -113,7 +113,7 @@ async def test_a_binding_off_policy_needs_no_certificate_where_the_default_does(
 async def test_the_proxy_names_the_policy_and_an_unknown_name_denies_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     d, _, metrics = decider(scope="admin")
-    assert outcome(await decide(d, req(path=None, policy="admin"))) == "allow"
+    assert outcome(await decide(d, req(path="/anything", policy="admin"))) == "allow"
     assert outcome(await decide(d, req(path="/admin", policy="health"))) == "allow"  # the proxy's name wins
     with caplog.at_level(logging.INFO):
         denied = await decide(d, req(path="/orders", policy="ordrs"))
@@ -123,6 +123,14 @@ async def test_the_proxy_names_the_policy_and_an_unknown_name_denies_with_a_warn
     text = generate_latest(metrics.registry).decode()
     assert 'sidecar_decisions_total{outcome="deny",policy="none",reason="policy_unknown"} 1.0' in text
     assert "ordrs" not in text  # labels hold configured names only
+
+
+async def test_a_named_policy_needs_a_path_with_one_meaning_as_a_rule_does() -> None:
+    d, _, _ = decider(scope="admin")
+    assert outcome(await decide(d, req(path=None, policy="admin"))) == "path_invalid"  # nothing to judge
+    for path in ("/admin;x", "/x/..;/admin", "/%252e%252e/admin", "/admin%2fusers", "/adm\u0131n"):
+        assert outcome(await decide(d, req(path=path, policy="health"))) == "path_invalid", path
+        assert outcome(d.decide_now(req(path=path, policy="health"))) == "path_invalid", path  # memoized
 
 
 async def test_an_untrusted_peer_cannot_name_a_policy_nor_a_path() -> None:
@@ -190,7 +198,7 @@ async def test_the_verdicts_kept_per_token_are_bounded_and_past_the_bound_still_
     d, verifier, _ = decider(raw)
     for i, name in enumerate(names * 2):
         expected = "allow" if names.index(name) % 2 else "scope_missing"
-        assert outcome(await decide(d, req(path=None, policy=name))) == expected, i
+        assert outcome(await decide(d, req(policy=name))) == expected, i
     entry = d.cache.get(d.cache.key("tok"))
     assert entry is not None and entry.views is not None and len(entry.views) == MAX_VIEWS
     assert verifier.calls == 1

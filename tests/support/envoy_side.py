@@ -67,8 +67,9 @@ def xfcc_element(
 def http_check_headers(
     authorization: Sequence[str] = (), xfcc: str | Sequence[str] | None = None, host: str = "api.example.com",
 ) -> list[tuple[str, str]]:
-    """The headers of Envoy's HTTP authorization request (allowed_headers: XFCC, each field)."""
-    headers = [("host", host), ("content-length", "0")]
+    """The headers of Envoy's HTTP authorization request (allowed_headers: XFCC, each field, and the
+    scheme Envoy sets at the edge, ``use_remote_address``)."""
+    headers = [("host", host), ("content-length", "0"), ("x-forwarded-proto", "https")]
     headers += [("authorization", value) for value in authorization]
     for value in [xfcc] if isinstance(xfcc, str) else xfcc or ():
         headers.append(("x-forwarded-client-cert", value))

@@ -26,7 +26,7 @@ from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.fronts.render import render_denial
 from sidecar.support.jose import jwk_thumbprint
 from sidecar.support.metrics import Metrics
-from tests.support.dpop_proof import DpopKey, b64url, hmac_signed, unsigned
+from tests.support.dpop_proof import DpopKey, b64url, hmac_signed, thumbprint, unsigned
 
 pytestmark = pytest.mark.dpop
 
@@ -41,7 +41,7 @@ def verifier(**changes: Any) -> ProofVerifier:
 
 def check(v: ProofVerifier, key: DpopKey, proofs: list[str], *, method: str | None = "GET",
           uri: str | None = URL + "?page=2", token: str = TOKEN) -> None:
-    v.verify(proofs, jkt=key.jkt, ath=access_token_hash(token), method=method, uri=uri)
+    v.verify(proofs, jkt=key.jkt, ath=access_token_hash(token), method=method, uris=(uri,) if uri else ())
 
 
 def reason_of(v: ProofVerifier, key: DpopKey, proofs: list[str], **kwargs: Any) -> str:
@@ -51,10 +51,74 @@ def reason_of(v: ProofVerifier, key: DpopKey, proofs: list[str], **kwargs: Any) 
     return caught.value.reason
 
 
-@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "PS256", "RS256"])
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512", "EdDSA", "PS256", "RS256"])
 def test_a_fresh_proof_of_the_bound_key_passes_with_each_algorithm(alg: str) -> None:
     key = DpopKey(alg)
-    check(verifier(), key, [key.proof("GET", URL, TOKEN)])
+    algorithms = (*DpopConfig().algorithms, "ES512")
+    check(verifier(algorithms=algorithms), key, [key.proof("GET", URL, TOKEN)])
+
+
+@pytest.mark.parametrize(("alg", "curve"), [("Ed25519", "Ed25519"), ("Ed448", "Ed448"), ("EdDSA", "Ed448"),
+                                            ("ESP256", ""), ("ESP384", ""), ("ESP512", "")])
+def test_the_rfc_9864_fully_specified_names_pass_where_the_key_fits(alg: str, curve: str) -> None:
+    """RFC 9864: Ed25519 and Ed448 name one curve each (EdDSA either); ESP256-512 are ECDSA with
+    the P-256, P-384 and P-521 curves. oauth4webapi signs Ed25519 proofs as alg Ed25519."""
+    key = DpopKey(alg, curve=curve or "Ed25519")
+    check(verifier(algorithms=(alg,)), key, [key.proof("GET", URL, TOKEN)])
+
+
+def test_ed25519_is_accepted_by_default_and_offered_in_the_challenge() -> None:
+    key, v = DpopKey("Ed25519"), verifier()
+    check(v, key, [key.proof("GET", URL, TOKEN)])
+    assert "Ed25519" in v.algs.split() and "EdDSA" in v.algs.split()
+
+
+@pytest.mark.parametrize(("alg", "key_alg", "curve"), [
+    ("Ed25519", "Ed448", "Ed448"),   # Ed25519 names one curve: an Ed448 key does not fit
+    ("Ed448", "Ed25519", "Ed25519"),
+    ("ESP256", "ES384", ""),         # ESP256 is P-256 only
+    ("ES256", "ES512", ""),
+    ("ESP384", "ESP256", ""),
+])
+def test_a_key_of_another_curve_than_the_fully_specified_name_is_refused(alg: str, key_alg: str, curve: str) -> None:
+    key = DpopKey(key_alg, curve=curve or "Ed25519")
+    proof = key.proof("GET", URL, TOKEN, alg=alg)
+    assert reason_of(verifier(algorithms=(alg, key_alg)), key, [proof]) == "dpop_bad_key"
+
+
+def _rsa_jwk(n: int, e: int) -> dict[str, str]:
+    return {"kty": "RSA", "n": b64url(n.to_bytes((n.bit_length() + 7) // 8, "big")),
+            "e": b64url(e.to_bytes((e.bit_length() + 7) // 8, "big"))}
+
+
+@pytest.mark.parametrize("exponent", [3, 17, 65539, 2**255 + 1])
+def test_an_rsa_key_with_an_exponent_other_than_65537_is_refused_before_any_signature_is_checked(
+        exponent: int) -> None:
+    """A large exponent makes each verification cost milliseconds of the event loop (issue 23)."""
+    key = DpopKey("RS256")
+    jwk = _rsa_jwk(key.private.public_key().public_numbers().n, exponent)
+    bound = type("Bound", (), {"jkt": thumbprint(jwk)})()
+    assert reason_of(verifier(), bound, [key.proof("GET", URL, TOKEN, jwk=jwk)]) == "dpop_bad_key"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bits", [1024, 4104, 8192])
+def test_an_rsa_key_outside_2048_to_4096_bits_is_refused(bits: int) -> None:
+    n = (1 << (bits - 1)) | 0xF1  # odd, of exactly that size: never signed with, refused on its size
+    jwk = _rsa_jwk(n, 65537)
+    key = DpopKey("RS256")
+    bound = type("Bound", (), {"jkt": thumbprint(jwk)})()
+    assert reason_of(verifier(), bound, [key.proof("GET", URL, TOKEN, jwk=jwk)]) == "dpop_bad_key"  # type: ignore[arg-type]
+
+
+def test_a_jwk_with_a_leading_zero_octet_or_an_alg_of_its_own_is_refused() -> None:
+    """RFC 7518 §6.3.1.1: the minimal encoding; otherwise one key has several thumbprints."""
+    key = DpopKey("RS256")
+    padded = {**key.jwk, "n": b64url(b"\x00" + base64.urlsafe_b64decode(key.jwk["n"] + "=="))}
+    bound = type("Bound", (), {"jkt": thumbprint(padded)})()
+    assert reason_of(verifier(), bound, [key.proof("GET", URL, TOKEN, jwk=padded)]) == "dpop_bad_key"  # type: ignore[arg-type]
+    es = DpopKey()
+    other_alg = {**es.jwk, "alg": "ES384"}
+    assert reason_of(verifier(), es, [es.proof("GET", URL, TOKEN, jwk=other_alg)]) == "dpop_bad_key"
 
 
 def test_the_thumbprint_is_the_rfc_7638_example() -> None:
@@ -419,10 +483,38 @@ async def test_with_dpop_off_the_scheme_is_not_accepted_and_jkt_tokens_are_unsup
     assert isinstance(decided, Deny) and decided.denial.reason == "cnf_unsupported"
 
 
-async def test_a_token_bound_by_both_methods_is_refused() -> None:
+class Reader:
+    def thumbprint(self, value: str) -> str:
+        return value  # the certificate header holds the thumbprint itself
+
+
+@pytest.mark.parametrize("binding", ["strict", "optional"])
+async def test_a_token_bound_by_both_methods_passes_only_with_both_the_proof_and_the_certificate(
+        binding: str) -> None:
+    """Every confirmation method a token's cnf holds must hold (issue 22)."""
     key = DpopKey()
-    decided = await decide(decider({"jkt": key.jkt, "x5t#S256": "A" * 43}), dpop_request(key))
-    assert isinstance(decided, Deny) and decided.denial.reason == "cnf_unsupported"
+    d = decider({"jkt": key.jkt, "x5t#S256": "A" * 43}, binding)
+    d.presented._header = Reader()  # type: ignore[assignment]
+
+    def request(cert: list[str], proof: str | None = None) -> CheckRequest:
+        sent = dpop_request(key, proof=proof)
+        sent.certificates = cert
+        return sent
+
+    allowed = await decide(d, request(["A" * 43]))
+    assert isinstance(allowed, Entry) and allowed.headers["x-credential-cnf-method"] == "dpop mtls"
+    for cert, reason in (([], "cert_missing"), (["B" * 43], "cnf_mismatch")):
+        decided = await decide(d, request(cert))
+        assert isinstance(decided, Deny) and decided.denial.reason == reason
+    forged = DpopKey().proof("GET", URL, TOKEN, jwk=key.jwk)  # the right certificate, a bad proof
+    decided = await decide(d, request(["A" * 43], proof=forged))
+    assert isinstance(decided, Deny) and decided.denial.reason == "dpop_invalid_signature"
+
+
+async def test_under_binding_off_a_token_bound_by_both_needs_the_proof_and_names_dpop_only() -> None:
+    key = DpopKey()
+    decided = await decide(decider({"jkt": key.jkt, "x5t#S256": "A" * 43}, "off"), dpop_request(key))
+    assert isinstance(decided, Entry) and decided.headers["x-credential-cnf-method"] == "dpop"
 
 
 async def test_the_original_request_counts_only_from_a_trusted_proxy() -> None:

@@ -61,7 +61,8 @@ def decider(config: config_module.Config, **claims: object) -> Decider:
 
 
 def request(policy: str | None = None, cert: str | None = X5T) -> CheckRequest:
-    return CheckRequest(["Bearer tok"], [cert] if cert else [], "127.0.0.1", policy=policy)
+    # The path the proxy sends with its policy name (core/target.py judges it wherever policies are named).
+    return CheckRequest(["Bearer tok"], [cert] if cert else [], "127.0.0.1", policy=policy, path="/orders")
 
 
 def verify(token: str, keys: SigningKeys, audience: str = "https://orders.internal") -> dict[str, Any]:

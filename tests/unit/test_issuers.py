@@ -160,7 +160,8 @@ class Routed:
 
 
 def request(policy: str | None) -> CheckRequest:
-    return CheckRequest(["Bearer opaque"], [X5T], "127.0.0.1", policy=policy)
+    # The path the proxy sends with its policy name (core/target.py judges it wherever policies are named).
+    return CheckRequest(["Bearer opaque"], [X5T], "127.0.0.1", policy=policy, path="/orders")
 
 
 async def test_an_inactive_answer_holds_only_for_the_issuers_that_gave_it_and_each_policy_checks_its_own() -> None:
