@@ -60,14 +60,14 @@ def fair_budget(idp: IdpConfig) -> float:
 
 class GuardMetrics:
     def __init__(self, metrics: Metrics) -> None:
-        r = self.registry = metrics.registry
-        self.state = Gauge("sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open",
-                           registry=r)
-        self.rejections = Counter("sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
-                                  ["reason"], registry=r)
-        self.retries = Counter("sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
-                               ["result"], registry=r)
-        self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["result"], registry=r)
+        self.registry = metrics.registry
+        shared = metrics.shared  # a reload's new guard counts on in the same series
+        self.state = shared(Gauge, "sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open")
+        self.rejections = shared(Counter, "sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
+                                 ["reason"])
+        self.retries = shared(Counter, "sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
+                              ["result"])
+        self.probes = shared(Counter, "sidecar_idp_probes", "Background probes of an open breaker", ["result"])
 
 
 class IdpGuard:

@@ -14,6 +14,8 @@ closed by the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from sidecar.config import Config
 from sidecar.core.ports import Verifier
 from sidecar.idp.discovery import Discovery
@@ -27,21 +29,30 @@ from sidecar.support.background import Background
 from sidecar.support.metrics import Metrics
 from sidecar.support.retry import until_done
 
+NAME = "default"  # the issuer label of the IdP metrics (one issuer today)
+
+
+def answer_inputs(config: Config) -> Hashable:
+    """Everything of ``config`` an issuer's answers depend on (what :class:`Issuer` and its verifiers
+    read): equal for two configurations, one issuer serves both and its cached answers stay valid."""
+    p = config.policy
+    return config.idp, config.kept_claims, p.leeway, p.audiences, p.allowed_issuers
+
 
 class Issuer:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         idp = config.idp
         self._config = config
         self.session = IdpSession(idp)
-        self.discovery = Discovery(idp, self.session)
+        self.discovery = Discovery(idp, self.session, metrics, NAME)
         self.cert_watcher = CertificateWatcher(idp, self.session, metrics)
         self.guard = IdpGuard(idp, metrics)
         local = local_jwt_enabled(config)
-        self.jwks = Jwks(idp, self.session, self.discovery, metrics) \
+        self.jwks = Jwks(idp, self.session, self.discovery, metrics, issuer=NAME) \
             if local or idp.introspection_response != "json" else None
         introspector = None if idp.token_format == "jwt" else Introspector(
             idp, self.session, self.discovery, extra_claims=config.kept_claims, metrics=metrics, guard=self.guard,
-            keys=self.jwks, leeway=config.policy.leeway,
+            keys=self.jwks, leeway=config.policy.leeway, issuer=NAME,
         )
         # The JWK Set may be there for signed introspection answers only: local JWT validation still
         # needs what RFC 9068 §4 requires (local_jwt_enabled).
