@@ -20,6 +20,11 @@
 - **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
   path and memory do not), or all. A purge also stops loads in flight from filling the cache with
   an answer that may predate the revocation.
+- **A reload** builds a new cache for the new configuration; when the IdP settings did not change
+  (the runtime decides), it keeps the replaced cache as ``previous``, under the same key: a miss
+  asks it first (:meth:`TokenCache.carried`) and reuses the IdP's answer until that answer's own
+  deadline, judged afresh under the new policy. So a reload costs no burst of IdP calls. A purge
+  reaches both; the previous cache is let go once everything in it has expired.
 """
 
 from __future__ import annotations
@@ -59,7 +64,14 @@ def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
 
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, previous: TokenCache | None = None) -> None:
+        """``previous``: the cache of the configuration this one replaces (same IdP settings); its key
+        is kept unless ``secret`` (a fleet's digest key) is given."""
+        if previous is not None:
+            secret = secret or previous.secret
+            previous._previous = None  # one generation back at most
+        self._previous: TokenCache | None = previous
+        self._previous_until = timer() + max(config.max_ttl, config.negative_ttl)
         self._secret = secret or os.urandom(32)
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._config = config
@@ -75,6 +87,24 @@ class TokenCache:
         )
         self._flights: SingleFlight[bytes, Entry] = SingleFlight()
         self._generation = 0  # bumped by every purge
+
+    @property
+    def secret(self) -> bytes:
+        return self._secret
+
+    def carried(self, key: bytes) -> tuple[TokenInfo, float] | None:
+        """The replaced configuration's cached answer for ``key`` and its wall-clock deadline; None
+        when there is none (or no longer a previous cache)."""
+        previous = self._previous
+        if previous is None:
+            return None
+        if self._timer() > self._previous_until:
+            self._previous = None  # everything it held has expired
+            return None
+        entry = previous.get(key)
+        if entry is None:
+            return None
+        return entry.info, min(entry.until, self._clock() + entry.expires - self._timer())
 
     def key(self, token: str) -> bytes:
         keyed = self._keyed.copy()  # the key block is absorbed once, not per token (hot path)
@@ -144,6 +174,8 @@ class TokenCache:
         """Drop one token's answers (revocation events); True when there was one."""
         self._generation += 1
         found = [store.pop(key) is not None for store in self._stores() if store is not None]
+        if self._previous is not None:
+            found.append(self._previous.purge(key))
         return any(found)
 
     def purge_hash(self, hashed: str) -> int:
@@ -156,10 +188,13 @@ class TokenCache:
         for key in keys:
             self.purge(key)
         self._generation += 1
-        return len(keys)
+        carried = 0 if self._previous is None else self._previous.purge_hash(hashed)
+        return max(len(keys), carried)
 
     def clear(self) -> int:
         self._generation += 1
+        if self._previous is not None:
+            self._previous.clear()
         count = len(self)
         for store in self._stores():
             if store is not None:

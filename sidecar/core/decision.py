@@ -27,7 +27,7 @@ import time
 from sidecar.config import Config
 from sidecar.core.admission import source_of
 from sidecar.core.binding import check_binding, needs_certificate
-from sidecar.core.cache import Lookup
+from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.dpop import access_token_hash
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InvalidDpopProof, InvalidToken
@@ -40,6 +40,7 @@ from sidecar.core.request import CheckRequest
 from sidecar.core.stages import build_stages
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
+from sidecar.support.tracing import Tracing
 
 Decided = Entry | Deny  # an allow is the token's cache entry: its upstream headers were built at fill
 
@@ -48,10 +49,13 @@ class Decider:
     """Runs the stages of one configuration per request."""
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
-                 shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None) -> None:
-        """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store."""
-        stages = build_stages(config, shared, shared_replay)
-        self.cache = stages.cache
+                 shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None,
+                 tracing: Tracing | None = None, previous: Decider | None = None) -> None:
+        """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store; ``tracing``:
+        spans of decisions (None: off); ``previous``: the decider of the configuration this one
+        replaces, whose cached IdP answers this one may reuse (core/cache.py)."""
+        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.cache)
+        self.cache: TokenCache = stages.cache
         self.policies = stages.policies
         self.router = stages.router
         self.presented = stages.presented
@@ -64,7 +68,7 @@ class Decider:
         self._verifier = verifier
         self._default = self.policies.default
         self._deny_forged = config.response.forged_headers == "deny"
-        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache)
+        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache, self._trusted, tracing)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
 
     @property
@@ -76,18 +80,18 @@ class Decider:
         """Everything that needs no await: the final answer for a cached token, else a Miss (or, for a
         DPoP request in a fleet, the ReplayClaim to confirm)."""
         if request.forged and self._deny_forged:  # response.forged_headers = "deny"
-            return self.outcomes.deny(forged_denial(request.forged), None, None)
+            return self.outcomes.deny(forged_denial(request.forged), None, None, request)
         policy: Policy | None = None
         try:
             selected = self.router.select(request)
             if isinstance(selected, Denial):  # no policy admits the request
-                return self.outcomes.deny(selected, None, None)
+                return self.outcomes.deny(selected, None, None, request)
             policy = selected
             token, dpop_scheme = access_token(request.authorization, dpop=self._proofs is not None)
             key = self.cache.key(token)
             entry = self.cache.get(key)
         except Exception as exc:
-            return self.outcomes.refuse(exc, None, policy)
+            return self.outcomes.refuse(exc, None, policy, request)
         if entry is None:
             return Miss(token, key, policy, dpop_scheme)
         return self._verdict(entry, request, "hit", policy, token if dpop_scheme else None)
@@ -97,20 +101,24 @@ class Decider:
         if pending is None:
             pending = self.decide_now(request)
         if isinstance(pending, ReplayClaim):
-            return await self._confirm(pending)
+            with self.outcomes.waiting(request):
+                return await self._confirm(pending)
         if not isinstance(pending, Miss):
             assert isinstance(pending, Entry | Deny)  # Pending has the two kinds above only
             return pending
         self.in_flight += 1
         try:
-            entry, lookup = await self._lookup(pending, request)
-        except Exception as exc:
-            return self.outcomes.refuse(exc, token_hash(pending.token), pending.policy,
-                                        dpop_scheme=pending.dpop_scheme)
+            with self.outcomes.waiting(request):  # the check's span: the IdP and Redis calls are its children
+                try:
+                    entry, lookup = await self._lookup(pending, request)
+                except Exception as exc:
+                    return self.outcomes.refuse(exc, token_hash(pending.token), pending.policy, request,
+                                                dpop_scheme=pending.dpop_scheme)
+                verdict = self._verdict(entry, request, lookup, pending.policy,
+                                        pending.token if pending.dpop_scheme else None)
+                return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict
         finally:
             self.in_flight -= 1
-        verdict = self._verdict(entry, request, lookup, pending.policy, pending.token if pending.dpop_scheme else None)
-        return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict
 
     async def _confirm(self, claim: ReplayClaim) -> Decided:
         """The fleet-wide half of the replay check (RFC 9449 §11.1): allow only if no other replica
@@ -121,9 +129,9 @@ class Decider:
             if not await self._shared_replay.claim(claim.key, claim.until):
                 raise InvalidDpopProof("dpop_replayed", "this proof's jti was already used on another replica")
         except Exception as exc:
-            return self.outcomes.refuse(exc, claim.entry.token_hash, claim.policy, lookup=claim.lookup,
-                                        dpop_scheme=True)
-        return self.outcomes.allow(claim.entry, claim.lookup, claim.policy)
+            return self.outcomes.refuse(exc, claim.entry.token_hash, claim.policy, claim.request, lookup=claim.lookup,
+                                        dpop_scheme=True, entry=claim.entry)
+        return self.outcomes.allow(claim.entry, claim.lookup, claim.policy, claim.request)
 
     def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup, policy: Policy,
                  proof_token: str | None = None) -> Decided | ReplayClaim:
@@ -147,14 +155,14 @@ class Decider:
                     check_binding(info, self.presented.thumbprint(request), policy.binding)
                 denial = entry.scope_denial
             if denial is not None:
-                return self.outcomes.deny(denial, entry.token_hash, policy, lookup=lookup,
-                                          dpop_scheme=proof_token is not None)
+                return self.outcomes.deny(denial, entry.token_hash, policy, request, lookup=lookup,
+                                          dpop_scheme=proof_token is not None, entry=entry)
         except Exception as exc:
-            return self.outcomes.refuse(exc, entry.token_hash, policy, lookup=lookup,
-                                        dpop_scheme=proof_token is not None)
+            return self.outcomes.refuse(exc, entry.token_hash, policy, request, lookup=lookup,
+                                        dpop_scheme=proof_token is not None, entry=entry)
         if claimed is not None and self._shared_replay is not None:
-            return ReplayClaim(entry, lookup, policy, *claimed)
-        return self.outcomes.allow(entry, lookup, policy)
+            return ReplayClaim(entry, lookup, policy, request, *claimed)
+        return self.outcomes.allow(entry, lookup, policy, request)
 
     def _check_proof(self, jkt: str | None, request: CheckRequest, proof_token: str | None) -> tuple[bytes, float]:
         """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
@@ -170,7 +178,8 @@ class Decider:
                                    method=method, uri=uri)
 
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
-        """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""
+        """A miss: one shared IdP call (or the answer the replaced configuration cached); when the
+        IdP itself fails, the stale entry if allowed."""
         try:
             return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request))
         except IdpUnavailable as failure:
@@ -180,18 +189,23 @@ class Decider:
             return stale, "stale"
 
     async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
-        """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
+        """Ask the verifier (charged to the request's source), then precompute what a hit needs; an
+        answer the replaced configuration cached (same IdP settings) is reused as it is."""
         token = miss.token
-        source = source_of(request.forwarded, request.peer in self._trusted)
-        self._admission.enter(source)
-        try:
-            if self._shared is None:
-                info, until = await self._verifier.verify(token), math.inf
-            else:
-                info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token))
-            info = self._interner.info(info)  # shared values: memory per token
-        finally:
-            self._admission.leave(source)
+        carried = self.cache.carried(miss.key)
+        if carried is not None:
+            info, until = carried
+        else:
+            source = source_of(request.forwarded, request.peer in self._trusted)
+            self._admission.enter(source)
+            try:
+                if self._shared is None:
+                    info, until = await self._verifier.verify(token), math.inf
+                else:
+                    info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token))
+                info = self._interner.info(info)  # shared values: memory per token
+            finally:
+                self._admission.leave(source)
         default = self._default
         return Entry(
             info=info,

@@ -1,7 +1,9 @@
 """What a front hands the decision: the raw facts of one check, whatever the protocol.
 
 The original request (``method``, ``path``, ``host``, ``scheme``) is what per-route policies and the
-DPoP ``htu``/``htm`` checks compare against.
+DPoP ``htu``/``htm`` checks compare against. ``headers`` are read only when a decision line or a
+trace needs them (the request id, the caller's trace context): after the answer, off the hot path.
+``started`` is when the front began the check: the decision's latency runs from there.
 
 Fronts only translate; every rule about these facts lives in the core: which certificate counts
 (presented.py), which source a cache miss is charged to (admission.py), and whether the original
@@ -11,19 +13,23 @@ request and the named policy count (only from a trusted proxy: routes.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import perf_counter
+
+from sidecar.support.tracing import Headers
 
 
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "host", "method", "path",
-                 "peer", "peer_certificate", "policy", "scheme")
+    __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "headers", "host", "method",
+                 "path", "peer", "peer_certificate", "policy", "scheme", "span", "started")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
                  *, peer_certificate: str | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
                  scheme: str | None = None, dpop_proofs: Sequence[str] = (), policy: str | None = None,
-                 forged: Sequence[str] = ()) -> None:
+                 forged: Sequence[str] = (), headers: Headers | None = None) -> None:
+        self.started = perf_counter()
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (client_cert.header)
         self.peer = peer  # the address of whoever sent the check (the proxy)
@@ -42,3 +48,6 @@ class CheckRequest:
         # Header names in the credential namespace the check request carries (fronts/forged.py): the
         # client's copies, which the upstream must never see (response.forged_headers).
         self.forged = forged
+        # x-request-id, traceparent, tracestate: read after the decision, never on the hot path.
+        self.headers = headers
+        self.span: object | None = None  # the decision's span while it awaits the IdP (support/tracing.py)

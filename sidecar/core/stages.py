@@ -35,9 +35,10 @@ class Stages:
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
-                 shared_replay: SharedReplay | None = None) -> Stages:
+                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
-    ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike)."""
+    ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
+    the cache of the configuration this one replaces, whose answers a miss may reuse."""
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
@@ -47,7 +48,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     return Stages(
-        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key),
+        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key, previous=previous),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
