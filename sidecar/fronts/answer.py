@@ -10,6 +10,12 @@ An answer is one of:
   answer does not set, named for the proxy to remove (``response.forged_headers = "remove"``);
 - a :class:`~sidecar.fronts.render.RenderedDenial`: status, challenge and body, rendered once per
   kind of denial and reused.
+
+One :class:`Edge` serves one configuration, and holds what a front reads from it (the header
+names, the forged-header rule). :class:`LiveEdge` is the edge of the sidecar's current
+configuration: a reload swaps it between two requests (runtime.py); a front takes ``.edge`` once
+per check and keeps it to the answer, so a check in flight finishes on the configuration it
+began on.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from sidecar.core.decision import Decided, Decider
 from sidecar.core.headers import CredentialHeaders
 from sidecar.core.outcome import Deny, Pending
 from sidecar.core.request import CheckRequest
+from sidecar.fronts.forged import ForgedHeaders
 from sidecar.fronts.render import RenderedDenial, render_denial, unset
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
@@ -39,10 +46,16 @@ Answer = CredentialHeaders | Removing | RenderedDenial
 
 
 class Edge:
-    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "removals")
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "cert_header",
+                 "forged", "keep_commas", "path_prefix", "policy_header", "removals", "source_header", "traced")
 
     def __init__(self, decider: Decider, realm: str, invalid_request_status: int) -> None:
         self._decider = decider
+        # What the fronts read of a request under this configuration (set by Edge.of).
+        self.cert_header = self.source_header = self.policy_header = self.path_prefix = ""
+        self.keep_commas = False
+        self.forged = ForgedHeaders("x-credential-")
+        self.traced = decider.outcomes.tracing is not None  # a front hands over the caller's trace context
         self._realm = realm
         self._invalid_request_status = invalid_request_status  # server.invalid_request_status
         self._proof_algs = decider.proof_algs
@@ -59,7 +72,13 @@ class Edge:
     @classmethod
     def of(cls, sidecar: Sidecar) -> Edge:
         config = sidecar.config
-        return cls(sidecar.decider, config.response.realm, config.server.invalid_request_status)
+        edge = cls(sidecar.decider, config.response.realm, config.server.invalid_request_status)
+        edge.cert_header, edge.source_header = config.client_cert.header.lower(), config.admission.source_header
+        edge.policy_header, edge.path_prefix = config.routing.policy_header, config.routing.path_prefix
+        # gRPC: Envoy joins repeated headers with ",", which XFCC, Traefik's list and auto keep whole.
+        edge.keep_commas = config.client_cert.format in ("xfcc", "traefik", "auto")
+        edge.forged = ForgedHeaders(config.response.prefix)
+        return edge
 
     async def answer(self, request: CheckRequest, pending: Pending) -> Answer:
         return self._render(await self._decider.decide(request, pending), request)
@@ -81,3 +100,16 @@ class Edge:
                 denial, self._realm, self._invalid_request_status, proof_algs=self._proof_algs,
                 dpop_scheme=deny.dpop_scheme))
         return rendered
+
+
+class LiveEdge:
+    """The :class:`Edge` of the sidecar's current configuration, swapped by a reload."""
+
+    __slots__ = ("edge",)
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.edge = Edge.of(sidecar)
+        sidecar.on_swap(lambda: self._swap(sidecar))
+
+    def _swap(self, sidecar: Sidecar) -> None:
+        self.edge = Edge.of(sidecar)
