@@ -8,6 +8,9 @@ address and files, the API's audiences), each a key the shipped file already has
 
 from __future__ import annotations
 
+import json
+import re
+import time
 import tomllib
 
 import pytest
@@ -99,3 +102,21 @@ def test_a_token_for_another_api_is_denied_by_the_shipped_audience_check(
     reply = stack.call(oidc.access_token("alice", resource=OPAQUE_RESOURCE), "alice")
     assert reply.status == 401
     assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="audience_mismatch") == 1
+
+
+def test_the_decision_line_of_a_request_through_nginx_names_nginxs_request_id_and_the_original_request(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    stack = shipped(stacks)
+    token = oidc.access_token("alice", scope="read")
+    reply = stack.call(token, "alice", path="/orders/42?access_token=secret",
+                       headers={"X-Request-ID": "forged-by-the-client", "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    assert reply.status == 200, stack.diagnostics()
+    time.sleep(0.2)  # allow lines are written in batches (every 20 ms)
+    lines = [json.loads(line) for line in stack.sidecar.log.read_text().splitlines() if line.startswith("{")]
+    (line,) = [entry for entry in lines if entry.get("msg") == "allow"][-1:]
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"]), line  # nginx's $request_id, not the client's
+    assert (line["method"], line["path"], line["client_addr"], line["client_id"]) == (
+        "GET", "/orders/42", "127.0.0.1", "alice")  # the path without its query, which can hold a token
+    assert line["host"].startswith("127.0.0.1:") and line["trace_id"] == "ab" * 16 and line["latency_ms"] >= 0
+    assert "secret" not in stack.sidecar.log.read_text() and token not in stack.sidecar.log.read_text()
