@@ -113,7 +113,7 @@ class Decider:
                     entry, lookup = await self._lookup(pending, request)
                 except Exception as exc:
                     return self.outcomes.refuse(exc, token_hash(pending.token), pending.policy, request,
-                                                dpop_scheme=pending.dpop_scheme)
+                                                dpop_scheme=pending.dpop_scheme, missed=True)
                 verdict = self._verdict(entry, request, lookup, pending.policy,
                                         pending.token if pending.dpop_scheme else None)
                 return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict

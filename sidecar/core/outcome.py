@@ -132,15 +132,17 @@ class Outcomes:
         return entry
 
     def deny(self, denial: Denial, hashed: str | None, policy: Policy | None, request: CheckRequest, *,
-             lookup: Lookup | None = None, dpop_scheme: bool = False, entry: Entry | None = None) -> Deny:
+             lookup: Lookup | None = None, dpop_scheme: bool = False, entry: Entry | None = None,
+             missed: bool = False) -> Deny:
         """A denial; ``policy`` None: none was chosen (no rule matched, or the proxy named an unknown
         policy: a configuration error, always logged as a warning); ``lookup``: the cache lookup the
-        token's answer came from, when there was one; ``entry``: that answer."""
+        token's answer came from, when there was one; ``entry``: that answer; ``missed``: the cache
+        missed and the IdP call failed (labelled ``miss``, not counted as a lookup)."""
         now = perf_counter()
         if lookup is not None:
             self.count(lookup)
         name = NO_POLICY if policy is None else policy.name
-        cache = NO_CACHE if lookup is None else lookup
+        cache = "miss" if missed else NO_CACHE if lookup is None else lookup
         self._metrics.decision("deny", denial.reason, name)
         self._latency.child("deny", cache).observe(now - request.started)
         trace_id = None if self.tracing is None else self._traced(request, "deny", cache, name, entry, denial.status,
@@ -156,13 +158,15 @@ class Outcomes:
         return Deny(denial, hashed, dpop_scheme)
 
     def refuse(self, exc: Exception, hashed: str | None, policy: Policy | None, request: CheckRequest, *,
-               lookup: Lookup | None = None, dpop_scheme: bool = False, entry: Entry | None = None) -> Deny:
+               lookup: Lookup | None = None, dpop_scheme: bool = False, entry: Entry | None = None,
+               missed: bool = False) -> Deny:
         """Fail closed: a Denial raised by a stage is denied as such; anything else is a bug, logged
         with its type and denied as ``internal_error`` (503), never a 500 and never an allow."""
         if not isinstance(exc, Denial):
             log.error("decision failed", exc_info=exc, extra={"error_type": type(exc).__name__})
             exc = InternalError(type(exc).__name__)
-        return self.deny(exc, hashed, policy, request, lookup=lookup, dpop_scheme=dpop_scheme, entry=entry)
+        return self.deny(exc, hashed, policy, request, lookup=lookup, dpop_scheme=dpop_scheme, entry=entry,
+                         missed=missed)
 
     def count(self, lookup: Lookup) -> None:
         m = self._metrics

@@ -30,7 +30,7 @@ class _Service(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method's name
+    def Export(self, request: Any, context: Any) -> Any:
         self._receiver.take(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 

@@ -106,8 +106,8 @@ class Metrics:
         Gauge("sidecar_build_info", "Always 1: the sidecar's version and the Python that runs it",
               ["version", "python"], registry=r).labels(sidecar.__version__, platform.python_version()).set(1)
         self.decisions = Counter(
-            "sidecar_decisions", "Decisions by outcome, reason and policy", ["outcome", "reason", "policy"],
-            registry=r
+            "sidecar_decisions", "Decisions by outcome, reason (docs/answers.md) and policy (none: no policy admitted "
+            "the check)", ["outcome", "reason", "policy"], registry=r
         )
         self.decision_latency = LatencyHistogram(
             "sidecar_decision_seconds", "Time from a check's arrival to its answer, by outcome and cache result",
@@ -124,7 +124,8 @@ class Metrics:
         self.cache_entries = Gauge("sidecar_cache_entries", "Tokens in the cache", registry=r)
         self.cache_capacity = Gauge("sidecar_cache_capacity", "Tokens the cache may hold (cache.max_entries)",
                                     registry=r)
-        self.inflight = Gauge("sidecar_checks_in_flight", "Checks being decided", registry=r)
+        self.inflight = Gauge("sidecar_checks_in_flight", "Checks waiting for the IdP (a cache hit never waits)",
+                              registry=r)
         self.ready = Gauge("sidecar_ready", "1 when the sidecar is ready", registry=r)
         self.tls_reload_errors = Counter(
             "sidecar_tls_reload_errors", "Failed reloads of certificate files", registry=r

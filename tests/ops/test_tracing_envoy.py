@@ -1,6 +1,6 @@
-"""OpenTelemetry through the real parts: a client → the real Envoy (the shipped envoy-http.yaml with
-the shipped deploy/envoy/tracing.yaml merged in, exporting its own spans) → the sidecar process
-(tracing on) → the IdP, over HTTP and gRPC ext_authz; both export OTLP/gRPC to a receiver in the test, which must see one trace
+"""OpenTelemetry through the real parts: a client → the real Envoy (the shipped envoy-http.yaml or
+envoy-grpc.yaml with the shipped deploy/envoy/tracing.yaml merged in, exporting its own spans) → the
+sidecar process (tracing on) → the IdP; both export OTLP/gRPC to a receiver in the test, which must see one trace
 holding Envoy's spans, the sidecar's decision span as the child of Envoy's ext_authz span, and the
 introspection span as the decision's child.
 """

@@ -225,3 +225,34 @@ def test_credential_headers_read_like_a_dict() -> None:
     assert dict(headers) == dict(headers.pairs()) and len(headers) == 12
     assert headers["x-credential-aud"] == "a b" and headers.get("x-nope") is None
     assert headers == {name: headers[name] for name in builder.names}
+
+
+async def test_every_decision_is_timed_by_outcome_and_cache_result() -> None:
+    d, _, metrics = decider(required_scopes=["read"])
+    await d.decide(req(["Bearer tok"]))
+    for _ in range(3):
+        d.decide_now(req(["Bearer tok"]))
+    d.decide_now(req(["Bearer tok"], "B" * 43))  # cnf_mismatch, from the cache
+    d.decide_now(req([]))  # token_missing: before the cache
+    text = generate_latest(metrics.registry).decode()
+    counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("sidecar_decision_seconds_count")}
+    assert counts == {'cache="hit",outcome="allow"': 3.0, 'cache="miss",outcome="allow"': 1.0,
+                      'cache="hit",outcome="deny"': 1.0, 'cache="none",outcome="deny"': 1.0}
+    assert 'sidecar_decision_seconds_bucket{cache="hit",le="+Inf",outcome="allow"} 3.0' in text
+
+
+async def test_a_denial_line_names_the_client_the_cache_result_and_the_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    d, _, _ = decider(required_scopes=["write"])
+    await d.decide(req(["Bearer tok"]))
+    headers = CIMultiDict({"x-request-id": "req-7"})
+    d.decide_now(CheckRequest(["Bearer tok"], [X5T], "127.0.0.1", method="POST", path="/orders?x=1",
+                              forwarded="198.51.100.4", headers=headers))
+    record = [r for r in caplog.records if r.getMessage() == "deny"][-1]
+    fields = {name: getattr(record, name) for name in ("reason", "cache", "client_id", "policy", "request_id",
+                                                      "method", "path", "client_addr")}
+    assert fields == {"reason": "scope_missing", "cache": "hit", "client_id": "alice", "policy": "default",
+                      "request_id": "req-7", "method": "POST", "path": "/orders", "client_addr": "198.51.100.4"}
+    assert record.latency_ms >= 0  # type: ignore[attr-defined]
