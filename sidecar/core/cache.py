@@ -33,6 +33,7 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from operator import attrgetter, itemgetter
 from typing import Literal
 
 from sidecar.config import CacheConfig
@@ -43,15 +44,9 @@ from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
 
 Lookup = Literal["hit", "miss", "coalesced", "stale"]
+_expires = attrgetter("expires")  # an entry's deadline (time.monotonic)
+_stale_until = itemgetter(1)  # a kept stale copy: (entry, until)
 Timer = Callable[[], float]
-
-
-def _expires(_key: bytes, entry: Entry, _now: float) -> float:
-    return entry.expires
-
-
-def _stale_until(_key: bytes, kept: tuple[Entry, float], _now: float) -> float:
-    return kept[1]
 
 
 def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:

@@ -62,6 +62,7 @@ class Decider:
         self._trusted = stages.trusted
         self._admission = stages.admission
         self._proofs = stages.proofs
+        self._dpop = stages.proofs is not None  # the DPoP scheme is accepted
         self._interner = stages.interner
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
@@ -87,7 +88,7 @@ class Decider:
             if isinstance(selected, Denial):  # no policy admits the request
                 return self.outcomes.deny(selected, None, None, request)
             policy = selected
-            token, dpop_scheme = access_token(request.authorization, dpop=self._proofs is not None)
+            token, dpop_scheme = access_token(request.authorization, dpop=self._dpop)
             key = self.cache.key(token)
             entry = self.cache.get(key)
         except Exception as exc:
@@ -144,11 +145,13 @@ class Decider:
         """
         claimed = None
         try:
-            entry = self.policies.view(entry, policy)  # the default's entry itself; else kept on it
+            if policy.index:  # a named policy: its view of the token, kept on the entry (the default's is the entry)
+                entry = self.policies.view(entry, policy)
             denial = entry.denial
             if denial is None:
                 info = entry.info
-                policy.check_time(info, time.time())
+                # a cached token at the check's arrival (no clock read on the hot path); a fresh one now
+                policy.check_time(info, request.started if lookup == "hit" else time.time())
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
                 elif needs_certificate(info, policy.binding):

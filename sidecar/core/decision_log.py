@@ -4,10 +4,10 @@ Every line carries ``outcome``, ``reason``, ``token`` (its hash: :func:`sidecar.
 never the token), ``cache`` (``hit``, ``miss``, ``coalesced``, ``stale``, or ``none`` when the
 decision ended before the cache), ``client_id``, ``policy``, and the request: ``request_id`` (the
 proxy's ``x-request-id``, else the trace id of its ``traceparent``, else one made here),
-``method``, ``host`` and ``path`` (without the query, which may hold a token, and cut to
-:data:`MAX_PATH`; only from a trusted proxy, as the decision itself reads them),
-``client_addr`` (the client a trusted proxy vouches for, else the peer), ``latency_ms`` (from the
-check's arrival to its answer), and ``trace_id`` when the check was traced or a trusted proxy sent
+``method``, ``host``, ``client_addr`` (the client a trusted proxy vouches for, else the peer) and
+``path`` (without the query, which may hold a token, and cut to :data:`MAX_PATH`; the original
+request only from a trusted proxy, as the decision itself reads it), ``latency_us`` (from the
+check's arrival to its answer, in microseconds), and ``trace_id`` when the check was traced or a trusted proxy sent
 a ``traceparent`` (a line then leads to the proxy's trace even with tracing off here). Client-sent
 values are bounded and JSON-escaped.
 
@@ -56,14 +56,19 @@ _TRACE_ID = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _LIVE: weakref.WeakSet[DecisionLog] = weakref.WeakSet()
 _MADE_PREFIX = os.urandom(4).hex()  # made request ids: unique per process start, then a counter
 _made = count(1)
+_MILLIS = [f"{n:03d}" for n in range(1000)]  # the timestamp's milliseconds, formatted once
 
-Fact = tuple[float, Entry, str, Policy, CheckRequest, str | None]  # (perf time, entry, cache, policy, request, trace)
+Fact = tuple[float, Entry, str, Policy, CheckRequest, str | None]  # (time, entry, cache, policy, request, trace)
 
 
 @atexit.register
 def _flush_all() -> None:
     for decision_log in list(_LIVE):
         decision_log.flush()
+
+
+def _made_id() -> str:
+    return f"{_MADE_PREFIX}{next(_made):x}"
 
 
 def _quoted(value: str | None) -> str:
@@ -76,7 +81,7 @@ class DecisionLog:
     """The lines of one configuration's decisions; ``trusted``: the proxies that describe requests."""
 
     __slots__ = ("__weakref__", "_credit", "_every", "_fast", "_json", "_logger", "_pending", "_prefix", "_ratio",
-                 "_second", "_trusted")
+                 "_second", "_trusted", "_who_json")
 
     def __init__(self, logger: logging.Logger, trusted: TrustedProxies, sample_ratio: float = 1.0) -> None:
         self._logger = logger
@@ -91,11 +96,14 @@ class DecisionLog:
         # JSON of the low-cardinality values (client ids, methods, hosts, addresses), bounded in bytes.
         self._json: Memo[str | None, str] = Memo(_MAX_CLIENT_IDS, max_bytes=1 << 20,
                                                  size_of=lambda key, value: text_size(key) + text_size(value))
+        self._who_json: Memo[tuple[str | None, ...], tuple[bool, str]] = Memo(
+            _MAX_CLIENT_IDS, max_bytes=1 << 20,
+            size_of=lambda key, value: sum(text_size(k) for k in key) + text_size(value[1]))
         _LIVE.add(self)
 
     def allow(self, now: float, entry: Entry, cache: str, policy: Policy, request: CheckRequest,
               trace_id: str | None = None) -> None:
-        """Record an allow at ``now`` (``time.perf_counter``); ``trace_id``: the check was traced (its
+        """Record an allow answered at ``now`` (``time.time``); ``trace_id``: the check was traced (its
         line is written whatever the sample ratio)."""
         if not self._every and trace_id is None:
             credit = self._credit + self._ratio
@@ -124,70 +132,82 @@ class DecisionLog:
         """The request's part of a line (its order is the line's): for the lines written through ``logging``."""
         if request is None:
             return {}
-        request_id, method, host, path, client, trace_id = self._describe(request, trace_id)
-        fields: dict[str, Any] = {"request_id": request_id, "method": method, "host": host, "path": path,
-                                  "client_addr": client, "latency_ms": round((now - request.started) * 1000, 3)}
+        trusted, method, host, client = self._who(request)
+        request_id, path, trace_id = self._what(request, trusted, trace_id)
+        fields: dict[str, Any] = {"request_id": request_id or _made_id(), "method": method, "host": host,
+                                  "client_addr": client, "path": path,
+                                  "latency_us": int((now - request.started) * 1e6)}
         if trace_id is not None:
             fields["trace_id"] = trace_id
         return fields
 
-    def _describe(self, request: CheckRequest, trace_id: str | None) -> tuple[
-            str, str | None, str | None, str | None, str | None, str | None]:
-        """(request id, method, host, path, client address, trace id); what only a trusted proxy may
-        say (the original request, the client behind it, its trace) is left out from anyone else."""
-        trusted = request.peer in self._trusted
-        headers = request.headers
+    def _who(self, request: CheckRequest) -> tuple[bool, str | None, str | None, str | None]:
+        """(the peer is a trusted proxy, method, host, client address): what only a trusted proxy may
+        say (the original request, the client behind it) is left out from anyone else."""
+        if request.peer not in self._trusted:
+            return False, None, None, request.peer
+        method, host = request.method, request.host
+        return (True, method and method[:MAX_METHOD], host and host[:MAX_HOST],
+                source_of(request.forwarded, True) or request.peer)
+
+    def _what(self, request: CheckRequest, trusted: bool, trace_id: str | None) -> tuple[
+            str | None, str | None, str | None]:
+        """(request id, path, trace id): the proxy's id (else the trace's; None: make one) and trace
+        only from a trusted proxy."""
+        if not trusted:
+            return trace_id, None, trace_id
         request_id = None
-        if headers is not None and trusted:
+        headers = request.headers
+        if headers is not None:
             given = headers.get("x-request-id")
             if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
                 request_id = given
             if trace_id is None and (parent := headers.get("traceparent")) and (found := _TRACE_ID.fullmatch(parent)):
                 trace_id = found.group(1)
-        if request_id is None:
-            request_id = trace_id or f"{_MADE_PREFIX}{next(_made):x}"
-        if not trusted:
-            return request_id, None, None, None, request.peer, trace_id
         path = request.path
         if path is not None:
             path = path.partition("?")[0][:MAX_PATH]
-        method, host = request.method, request.host
-        return (request_id, method and method[:MAX_METHOD], host and host[:MAX_HOST], path,
-                source_of(request.forwarded, True) or request.peer, trace_id)
+        return request_id or trace_id, path, trace_id
 
-    def _line(self, fact: Fact, offset: float) -> str:
+    def _line(self, fact: Fact) -> str:
         now, entry, cache, policy, request, trace_id = fact
-        wall = now + offset
-        second = int(wall)
+        second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        request_id, method, host, path, client, trace_id = self._describe(request, trace_id)
-        memo = self._json
-        parts = []
-        for value in (entry.info.client_id, method, host, client):
-            found = memo.get(value)
-            parts.append(found if found is not None else memo.put(value, _quoted(value)))
-        client_id, method_json, host_json, client_json = parts
-        trace = f',"trace_id":"{trace_id}"' if trace_id is not None else ""
+        client_id = entry.info.client_id
+        client_json = self._json.get(client_id) or self._put(client_id)
+        # Who asked, as JSON, remembered per (peer, method, host, forwarded client): most checks repeat one.
+        key = (request.peer, request.method, request.host, request.forwarded)
+        who = self._who_json.get(key)
+        if who is None:
+            trusted, method, host, client = self._who(request)
+            who = self._who_json.put(key, (trusted, f'"method":{_quoted(method)},"host":{_quoted(host)},'
+                                                    f'"client_addr":{_quoted(client)}'))
+        trusted, who_json = who
+        request_id, path, trace_id = self._what(request, trusted, trace_id)
+        made = f'"{_MADE_PREFIX}{next(_made):x}"' if request_id is None else _quoted(request_id)  # hex: no escaping
+        trace = "" if trace_id is None else f',"trace_id":"{trace_id}"'
         return (
-            f'{self._prefix}.{int((wall - second) * 1000):03d}Z","level":"info","logger":"{self._logger.name}",'
+            f'{self._prefix}.{_MILLIS[int((now - second) * 1000)]}Z","level":"info","logger":"{self._logger.name}",'
             f'"msg":"allow","outcome":"allow","reason":"ok","token":"{entry.token_hash}","cache":"{cache}",'
-            f'"client_id":{client_id},"policy":"{policy.name}","request_id":{_quoted(request_id)},'
-            f'"method":{method_json},"host":{host_json},"path":{_quoted(path)},"client_addr":{client_json},'
-            f'"latency_ms":{round((now - request.started) * 1000, 3)}{trace}}}\n'
+            f'"client_id":{client_json},"policy":"{policy.name}","request_id":{made},{who_json},'
+            f'"path":{"null" if path is None else _quoted(path)},"latency_us":{int((now - request.started) * 1e6)}'
+            f'{trace}}}\n'
         )
+
+    def _put(self, value: str | None) -> str:
+        return self._json.put(value, _quoted(value))
 
     def flush(self) -> None:
         facts, self._pending = self._pending, []
         handler = logs.HANDLER
         if not facts or handler is None:
             return
-        offset = time.time() - time.perf_counter()  # facts carry perf_counter instants
         handler.acquire()
         try:
             line = self._line
-            handler.stream.write("".join([line(fact, offset) for fact in facts]))
+            handler.stream.write("".join([line(fact) for fact in facts]))
             handler.flush()
         except Exception:  # a broken log stream must not break checks
             handler.handleError(logging.makeLogRecord({"msg": "allow"}))

@@ -21,7 +21,8 @@ import contextlib
 import logging
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from time import perf_counter
+from time import time
+from typing import TYPE_CHECKING
 
 from sidecar.config import Config
 from sidecar.core.cache import Lookup, TokenCache
@@ -34,8 +35,12 @@ from sidecar.core.request import CheckRequest
 from sidecar.support.metrics import DECISION_BUCKETS, Metrics
 from sidecar.support.tracing import Tracing
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
 log = logging.getLogger("sidecar.decision")
 NO_CACHE = "none"  # the cache label of a decision that ended before the cache was asked
+FIRST_BUCKET = DECISION_BUCKETS[0]
 
 NO_POLICY = "none"  # the policy label of a request no policy admits (only configured names otherwise)
 
@@ -95,7 +100,7 @@ class Outcomes:
                  trusted: TrustedProxies, tracing: Tracing | None = None) -> None:
         self._metrics = metrics
         self.policies = list(policies)
-        metrics.hit_counters.extend(policies)  # allowed hits: one int per policy, folded when scraped
+        metrics.hit_counters.extend(policies)  # allowed hits: latencies per policy, folded when scraped
         metrics.cache_entries.set_function(lambda: len(cache))
         metrics.cache_capacity.set(config.cache.max_entries)
         self._log_allows = config.log.decisions == "all"
@@ -103,27 +108,44 @@ class Outcomes:
         self.decision_log = DecisionLog(log, trusted, config.log.allow_sample_ratio)
         self._cache_stale = metrics.cache.labels("stale")
         self._latency = metrics.decision_latency
-        self._hit_allow = self._latency.child("allow", "hit")  # the hot path's own bucket counts
         self._trusted = trusted
         self.tracing = tracing  # None: tracing off, nothing more than this test per decision
+        self._waiting: dict[int, Span] = {}  # the spans of checks awaiting the IdP, by id of their request
 
     def allow(self, entry: Entry, lookup: Lookup, policy: Policy, request: CheckRequest) -> Entry:
-        """An allow of ``entry`` under ``policy``; a stale one is always logged (the IdP did not
-        give this answer just now), whatever ``log.decisions`` says."""
-        now = perf_counter()
-        if lookup == "hit":
-            policy.hit_allows += 1  # folded into the hit and allow counters when scraped
-            latencies = self._hit_allow
-        else:
-            self.count(lookup)
-            self._metrics.decision("allow", "stale" if lookup == "stale" else "ok", policy.name)
-            latencies = self._latency.child("allow", lookup)
+        """An allow of ``entry`` under ``policy``. A cache hit (the hot path) records its latency in
+        its policy's ``hits``, which is also its count as a hit and as an allow (folded when
+        scraped), and at most a line and a span; any other allow goes through :meth:`_fresh`."""
+        if lookup != "hit":
+            return self._fresh(entry, lookup, policy, request)
+        now = time()
         seconds = now - request.started
-        latencies.counts[bisect_left(DECISION_BUCKETS, seconds)] += 1  # Latencies.observe, inlined (hot path)
-        latencies.total += seconds
-        trace_id = None if self.tracing is None else self._traced(request, "allow", lookup, policy.name, entry, 200,
-                                                                  "stale" if lookup == "stale" else "ok")
-        if lookup == "stale":
+        hits = policy.hits  # Latencies.observe, inlined: nearly every hit lands in the first bucket
+        if seconds <= FIRST_BUCKET:
+            hits.counts[0] += 1
+            if seconds > 0.0:  # a wall clock stepped back: counted, nothing added to the sum
+                hits.total += seconds
+        else:
+            hits.counts[bisect_left(DECISION_BUCKETS, seconds)] += 1
+            hits.total += seconds
+        trace_id = None if self.tracing is None else self._traced(request, "allow", lookup, policy.name, entry,
+                                                                  200, "ok")
+        if self._log_allows:
+            self.decision_log.allow(now, entry, lookup, policy, request, trace_id)
+        return entry
+
+    def _fresh(self, entry: Entry, lookup: Lookup, policy: Policy, request: CheckRequest) -> Entry:
+        """An allow of an answer the IdP gave for this check (or another waiting for it), or a stale
+        one: a stale allow is always logged (the IdP did not give this answer just now), whatever
+        ``log.decisions`` says."""
+        now = time()
+        stale = lookup == "stale"
+        self.count(lookup)
+        self._metrics.decision("allow", "stale" if stale else "ok", policy.name)
+        self._latency.child("allow", lookup).observe(max(now - request.started, 0.0))
+        trace_id = None if self.tracing is None else self._traced(request, "allow", lookup, policy.name, entry,
+                                                                  200, "stale" if stale else "ok")
+        if stale:
             log.warning("allow", extra={"outcome": "allow", "reason": "stale", "stale": True, "token": entry.token_hash,
                                         "cache": lookup, "client_id": entry.info.client_id, "policy": policy.name,
                                         **self.decision_log.request_fields(request, now, trace_id)})
@@ -138,13 +160,13 @@ class Outcomes:
         policy: a configuration error, always logged as a warning); ``lookup``: the cache lookup the
         token's answer came from, when there was one; ``entry``: that answer; ``missed``: the cache
         missed and the IdP call failed (labelled ``miss``, not counted as a lookup)."""
-        now = perf_counter()
+        now = time()
         if lookup is not None:
             self.count(lookup)
         name = NO_POLICY if policy is None else policy.name
         cache = "miss" if missed else NO_CACHE if lookup is None else lookup
         self._metrics.decision("deny", denial.reason, name)
-        self._latency.child("deny", cache).observe(now - request.started)
+        self._latency.child("deny", cache).observe(max(now - request.started, 0.0))
         trace_id = None if self.tracing is None else self._traced(request, "deny", cache, name, entry, denial.status,
                                                                   denial.reason)
         unknown = denial.reason == "policy_unknown"
@@ -178,14 +200,18 @@ class Outcomes:
         """A check that awaits the IdP (or Redis): its span (when sampled) is made now and is the
         parent of the spans of the calls it causes."""
         tracing = self.tracing
-        span = None if tracing is None else tracing.start(request.headers, request.peer in self._trusted,
-                                                          request.started)
-        if span is None:
+        parent = False if tracing is None else tracing.parent(request.headers, request.peer in self._trusted)
+        if parent is False:
             yield
             return
-        request.span = span
-        with tracing.active(span):  # type: ignore[union-attr]  # span is None when tracing is
-            yield
+        assert tracing is not None and not isinstance(parent, bool)
+        span = tracing.start(parent, request.started)
+        self._waiting[id(request)] = span
+        try:
+            with tracing.active(span):
+                yield
+        finally:
+            self._waiting.pop(id(request), None)
 
     def _traced(self, request: CheckRequest, outcome: str, cache: str, policy: str, entry: Entry | None,
                 status: int, reason: str) -> str | None:
@@ -193,16 +219,21 @@ class Outcomes:
         when the check is not sampled."""
         tracing = self.tracing
         assert tracing is not None
-        span = request.span
-        if span is None:
-            span = tracing.start(request.headers, request.peer in self._trusted, request.started)
-            if span is None:
+        span = self._waiting.pop(id(request), None)
+        parent = None
+        if span is None:  # a check that did not wait: its span is made now, sampled or not
+            parent = tracing.parent(request.headers, request.peer in self._trusted)
+            if parent is False:
                 return None
         attributes: dict[str, str | int] = {"sidecar.outcome": outcome, "sidecar.reason": reason,
                                             "sidecar.cache": cache, "sidecar.policy": policy,
                                             "http.response.status_code": status}
         if entry is not None and entry.info.client_id:
             attributes["sidecar.client_id"] = entry.info.client_id[:256]
-        tracing.finish(span, attributes, error=status >= 500)  # type: ignore[arg-type]
-        request.span = None
-        return tracing.trace_id(span)  # type: ignore[arg-type]
+        if span is None:
+            assert not isinstance(parent, bool)
+            span = tracing.start(parent, request.started, attributes)  # given at once: cheaper than set after
+            tracing.finish(span, error=status >= 500)
+        else:
+            tracing.finish(span, attributes, error=status >= 500)
+        return tracing.trace_id(span)

@@ -3,7 +3,8 @@
 The original request (``method``, ``path``, ``host``, ``scheme``) is what per-route policies and the
 DPoP ``htu``/``htm`` checks compare against. ``headers`` are read only when a decision line or a
 trace needs them (the request id, the caller's trace context): after the answer, off the hot path.
-``started`` is when the front began the check: the decision's latency runs from there.
+``started`` is when the front began the check (``time.time``): the decision's latency runs from
+there, and a cached token's time window is checked at that instant.
 
 Fronts only translate; every rule about these facts lives in the core: which certificate counts
 (presented.py), which source a cache miss is charged to (admission.py), and whether the original
@@ -13,7 +14,7 @@ request and the named policy count (only from a trusted proxy: routes.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from time import perf_counter
+from time import time
 
 from sidecar.support.tracing import Headers
 
@@ -22,14 +23,14 @@ class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
     __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "headers", "host", "method",
-                 "path", "peer", "peer_certificate", "policy", "scheme", "span", "started")
+                 "path", "peer", "peer_certificate", "policy", "scheme", "started")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
                  *, peer_certificate: str | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
                  scheme: str | None = None, dpop_proofs: Sequence[str] = (), policy: str | None = None,
                  forged: Sequence[str] = (), headers: Headers | None = None) -> None:
-        self.started = perf_counter()
+        self.started = time()
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (client_cert.header)
         self.peer = peer  # the address of whoever sent the check (the proxy)
@@ -50,4 +51,3 @@ class CheckRequest:
         self.forged = forged
         # x-request-id, traceparent, tracestate: read after the decision, never on the hot path.
         self.headers = headers
-        self.span: object | None = None  # the decision's span while it awaits the IdP (support/tracing.py)

@@ -1,17 +1,16 @@
 """Prometheus metrics in a per-app registry (several apps in one test process stay apart).
 
-Label children for the hot path are resolved once and kept, so a cache hit costs a counter
-increment, not a label lookup. An allowed cache hit (the hot path) costs less still: one plain
-``int`` increment (the ``hit_allows`` of its policy, in :attr:`Metrics.hit_counters`), folded into
-``sidecar_cache_total{result="hit"}`` and
-``sidecar_decisions_total{outcome="allow",reason="ok",policy=...}`` whenever the registry is read,
-so a scrape sees exact figures while a request takes no lock. The ``policy`` label holds only
-configured policy names (``none`` when no policy admitted the request).
-
-The decision latency histogram is fed the same way: a :class:`Latencies` is a list of bucket
-counts and a sum that a decision bumps (one ``bisect`` in C, two additions), turned into the
-histogram only when the registry is read. One process serves from one thread (the event loop,
-which also answers the scrape), so neither needs a lock.
+Label children for the hot path are resolved once and kept, so a decision costs a counter
+increment, not a label lookup. The decision latency histogram is a :class:`LatencyHistogram` of
+:class:`Latencies`: a list of bucket counts and a sum that a decision bumps (a comparison, or one
+``bisect`` in C, and two additions), turned into the exposition only when the registry is read.
+An allowed cache hit (the hot path) makes that one record and nothing else: its bucket counts in
+the ``hits`` of its policy (:attr:`Metrics.hit_counters`), which are folded into
+``sidecar_cache_total{result="hit"}``, ``sidecar_decisions_total{outcome="allow",reason="ok",
+policy=...}`` and ``sidecar_decision_seconds{outcome="allow",cache="hit"}`` whenever the registry
+is read, so a scrape sees exact figures while a request takes no lock. One process serves from one
+thread (the event loop, which also answers the scrape), so none of it needs a lock. The ``policy``
+label holds only configured policy names (``none`` when no policy admitted the request).
 
 One :class:`Metrics` lives as long as the process: a reload builds new decision parts on the same
 registry (:meth:`Metrics.shared` hands a part the collector its predecessor registered). No
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import (
@@ -47,10 +46,12 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 
 class HitCounter(Protocol):
-    """A policy as the metrics see it: its configured name and its allowed hits not yet folded."""
+    """A policy as the metrics see it: its configured name, its allowed hits (as latencies) and
+    how many of them the counters already hold."""
 
     name: str
-    hit_allows: int
+    hits: Latencies
+    folded: int
 
 
 class Latencies:
@@ -75,6 +76,8 @@ class LatencyHistogram:
                  bounds: Sequence[float] = DECISION_BUCKETS) -> None:
         self._name, self._doc, self._labels, self.bounds = name, documentation, tuple(labels), tuple(bounds)
         self._children: dict[tuple[str, ...], Latencies] = {}
+        # Label values -> more latencies counted under them (the policies' allowed hits).
+        self.sources: dict[tuple[str, ...], Callable[[], Iterable[Latencies]]] = {}
 
     def child(self, *values: str) -> Latencies:
         found = self._children.get(values)
@@ -87,12 +90,13 @@ class LatencyHistogram:
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
-        for values, latencies in sorted(self._children.items()):
+        for values in sorted({*self._children, *self.sources}):
+            every = [self.child(*values), *(self.sources[values]() if values in self.sources else ())]
             cumulative, buckets = 0, []
-            for bound, count in zip((*map(str, self.bounds), "+Inf"), latencies.counts, strict=True):
-                cumulative += count
+            for bound, *counts in zip((*map(str, self.bounds), "+Inf"), *(each.counts for each in every), strict=True):
+                cumulative += sum(counts)
                 buckets.append((bound, cumulative))
-            family.add_metric(list(values), buckets, latencies.total)
+            family.add_metric(list(values), buckets, sum(each.total for each in every))
         yield family
 
 
@@ -113,6 +117,7 @@ class Metrics:
             "sidecar_decision_seconds", "Time from a check's arrival to its answer, by outcome and cache result",
             ["outcome", "cache"])
         r.register(self.decision_latency)
+        self.decision_latency.sources[("allow", "hit")] = lambda: (c.hits for c in self.hit_counters)
         self.idp_requests = Counter(
             "sidecar_idp_requests", "Calls to the IdP by kind and result", ["kind", "result"], registry=r
         )
@@ -161,15 +166,22 @@ class Metrics:
         child.inc(count)
 
     def retire(self, counters: Iterable[HitCounter]) -> None:
-        """A replaced configuration's policies: their last hits folded, then no longer read."""
+        """A replaced configuration's policies: their last hits folded (and their latencies kept
+        in the histogram), then no longer read."""
         self.flush()
         gone = {id(counter) for counter in counters}
+        kept = self.decision_latency.child("allow", "hit")
+        for counter in self.hit_counters:
+            if id(counter) in gone:
+                kept.counts[:] = [a + b for a, b in zip(kept.counts, counter.hits.counts, strict=True)]
+                kept.total += counter.hits.total
         self.hit_counters[:] = [c for c in self.hit_counters if id(c) not in gone]
 
     def flush(self) -> None:
         """Fold the hot-path counts into their counters (called on every registry read)."""
         for counter in self.hit_counters:
-            count, counter.hit_allows = counter.hit_allows, 0
+            total = sum(counter.hits.counts)
+            count, counter.folded = total - counter.folded, total
             if count:
                 self.cache_hit.inc(count)
                 self.decision("allow", "ok", counter.name, count)

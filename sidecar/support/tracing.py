@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span
 
@@ -78,13 +78,14 @@ class Tracing:
         self._trace = trace
         self._ratio = sample_ratio
 
-    def start(self, headers: Headers | None, trusted: bool, started: float) -> Span | None:
-        """The span of one check begun at ``started`` (``time.perf_counter``) when it is sampled,
-        else None. ``trusted``: the peer may speak for the request (its trace context counts)."""
+    def parent(self, headers: Headers | None, trusted: bool) -> Context | bool | None:
+        """Whether a check is sampled, and under which trace: False (not sampled), the caller's
+        context, or None (a new trace). ``trusted``: the peer may speak for the request (its trace
+        context counts)."""
         context = None
         if trusted and headers is not None and (parent := headers.get("traceparent")):
             if len(parent) == TRACEPARENT_V00 and parent.endswith("-00"):
-                return None  # the caller records nothing of this trace
+                return False  # the caller records nothing of this trace
             carrier = {"traceparent": parent}
             if state := headers.get("tracestate"):
                 carrier["tracestate"] = state
@@ -93,14 +94,19 @@ class Tracing:
             if not found.is_valid:
                 context = None  # malformed: as if there were none
             elif not found.trace_flags.sampled:
-                return None
+                return False
         if context is None and self._ratio < 1.0 and random.random() >= self._ratio:  # noqa: S311 - sampling
-            return None
-        return self._tracer.start_span("sidecar check", context, self._trace.SpanKind.SERVER,
-                                       start_time=_ns(started))
+            return False
+        return context
 
-    def finish(self, span: Span, attributes: Attributes, *, error: bool = False) -> None:
-        span.set_attributes(attributes)
+    def start(self, parent: Context | None, started: float, attributes: Attributes | None = None) -> Span:
+        """The span of a sampled check begun at ``started`` (``time.time``) under ``parent``."""
+        return self._tracer.start_span("sidecar check", parent, self._trace.SpanKind.SERVER, attributes=attributes,
+                                       start_time=int(started * 1e9))
+
+    def finish(self, span: Span, attributes: Attributes | None = None, *, error: bool = False) -> None:
+        if attributes:
+            span.set_attributes(attributes)
         if error:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         span.end()
@@ -145,11 +151,6 @@ def child(name: str, **attributes: str) -> ChildSpan:
         return NO_SPAN
     tracing, parent = active
     return tracing.child_of(parent, name, attributes)
-
-
-def _ns(perf: float) -> int:
-    """A ``time.perf_counter`` instant as Unix nanoseconds (the clock spans carry)."""
-    return time.time_ns() - int((time.perf_counter() - perf) * 1e9)
 
 
 def _otlp(endpoint: str, ca_file: str | None) -> SpanExporter:
