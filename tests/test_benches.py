@@ -71,6 +71,7 @@ RUN_SECTIONS = (
     "burst: 200 concurrent", "nginx auth_request", "cache hit, DPoP-bound", "memory: RSS per cached token",
     "server.workers scaling", "per-route policies: cache hit, one policy vs. 20 rules",
     "the peer: Apache + mod_auth_openidc vs nginx + sidecar", "the peer: a new token",
+    "cache hit, tracing (escaped PEM, a traceparent on every request)",
 )
 PEER_FRONTS = ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
                "nginx alone (no auth)")
@@ -145,6 +146,8 @@ QUICK_RUNS = (
         r"req/s nginx \+ sidecar / Apache \+ mod_auth_openidc: ",
         r"CPU authorization adds per request: sidecar ",
         r"^== targets \(ratios within this run\)\n  nginx \+ sidecar / Apache \+ mod_auth_openidc req/s",
+        # tracing on: the sampled side's spans reached the receiver
+        r"CPU per request over tracing off: not sampled [-+]\d+\.\d µs, sampled [-+]\d+\.\d µs; spans received [1-9]",
     ), run_py, timeout=150),
     QuickRun("bare.py", ("--port", "{port}"), (r"^ready$",), probe=bare_py),
     QuickRun("flood.py", ("--quick",), (
@@ -167,7 +170,11 @@ QUICK_RUNS = (
         rf"^wrong_allows=0 decisions=20000 errors=0 http=400 valid_allowed=[1-9]\d* idp_unavailable=[1-9]\d* "
         rf"rss_start={FLOAT}MiB rss_end={FLOAT}MiB",
     ), soak_py),
-    QuickRun("cache_hit_decide.py", ("--quick",), (rf"^cache_hit_decide_us={FLOAT} python=\S+ rounds=1x2000$",)),
+    QuickRun("cache_hit_decide.py", ("--quick",), (
+        rf"^cache_hit_decide_us={FLOAT} python=\S+ rounds=1x2000$",
+        *(rf"^  {re.escape(case)} +{FLOAT} µs  \([-+]{FLOAT} µs\)$" for case in (
+            'log.decisions = "all" (batched)', "tracing on, caller not sampled", "tracing on, caller sampled")),
+    )),
     QuickRun("memory.py", ("--tokens", "2000"), (
         rf'^{{"tokens": \d+, "rss_before_mib": {FLOAT}, "rss_after_mib": {FLOAT}, "bytes_per_token": \S+}}$',
     ), memory_py),
