@@ -35,7 +35,7 @@ TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-{flags}"
 
 
 class Verifier:
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         return TokenInfo(active=True, exp=int(time.time()) + 3600, sub="alice")
 
 

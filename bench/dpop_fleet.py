@@ -42,7 +42,7 @@ class BoundVerifier:
     def __init__(self, jkt: str) -> None:
         self.jkt = jkt
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         return token_info_from_claims({"active": True, "client_id": "app", "scope": "read", "exp": 4_000_000_000,
                                        "token_type": "DPoP", "cnf": {"jkt": self.jkt}})
 

@@ -53,13 +53,15 @@ async def start_replica(env: Env, redis: RedisServer | None, files: tuple[Path, 
     config = env.tmp / f"replica-{port}.toml"
     fleet = "" if redis is None else (
         f'\n[fleet]\nenabled = true\nurl = "{redis.url}"\nsecret_file = "{files[0]}"\n'
-        f'seal_key_file = "{files[1]}"\ntimeout = {timeout}\n')
+        f'seal_key_file = "{files[1]}"\ntimeout = {timeout}\nclock_skew = 0\n')  # one host: one clock
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n\n'
         f'[idp]\nissuer = "{env.idp.issuer}"\nclient_id = "sidecar"\n'
         f'cert_file = "{env.sidecar_files[0]}"\nkey_file = "{env.sidecar_files[1]}"\n'
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
-        f'[cache]\nmax_entries = 200000\n\n[log]\ndecisions = "deny"\n{fleet}')
+        f'[cache]\nmax_entries = 200000\n\n[log]\ndecisions = "deny"\n'
+        # A handful of clients making thousands of new tokens: admission (bench/flood.py) would refuse most.
+        f'\n[admission]\nmiss_rate = 0\nmax_share = 1.0\n{fleet}')
     proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], CORES, env.tmp / "replica.log")
     await wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=60)
     return Server("replica", port, proc, admin)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from sidecar.config import IdpConfig, PolicyConfig
+from sidecar.config import IdpConfig
 from sidecar.core.errors import InvalidToken
 from sidecar.dev.devidp import Client, DevIdp, SigningKey
 from sidecar.idp.jwk_set import KeySet, VerifyKey, parse_jwks
@@ -45,7 +45,7 @@ async def main(n: int) -> None:
     idp.add_client(Client("alice"))
     es, rs, ps = (idp.add_signing_key(alg, kid=alg) for alg in ("ES256", "RS256", "PS256"))
     keys = Keys(parse_jwks(json.dumps({"keys": [k.public_jwk() for k in idp.signing_keys]}).encode()))
-    verifier = JwtAccessTokenVerifier(IdpConfig(issuer=idp.issuer), PolicyConfig(audiences=("api",)), keys)
+    verifier = JwtAccessTokenVerifier(IdpConfig(issuer=idp.issuer), keys)
     cnf = "x" * 43
     cases = {
         "valid ES256": idp.mint_jwt("alice", cnf=cnf, key=es),

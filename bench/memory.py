@@ -6,6 +6,11 @@ The verifier parses a JSON introspection answer exactly like the introspection c
 strings, as in production; only the HTTP round trip to the IdP is left out.
 
     python bench/memory.py --tokens 100000
+    python bench/memory.py --tokens 100000 --index   # with the cache's revocation index
+
+The answers carry a ``sub``, a ``jti``, a ``client_id`` and an e-mail ``username``, so the index
+of core/cache_index.py (kept when revocations can arrive: ``events.enabled`` or an admin secret;
+``--index`` sets the latter) holds four references per token.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class JsonVerifier:
         self.calls = 0
         self.now = int(time.time())
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         self.calls += 1
         return token_info_from_claims(json.loads(answer(self.calls, self.now)))
 
@@ -55,9 +60,11 @@ def answer(i: int, now: int) -> bytes:
     }).encode()
 
 
-async def measure(n: int) -> dict[str, float]:
+async def measure(n: int, index: bool = False) -> dict[str, float]:
+    revocations = {"server": {"admin_secret": "bench-admin-secret-0123"}} if index else {}
     config = config_module.from_mapping({"cache": {"max_entries": n + 1, "max_ttl": 3600},
-                                         "policy": {"binding": "off"}, "log": {"decisions": "off"}})
+                                         "policy": {"binding": "off"}, "log": {"decisions": "off"},
+                                         "admission": {"miss_rate": 0}, **revocations})  # one client fills it
     verifier = JsonVerifier()
     decider = Decider(config, verifier, Metrics())
     tokens = [secrets.token_urlsafe(32) for _ in range(n)]  # the clients' side: allocated before
@@ -78,8 +85,9 @@ async def measure(n: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=100_000)
+    parser.add_argument("--index", action="store_true", help="with the cache's revocation index")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.tokens))))
+    print(json.dumps(asyncio.run(measure(args.tokens, index=args.index))))
 
 
 if __name__ == "__main__":

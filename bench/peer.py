@@ -21,7 +21,7 @@ Fronts, the sidecar and the backend run on the server core, ab and the IdP on th
 Rounds alternate the order of the four. What authorization adds per request is a front's CPU per
 request minus its control's. A new token is measured one at a time over one keep-alive
 connection (the latency a client sees, and the CPU the front and its authorizer spend); fewer
-than the sidecar's ``admission.miss_burst`` (100 new tokens per client address), beyond which
+than the sidecar's ``admission.miss_burst`` (100 new tokens per client, or per client address), beyond which
 the sidecar answers 429 and nginx's auth_request turns that into 500.
 """
 

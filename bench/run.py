@@ -193,6 +193,9 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         f'cert_file = "{env.sidecar_files[0]}"\nkey_file = "{env.sidecar_files[1]}"\n'
         f'ca_file = "{env.ca_file}"\ntimeout = 5.0\n\n'
         f'[cache]\nmax_entries = 200000\n\n'
+        # Four clients making every request a new token (the miss scenario): admission, which
+        # bench/flood.py measures, would refuse most of them.
+        f'[admission]\nmiss_rate = 0\nmax_share = 1.0\n\n'
         f'[client_cert]\nheader = "{header}"\nformat = "{fmt}"\n'
         + (f'ca_file = "{ca_file}"\n' if ca_file else "")
         + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")
@@ -223,9 +226,14 @@ class Run:
 
 
 def lua_script(env: Env, header: str, certs: list[str], tokens: list[tuple[int, str]], *,
-               delay_ms: int = 0, path: str = "/check", extra: dict[str, str] | None = None) -> Path:
-    """Requests are formatted once in init(); each request takes the next (token, cert) pair."""
+               delay_ms: int = 0, path: str = "/check", extra: dict[str, str] | None = None,
+               sources: bool = False) -> Path:
+    """Requests are formatted once in init(); each request takes the next (token, cert) pair.
+    ``sources``: each client (certificate) sends its own address, as a proxy vouches for it."""
     lua_extra = "".join(f', ["{k}"] = "{v}"' for k, v in (extra or {}).items())
+    if sources:
+        lua_extra += ', ["X-Forwarded-For"] = "10.0.0." .. idx'
+
     fd, name = tempfile.mkstemp(suffix=".lua", dir=env.tmp)
     data = Path(name + ".txt")
     data.write_text("".join(f"{i} {t}\n" for i, t in tokens))
@@ -357,8 +365,9 @@ async def metric(admin_port: int, name: str, labels: str) -> float:
 
 
 def mint(env: Env, n: int) -> list[tuple[int, str]]:
-    return [(i % len(env.clients), env.idp.mint_bound("client", env.clients[i % len(env.clients)].x5t_s256))
-            for i in range(n)]
+    """``n`` tokens, each bound to one of the four clients' certificates (client0 … client3)."""
+    count = len(env.clients)
+    return [(i % count, env.idp.mint_bound(f"client{i % count}", env.clients[i % count].x5t_s256)) for i in range(n)]
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -422,12 +431,13 @@ async def scenario_half_rate(env: Env, sidecar: Server, max_rps: float, tokens: 
 
 
 async def scenario_miss(env: Env, sidecar: Server, certs: list[str], hit_c1: Run) -> Run:
-    """Every request carries a token never seen before (wrk rotates over more tokens than it sends)."""
+    """Every request carries a token never seen before (wrk rotates over more tokens than it sends),
+    from four clients, each its own client and address (each its own admission source)."""
     n = env.args.miss_tokens
     tokens = mint(env, n)
     env.idp.delay = 0.005
     calls0, conns0 = env.idp.introspection_calls, env.idp.connections
-    script = lua_script(env, "x-client-cert", certs, tokens)
+    script = lua_script(env, "x-client-cert", certs, tokens, sources=True)
     run = await wrk(env, sidecar.port, sidecar.proc.pid, script, connections=50, duration=env.args.duration)
     calls, conns = env.idp.introspection_calls - calls0, env.idp.connections - conns0
     env.idp.delay = 0.0
@@ -716,37 +726,113 @@ def routes_toml(count: int) -> str:
     return text
 
 
+async def hits_ab(env: Env, certs: list[str], tokens: list[tuple[int, str]], extra: str,
+                  original: dict[str, str] | None = None) -> tuple[Run, Run, list[Run], list[Run], Server]:
+    """Cache hits on a sidecar as configured by default (a) vs. one with ``extra`` configuration
+    (b), the same requests; (b) is returned running (stop it). Three times the rounds, each shorter:
+    the differences sought (~1 µs of 40) are far below the round-to-round spread of a shared
+    machine, so more, shorter alternations."""
+    single = await start_sidecar(env)
+    other = await start_sidecar(env, extra=extra)
+    try:
+        for server in (single, other):
+            warm = await check_all(server.port, "x-client-cert", certs, tokens, extra=original)
+            if set(warm) != {200}:
+                raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
+        script = lua_script(env, "x-client-cert", certs, tokens, extra=original)
+        runs: dict[str, list[Run]] = {"a": [], "b": []}
+        for round_ in range(env.args.rounds * 3):
+            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+                server = single if side == "a" else other
+                runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
+                                            duration=max(1, round(env.args.duration / 1.5))))
+    except BaseException:
+        other.stop()
+        raise
+    finally:
+        single.stop()
+    return median_run(runs["a"]), median_run(runs["b"]), runs["a"], runs["b"], other
+
+
+def ratio_line(ra: Run, rb: Run, a: list[Run], b: list[Run]) -> str:
+    return (f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: "
+            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(b, a, strict=True)) + ")"
+            + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
+
+
 async def scenario_routes(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
     """Cache hit under one policy vs. under the last of 20 rules (20 named policies), same requests:
     nginx-style ``X-Original-URI``/``X-Original-Method`` on both. The rule match is memoized per
     (method, host, path) and the token's verdict under the policy is kept on its cache entry."""
     original = {"X-Original-URI": f"/api/v1/r{ROUTES - 1}/items?page=2", "X-Original-Method": "GET"}
-    single = await start_sidecar(env)
-    routed = await start_sidecar(env, extra=routes_toml(ROUTES))
+    ra, rb, a, b, routed = await hits_ab(env, certs, tokens, routes_toml(ROUTES), original)
     try:
-        for server in (single, routed):
-            warm = await check_all(server.port, "x-client-cert", certs, tokens, extra=original)
-            if set(warm) != {200}:
-                raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
-        script = lua_script(env, "x-client-cert", certs, tokens, extra=original)
-        # Three times the rounds, each shorter: the difference sought (~1 µs of 40) is far below the
-        # round-to-round spread of a shared machine, so more, shorter alternations.
-        runs: dict[str, list[Run]] = {"a": [], "b": []}
-        for round_ in range(env.args.rounds * 3):
-            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
-                server = single if side == "a" else routed
-                runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
-                                            duration=max(1, round(env.args.duration / 1.5))))
         assert routed.admin_port is not None
         allowed = await metric(routed.admin_port, "sidecar_decisions_total",
                                f'outcome="allow",policy="p{ROUTES - 1}",reason="ok"')
     finally:
-        single.stop()
         routed.stop()
-    ra, rb = median_run(runs["a"]), median_run(runs["b"])
     report(env, f"per-route policies: cache hit, one policy vs. {ROUTES} rules (escaped PEM, X-Original-URI)",
            f"  (a) single policy  {ra.line()}\n  (b) {ROUTES} rules     {rb.line()}\n"
-           f"  allowed under p{ROUTES - 1} (the last rule): {allowed:.0f}\n"
+           f"  allowed under p{ROUTES - 1} (the last rule): {allowed:.0f}\n" + ratio_line(ra, rb, a, b))
+    return ra, rb
+
+
+def issuers_toml(env: Env, names: tuple[str, ...] = ("b", "c")) -> str:
+    """Two issuers besides [idp] (introspection at the bench IdP), every one accepted by [policy]."""
+    text = f'\n[policy]\nissuers = {json.dumps(["default", *names])}\n'
+    for name in names:
+        text += (f'\n[issuers.{name}]\nintrospection_endpoint = "{env.idp.issuer}/introspect"\n'
+                 f'token_format = "introspection"\nclient_id = "sidecar"\ncert_file = "{env.sidecar_files[0]}"\n'
+                 f'key_file = "{env.sidecar_files[1]}"\nca_file = "{env.ca_file}"\ntimeout = 5.0\n')
+    return text
+
+
+async def scenario_issuers(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
+    """Cache hit with one issuer ([idp]) vs. three (``[issuers.b]``, ``[issuers.c]``, and a policy
+    naming all three), same requests: issuers are chosen on a miss only."""
+    ra, rb, a, b, several = await hits_ab(env, certs, tokens, issuers_toml(env))
+    several.stop()
+    report(env, "several issuers: cache hit, one issuer vs. three (escaped PEM)",
+           f"  (a) one issuer     {ra.line()}\n  (b) three issuers  {rb.line()}\n" + ratio_line(ra, rb, a, b))
+    return ra, rb
+
+
+def identity_toml(tmp: Path) -> str:
+    """The default policy sends the identity token (docs/identity.md), signed with a new Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key_file = tmp / "identity.key"
+    key_file.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return (f'\n[identity]\nkey_file = "{key_file}"\nissuer = "https://sidecar.example"\n'
+            '\n[policy]\nidentity = true\nidentity_audience = "https://api.example"\n')
+
+
+async def scenario_identity(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> tuple[Run, Run]:
+    """Cache hit without and with the identity token, same requests: the token is signed once per
+    cached entry (at the warm-up) and again only past half its life, so a hit signs nothing."""
+    plain = await start_sidecar(env)
+    signed = await start_sidecar(env, extra=identity_toml(env.tmp))
+    try:
+        for server in (plain, signed):
+            warm = await check_all(server.port, "x-client-cert", certs, tokens)
+            if set(warm) != {200}:
+                raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
+        script = lua_script(env, "x-client-cert", certs, tokens)
+        runs: dict[str, list[Run]] = {"a": [], "b": []}
+        for round_ in range(env.args.rounds * 3):  # more, shorter alternations, as for the routes
+            for side in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+                server = plain if side == "a" else signed
+                runs[side].append(await wrk(env, server.port, server.proc.pid, script, connections=50,
+                                            duration=max(1, round(env.args.duration / 1.5))))
+    finally:
+        plain.stop()
+        signed.stop()
+    ra, rb = median_run(runs["a"]), median_run(runs["b"])
+    report(env, "identity token: cache hit without vs. with it (escaped PEM)",
+           f"  (a) without  {ra.line()}\n  (b) with     {rb.line()}\n"
            f"  ratio (b)/(a) {rb.rps / ra.rps:.3f}   (rounds: "
            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(runs["b"], runs["a"], strict=True)) + ")"
            + f"   CPU ratio (a)/(b) {ra.cpu_us / rb.cpu_us:.3f}")
@@ -784,15 +870,22 @@ async def main_async(args: argparse.Namespace) -> None:
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
         return
-    if args.routes_only:
+    if args.routes_only or args.issuers_only or args.identity_only:
         try:
-            ra, rb = await scenario_routes(env, pem, tokens)
+            if args.routes_only:
+                ra, rb = await scenario_routes(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
+            if args.issuers_only:
+                ia, ib = await scenario_issuers(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, three issuers vs one: {ib.rps / ia.rps:.3f}")
+            if args.identity_only:
+                da, db = await scenario_identity(env, pem, tokens)
+                print(f"\nratio (b)/(a) cache hit, with the identity token vs without: {db.rps / da.rps:.3f}")
         finally:
             idp_server.close()
             await runner.cleanup()
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-        print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
         return
     try:
         if args.peer_only:
@@ -824,6 +917,8 @@ async def main_async(args: argparse.Namespace) -> None:
         sidecar.stop()
         await scenario_dpop(env, pem, tokens)
         route_a, route_b = await scenario_routes(env, pem, tokens)
+        identity_a, identity_b = await scenario_identity(env, pem, tokens)
+        issuer_a, issuer_b = await scenario_issuers(env, pem, tokens)
         await scenario_tracing(env, pem, tokens)
         await scenario_memory(env)
         peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
@@ -849,6 +944,8 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\nload average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores "
           "(other processes share the cores: compare ratios within this run)")
     print(f"ratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {route_b.rps / route_a.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, three issuers vs one: {issuer_b.rps / issuer_a.rps:.3f}")
+    print(f"ratio (b)/(a) cache hit, with the identity token vs without: {identity_b.rps / identity_a.rps:.3f}")
     print(f"ratio (b)/(a) cache hit, escaped PEM: {rb.rps / ra.rps:.2f}  (XFCC {xb.rps / xa.rps:.2f}, "
           f"with client_cert.ca_file {vb.rps / va.rps:.2f})")
 
@@ -867,6 +964,9 @@ def main() -> None:
                         help="only the cost of tracing on a cache hit (off, not sampled, sampled)")
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run the sidecar of another source tree beside tracing off (a before/after)")
+    parser.add_argument("--issuers-only", action="store_true", help="only one issuer vs. three (issue 24)")
+    parser.add_argument("--identity-only", action="store_true",
+                        help="only a cache hit without vs. with the identity token (issue 27)")
     parser.add_argument("--no-peer", action="store_true", help="skip Apache + mod_auth_openidc against nginx + sidecar")
     parser.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
     parser.add_argument("--peer-clients", type=int, default=50, help="ab -c for the peer comparison (50)")

@@ -1,4 +1,4 @@
-"""Command line: ``sidecar [serve] [--config FILE]``, ``sidecar check-config``, ``sidecar demo``,
+"""Command line: ``sidecar [serve] [--config FILE]``, ``sidecar check-config [--online]``, ``sidecar demo``,
 ``sidecar --version``; ``--help`` after any of them explains it in plain text."""
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ otherwise."""),
     "check-config": ("validate the configuration and exit", """\
 Read the configuration as serve would (the file and the environment), check every value and that
 the certificate, key, CA and secret files load, print the warnings and "configuration ok", and exit
-0; or print the first problem, naming the key, and exit 2. Nothing is served."""),
+0; or print the first problem, naming the key, and exit 2. Nothing is served. With --online, also
+contact every issuer (discovery, mutual TLS, the JWK Set, one introspection) and exit 1 naming each
+key whose issuer fails."""),
     "demo": ("a self-contained demonstration", """\
 Start a throwaway certificate authority, a development IdP over mutual TLS and the sidecar, show one
 allowed and one denied check with the curl lines that repeat them, and keep serving until Ctrl-C.
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         if name != "demo":  # after the command too; SUPPRESS keeps a --config given before it
             command.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
                                  help="TOML file (default: $SIDECAR_CONFIG)")
+            if name == "check-config":
+                command.add_argument("--online", action="store_true", help="contact every issuer (discovery, "
+                                     "mutual TLS, JWK Set, one introspection); exit 1 naming each key that fails")
         else:
             command.add_argument("--log", metavar="FILE", type=Path,
                                  help=f"where the JSON logs go (default: {tempfile.gettempdir()}/sidecar-demo.log)")
@@ -86,6 +91,18 @@ def _load_checked(path: str | None) -> config_module.Config:
     except INVALID as exc:
         print(f"sidecar: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_online(config: config_module.Config) -> None:
+    """Contact every issuer; exit 1 with one line per failure (the key, the cause, the detail)."""
+    from sidecar.idp.online import check_online
+
+    findings = asyncio.run(check_online(config))
+    for finding in findings:
+        print(f"sidecar: online check failed: {finding}", file=sys.stderr)
+    if findings:
+        raise SystemExit(1)
+    print(f"online: every issuer answered ({', '.join(config.every_issuer)})")
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -119,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"sidecar: warning: {warning}", file=sys.stderr)
         print("configuration ok")
         print(f"policies: {', '.join(['default', *config.policies])}; rules: {len(config.routes)}")
+        if config.issuers:
+            print(f"issuers: {', '.join(config.every_issuer)}")
+        if getattr(args, "online", False):
+            _check_online(config)
         return
     logs.setup(config.log.level)
     for warning in config_module.warnings(config):

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from sidecar.config import Config, admin_secret
 from sidecar.core.extract import TrustedProxies
-from sidecar.fronts import admin, purge
+from sidecar.fronts import admin, events, jwks, purge
 from sidecar.fronts import http as handlers
 from sidecar.fronts.connections import Gate, GuardedSite, PortLimits, PortMetrics, fit_file_descriptors
 from sidecar.fronts.purge_guard import PurgeGuard
@@ -48,9 +48,14 @@ def check_server(sidecar: Sidecar) -> web.Server:
 def admin_app(sidecar: Sidecar) -> web.Application:
     app = web.Application()
     app[SIDECAR] = sidecar
+    app[admin.SCRAPES] = admin.Scrapes(sidecar.metrics.registry)
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", admin.metrics)
+    if sidecar.decider.identity is not None:  # the public keys of identity tokens
+        app.router.add_get(jwks.PATH, jwks.jwks)
+    if sidecar.events is not None:  # RFC 8935 push of Security Event Tokens
+        app.router.add_post(events.PATH, events.receive)
     s = sidecar.config.server
     secret = admin_secret(s)
     if secret:  # no secret, no purge route
@@ -75,7 +80,7 @@ def port_limits(config: Config) -> tuple[PortLimits, PortLimits]:
     check = PortLimits("check", check_cap, s.header_timeout, s.max_head_size, CHECK_IDLE_TIMEOUT,
                        max_field_size=s.max_header_size)
     admin_limits = PortLimits("admin", admin_cap, s.header_timeout, ADMIN_MAX_HEAD, ADMIN_IDLE_TIMEOUT,
-                              max_per_peer=max(1, admin_cap // 4))
+                              max_per_peer=max(1, admin_cap // 4), evict_idle=True)
     return check, admin_limits
 
 

@@ -24,6 +24,9 @@ core.register_action("sidecar_check", { "http-req" }, function(txn, url)
   local send = {
     ["x-forwarded-method"] = { txn.sf:method() },
     ["x-forwarded-uri"] = { txn.sf:pathq() },
+    -- The client's address, set (never a client's own X-Forwarded-For): the sidecar charges new
+    -- tokens to it (admission.source_header), so that one client cannot spend the others' IdP calls.
+    ["x-forwarded-for"] = { txn.sf:src() },
   }
   -- Every copy: the sidecar refuses a request with two Authorization headers.
   local authorization = txn.http:req_get_headers()["authorization"]

@@ -22,6 +22,28 @@ def https_url(url: str) -> str | None:
     return None if url.startswith("https://") else f"must be an https:// URL; got {url!r}"
 
 
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,63}\Z")
+ISSUER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")  # a metrics label: short, plain, lower case
+MAX_TENANTS = 64
+MAX_POLICY_ISSUERS = 4  # an unknown opaque token costs at most one introspection per issuer named
+
+
+def tenants(values: tuple[str, ...]) -> str | None:
+    if len(values) > MAX_TENANTS:
+        return f"at most {MAX_TENANTS} tenants"
+    bad = next((t for t in values if not _TENANT.match(t)), None)
+    return None if bad is None else f"not a tenant id (letters, digits, . and -): {bad!r}"
+
+
+def issuer_names(values: tuple[str, ...]) -> str | None:
+    if len(values) > MAX_POLICY_ISSUERS:
+        return f"at most {MAX_POLICY_ISSUERS} issuers"
+    if len(set(values)) != len(values):
+        return "names an issuer twice"
+    bad = next((n for n in values if not ISSUER_NAME.match(n)), None)
+    return None if bad is None else f"not an issuer name: {bad!r}"
+
+
 def existing_file(path: str) -> str | None:
     """The file exists and this process may read it (a Secret mounted for another user fails here,
     naming the file, not later with a bare PermissionError)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from sidecar.config.declare import ENV_PREFIX, ConfigError
-from sidecar.config.named import named_policies, routes
+from sidecar.config.named import named_issuers, named_policies, routes
 from sidecar.config.rules import validate
 from sidecar.config.sections import KEYS, SECTIONS, Config, Key
 
@@ -66,7 +66,7 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     env = env or {}
     check_variables(env)
     for name in raw:
-        if name not in SECTIONS and name not in ("policies", "routes"):
+        if name not in SECTIONS and name not in ("policies", "routes", "issuers"):
             raise ConfigError(name, "unknown section")
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for name in SECTIONS:
@@ -86,7 +86,8 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         return _read(k, value, from_env=False)
 
     config = Config(**{name: cls(**values[name]) for name, cls in SECTIONS.items()},
-                    policies=named_policies(raw.get("policies"), read), routes=routes(raw.get("routes"), read))
+                    policies=named_policies(raw.get("policies"), read), routes=routes(raw.get("routes"), read),
+                    issuers=named_issuers(raw.get("issuers"), read))
     validate(config)
     return config
 

@@ -14,17 +14,20 @@ from sidecar.config import checks
 from sidecar.config.declare import ConfigError
 from sidecar.config.sections import (
     DPOP_HEADERS,
+    IDENTITY_CLAIMS,
     KEY,
     STANDARD_HEADERS,
     ClientCertConfig,
     Config,
     FleetConfig,
+    IdentityConfig,
     IdpConfig,
     PolicyConfig,
     ResponseConfig,
     RouteConfig,
     ServerConfig,
 )
+from sidecar.support.jose import signing_key
 
 _METHOD = re.compile(r"^[A-Z]{1,20}\Z")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]{0,252})?\Z|^\[[0-9a-f:.]+\]\Z")
@@ -36,6 +39,8 @@ def validate(config: Config) -> None:
     _validate_server_limits(config.server)
     if config.idp_configured:
         _validate_idp(config.idp)
+    _validate_issuers(config)
+    if config.idp_configured or config.issuers:
         _validate_jwt_policy(config)
     _validate_client_cert(config.client_cert)
     if config.dpop.enabled and not config.dpop.algorithms:
@@ -49,6 +54,12 @@ def validate(config: Config) -> None:
     if config.fleet.enabled:
         _validate_fleet(config.fleet, config.idp)
     _validate_policies(config)
+    _validate_identity(config)
+    if config.events.enabled and not config.events.audience:
+        raise ConfigError(KEY.events.audience, f"is required with {KEY.events.enabled}")
+    if config.events.enabled and not any(i.issuer for i in config.every_issuer.values()):
+        # A SET is accepted from a configured issuer only, verified with its published keys.
+        raise ConfigError(KEY.idp.issuer, f"(or an issuers.NAME.issuer) is required with {KEY.events.enabled}")
     for index, route in enumerate(config.routes):
         _validate_route(f"routes[{index}]", route, config)
 
@@ -73,39 +84,94 @@ def _validate_server(s: ServerConfig) -> None:
                           f"worker admin ports (admin_port + i) must not include {KEY.server.port}")
 
 
-def _validate_idp(i: IdpConfig) -> None:
+def _key(where: str, name: str) -> str:
+    """``where.name`` for a key of ``[idp]`` (``idp`` or ``issuers.NAME``); refuses an undeclared one."""
+    getattr(KEY.idp, name)
+    return f"{where}.{name}"
+
+
+def _validate_idp(i: IdpConfig, where: str = "idp") -> None:
+    _validate_tenants(i, where)
     introspects = i.token_format != "jwt"
     if not i.client_id and introspects:
-        raise ConfigError(KEY.idp.client_id, "is required for introspection")
+        raise ConfigError(_key(where, "client_id"), "is required for introspection")
     if i.auth_method in ("tls_client_auth", "self_signed_tls_client_auth") and introspects:
         if not i.cert_file:
-            raise ConfigError(KEY.idp.cert_file, f"is required with auth_method {i.auth_method}")
+            raise ConfigError(_key(where, "cert_file"), f"is required with auth_method {i.auth_method}")
         if not i.key_file:
-            raise ConfigError(KEY.idp.key_file, f"is required with auth_method {i.auth_method}")
+            raise ConfigError(_key(where, "key_file"), f"is required with auth_method {i.auth_method}")
     elif i.auth_method == "private_key_jwt":
         if introspects and not i.assertion_key_file:
-            raise ConfigError(KEY.idp.assertion_key_file, "is required with auth_method private_key_jwt")
+            raise ConfigError(_key(where, "assertion_key_file"), "is required with auth_method private_key_jwt")
     elif not (i.client_secret or i.client_secret_file) and introspects:
-        raise ConfigError(KEY.idp.client_secret, f"is required with auth_method {i.auth_method}")
+        raise ConfigError(_key(where, "client_secret"), f"is required with auth_method {i.auth_method}")
     if not i.jwt_algorithms and i.token_format != "introspection":
-        raise ConfigError(KEY.idp.jwt_algorithms, "must not be empty unless token_format is introspection")
+        raise ConfigError(_key(where, "jwt_algorithms"), "must not be empty unless token_format is introspection")
+
+
+def _validate_tenants(i: IdpConfig, where: str) -> None:
+    """A multi-tenant issuer: a template with one ``{tenant}``, an allow-list, keys by discovery only."""
+    template = (i.issuer or "").count("{tenant}")
+    if not i.tenants and template:
+        raise ConfigError(_key(where, "tenants"), "is required when issuer holds {tenant}")
+    if not i.tenants:
+        return
+    if template != 1 or "{" in (i.issuer or "").replace("{tenant}", ""):
+        raise ConfigError(_key(where, "issuer"), "must hold {tenant} exactly once with tenants set")
+    if i.token_format != "jwt":
+        raise ConfigError(_key(where, "token_format"), "must be jwt with tenants (keys from each tenant's discovery)")
+    for name in ("introspection_endpoint", "jwks_uri"):
+        if getattr(i, name):
+            raise ConfigError(_key(where, name), "cannot be set with tenants: each tenant's discovery names it")
+
+
+def _where(name: str) -> str:
+    return "idp" if name == "default" else f"issuers.{name}"
+
+
+def _policies(config: Config) -> list[tuple[str, PolicyConfig]]:
+    return [("policy", config.policy), *((f"policies.{n}", p) for n, p in config.policies.items())]
+
+
+def _validate_issuers(config: Config) -> None:
+    """Every issuer valid; several: each policy names its issuers, JWTs can be routed by ``iss``."""
+    every = config.every_issuer
+    for name, i in config.issuers.items():
+        _validate_idp(i, _where(name))
+    seen: dict[str, str] = {}
+    for name, i in every.items():
+        if len(every) > 1 and i.token_format != "introspection" and not i.issuer:
+            raise ConfigError(_key(_where(name), "issuer"), "is required with several issuers: JWTs are routed "
+                              "to the issuer their iss names")
+        if i.issuer and seen.setdefault(i.issuer, name) != name:
+            raise ConfigError(_key(_where(name), "issuer"), f"is also the issuer of {_where(seen[i.issuer])}")
+    for where, policy in _policies(config):
+        if len(every) > 1 and not policy.issuers:
+            raise ConfigError(f"{where}.issuers", f"is required with several issuers ({', '.join(every)})")
+        for name in policy.issuers:
+            if name not in every:
+                raise ConfigError(f"{where}.issuers", f"no issuer {name!r} ([idp] is default, or [issuers.NAME])")
 
 
 def _validate_jwt_policy(config: Config) -> None:
     """RFC 9068 §4: the RS MUST check ``iss`` and ``aud``, so local validation needs both."""
-    if config.idp.token_format not in ("jwt", "jwt_then_introspection"):
-        return
-    if not config.policy.audiences:
-        raise ConfigError(KEY.policy.audiences, f"is required with {KEY.idp.token_format} "
-                          f"{config.idp.token_format} (RFC 9068 §4: aud MUST be validated)")
-    for name, policy in config.policies.items():
-        if "jwt" in policy.token_formats and not policy.audiences:
-            raise ConfigError(f"policies.{name}.audiences", f"is required with {KEY.idp.token_format} "
-                              f"{config.idp.token_format} unless token_formats leaves out jwt (RFC 9068 §4)")
-    if not (config.idp.issuer or config.policy.allowed_issuers):
-        raise ConfigError(KEY.idp.issuer, f"or {KEY.policy.allowed_issuers} is required to validate iss of JWTs")
-    if not (config.idp.issuer or config.idp.jwks_uri):
-        raise ConfigError(KEY.idp.jwks_uri, f"or {KEY.idp.issuer} (discovery) is required to validate JWTs")
+    for name, i in config.every_issuer.items():
+        if i.token_format not in ("jwt", "jwt_then_introspection"):
+            continue
+        where = _where(name)
+        accepting = [(w, p) for w, p in _policies(config)
+                     if name in config.policy_issuers(p) and "jwt" in p.token_formats]
+        for policy_where, policy in accepting:
+            if not policy.audiences:
+                raise ConfigError(f"{policy_where}.audiences", f"is required with {_key(where, 'token_format')} "
+                                  f"{i.token_format} unless token_formats leaves out jwt (RFC 9068 §4: aud MUST "
+                                  "be validated)")
+        if not (i.issuer or (accepting and all(p.allowed_issuers for _, p in accepting))):
+            raise ConfigError(_key(where, "issuer"), f"or {KEY.policy.allowed_issuers} is required to validate iss "
+                              "of JWTs")
+        if not (i.issuer or i.jwks_uri):
+            raise ConfigError(_key(where, "jwks_uri"), f"or {_key(where, 'issuer')} (discovery) is required to "
+                              "validate JWTs")
 
 
 def _validate_client_cert(c: ClientCertConfig) -> None:
@@ -137,6 +203,10 @@ def warnings(config: Config) -> list[str]:
     if any(ipaddress.ip_network(cidr, strict=False).prefixlen == 0 for cidr in config.client_cert.trusted_proxies):
         found.append(f"{KEY.client_cert.trusted_proxies} trusts every address: any client can then forward a "
                      "certificate header")
+    secret = admin_secret(config.server)
+    if secret is not None and len(secret) < STRONG_SECRET:
+        found.append(f"{KEY.server.admin_secret} has fewer than {STRONG_SECRET} characters: the right secret is "
+                     "never locked out, so its strength is what stops guessing (openssl rand -base64 32)")
     return found
 
 def _validate_fleet(f: FleetConfig, i: IdpConfig) -> None:
@@ -205,6 +275,9 @@ def _validate_route(where: str, route: RouteConfig, config: Config) -> None:
         raise ConfigError(f"{where}.path", "`*` needs match = \"glob\"")
 
 
+STRONG_SECRET = 32  # characters of a purge secret that no guessing rate can find (about 190 bits, random)
+
+
 def admin_secret(s: ServerConfig) -> str | None:
     """The admin purge secret, from the config or its file (read at start, never logged)."""
     if s.admin_secret_file:
@@ -220,3 +293,51 @@ def client_secret(i: IdpConfig) -> str | None:
     if i.client_secret_file:
         return Path(i.client_secret_file).read_text(encoding="utf-8").strip()
     return i.client_secret
+
+
+def _validate_identity(config: Config) -> None:
+    """Identity tokens (docs/identity.md): a key, an issuer and, per policy, an audience; the header
+    in the credential namespace, which every shipped front clears of client copies and overwrites."""
+    i = config.identity
+    every = [("policy", config.policy), *((f"policies.{name}", p) for name, p in config.policies.items())]
+    for where, policy in every:
+        if policy.identity and not policy.identity_audience:
+            raise ConfigError(f"{where}.identity_audience", "is required with identity = true")
+        if reserved := sorted(IDENTITY_CLAIMS.intersection(policy.identity_claims)):
+            raise ConfigError(f"{where}.identity_claims", f"the sidecar sets {', '.join(reserved)} itself")
+    if any(p.identity for _, p in every) and not i.key_file:
+        raise ConfigError(KEY.identity.key_file, "is required when a policy sets identity = true")
+    if not i.key_file:
+        return
+    if not i.issuer:
+        raise ConfigError(KEY.identity.issuer, f"is required with {KEY.identity.key_file}")
+    prefix, header = config.response.prefix.lower(), i.header.lower()
+    if not header.startswith(prefix) or header == prefix:
+        # A name outside the namespace would pass from the client to the upstream wherever a front
+        # only clears the namespace (every shipped one does), forged.py would not see it either.
+        raise ConfigError(KEY.identity.header, f"must be a name in the {KEY.response.prefix} namespace "
+                          f"({prefix}...); got {i.header!r}")
+    taken = {prefix + suffix for _, suffix in STANDARD_HEADERS + DPOP_HEADERS}
+    taken |= {prefix + h.lower() for _, p in every for h in p.claims.values()}
+    taken |= {prefix + h.lower() for h in config.response.claims.values()}
+    if header in taken:
+        raise ConfigError(KEY.identity.header, f"{i.header!r} is already a credential header")
+    if i.rotation_overlap < i.ttl:
+        raise ConfigError(KEY.identity.rotation_overlap, f"must be at least {KEY.identity.ttl} ({i.ttl})")
+    if i.jwks_file and not Path(i.jwks_file).parent.is_dir():
+        raise ConfigError(KEY.identity.jwks_file, f"the directory of {i.jwks_file} does not exist")
+    identity_key(i)
+
+
+def identity_key(i: IdentityConfig) -> bytes:
+    """The identity signing key file's content, checked to hold an Ed25519 or P-256 private key
+    (read at start; the key itself is never logged)."""
+    assert i.key_file
+    try:
+        pem = Path(i.key_file).read_bytes()
+        signing_key(pem)
+    except OSError as exc:
+        raise ConfigError(KEY.identity.key_file, f"cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(KEY.identity.key_file, str(exc)) from None
+    return pem

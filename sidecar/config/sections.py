@@ -19,6 +19,7 @@ BindingMode = Literal["off", "optional", "strict"]
 AuthMethod = Literal["tls_client_auth", "self_signed_tls_client_auth", "private_key_jwt", "client_secret_basic",
                      "client_secret_post"]
 TokenFormat = Literal["auto", "introspection", "jwt", "jwt_then_introspection"]
+IdpProfile = Literal["rfc9068", "keycloak", "entra", "okta", "auth0"]
 CertFormat = Literal[
     "auto", "escaped_pem", "pem", "der_base64", "xfcc", "alb", "traefik", "rfc9440"
 ]
@@ -45,6 +46,9 @@ STANDARD_HEADERS: tuple[tuple[str, str], ...] = (
 )
 # Added with dpop.enabled: the DPoP key's thumbprint, and the binding method verified (mtls, dpop).
 DPOP_HEADERS: tuple[tuple[str, str], ...] = (("cnf_jkt", "cnf-jkt"), ("cnf_method", "cnf-method"))
+
+# The identity token's claims the sidecar sets itself (core/identity.py): identity_claims cannot name them.
+IDENTITY_CLAIMS = frozenset({"iss", "aud", "sub", "client_id", "scope", "cnf", "iat", "exp", "nbf", "jti", "policy"})
 
 _FILE = (checks.existing_file,)
 _URL = (checks.https_url,)
@@ -86,11 +90,14 @@ class ServerConfig:
                                          "first to fit", ge=1, le=1024, restart=True)
     purge_peers: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "addresses that may call `POST /purge`",
                                        checks=(checks.networks,), restart=True)
-    purge_rate: float = key(5.0, "purge attempts per second, all addresses together", gt=0, restart=True)
-    purge_burst: int = key(10, "purge attempts at once, all addresses together", ge=1, restart=True)
-    purge_backoff: float = key(1.0, "lockout after a failed purge authentication, doubled per further failure",
-                               gt=0, unit="seconds", restart=True)
-    purge_backoff_max: float = key(300.0, "longest purge lockout", gt=0, unit="seconds", restart=True)
+    purge_rate: float = key(5.0, "purge attempts with a wrong secret answered per second, all addresses together "
+                                 "(the right secret is never limited)", gt=0, restart=True)
+    purge_burst: int = key(10, "purge attempts with a wrong secret answered at once, all addresses together", ge=1,
+                           restart=True)
+    purge_backoff: float = key(1.0, "after a wrong purge secret, that address's wrong attempts get 429 this long, "
+                                    "doubled per further failure", gt=0, unit="seconds", restart=True)
+    purge_backoff_max: float = key(300.0, "longest purge lockout of wrong attempts", gt=0, unit="seconds",
+                                   restart=True)
 
 
 @dataclass(frozen=True)
@@ -139,11 +146,15 @@ class IdpConfig:
     retry_backoff: float = key(0.05, "full-jitter exponential backoff base between retries", ge=0, unit="seconds")
     breaker_failures: int = key(5, "consecutive IdP failures that open the circuit breaker; `0` turns it off", ge=0)
     breaker_open: float = key(5.0, "time the breaker stays open before each background probe (longer if a "
-                                   "429/503 `Retry-After` says so)", gt=0, unit="seconds")
+                                   "503's `Retry-After` says so)", gt=0, unit="seconds")
     jwks_max_age: float = key(300.0, "time a fetched JWK Set is used before it is fetched again", gt=0,
                               unit="seconds")
     jwks_min_refresh_interval: float = key(10.0, "at most one JWK Set refresh per interval for tokens naming an "
                                                  "unknown `kid`", ge=0, unit="seconds")
+    profile: IdpProfile = key("rfc9068", "the IdP's JWT access token shapes: accepted `typ`, where the scopes and the "
+                                         "client are (docs/issuers.md); `keycloak` for Keycloak's default `typ: JWT`")
+    tenants: tuple[str, ...] = key((), "multi-tenant issuer: `issuer` holds `{tenant}` and these are the tenants "
+                                       "accepted, each with its own discovery and keys", checks=(checks.tenants,))
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,9 @@ class PolicyConfig:
 
     binding: BindingMode = key("strict", "`strict`; `optional`: checked when the token is bound; `off`")
     required_scopes: tuple[str, ...] = key((), "all must be in the token's `scope`", checks=(checks.scopes,))
+    issuers: tuple[str, ...] = key((), "names of the issuers whose tokens this policy accepts (`default`: `[idp]`; "
+                                       "`[issuers.NAME]`), in the order opaque tokens are introspected; empty: the "
+                                       "only issuer (required with several)", checks=(checks.issuer_names,))
     allowed_issuers: tuple[str, ...] = key((), "`iss` must be one of them (when set)")
     audiences: tuple[str, ...] = key((), "`aud` must contain one of them (when set)")
     leeway: float = key(5.0, "clock skew allowed for `exp`/`nbf`", ge=0, le=300, unit="seconds")
@@ -182,6 +196,12 @@ class PolicyConfig:
                                                "joined by spaces)", checks=(checks.claim_values,), readme=False)
     claims_contain: Mapping[str, str] = key({}, "claim → value the claim must hold (an array, or a space-separated "
                                                 "string)", checks=(checks.claim_values,), readme=False)
+    identity: bool = key(False, "send the upstream a signed identity token on allow (`[identity]`, "
+                                "docs/identity.md)", readme=False)
+    identity_audience: str = key("", "the identity token's `aud`: the upstream behind this policy (required with "
+                                     "`identity`)", readme=False)
+    identity_claims: tuple[str, ...] = key((), "token claims copied into the identity token, as text (as their "
+                                                "headers carry them)", readme=False)
 
 
 @dataclass(frozen=True)
@@ -220,6 +240,8 @@ class DpopConfig:
                               le=65536, unit="bytes")
     replay_max_entries: int = key(250_000, "replay store; live proof `jti`s remembered, when full new proofs get 503",
                                   ge=1)
+    replay_max_share: float = key(0.1, "share of the replay store one DPoP key may hold; past it that client's new "
+                                       "proofs get 429 (one client cannot fill the store)", gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -227,11 +249,17 @@ class AdmissionConfig:
     """Fair admission of cache misses to the IdP: a rate and a share of IdP calls per client source."""
 
     source_header: str = key("x-forwarded-for", "client address a trusted proxy vouches for (last element); "
-                                                "misses are charged to it", checks=(checks.header_name,))
+                                                "misses of clients without a known certificate are charged to "
+                                                "its group", checks=(checks.header_name,))
+    ipv4_prefix: int = key(32, "IPv4 addresses in one prefix of this length are one source", ge=8, le=32)
+    ipv6_prefix: int = key(64, "IPv6 addresses in one prefix of this length are one source (a client holds a "
+                               "/64)", ge=16, le=128)
     miss_rate: float = key(50.0, "new IdP calls per second per source; `0`: no rate limit", ge=0)
     miss_burst: int = key(100, "burst of new IdP calls per source", ge=1)
     max_share: float = key(0.5, "share of `idp.max_concurrent` one source may hold", gt=0, le=1)
-    max_sources: int = key(10_000, "sources remembered at once", ge=1)
+    max_sources: int = key(10_000, "sources (and certificates the IdP vouched for) remembered at once", ge=1)
+    idp_backoff_max: float = key(30.0, "longest a source is refused after the IdP answered its call 429 (its "
+                                       "`Retry-After`, doubled per further 429)", gt=0, le=300, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -248,6 +276,44 @@ class ResponseConfig:
                                                   "as `-`): `remove` allows and names it in Envoy's removal list; "
                                                   "`deny` answers 400 `credential_header_forged` (for nginx "
                                                   "without headers-more)")
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The signed identity token the upstream can verify (docs/identity.md): the signing key, its
+    rotation, the token's issuer, header and lifetime, the published keys."""
+
+    key_file: str | None = key(None, "PEM private key (Ed25519, or P-256 for ES256) that signs identity tokens; "
+                                     "re-read when it changes", checks=_FILE, restart=True)
+    issuer: str = key("", "the identity token's `iss` (required with `identity.key_file`)")
+    header: str = key("x-credential-identity", "the header carrying it; in the `response.prefix` namespace, which "
+                                               "every shipped front overwrites", checks=(checks.header_name,))
+    ttl: int = key(60, "identity token lifetime, never past the access token's `exp`; re-signed when half is "
+                       "left", ge=5, le=3600, unit="seconds")
+    rotation_overlap: float = key(600.0, "a new key is published this long before it signs, the old one stays "
+                                         "this long after; at least `ttl` and the upstream's JWK Set cache time",
+                                  gt=0, le=86400, unit="seconds")
+    jwks_file: str | None = key(None, "file the public JWK Set is written to (for upstreams that cannot reach "
+                                      "the admin port)")
+    reload_interval: float = key(10.0, "time between checks of `key_file` (and the rotation's steps)", gt=0,
+                                 le=3600, unit="seconds")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Revocation pushed by the IdP (docs/events.md): the Security Event Token receiver on the admin
+    port, and how long a revocation is remembered."""
+
+    enabled: bool = key(False, "receive Security Event Tokens (RFC 8935 push) at `POST /security-events` on the "
+                               "admin port, signed by `idp.issuer`", restart=True)
+    audience: str = key("", "the `aud` every SET must carry: this receiver (required with `events.enabled`)")
+    iat_window: float = key(300.0, "a SET issued longer ago than this is refused (and its `jti` remembered as "
+                                   "long)", gt=0, le=86400, unit="seconds")
+    iat_skew: float = key(30.0, "a SET's `iat` may be this far ahead", ge=0, le=300, unit="seconds")
+    remember: float = key(3600.0, "a revocation refuses the tokens it names, issued before it, this long (past "
+                                  "it the IdP's own answer counts)", gt=0, le=7 * 86400, unit="seconds",
+                                  restart=True)
+    max_revocations: int = key(100_000, "revocations remembered at most (the oldest go first)", ge=1, restart=True)
 
 
 @dataclass(frozen=True)
@@ -335,6 +401,8 @@ class FleetConfig:
                                 ge=1)
     breaker_open: float = key(2.0, "time the breaker stays open before Redis is tried again", gt=0,
                               unit="seconds")
+    clock_skew: float = key(0.1, "how far the replicas' wall clocks may disagree; a shared answer begun this "
+                                 "close to a purge is refused too", ge=0, le=10, unit="seconds")
 
 
 @dataclass(frozen=True)
@@ -347,6 +415,8 @@ class Config:
     dpop: DpopConfig = field(default_factory=DpopConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -356,19 +426,34 @@ class Config:
         "doc": "Named policies, each with the keys of `[policy]` from their defaults (docs/routes.md); file only."})
     routes: tuple[RouteConfig, ...] = field(default=(), metadata={
         "doc": "Rules naming the policy of a request, the first match wins (docs/routes.md); file only."})
+    # [issuers.NAME] tables, each with the keys of [idp]: issuers besides [idp] (named default).
+    issuers: Mapping[str, IdpConfig] = field(default_factory=dict, metadata={
+        "doc": "More issuers, each with the keys of `[idp]` from their defaults (docs/issuers.md); file only."})
 
     @property
     def kept_claims(self) -> tuple[str, ...]:
         """The claims a token answer keeps: those copied to headers or tested by any policy."""
         names = dict.fromkeys(self.response.claims)
         for policy in (self.policy, *self.policies.values()):
-            names.update(dict.fromkeys([*policy.claims, *policy.claims_equal, *policy.claims_contain]))
+            names.update(dict.fromkeys([*policy.claims, *policy.claims_equal, *policy.claims_contain,
+                                        *(policy.identity_claims if policy.identity else ())]))
         return tuple(names)
 
     @property
     def idp_configured(self) -> bool:
         i = self.idp
         return bool(i.issuer or i.introspection_endpoint or i.jwks_uri)
+
+    @property
+    def every_issuer(self) -> dict[str, IdpConfig]:
+        """Every issuer by name: ``default`` is ``[idp]`` (unless only ``[issuers.NAME]`` are configured)."""
+        if self.idp_configured or not self.issuers:
+            return {"default": self.idp, **self.issuers}
+        return dict(self.issuers)
+
+    def policy_issuers(self, policy: PolicyConfig) -> tuple[str, ...]:
+        """The issuers ``policy`` accepts, in order: its ``issuers``, else the only one there is."""
+        return policy.issuers or tuple(self.every_issuer)[:1]
 
 
 @dataclass(frozen=True)

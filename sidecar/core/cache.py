@@ -11,20 +11,30 @@
   never stored, and a memory dump cannot be matched against a leaked token list.
 - **Single-flight**: concurrent misses for one token share one IdP call
   (:class:`~sidecar.support.singleflight.SingleFlight`).
+- **Routes**: with several issuers, an opaque token is introspected at the issuers the request's
+  policy names (its ``route``), so an inactive answer says "unknown to these issuers" only: it is
+  kept, and its call shared, under the key and the route; an active answer is one issuer's, which
+  every policy then judges, and is kept under the key alone. The default route is empty: with one
+  issuer every key is as it was.
 - **Stale-if-error** (off unless ``cache.stale_if_error`` > 0, in the spirit of RFC 5861 §4): an
   active, bound answer that passed the static policy is also kept until ``stale_if_error``
   seconds past its expiry, never past ``exp``. It is used only when the IdP itself failed
   (``IdpUnavailable.allows_stale``): never while the IdP answers — not when the sidecar's own
   limits refused the call (``saturated``, a per-source limit) — and any fresh answer for the token
   (inactive: revoked) drops it.
-- **Purge** (revocation events): by key, by ``token_hash`` (a scan: rare admin calls pay, the hot
-  path and memory do not), or all. A purge also stops loads in flight from filling the cache with
-  an answer that may predate the revocation.
+- **Purge**: what a :class:`~sidecar.core.purges.Purge` names — one key, or a scan for a
+  ``token_hash`` (rare admin calls pay, the hot path and memory do not), or all. A purge also
+  stops loads in flight from filling the cache with an answer that may predate the revocation.
+- **Revoke** (security events, docs/events.md): purge every answer a
+  :class:`~sidecar.core.revocation.Selector` names (a ``jti``, a subject, a client), found through
+  the index of core/cache_index.py, and remember it (:class:`~sidecar.core.revocation.Revocations`)
+  so that the decision refuses such a token when it is filled again (:meth:`TokenCache.revoked`).
 - **A reload** builds a new cache for the new configuration; when the IdP settings did not change
-  (the runtime decides), it keeps the replaced cache as ``previous``, under the same key: a miss
-  asks it first (:meth:`TokenCache.carried`) and reuses the IdP's answer until that answer's own
-  deadline, judged afresh under the new policy. So a reload costs no burst of IdP calls. A purge
-  reaches both; the previous cache is let go once everything in it has expired.
+  (the runtime decides), it keeps the replaced cache as ``previous``, under the same key: a miss of
+  the default route asks it first (:meth:`TokenCache.carried`) and reuses the IdP's answer until
+  that answer's own deadline, judged afresh under the new policy (and the remembered
+  revocations, which a reload hands over). So a reload costs no burst of IdP calls. Purges and
+  revocations reach both; the previous cache is let go once everything in it has expired.
 """
 
 from __future__ import annotations
@@ -37,8 +47,11 @@ from operator import attrgetter, itemgetter
 from typing import Literal
 
 from sidecar.config import CacheConfig
+from sidecar.core.cache_index import CacheIndex
 from sidecar.core.entry import Entry
 from sidecar.core.errors import IdpUnavailable
+from sidecar.core.purges import Purge
+from sidecar.core.revocation import Revocations, Selector
 from sidecar.core.token_info import TokenInfo
 from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
@@ -59,9 +72,12 @@ def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
 
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
-                 secret: bytes | None = None, previous: TokenCache | None = None) -> None:
-        """``previous``: the cache of the configuration this one replaces (same IdP settings); its key
-        is kept unless ``secret`` (a fleet's digest key) is given."""
+                 secret: bytes | None = None, revocations: Revocations | None = None, index: bool = True,
+                 previous: TokenCache | None = None) -> None:
+        """``index``: keep the index of core/cache_index.py (revocations then find their answers
+        without a scan, at some memory per token: docs/events.md); ``previous``: the cache of the
+        configuration this one replaces (same IdP settings), whose key is kept unless ``secret`` (a
+        fleet's digest key) is given."""
         if previous is not None:
             secret = secret or previous.secret
             previous._previous = None  # one generation back at most
@@ -82,6 +98,8 @@ class TokenCache:
         )
         self._flights: SingleFlight[bytes, Entry] = SingleFlight()
         self._generation = 0  # bumped by every purge
+        self._index = CacheIndex(config.max_entries) if on and index else None
+        self.revocations = revocations or Revocations(10_000, 3600.0, timer)  # tests build caches bare
 
     @property
     def secret(self) -> bytes:
@@ -109,24 +127,26 @@ class TokenCache:
     def __len__(self) -> int:
         return sum(len(store) for store in (self._active, self._inactive) if store is not None)
 
-    def get(self, key: bytes) -> Entry | None:
+    def get(self, key: bytes, route: bytes = b"") -> Entry | None:
         active = self._active
         if active is None:
             return None
         entry = active.get(key)
         if entry is None and self._inactive is not None:
-            return self._inactive.get(key)
+            return self._inactive.get(key + route if route else key)
         return entry
 
-    async def get_or_load(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> tuple[Entry, Lookup]:
+    async def get_or_load(self, key: bytes, load: Callable[[], Awaitable[Entry]],
+                          route: bytes = b"") -> tuple[Entry, Lookup]:
         """The cached entry, or the result of one shared ``load()`` call (stored by its TTL)."""
-        entry = self.get(key)
+        entry = self.get(key, route)
         if entry is not None:
             return entry, "hit"
-        entry, started = await self._flights.run(key, lambda: self._fill(key, load))
+        flight = key + route if route else key
+        entry, started = await self._flights.run(flight, lambda: self._fill(key, load, route))
         return entry, "miss" if started else "coalesced"
 
-    async def _fill(self, key: bytes, load: Callable[[], Awaitable[Entry]]) -> Entry:
+    async def _fill(self, key: bytes, load: Callable[[], Awaitable[Entry]], route: bytes = b"") -> Entry:
         generation = self._generation
         entry = await load()
         now = self._timer()
@@ -135,9 +155,11 @@ class TokenCache:
             return entry  # purged meanwhile: the answer may predate a revocation
         store = self._active if entry.info.active else self._inactive
         if store is not None and entry.expires > now:
-            store[key] = entry
+            store[key if entry.info.active or not route else key + route] = entry
             if not entry.info.active and self._active is not None:
                 self._active.pop(key)
+            elif self._index is not None:
+                self._indexed(key, entry.info, self._index)
         if self._stale is not None:
             self._keep_stale(key, entry, self._stale)
         return entry
@@ -173,18 +195,58 @@ class TokenCache:
             found.append(self._previous.purge(key))
         return any(found)
 
-    def purge_hash(self, hashed: str) -> int:
-        """Drop every answer whose ``token_hash`` (the 12-hex log value) is ``hashed``; the count.
+    def drop(self, purge: Purge) -> int:
+        """Drop every answer ``purge`` names; the count of tokens dropped."""
+        if purge.kind == "all":
+            return self.clear()
+        if purge.kind == "key":
+            return int(self.purge(bytes.fromhex(purge.value)))
+        return self._drop_matching(purge)
 
-        A linear scan: purges are rare and this keeps the hit path and the memory per entry as
-        they are (no second index to keep in step with evictions).
+    def _drop_matching(self, purge: Purge) -> int:
+        """Drop every answer ``purge`` names by what an entry holds (its ``token_hash``); the count.
+
+        A linear scan: purges by hash are rare admin calls, and this keeps the hit path and the
+        memory per entry as they are.
         """
-        keys = {key for key, entry in self._items() if entry.token_hash == hashed}
+        keys = {key for key, entry in self._items() if purge.matches(key, entry.token_hash, entry.info)}
         for key in keys:
             self.purge(key)
         self._generation += 1
-        carried = 0 if self._previous is None else self._previous.purge_hash(hashed)
+        carried = 0 if self._previous is None else self._previous._drop_matching(purge)
         return max(len(keys), carried)
+
+    def _indexed(self, key: bytes, info: TokenInfo, index: CacheIndex) -> None:
+        index.add(key, info)
+        if index.full():
+            index.rebuild((k, e.info) for k, e in self._items())
+
+    def revoke(self, selector: Selector, at: float) -> int:
+        """Purge every answer ``selector`` names and remember it as revoked at wall-clock ``at``;
+        the count purged."""
+        self.revocations.add(selector, at)
+        self._generation += 1
+        previous = self._previous  # the answers a reload may still reuse
+        carried = 0 if previous is None else sum(previous.purge(key) for key, _ in previous.matching(selector))
+        return max(sum(self.purge(key) for key, _ in self.matching(selector)), carried)
+
+    def matching(self, selector: Selector) -> list[tuple[bytes, Entry]]:
+        """The answers cached now (stale-if-error copies too) that ``selector`` names: through the
+        index, else by a scan (a replica told by the fleet, whose own revocations are off)."""
+        if self._index is None:
+            return [(key, entry) for key, entry in self._items() if selector.matches(key, entry.info)]
+        found = []
+        for key in self._index.candidates(selector.kind, selector.value):
+            entry = self.get(key)
+            kept = self._stale.get(key) if self._stale is not None else None
+            current = entry or (kept[0] if kept is not None else None)
+            if current is not None and selector.matches(key, current.info):
+                found.append((key, current))
+        return found
+
+    def revoked(self, key: bytes, info: TokenInfo) -> bool:
+        """Whether a remembered revocation refuses this answer as it fills the cache."""
+        return self.revocations.revoked(key, info)
 
     def clear(self) -> int:
         self._generation += 1

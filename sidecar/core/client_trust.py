@@ -10,8 +10,11 @@ does, as Kong's ``proof_of_possession_mtls_from_header`` with ``ca_certificates`
   ``cryptography``'s verifier (basic constraints, key usage, signatures, EKU ``clientAuth`` when
   the leaf has an EKU), without requiring a SAN (client certificates often name their subject
   only); ``client_cert.require_client_auth`` also requires the EKU to be present;
-- the leaf's validity period holds within ``policy.leeway`` (checked per request, cheaply: the
-  verdict of the chain is memoized with the header value, the time window is not);
+- the validity period of the whole chain — the latest ``notBefore`` to the earliest ``notAfter``
+  of the leaf, the intermediates and the root the path was built through — holds within
+  ``policy.leeway`` (checked per request, cheaply: the verdict of the chain is memoized with the
+  header value, the time window is not; so a memoized verdict lasts no longer than the first
+  certificate of its chain to expire);
 - the bundle is reloaded when its file changes (polled every ``idp.reload_interval``), and every
   memoized verdict is dropped then.
 
@@ -36,8 +39,9 @@ MAX_CHAIN = 8  # intermediates taken from a header: a longer list is not a clien
 
 @dataclass(frozen=True, slots=True)
 class Presented:
-    """A certificate header as the trust check saw it: its leaf's thumbprint, validity window
-    (POSIX seconds) and the problem with its chain, if any."""
+    """A certificate header as the trust check saw it: its leaf's thumbprint, its chain's validity
+    window (POSIX seconds: the leaf's alone when the chain did not verify) and the problem with its
+    chain, if any."""
 
     thumbprint: str
     not_before: float
@@ -73,28 +77,35 @@ class ClientTrust:
         return True
 
     def check(self, thumbprint: str, leaf_der: bytes, chain: list[bytes]) -> Presented:
-        """The chain's verdict (computed once per header value) and the leaf's window."""
+        """The chain's verdict (computed once per header value) and the chain's window."""
         leaf = x509.load_der_x509_certificate(leaf_der)
         start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-        window = (start.timestamp(), end.timestamp())
-        problem = self._problem(leaf, chain, min(max(dt.datetime.now(dt.UTC), start), end))
-        return Presented(thumbprint, window[0], window[1], problem)
+        path = self._path(leaf, chain, min(max(dt.datetime.now(dt.UTC), start), end))
+        problem = self._problem(leaf, path)
+        certificates = [leaf] if path is None else path
+        return Presented(thumbprint, max(c.not_valid_before_utc for c in certificates).timestamp(),
+                         min(c.not_valid_after_utc for c in certificates).timestamp(), problem)
 
-    def _problem(self, leaf: x509.Certificate, chain: list[bytes], when: dt.datetime) -> str | None:
+    def _path(self, leaf: x509.Certificate, chain: list[bytes], when: dt.datetime) -> list[x509.Certificate] | None:
+        """The verified path, leaf to root; None when there is none."""
         if self._store is None or len(chain) > MAX_CHAIN:
-            return "cert_untrusted"
+            return None
         try:
             intermediates = [x509.load_der_x509_certificate(der) for der in chain]
         except ValueError:
-            return "cert_untrusted"
+            return None
         ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName,
                                                                   Criticality.AGNOSTIC, None)
         verifier = (PolicyBuilder().store(self._store).time(when)
                     .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
                     .build_client_verifier())
         try:
-            verifier.verify(leaf, intermediates)
+            return [leaf, *verifier.verify(leaf, intermediates).chain]
         except VerificationError:
+            return None
+
+    def _problem(self, leaf: x509.Certificate, path: list[x509.Certificate] | None) -> str | None:
+        if path is None:
             return "cert_untrusted"
         if self._require_client_auth and not _has_client_auth(leaf):
             return "cert_untrusted"
@@ -102,7 +113,7 @@ class ClientTrust:
 
 
 def window_problem(presented: Presented, now: float, leeway: float) -> str | None:
-    """``cert_expired`` / ``cert_not_yet_valid`` outside the leaf's validity, within the leeway."""
+    """``cert_expired`` / ``cert_not_yet_valid`` outside the chain's validity, within the leeway."""
     if now > presented.not_after + leeway:
         return "cert_expired"
     if now + leeway < presented.not_before:

@@ -16,16 +16,17 @@ request to ``_verdict``, which applies it to the token's entry as seen by that p
 The Decider only decides: the stages are built in stages.py, which certificate counts is
 presented.py's, and every metric and log line, and the turning of any failure into a denial
 (fail closed), is outcome.py's. With ``cache.stale_if_error``, a miss whose IdP call failed may
-use the token's last active, bound answer (still bound and policy checked).
+use the token's last active, bound answer (still bound and policy checked). An answer a
+remembered revocation names (core/revocation.py) enters the cache as inactive.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from sidecar.config import Config
-from sidecar.core.admission import source_of
 from sidecar.core.binding import check_binding, needs_certificate
 from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.dpop import access_token_hash
@@ -37,11 +38,15 @@ from sidecar.core.outcome import Deny, Miss, Outcomes, Pending, ReplayClaim, for
 from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
 from sidecar.core.request import CheckRequest
+from sidecar.core.revocation import Revocations
 from sidecar.core.stages import build_stages
+from sidecar.core.token_info import INACTIVE
+from sidecar.support.fair import OWNER
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
 from sidecar.support.tracing import Tracing
 
+log = logging.getLogger("sidecar.decision")
 Decided = Entry | Deny  # an allow is the token's cache entry: its upstream headers were built at fill
 
 
@@ -50,11 +55,14 @@ class Decider:
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
                  shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None,
-                 tracing: Tracing | None = None, previous: Decider | None = None) -> None:
+                 tracing: Tracing | None = None, previous: Decider | None = None,
+                 revocations: Revocations | None = None) -> None:
         """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store; ``tracing``:
         spans of decisions (None: off); ``previous``: the decider of the configuration this one
-        replaces, whose cached IdP answers this one may reuse (core/cache.py)."""
-        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.cache)
+        replaces, whose cached IdP answers this one may reuse (core/cache.py); ``revocations``: the
+        revocations remembered so far (a reload hands them over)."""
+        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.cache,
+                              revocations)
         self.cache: TokenCache = stages.cache
         self.policies = stages.policies
         self.router = stages.router
@@ -64,6 +72,7 @@ class Decider:
         self._proofs = stages.proofs
         self._dpop = stages.proofs is not None  # the DPoP scheme is accepted
         self._interner = stages.interner
+        self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
         self._verifier = verifier
@@ -90,7 +99,7 @@ class Decider:
             policy = selected
             token, dpop_scheme = access_token(request.authorization, dpop=self._dpop)
             key = self.cache.key(token)
-            entry = self.cache.get(key)
+            entry = self.cache.get(key, policy.route)
         except Exception as exc:
             return self.outcomes.refuse(exc, None, policy, request)
         if entry is None:
@@ -151,12 +160,16 @@ class Decider:
             if denial is None:
                 info = entry.info
                 # a cached token at the check's arrival (no clock read on the hot path); a fresh one now
-                policy.check_time(info, request.started if lookup == "hit" else time.time())
+                now = request.started if lookup == "hit" else time.time()
+                policy.check_time(info, now)
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
                 elif needs_certificate(info, policy.binding):
                     check_binding(info, self.presented.thumbprint(request), policy.binding)
                 denial = entry.scope_denial
+                if denial is None and entry.identity_due <= now:  # first allow, or half its life gone
+                    assert self.identity is not None  # identity_due is finite only under a policy that sends one
+                    self.identity.renew(entry, policy, now)
             if denial is not None:
                 return self.outcomes.deny(denial, entry.token_hash, policy, request, lookup=lookup,
                                           dpop_scheme=proof_token is not None, entry=entry)
@@ -184,7 +197,7 @@ class Decider:
         """A miss: one shared IdP call (or the answer the replaced configuration cached); when the
         IdP itself fails, the stale entry if allowed."""
         try:
-            return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request))
+            return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request), miss.policy.route)
         except IdpUnavailable as failure:
             stale = self.cache.stale(miss.key, failure)
             if stale is None:
@@ -194,21 +207,35 @@ class Decider:
     async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
         """Ask the verifier (charged to the request's source), then precompute what a hit needs; an
         answer the replaced configuration cached (same IdP settings) is reused as it is."""
-        token = miss.token
-        carried = self.cache.carried(miss.key)
+        token, issuers = miss.token, miss.policy.issuers
+        admission = self._admission
+        carried = None if miss.policy.route else self.cache.carried(miss.key)
         if carried is not None:
             info, until = carried
         else:
-            source = source_of(request.forwarded, request.peer in self._trusted)
-            self._admission.enter(source)
+            source = admission.source(request)
+            admission.enter(source)
+            owner = OWNER.set(source)  # the IdP guard's slots are shared out fairly by source
+            throttled, retry_after = False, 0
             try:
-                if self._shared is None:
-                    info, until = await self._verifier.verify(token), math.inf
+                # The fleet's level holds the default route's answers only (its keys are the tokens').
+                if self._shared is None or miss.policy.route:
+                    info, until = await self._verifier.verify(token, issuers), math.inf
                 else:
-                    info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token))
+                    info, until = await self._shared.load(miss.key, token,
+                                                          lambda: self._verifier.verify(token, issuers))
                 info = self._interner.info(info)  # shared values: memory per token
+            except IdpUnavailable as failure:
+                throttled, retry_after = failure.throttled, failure.retry_after
+                raise
             finally:
-                self._admission.leave(source)
+                OWNER.reset(owner)
+                admission.leave(source, throttled=throttled, retry_after=retry_after)
+        if info.active and self.cache.revoked(miss.key, info):  # a security event or purge named it
+            log.warning("revoked", extra={"token": token_hash(token), "client_id": info.client_id})
+            info = INACTIVE
+        if carried is None:
+            admission.learn(info)
         default = self._default
         return Entry(
             info=info,
@@ -217,4 +244,5 @@ class Decider:
             scope_denial=default.scope_denial(info),
             token_hash=token_hash(token),
             until=until,
+            identity_due=default.identity_due,
         )

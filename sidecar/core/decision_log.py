@@ -36,7 +36,6 @@ import weakref
 from itertools import count
 from typing import Any
 
-from sidecar.core.admission import source_of
 from sidecar.core.entry import Entry
 from sidecar.core.extract import TrustedProxies
 from sidecar.core.policy import Policy
@@ -51,6 +50,7 @@ MAX_PATH = 256
 MAX_HOST = 256
 MAX_METHOD = 16
 MAX_REQUEST_ID = 128
+MAX_ADDRESS = 64
 _PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII but " and \: written as it is
 _TRACE_ID = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _LIVE: weakref.WeakSet[DecisionLog] = weakref.WeakSet()
@@ -147,8 +147,9 @@ class DecisionLog:
         if request.peer not in self._trusted:
             return False, None, None, request.peer
         method, host = request.method, request.host
-        return (True, method and method[:MAX_METHOD], host and host[:MAX_HOST],
-                source_of(request.forwarded, True) or request.peer)
+        forwarded = request.forwarded  # the last element: the hop the trusted proxy added (as admission reads it)
+        client = forwarded.rpartition(",")[2].strip()[:MAX_ADDRESS] if forwarded else ""
+        return True, method and method[:MAX_METHOD], host and host[:MAX_HOST], client or request.peer
 
     def _what(self, request: CheckRequest, trusted: bool, trace_id: str | None) -> tuple[
             str | None, str | None, str | None]:

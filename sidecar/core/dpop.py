@@ -201,7 +201,7 @@ class ProofVerifier:
         hashed.update(f"{thumbprint}\x00{jti}".encode("utf-8", "surrogatepass"))
         key, until = hashed.digest(), iat + self._window
         try:
-            first = self._replay.claim(key, until)
+            first = self._replay.claim(key, until, thumbprint)  # charged to this client's key
         except StoreFull as exc:
             raise ReplayFull(str(exc)) from None
         if not first:

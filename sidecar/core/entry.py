@@ -24,3 +24,6 @@ class Entry:
     until: float = math.inf  # wall-clock bound from the source (a shared answer's own expiry); caps the TTL
     # The token under each named policy that met it (policies.Policies.view): one per policy at most.
     views: dict[int, Entry] | None = None
+    # Wall-clock time from which an allow signs the identity token in headers again (identity.py);
+    # 0.0: at the first allow; inf: never (the policy sends none, or it lasts as long as the entry).
+    identity_due: float = math.inf

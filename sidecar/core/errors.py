@@ -119,16 +119,19 @@ class IdpUnavailable(Denial):
     ``result`` says why (the ``sidecar_idp_requests_total`` result label; the idp layer raises a
     subclass that carries the kind, sidecar/idp/failures.py); ``allows_stale`` whether
     ``cache.stale_if_error`` may answer instead: only when the IdP itself failed, never for our own
-    limits or a per-request answer.
+    limits or a per-request answer; ``throttled`` whether the IdP asked us to slow down (429): the
+    source charged with the call backs off (admission.py).
     """
 
     status = 503
     error = None
     description = "The authorization server is unavailable"
 
-    def __init__(self, result: str, detail: str = "", *, retry_after: int = 1, allows_stale: bool = False) -> None:
+    def __init__(self, result: str, detail: str = "", *, retry_after: int = 1, allows_stale: bool = False,
+                 throttled: bool = False) -> None:
         super().__init__("idp_unavailable", f"{result}: {detail}" if detail else result)  # "<result>: <detail>"
         self.result, self.allows_stale, self.retry_after = result, allows_stale, retry_after
+        self.throttled = throttled
 
 
 class InternalError(Denial):

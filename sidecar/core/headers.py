@@ -90,9 +90,11 @@ class HeaderBuilder:
 
     def __init__(self, config: ResponseConfig, claims: Sequence[tuple[str, str]] | None = None,
                  own: Collection[tuple[str, str]] | None = None, *, binding: BindingMode = "strict",
-                 dpop: bool = False) -> None:
+                 dpop: bool = False, identity: str | None = None) -> None:
         """``claims``: every (claim, header suffix) any policy sends (default ``response.claims``);
-        ``own``: those this builder fills, the others stay empty (default: all of them)."""
+        ``own``: those this builder fills, the others stay empty (default: all of them);
+        ``identity``: the identity token's header (``identity.header``) when any policy sends one,
+        empty until :meth:`with_identity` fills it."""
         # With DPoP (dpop.enabled) two more headers; cnf-method names the method the sidecar
         # verified, so under binding off a certificate is not named. Without DPoP no token pays
         # for them (memory per cached token).
@@ -110,12 +112,21 @@ class HeaderBuilder:
         # One string per audience list (memory per token); audiences come from tokens: bytes-bounded.
         self._joined: Memo[tuple[str, ...], str] = Memo(4096, max_bytes=1 << 20,
                                                         size_of=lambda key, value: text_size(key) + text_size(value))
+        self._identity = () if identity is None else (identity.lower(),)
+        self._identity_at = len(self._standard) + len(self._extra)  # its slot, when there is one
         self._make = _headers_class(self.names + ((REMOVE_HEADER,) if self._remove else ()))
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every header an allow carries (the proxy config must set or clear each)."""
-        return tuple(h for _, h in self._standard) + tuple(h for _, h in self._extra)
+        return tuple(h for _, h in self._standard) + tuple(h for _, h in self._extra) + self._identity
+
+    def with_identity(self, headers: CredentialHeaders, token: str) -> CredentialHeaders:
+        """``headers`` with the identity token (core/identity.py) in its slot: a new object, since
+        the old one may be in use (a gRPC answer memoized by it)."""
+        values = list(headers._values(headers))
+        values[self._identity_at] = token
+        return self._make(values)
 
     def build(self, info: TokenInfo) -> CredentialHeaders:
         values = [self._text(getattr(info, attr)) for attr, _ in self._standard]
@@ -123,6 +134,8 @@ class HeaderBuilder:
             values[self._method_at] = ""
         extra = info.extra or {}
         values.extend(self._text(extra.get(claim) if claim else None) for claim, _ in self._extra)
+        if self._identity:
+            values.append("")  # signed at the first allow under a policy that sends it
         if self._remove:
             values.append(self._remove)
         return self._make(values)

@@ -11,7 +11,7 @@ that is judged afresh under the others on each request (correct, only slower).
 
 from __future__ import annotations
 
-from sidecar.config import Config
+from sidecar.config import Config, PolicyConfig
 from sidecar.core.entry import Entry
 from sidecar.core.headers import HeaderBuilder
 from sidecar.core.policy import Policy
@@ -29,16 +29,27 @@ class Policies:
         claims = list(dict.fromkeys([*config.response.claims.items(),
                                      *(pair for _, p in every for pair in p.claims.items())]))
         dpop = config.dpop.enabled
-        self.default = Policy(config.policy, dpop=dpop)
-        self.named = {name: Policy(p, name, index, dpop=dpop) for index, (name, p) in enumerate(every) if index}
+        several = len(config.every_issuer) > 1
+        first = config.policy_issuers(config.policy)
+
+        def policy(p: PolicyConfig, name: str = "default", index: int = 0) -> Policy:
+            issuers = config.policy_issuers(p)
+            route = b"" if issuers == first else "\x00".join(("", *issuers)).encode()
+            return Policy(p, name, index, dpop=dpop, issuers=issuers, several=several, route=route)
+
+        self.default = policy(config.policy)
+        self.named = {name: policy(p, name, index) for index, (name, p) in enumerate(every) if index}
+        # Every allow carries the identity header when any policy sends the token (empty elsewhere).
+        identity = config.identity.header if any(p.identity for _, p in every) else None
         self.builders: list[HeaderBuilder] = [
             HeaderBuilder(config.response, claims, {*config.response.claims.items(), *p.claims.items()},
-                          binding=p.binding, dpop=dpop)
+                          binding=p.binding, dpop=dpop, identity=identity)
             for _, p in every
         ]
-        # A policy without claims of its own (and the same binding: cnf-method depends on it) sends
-        # exactly the default's headers: share them.
-        self._shared = [not p.claims and not config.policy.claims and p.binding == config.policy.binding
+        # A policy without claims or an identity token of its own (and the same binding: cnf-method
+        # depends on it) sends exactly the default's headers: share them.
+        plain = not config.policy.claims and not config.policy.identity
+        self._shared = [plain and not p.claims and not p.identity and p.binding == config.policy.binding
                         for _, p in every]
 
     @property
@@ -62,7 +73,8 @@ class Policies:
             info = entry.info
             headers = entry.headers if self._shared[index] else self.builders[index].build(info)
             view = Entry(info=info, headers=headers, denial=policy.static_denial(info),
-                         scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires)
+                         scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires,
+                         identity_due=policy.identity_due)
             if len(views) < MAX_VIEWS:  # memory per token stays bounded; past it, computed per request
                 views[index] = view
         return view

@@ -1,12 +1,19 @@
 """Stage 4: authorize a token (RFC 7662 §4, RFC 9068 §4): active, time window, issuer, audience,
 token format, required scopes (all or any of them), claim conditions.
 
+Every check a policy makes is made here, per policy, for introspected and JWT tokens alike: the
+issuers it accepts (``issuers``: which configured issuer vouched; ``allowed_issuers``: the ``iss``
+claim), its audiences, and its ``leeway`` for ``exp`` and ``nbf``. The IdP layer verifies only
+what the issuer vouches for (signature, ``typ`` and profile rules, the issuer's own ``iss``).
+
 The checks that depend only on the token and the policy run once per (token, policy): for the
 default policy when the token enters the cache, for a named one the first time a request under it
 meets the token (:mod:`sidecar.core.policies`). Only the time window is checked on every request.
 """
 
 from __future__ import annotations
+
+import math
 
 from sidecar.config import PolicyConfig
 from sidecar.core.errors import Denial, InsufficientScope, InvalidToken
@@ -18,10 +25,19 @@ REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
 
 class Policy:
     __slots__ = ("_allow_missing_type", "_any", "_audiences", "_contain", "_dpop", "_equal", "_formats", "_issuers",
-                 "_leeway", "_required", "_scope_param", "_token_types", "binding", "folded", "hits", "index", "name")
+                 "_leeway", "_required", "_scope_param", "_sources", "_token_types", "binding", "folded", "hits",
+                 "identity_audience", "identity_claims", "identity_due", "index", "issuers", "name", "route")
 
-    def __init__(self, config: PolicyConfig, name: str = "default", index: int = 0, *, dpop: bool = False) -> None:
+    def __init__(self, config: PolicyConfig, name: str = "default", index: int = 0, *, dpop: bool = False,
+                 issuers: tuple[str, ...] = ("default",), several: bool = False, route: bytes = b"") -> None:
+        """``issuers``: the configured issuers this policy accepts, in the order opaque tokens are
+        introspected; ``several``: more than one issuer is configured (so which one vouched is
+        checked); ``route``: what tells this policy's inactive answers apart in the cache (empty
+        when its issuers are the default policy's)."""
         self._dpop = dpop  # dpop.enabled: cnf.jkt is a method this sidecar verifies
+        self.issuers = issuers
+        self._sources = frozenset(issuers) if several else None
+        self.route = route
         self.name = name  # a configured name: the only policy label logs and metrics carry
         self.index = index  # 0: the default policy ([policy])
         self.binding = config.binding
@@ -40,6 +56,11 @@ class Policy:
         self._leeway = config.leeway
         self._token_types = frozenset(t.lower() for t in config.token_types)
         self._allow_missing_type = config.allow_missing_token_type
+        # The identity token (identity.py): its aud and copied claims; a new entry signs it at its
+        # first allow (identity_due 0), or never.
+        self.identity_audience = config.identity_audience if config.identity else None
+        self.identity_claims = config.identity_claims if config.identity else ()
+        self.identity_due = 0.0 if config.identity else math.inf
 
     def static_denial(self, info: TokenInfo) -> Denial | None:
         """The first 401 that does not depend on the clock, or None."""
@@ -58,6 +79,8 @@ class Policy:
         kind = self._not_an_access_token(info)
         if kind is not None:
             return kind
+        if self._sources is not None and info.issuer not in self._sources:
+            return InvalidToken("issuer_not_allowed", f"issuer {info.issuer!r} is not one of this policy's issuers")
         if self._issuers and info.iss not in self._issuers:
             return InvalidToken("issuer_not_allowed", f"iss {info.iss!r} is not allowed")
         if self._audiences and self._audiences.isdisjoint(info.aud):

@@ -1,7 +1,8 @@
 """What the decision needs from outside the core, as protocols: the core never imports the code
 that implements them (sidecar/idp, sidecar/fleet); the runtime wires them in.
 
-- :class:`Verifier`: says what a token is (introspection, local RFC 9068 validation, or a choice).
+- :class:`Verifier`: says what a token is (introspection, local RFC 9068 validation, or a choice),
+  asking the issuers the request's policy accepts.
 - :class:`SharedAnswers`: a second cache level behind the in-process one, shared by a fleet of
   replicas; asked on a miss before the IdP (a cache hit never reaches it).
 - :class:`SharedReplay`: the fleet's DPoP replay store, asked after the replica's own store
@@ -19,8 +20,11 @@ Verify = Callable[[], Awaitable[TokenInfo]]
 
 
 class Verifier(Protocol):
-    async def verify(self, token: str) -> TokenInfo:
-        """The token's information; raises a Denial (IdpUnavailable when the IdP cannot say)."""
+    async def verify(self, token: str, issuers: tuple[str, ...]) -> TokenInfo:
+        """The token's information; raises a Denial (IdpUnavailable when the IdP cannot say).
+
+        ``issuers``: the configured issuers the policy accepts, in order. A JWT goes to the one its
+        ``iss`` names; an opaque token is introspected at these, in order, until one knows it."""
         ...
 
 

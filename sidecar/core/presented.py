@@ -11,8 +11,9 @@ header (``client_cert.header`` in ``client_cert.format``). The rules, the same f
   (``cert_invalid``) rather than guessing which copy it set, even when a peer certificate is there;
 - the peer certificate, when sent, is the one that counts; else the single header copy; an empty
   header is no certificate (Caddy sends one when the client presented none);
-- with ``client_cert.ca_file`` the chain must end at the bundle and the leaf must be within its
-  validity window (client_trust.py); the bundle is reloaded when it changes.
+- with ``client_cert.ca_file`` the chain must end at the bundle and every certificate of it must
+  be within its validity window (client_trust.py): a memoized verdict lasts no longer than the
+  first of them to expire; the bundle is reloaded when it changes.
 
 A header value's thumbprint (or failure, or trust verdict) is memoized per value
 (:class:`~sidecar.core.client_cert.CertificateReader`): a cache hit does no X.509 work.

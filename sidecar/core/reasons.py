@@ -87,7 +87,8 @@ SITUATIONS: tuple[Situation, ...] = (
         ("token_inactive", "the IdP answers `active: false` (revoked, expired or unknown there)"),
         ("token_expired", "`exp` is past, beyond `policy.leeway`"),
         ("token_not_yet_valid", "`nbf` is ahead, beyond `policy.leeway`"),
-        ("issuer_not_allowed", "`iss` is not in `policy.allowed_issuers` (for a JWT, by default: `idp.issuer`)"),
+        ("issuer_not_allowed", "`iss` is not in `policy.allowed_issuers`, the issuer that vouched is not one of "
+                               "`policy.issuers`, or a JWT's `iss` is not its issuer's (names no configured issuer)"),
         ("audience_mismatch", "no value of `policy.audiences` is in `aud`"),
         ("token_format_not_allowed", "the policy's `token_formats` does not take tokens validated this way "
                                      "(introspection or local JWT validation)"),
@@ -147,7 +148,10 @@ SITUATIONS: tuple[Situation, ...] = (
         "JWT access token refused locally (RFC 9068, [docs/jwt.md](docs/jwt.md))", InvalidToken,
         ("jwt_malformed", "the JWT cannot be decoded, `kid` is not a string, or a required claim is missing or "
                           "mistyped"),
-        ("jwt_wrong_type", "`typ` is not `at+jwt` (RFC 9068 §4)"),
+        ("jwt_wrong_type", "`typ` is not `at+jwt` (RFC 9068 §4), nor a type the issuer's `profile` accepts"),
+        ("jwt_not_access_token", "a JWT without `typ: at+jwt` shaped like an ID token: no client claim, its client "
+                                 "in `aud`, an ID token's hash, or Keycloak's `typ` claim not `Bearer` "
+                                 "(docs/issuers.md)"),
         ("jwt_algorithm_not_allowed", "`alg` is not in `idp.jwt_algorithms`"),
         ("jwt_unknown_key", "no key of the issuer's JWK Set has the token's `kid` (without `kid`: the set is empty, "
                             "or too many keys fit `alg` to try)"),
@@ -166,8 +170,10 @@ SITUATIONS: tuple[Situation, ...] = (
         ("route_unmatched", "no `[[routes]]` rule matches, or no trusted proxy described the original path"),
     ),
     _situation(
-        "one client's new tokens over its share (`admission.*`)", RateLimited,
-        ("rate_limited", "the source is over `admission.miss_rate` or holds `admission.max_share` of the IdP calls"),
+        "one client's new tokens or DPoP proofs over its share (`admission.*`, `dpop.replay_max_share`)", RateLimited,
+        ("rate_limited", "the source is over `admission.miss_rate`, holds `admission.max_share` of the IdP calls or "
+                         "backs off after the IdP's 429; or a DPoP key holds `dpop.replay_max_share` of the replay "
+                         "store"),
     ),
     _situation(
         "the DPoP replay store is full", ReplayStoreFull,

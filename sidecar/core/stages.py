@@ -6,6 +6,7 @@ every front, bench and test get the same assembly from a configuration.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sidecar.config import Config
@@ -13,11 +14,14 @@ from sidecar.core.admission import Admission
 from sidecar.core.cache import TokenCache
 from sidecar.core.dpop import ProofVerifier
 from sidecar.core.extract import TrustedProxies
+from sidecar.core.identity import IdentityTokens
+from sidecar.core.identity_keys import SigningKeys
 from sidecar.core.interning import Interner
 from sidecar.core.policies import Policies
 from sidecar.core.ports import SharedAnswers, SharedReplay
 from sidecar.core.presented import PresentedCertificate
 from sidecar.core.replay import LocalReplayStore
+from sidecar.core.revocation import Revocations
 from sidecar.core.routes import Router
 
 
@@ -32,29 +36,52 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
+    identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
-                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None) -> Stages:
+                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None,
+                 revocations: Revocations | None = None) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
-    the cache of the configuration this one replaces, whose answers a miss may reuse."""
+    the cache of the configuration this one replaces, whose answers a miss may reuse;
+    ``revocations``: the revocations remembered so far (kept across a reload)."""
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
     if dp.enabled:
         secret = None if shared_replay is None else shared_replay.secret
-        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries), secret=secret)
+        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share),
+                               secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
+    presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     return Stages(
-        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key, previous=previous),
+        cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
+                         revocations=revocations or Revocations(config.events.max_revocations,
+                                                                config.events.remember, time.monotonic),
+                         index=revocations_heard(config), previous=previous),
         policies=policies,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
-        presented=PresentedCertificate(config.client_cert, trusted, config.policy.leeway),
+        presented=presented,
         trusted=trusted,
-        admission=Admission(config.admission, config.idp.max_concurrent),
+        admission=Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented),
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
+        identity=identity_tokens(config, policies),
     )
+
+
+def revocations_heard(config: Config) -> bool:
+    """Whether revocations by subject can reach this sidecar (SETs, or POST /purge with its secret):
+    only then does the cache keep its index (memory per token)."""
+    s = config.server
+    return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
+
+
+def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one (its key file is read now)."""
+    if not any(p.identity_audience for p in policies.all()):
+        return None
+    return IdentityTokens(config.identity, SigningKeys(config.identity), policies.builders)

@@ -49,6 +49,8 @@ class TokenInfo:
     token_use: str | None = None
     # Only the claims configured for upstream headers are kept (memory per cached token).
     extra: Mapping[str, str] | None = None
+    # The configured issuer that vouched for the token (``default``: [idp]; else [issuers.NAME]).
+    issuer: str | None = None
 
     @property
     def bound(self) -> bool:

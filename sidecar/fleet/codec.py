@@ -1,6 +1,9 @@
-"""A :class:`TokenInfo` and its expiry as the JSON sealed into Redis, and back.
+"""A :class:`TokenInfo`, its expiry and the time its IdP call began, as the JSON sealed into
+Redis, and back.
 
-Only what the sidecar keeps (the TokenInfo fields) travels. Reading is strict: a field of the
+Only what the sidecar keeps (the TokenInfo fields) travels, with ``u`` (the wall-clock time until
+which the answer may be reused) and ``b`` (when the IdP call that gave it began: a replica refuses
+an answer begun before a purge it remembers, core/purges.py). Reading is strict: a field of the
 wrong type, a missing one or an unknown one makes the value :class:`~sidecar.fleet.seal.Tampered`
 (never a guess), even though a value that opened was sealed by a replica of the fleet.
 """
@@ -14,7 +17,8 @@ from typing import Any
 from sidecar.core.token_info import INACTIVE, TokenInfo, scope_set
 from sidecar.fleet.seal import Tampered
 
-_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "cnf_jkt", "token_use")
+_STR = ("scope", "client_id", "username", "token_type", "sub", "iss", "jti", "cnf_x5t_s256", "cnf_jkt", "token_use",
+        "issuer")
 _INT = ("exp", "iat", "nbf")
 _TUPLE = ("aud", "cnf_unverifiable")
 _FIELDS = frozenset((*_STR, *_INT, *_TUPLE, "active", "introspected", "extra"))
@@ -24,7 +28,7 @@ DERIVED = frozenset({"scopes"})  # rebuilt from scope on reading
 MAX_VALUE_BYTES = 64 * 1024
 
 
-def encode(info: TokenInfo, until: float) -> bytes:
+def encode(info: TokenInfo, until: float, began: float) -> bytes:
     claims: dict[str, Any] = {"active": info.active}
     if info.active:
         claims["introspected"] = info.introspected
@@ -38,27 +42,32 @@ def encode(info: TokenInfo, until: float) -> bytes:
                 claims[name] = list(value)
         if info.extra:
             claims["extra"] = dict(info.extra)
-    return json.dumps({"i": claims, "u": until}, separators=(",", ":")).encode()
+    return json.dumps({"i": claims, "u": until, "b": began}, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> tuple[TokenInfo, float]:
-    """The TokenInfo and the wall-clock time until which it may be reused."""
+def decode(data: bytes) -> tuple[TokenInfo, float, float]:
+    """The TokenInfo, the wall-clock time until which it may be reused, and when its IdP call began."""
     if len(data) > MAX_VALUE_BYTES:
         raise Tampered("value too large")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
         raise Tampered("not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"i", "u"}:
+    if not isinstance(doc, dict) or set(doc) != {"i", "u", "b"}:
         raise Tampered("not a shared answer")
-    until, claims = doc["u"], doc["i"]
-    if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
-        raise Tampered("u: not a time")
+    until, began, claims = _time(doc, "u"), _time(doc, "b"), doc["i"]
     if not isinstance(claims, dict) or not set(claims) <= _FIELDS or not isinstance(claims.get("active"), bool):
         raise Tampered("i: not a token answer")
     if not claims["active"]:
-        return INACTIVE, float(until)
-    return _active(claims), float(until)
+        return INACTIVE, until, began
+    return _active(claims), until, began
+
+
+def _time(doc: dict[str, Any], name: str) -> float:
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Tampered(f"{name}: not a time")
+    return float(value)
 
 
 def _active(claims: dict[str, Any]) -> TokenInfo:

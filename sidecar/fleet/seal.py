@@ -1,7 +1,7 @@
 """What makes Redis useless to an attacker: keyed key names and sealed values.
 
-- **Names**: a key in Redis is a keyed hash (the fleet secret), never a token nor a plain hash of
-  one; a reader cannot match it against a leaked token list.
+- **Names**: a key in Redis is a keyed digest (the fleet secret), never a token nor a plain hash
+  of one; a reader cannot match it against a leaked token list.
 - **Values** are AES-256-GCM under the fleet key, with the Redis key as associated data: a reader
   learns no claims, and a writer can neither forge an answer nor move one token's answer onto
   another token's key. The key id travels in the value; during a rotation the previous key still
@@ -77,34 +77,24 @@ class Sealer:
 
 
 class Names:
-    """The names of a token's keys in Redis, keyed by the fleet secret."""
+    """The names of a token's keys in Redis, keyed by the fleet secret, and the fleet's channel."""
 
-    __slots__ = ("_hash_key", "_replay_key", "channel", "digest_key", "prefix")
+    __slots__ = ("_replay_key", "channel", "digest_key", "prefix", "tag")
 
     def __init__(self, secret: bytes, prefix: str) -> None:
         self.digest_key = derive(secret, "token digest", 32)  # the in-process cache's key (same fleet-wide)
-        self._hash_key = derive(secret, "token hash", 32)
         self._replay_key = derive(secret, "replay", 32)
+        self.tag = derive(secret, "fleet tag", 8).hex()  # in every message: replicas with another secret differ
         self.prefix = prefix
-        self.channel = f"{prefix}purge"
+        self.channel = f"{prefix}fleet"
 
-    def hash_part(self, hashed: str) -> str:
-        """A keyed digest of the 12-hex ``token_hash``: lets a purge by hash find a token's key."""
-        return hashlib.blake2b(hashed.encode(), key=self._hash_key, digest_size=8).hexdigest()
+    def value(self, key: bytes) -> str:
+        """``key`` is the token's keyed digest (the cache key). The braces are a cluster hash tag:
+        a token's value and lock live in one slot."""
+        return f"{self.prefix}a:{{{key.hex()}}}"
 
-    def value(self, key: bytes, hashed: str) -> str:
-        # The braces are a cluster hash tag: a token's value and lock live in one slot.
-        return f"{self.prefix}t:{self.hash_part(hashed)}:{{{key.hex()}}}"
-
-    def lock(self, key: bytes, hashed: str) -> str:
-        return f"{self.prefix}l:{self.hash_part(hashed)}:{{{key.hex()}}}"
-
-    def of_hash(self, hashed: str) -> str:
-        """A SCAN pattern for the values and locks of every token with this ``token_hash``."""
-        return f"{self.prefix}[tl]:{self.hash_part(hashed)}:*"
-
-    def every_answer(self) -> str:
-        return f"{self.prefix}[tl]:*"
+    def lock(self, key: bytes) -> str:
+        return f"{self.prefix}l:{{{key.hex()}}}"
 
     def replay(self, key: bytes) -> str:
         return f"{self.prefix}r:" + hashlib.blake2b(key, key=self._replay_key, digest_size=16).hexdigest()

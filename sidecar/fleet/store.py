@@ -2,18 +2,24 @@
 
 On a miss in memory (a hit never gets here):
 
-1. **Read** the token's sealed value; an answer that opens is used until its own expiry.
-2. Otherwise take the token's **lock** (``SET NX PX``, a little longer than ``idp.timeout``):
-   the holder asks the IdP and writes the sealed answer with the TTL the cache would give it
-   (never past ``exp``; inactive answers for ``negative_ttl``) — in one script that writes only
-   while the lock is still its own, so a purge that deleted the lock meanwhile wins.
-3. The others **poll** the value (2 ms, doubling to 25 ms) for at most ``fleet.lock_wait``, then
-   ask the IdP themselves: a holder that died costs the others that wait, never an answer.
+1. **Read** the token's sealed value; an answer that opens is used until its own expiry — unless
+   its IdP call began before a purge this replica remembers for it, or before its floor (it may
+   have missed purges: it just subscribed, or is not subscribed now; core/purges.py). A Redis
+   writer can put back any value it once read; such a value is refused, deleted and asked again.
+2. Otherwise take the token's **lock** (``SET PX``, a little longer than ``idp.timeout``): the
+   holder asks the IdP and writes the sealed answer with the TTL the cache would give it (never
+   past ``exp``; inactive answers for ``negative_ttl``) — in one script that writes only while the
+   lock is still its own, so a purge that deleted the lock meanwhile wins.
+3. The others **poll** the value (2 ms, doubling to 25 ms) for at most ``fleet.lock_wait``; then
+   the lock is taken over if the same holder still has it (a holder that died, or a lock a
+   writer planted, costs one wait, not one per miss); a lock no replica could have set (no
+   expiry, or longer than ours) is taken at once.
 
 Redis failing never allows: an error, a command slower than ``fleet.timeout`` or a value that
 does not open is a miss (counted), and the IdP answers as without a fleet. After
 ``fleet.breaker_failures`` consecutive failures Redis is skipped for ``fleet.breaker_open``
-seconds, then tried again.
+seconds, then tried again. A value refused twice in one miss (a writer planting it again at once)
+is not read a third time: the IdP is asked.
 
 Purges (delete from Redis, publish to every replica) are purges.py's, on this store.
 """
@@ -34,6 +40,7 @@ from prometheus_client import Counter, Gauge
 from sidecar.config import KEY, CacheConfig, Config, FleetConfig
 from sidecar.core.cache import answer_ttl
 from sidecar.core.ports import Verify
+from sidecar.core.purges import PurgeMemory
 from sidecar.core.token_info import TokenInfo
 from sidecar.fleet.client import Client, connect
 from sidecar.fleet.codec import decode, encode
@@ -47,24 +54,38 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 POLL_FIRST, POLL_MAX = 0.002, 0.025
 
-# The value; else 2: not a string (planted); else 1: the lock taken; else 0: someone else's lock.
+# The value; else 2: not a string (planted); else 1: the lock taken; else 3: a lock taken over (a
+# planted one: not a string, no expiry or longer than ours; or the holder ARGV[3] we waited for);
+# else {0, holder}: someone else's lock.
 _READ_OR_LOCK = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'string' then return redis.call('GET', KEYS[1]) end
 if kind ~= 'none' then return 2 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+local lock = redis.call('TYPE', KEYS[2])['ok']
+if lock == 'none' then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+local holder = ''
+if lock == 'string' then holder = redis.call('GET', KEYS[2]) end
+local ttl = redis.call('PTTL', KEYS[2])
+if lock ~= 'string' or holder == ARGV[3] or ttl < 0 or ttl > tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 3
+end
+return {0, holder}
 """
+_OURS = "redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1]"
 # Write the answer only while the lock is still ours (a purge deletes it), then free the lock.
-_FILL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+_FILL = f"""
+if {_OURS} then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
 """
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = f"if {_OURS} then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RedisDown(Exception):
@@ -73,9 +94,9 @@ class RedisDown(Exception):
 
 class FleetMetrics:
     def __init__(self, metrics: Metrics) -> None:
-        self.events = metrics.shared(Counter, "sidecar_fleet", "Fleet cache events: hit, miss, waited, wait_expired, "
-                                     "tampered, error, bypass, fill_dropped, purge_sent, purge_received, resubscribed",
-                                     ["event"])
+        self.events = metrics.shared(Counter, "sidecar_fleet", "Fleet events: hit, miss, waited, wait_expired, "
+                                     "lock_taken, tampered, predates_purge, error, bypass, fill_dropped, purge_sent, "
+                                     "purge_received, resubscribed, foreign", ["event"])
         self.breaker = metrics.shared(Gauge, "sidecar_fleet_breaker_open", "1 while Redis is skipped after failures")
         self._children: dict[str, Counter] = {}
 
@@ -100,6 +121,11 @@ class Fleet:
         self.breaker = Breaker(f.breaker_failures, f.breaker_open)
         self.metrics.breaker.set_function(lambda: 1 if self.breaker.is_open else 0)
         self._cache_config: CacheConfig = config.cache
+        # Purges seen, kept as long as an answer given before one may live (its IdP call included).
+        lives = max(config.cache.max_ttl, config.cache.negative_ttl)
+        self.memory = PurgeMemory(lives + 2 * config.idp.timeout + f.clock_skew + 1.0)
+        self.subscribed = False  # purges.py: hearing the channel now (else purges may be missed)
+        self.skew = f.clock_skew
         self.timeout = f.timeout
         self._wait = min(f.lock_wait, config.idp.timeout)
         self._lock_ms = math.ceil((config.idp.timeout + 4 * f.timeout) * 1000)
@@ -118,27 +144,36 @@ class Fleet:
             self.metrics.event("bypass")
             return await verify(), math.inf
         hashed = token_hash(token)
-        name, lock = self.names.value(key, hashed), self.names.lock(key, hashed)
+        name, lock = self.names.value(key), self.names.lock(key)
         owner = os.urandom(16)
         loop = asyncio.get_running_loop()
-        deadline, delay, waited = loop.time() + self._wait, POLL_FIRST, False
+        deadline, delay, waited, refused = loop.time() + self._wait, POLL_FIRST, False, False
+        holder = b""  # the holder we waited for, once the wait is over: its lock is taken over
         try:
             while True:
                 # One round trip, atomic: the value, or the lock taken; a holder that filled and
                 # freed the lock between a read and a lock attempt cannot be missed.
-                got = await self.call(self._read_or_lock(keys=[name, lock], args=[owner, self._lock_ms]))
+                got = await self.call(self._read_or_lock(keys=[name, lock], args=[owner, self._lock_ms, holder]))
                 if isinstance(got, bytes) or got == 2:
-                    found = self._open(name, got if isinstance(got, bytes) else b"")
+                    found = self._open(name, got if isinstance(got, bytes) else b"", key, hashed)
                     if found is not None:
                         self.metrics.event("waited" if waited else "hit")
                         return found
-                    await self.call(self.redis.delete(name))  # not ours (or lapsed): refill it
+                    if refused:  # planted again at once: not read a third time
+                        return await verify(), math.inf
+                    refused = True
+                    await self.call(self.redis.delete(name))  # not ours, expired or purged: refill it
                     continue
-                if got == 1:
+                if got in (1, 3):
+                    if got == 3:
+                        self.metrics.event("lock_taken")
                     break
-                if loop.time() + delay > deadline:
+                if holder:  # the lock changed hands while we took it over: ask the IdP ourselves
                     self.metrics.event("wait_expired")
                     return await verify(), math.inf
+                if loop.time() + delay > deadline:
+                    holder = got[1]  # next round: take the lock if it is still theirs
+                    continue
                 waited = True
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, POLL_MAX)
@@ -147,17 +182,24 @@ class Fleet:
         self.metrics.event("miss")
         return await self._fill(name, lock, owner, verify)
 
-    def _open(self, name: str, blob: bytes) -> tuple[TokenInfo, float] | None:
-        """A shared answer that opens and has not expired; None (a miss, counted) otherwise."""
+    def _open(self, name: str, blob: bytes, key: bytes, hashed: str) -> tuple[TokenInfo, float] | None:
+        """A shared answer that opens, has not expired and predates no purge this replica knows
+        of; None (a miss, counted) otherwise."""
         try:
-            info, until = decode(self.sealer.open(name.encode(), blob))
+            info, until, began = decode(self.sealer.open(name.encode(), blob))
         except Tampered as exc:
             self.metrics.event("tampered")
             log.warning("fleet value refused", extra={"reason": "tampered", "detail": str(exc)})
             return None
-        return (info, until) if until > time.time() else None
+        if until <= time.time():
+            return None
+        if not self.subscribed or self.memory.refuses(key, hashed, info, began, self.skew):
+            self.metrics.event("predates_purge")
+            return None
+        return info, until
 
     async def _fill(self, name: str, lock: str, owner: bytes, verify: Verify) -> tuple[TokenInfo, float]:
+        began = time.time()  # before the IdP call: an answer begun before a purge is refused after it
         try:
             info = await verify()
         except BaseException:
@@ -168,7 +210,7 @@ class Fleet:
         ttl = answer_ttl(info, self._cache_config, now)
         with contextlib.suppress(RedisDown):
             if ttl >= 0.001:
-                blob = self.sealer.seal(name.encode(), encode(info, now + ttl))
+                blob = self.sealer.seal(name.encode(), encode(info, now + ttl, began))
                 written = await self.call(self._fill_script(keys=[lock, name],
                                                             args=[owner, blob, math.ceil(ttl * 1000)]))
                 if not written:

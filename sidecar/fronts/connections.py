@@ -9,7 +9,10 @@ offending request line or header, bearer token included.
 
 :class:`GuardedSite` listens like ``web.TCPSite`` but builds each connection through a
 :class:`Gate`, which refuses connections past the port's cap (``503``, closed at once) and
-serves the others with :class:`GuardedHandler`:
+serves the others with :class:`GuardedHandler`. On the admin port (``evict_idle``) a new
+connection past a cap closes the oldest connection that is not running a request instead — the
+peer's own one past the per-peer cap, anyone's past the port's cap — so connections held open
+(idle keep-alive, or a head trickled in) cannot keep the kubelet's probes out:
 
 - a request head must be complete within ``header_timeout`` of its first byte (or of the
   connection's opening), else ``408`` and the connection is closed;
@@ -48,6 +51,7 @@ class PortLimits:
     max_per_peer: int = 0  # connections one peer address may hold; 0: no per-peer cap
     max_field_size: int = 8190
     max_headers: int = 128
+    evict_idle: bool = False  # past a cap, close the oldest connection not running a request, not the new one
 
 
 def fit_file_descriptors(check: int, admin: int, *, reserve: int) -> tuple[int, int]:
@@ -111,7 +115,9 @@ class Gate:
         self._open_gauge.set_function(lambda: self.open)
         self._refused = {reason: metrics.refused.labels(limits.name, reason)
                          for reason in ("connection_limit", "peer_limit", "header_timeout", "head_too_large",
-                                        "malformed")}
+                                        "malformed", "evicted")}
+        # The connections open, oldest first, with their peers: only where the oldest idle one is evicted.
+        self._live: dict[GuardedHandler, str] | None = {} if limits.evict_idle else None
         self._logged_at: dict[str, float] = {}
         self._since_logged: Tally[str] = Tally()
         self._handler_args: dict[str, Any] = {
@@ -121,25 +127,41 @@ class Gate:
         }
 
     def __call__(self) -> asyncio.Protocol:
-        if self.open >= self.limits.max_connections:
+        if self.open >= self.limits.max_connections and self._live is None:
             return _Refused(self, "connection_limit")
         return GuardedHandler(self.server, gate=self, loop=asyncio.get_running_loop(), **self._handler_args)
 
-    def admit(self, peer: str) -> str | None:
-        """Take a slot for ``peer``; the reason when there is none."""
-        if self.open >= self.limits.max_connections:
+    def admit(self, peer: str, handler: GuardedHandler) -> str | None:
+        """Take a slot for ``peer`` (with ``evict_idle``, by closing an idle connection if need be);
+        the reason when there is none."""
+        limits = self.limits
+        if limits.max_per_peer and self._peers[peer] >= limits.max_per_peer:
+            if not self._evict(peer):
+                return "peer_limit"
+        elif self.open >= limits.max_connections and not self._evict(None):
             return "connection_limit"
-        if self.limits.max_per_peer and self._peers[peer] >= self.limits.max_per_peer:
-            return "peer_limit"
         self.open += 1
         self._peers[peer] += 1
+        if self._live is not None:
+            self._live[handler] = peer
         return None
 
-    def release(self, peer: str) -> None:
+    def _evict(self, peer: str | None) -> bool:
+        """Close the oldest connection (of ``peer``, or anyone's) not running a request."""
+        for handler, owner in (self._live or {}).items():
+            if (peer is None or owner == peer) and handler.idle:
+                handler.evict()
+                self.refused("evicted")
+                return True
+        return False
+
+    def release(self, peer: str, handler: GuardedHandler) -> None:
         self.open -= 1
         self._peers[peer] -= 1
         if not self._peers[peer]:
             del self._peers[peer]
+        if self._live is not None:
+            self._live.pop(handler, None)
 
     def refused(self, reason: str) -> None:
         """Count it; log it at most once per :data:`LOG_EVERY` seconds per reason (a flood is cheap)."""
@@ -187,6 +209,7 @@ class GuardedHandler(web.RequestHandler):
         super().__init__(manager, **kwargs)
         self._gate = gate
         self._peer: str | None = None  # set once admitted
+        self._evicted = False
         self._deadline: asyncio.TimerHandle | None = None
         self._heads_at_deadline = 0
         self._pending = 0  # bytes received towards a head not yet complete
@@ -194,7 +217,7 @@ class GuardedHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = _peer(transport)
-        refusal = self._gate.admit(peer)
+        refusal = self._gate.admit(peer, self)
         if refusal is not None:
             self._gate.refused(refusal)
             _busy(transport)
@@ -203,10 +226,28 @@ class GuardedHandler(web.RequestHandler):
         super().connection_made(transport)
         self._arm()  # the first head must arrive in time too
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._peer is None:  # refused: aiohttp never saw it
+    @property
+    def idle(self) -> bool:
+        """Open and running no request: an idle keep-alive connection, or a head still arriving."""
+        return self._peer is not None and not self._request_in_progress
+
+    def evict(self) -> None:
+        """Give the slot up at once and close (the gate admits another connection in its place)."""
+        if self._peer is None:
             return
-        self._gate.release(self._peer)
+        self._gate.release(self._peer, self)
+        self._peer, self._evicted = None, True
+        self._disarm()
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._peer is None:  # refused (aiohttp never saw it), or evicted (its slot already given up)
+            if self._evicted:
+                super().connection_lost(exc)
+            return
+        self._gate.release(self._peer, self)
         self._peer = None
         self._disarm()
         super().connection_lost(exc)

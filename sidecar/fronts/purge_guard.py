@@ -1,15 +1,18 @@
-"""Who may call ``POST /purge`` and how often: the guessing of its secret is slowed to a crawl.
+"""Who may call ``POST /purge``, and what a wrong secret costs — never the right secret's holder.
 
 - Only peers in ``server.purge_peers`` (loopback by default: the pod's own containers) reach it.
-- A token bucket bounds the attempts of every peer together (``server.purge_rate`` per second,
-  ``server.purge_burst`` at once): many addresses cannot multiply the guessing rate.
-- Each failed authentication locks its peer out for ``purge_backoff`` seconds, doubled with each
-  further failure up to ``purge_backoff_max``; a success clears the peer's record.
+- The presented secret is compared first, in constant time, and **the right secret is always
+  served**: whatever anyone else on the holder's address (a NAT, the pod's loopback) sends, the
+  holder is never locked out nor rate-limited.
+- A wrong secret: a token bucket bounds the 401s of every peer together (``server.purge_rate``
+  per second, ``server.purge_burst`` at once), and each failure locks its peer's further wrong
+  attempts out for ``purge_backoff`` seconds, doubled with each further failure up to
+  ``purge_backoff_max``; they are answered ``429`` with ``Retry-After``, logged once a second.
 
-A refused attempt is answered ``429`` with ``Retry-After`` before the secret is even compared.
-Peer records are bounded (oldest dropped first), so memory does not grow with source addresses.
-During an attack a legitimate purge may be delayed too: ``cache.max_ttl`` still bounds how long
-a revoked token is honoured.
+Since a wrong secret is thus always told apart from the right one, what stops guessing is the
+secret's strength: at least 32 random characters (``openssl rand -base64 32``, about 190 bits;
+a shorter one is warned about at start) make any guessing rate useless. Peer records are bounded
+(oldest dropped first), so memory does not grow with source addresses.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class PurgeGuard:
         self._logged: dict[str, tuple[float, int]] = {}
 
     def wait(self, peer: str) -> float:
-        """0 when ``peer`` may try now (one attempt is taken); else the seconds to wait."""
+        """After a wrong secret from ``peer``: 0 when it may be answered 401 now (one attempt is
+        taken from the bucket); else the seconds its wrong attempts are refused for."""
         now = self._clock()
         record = self._peers.get(peer)
         if record is not None and record.locked_until > now:
@@ -69,9 +73,6 @@ class PurgeGuard:
             return None
         self._logged[reason] = (now, 0)
         return count + 1
-
-    def succeeded(self, peer: str) -> None:
-        self._peers.pop(peer, None)
 
     def failures(self, peer: str) -> int:
         record = self._peers.get(peer)

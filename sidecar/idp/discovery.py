@@ -56,8 +56,12 @@ def metadata_urls(issuer: str) -> list[str]:
 
 def endpoints_from_metadata(metadata: Mapping[str, Any], idp: IdpConfig) -> Endpoints:
     """Pick the endpoints from metadata; configured values win over discovered ones."""
-    if metadata.get("issuer") != idp.issuer:
-        raise DiscoveryError(f"metadata issuer {metadata.get('issuer')!r} != configured issuer")
+    found = metadata.get("issuer")
+    if found != idp.issuer:
+        if isinstance(found, str) and idp.issuer and found.rstrip("/") == idp.issuer.rstrip("/"):
+            raise DiscoveryError(f"metadata issuer {found!r} differs from the configured issuer by a trailing slash: "
+                                 "set the issuer exactly as the IdP writes it")
+        raise DiscoveryError(f"metadata issuer {str(found)[:200]!r} != configured issuer {idp.issuer!r}")
     aliases = metadata.get("mtls_endpoint_aliases")
     aliases = aliases if isinstance(aliases, Mapping) else {}
     use_mtls = idp.auth_method in ("tls_client_auth", "self_signed_tls_client_auth")

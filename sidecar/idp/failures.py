@@ -32,7 +32,7 @@ class IdpFailure(Enum):
     CONNECTION = "connection"
     # An answer, but not a usable one.
     HTTP_4XX = "http_4xx"  # about this request (a token the IdP will not look at): not an outage
-    HTTP_429 = "http_429"  # RFC 6585 §4: the IdP asks us to back off
+    HTTP_429 = "http_429"  # RFC 6585 §4: the IdP asks us to back off (the source that called: admission.py)
     HTTP_5XX = "http_5xx"
     HTTP_503 = "http_503"
     HTTP_OTHER = "http_other"  # a redirect or another 2xx: not what the protocol answers
@@ -89,7 +89,8 @@ class IdpError(IdpUnavailable):
         self.kind = kind
         self.idp_status = status
         result = f"http_{status}" if status is not None and kind.value.startswith("http_") else kind.value
-        super().__init__(result, detail, retry_after=retry_after, allows_stale=kind.allows_stale)
+        super().__init__(result, detail, retry_after=retry_after, allows_stale=kind.allows_stale,
+                         throttled=kind is IdpFailure.HTTP_429)
 
     @property
     def is_idp_failure(self) -> bool:

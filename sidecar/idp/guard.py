@@ -10,7 +10,10 @@ time. Hence:
   only while a fair budget (:func:`fair_budget`: half of ``idp.timeout``, at least
   ``idp.connect_timeout``) is still left, and is denied with ``saturated`` (our own limit, not
   an IdP failure) otherwise; so every call sent has that budget, and a healthy IdP that is
-  merely busy cannot be blamed for the time callers spent queueing.
+  merely busy cannot be blamed for the time callers spent queueing. Freed slots go to the
+  waiting clients in turn (:class:`~sidecar.support.fair.FairSlots`, the client being the one
+  admission charged the miss to): a client with many calls queued cannot make another's wait
+  behind them.
 - **Retries** (``idp.retries``, full-jitter exponential backoff from ``idp.retry_backoff``) only
   where the IdP did no work on the request: the connection could not be made (``refused``,
   ``connect_timeout``) or the IdP closed a connection without answering (``disconnected``,
@@ -19,14 +22,15 @@ time. Hence:
   failure is deterministic. A retry starts only if ``idp.connect_timeout`` is still left.
 - **Circuit breaker**: after ``idp.breaker_failures`` consecutive IdP failures
   (:attr:`IdpFailure.is_idp_failure`: no connection, no answer, a 5xx, a 429, an unusable
-  answer; never a per-token 4xx, never ``saturated``; a timeout only when the call had a fair
-  budget, which a retry may not have had: then the failure before it counts) the breaker opens
-  and every call is denied at once (``breaker_open``) without touching the IdP. A background probe
-  (introspection of a random, unknown token: any well-formed answer means the IdP works) runs
-  every ``idp.breaker_open`` seconds (jittered) while open — the half-open state — and closes the
-  breaker on success. A 429 opens the breaker at once for its ``Retry-After`` (RFC 6585 §4,
-  RFC 9110 §10.2.3), capped at :data:`MAX_RETRY_AFTER`; a 503's ``Retry-After`` sets how long
-  the breaker stays open when that 503 opens it.
+  answer; never a per-token 4xx, never ``saturated``, never a 429; a timeout only when the call
+  had a fair budget, which a retry may not have had: then the failure before it counts) the
+  breaker opens and every call is denied at once (``breaker_open``) without touching the IdP. A
+  background probe (introspection of a random, unknown token: any well-formed answer means the
+  IdP works) runs every ``idp.breaker_open`` seconds (jittered) while open — the half-open state
+  — and closes the breaker on success. A 503's ``Retry-After`` (RFC 9110 §10.2.3, capped at
+  :data:`MAX_RETRY_AFTER`) sets how long the breaker stays open when that 503 opens it. A 429
+  (RFC 6585 §4) is the IdP's limit on a rate one client's burst may have caused: it slows that
+  client (admission.py's per-source back-off), never everyone.
 """
 
 from __future__ import annotations
@@ -37,20 +41,22 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sidecar.config import IdpConfig
 from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import MAX_RETRY_AFTER
 from sidecar.support.breaker import CLOSED, Breaker
+from sidecar.support.fair import FairSlots
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_HINTS = (IdpFailure.HTTP_429, IdpFailure.HTTP_503)  # answers whose Retry-After we honour
+_HINTS = (IdpFailure.HTTP_503,)  # answers whose Retry-After the breaker honours
 
 
 def fair_budget(idp: IdpConfig) -> float:
@@ -58,29 +64,57 @@ def fair_budget(idp: IdpConfig) -> float:
     return min(idp.timeout, max(idp.connect_timeout, idp.timeout / 2))
 
 
+class _Registered:
+    """The guard metrics of one registry, labelled by issuer (every issuer's guard shares them)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.state = Gauge("sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open",
+                           ["issuer"], registry=r)
+        self.rejections = Counter("sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
+                                  ["issuer", "reason"], registry=r)
+        self.retries = Counter("sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
+                               ["issuer", "result"], registry=r)
+        self.probes = Counter("sidecar_idp_probes", "Background probes of an open breaker", ["issuer", "result"],
+                              registry=r)
+
+
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, _Registered] = weakref.WeakKeyDictionary()
+
+
+class _Issuer:
+    """A counter seen by one issuer: ``.labels(x)`` is ``.labels(issuer, x)``."""
+
+    def __init__(self, counter: Counter, issuer: str) -> None:
+        self._counter, self._issuer = counter, issuer
+
+    def labels(self, value: str) -> Counter:
+        return self._counter.labels(self._issuer, value)
+
+
 class GuardMetrics:
-    def __init__(self, metrics: Metrics) -> None:
-        self.registry = metrics.registry
-        shared = metrics.shared  # a reload's new guard counts on in the same series
-        self.state = shared(Gauge, "sidecar_idp_breaker_state", "IdP circuit breaker: 0 closed, 1 open, 2 half-open")
-        self.rejections = shared(Counter, "sidecar_idp_rejections", "IdP calls not made: breaker_open or saturated",
-                                 ["reason"])
-        self.retries = shared(Counter, "sidecar_idp_retries", "Introspection attempts repeated, by the failure retried",
-                              ["result"])
-        self.probes = shared(Counter, "sidecar_idp_probes", "Background probes of an open breaker", ["result"])
+    def __init__(self, metrics: Metrics, issuer: str = "default") -> None:
+        r = self.registry = metrics.registry
+        shared = _REGISTERED.get(r)
+        if shared is None:
+            shared = _REGISTERED[r] = _Registered(r)
+        self.state = shared.state.labels(issuer)
+        self.rejections = _Issuer(shared.rejections, issuer)
+        self.retries = _Issuer(shared.retries, issuer)
+        self.probes = _Issuer(shared.probes, issuer)
 
 
 class IdpGuard:
     """Runs one introspection under the deadline, the concurrency bound, retries and the breaker."""
 
-    def __init__(self, idp: IdpConfig, metrics: Metrics) -> None:
+    def __init__(self, idp: IdpConfig, metrics: Metrics, issuer: str = "default") -> None:
+        """``issuer``: the configured issuer's name, the ``issuer`` label of its metrics."""
         self._timeout = idp.timeout
         self._connect_timeout = idp.connect_timeout
         self._fair_budget = fair_budget(idp)
         self._retries = idp.retries
         self._backoff = idp.retry_backoff
-        self._slots = asyncio.Semaphore(idp.max_concurrent)
-        self.metrics = GuardMetrics(metrics)
+        self._slots = FairSlots(idp.max_concurrent)
+        self.metrics = GuardMetrics(metrics, issuer)
         self.breaker = Breaker(idp.breaker_failures, idp.breaker_open, on_change=self.metrics.state.set)
         self._probe: Callable[[float], Awaitable[object]] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -99,10 +133,10 @@ class IdpGuard:
                                  retry_after=min(math.ceil(wait), int(MAX_RETRY_AFTER)))
 
     def _failed(self, exc: IdpError) -> bool:
-        """Count an IdP failure on the breaker; True when it opened it. A 429 opens it at once for
-        its Retry-After; a 503's Retry-After sets how long it stays open when it opens it."""
+        """Count an IdP failure on the breaker; True when it opened it. A 503's Retry-After sets how
+        long it stays open when that 503 opens it."""
         breaker = self.breaker
-        opened = breaker.failure(_hint(exc), trip=exc.kind is IdpFailure.HTTP_429)
+        opened = breaker.failure(_hint(exc))
         if opened:
             log.warning("idp breaker open", extra={"failures": breaker.failures, "result": exc.result,
                                                    "open_for": round(breaker.open_until - time.monotonic(), 3)})
@@ -128,7 +162,7 @@ class IdpGuard:
                     result = await attempt(budget)
                 except IdpError as exc:
                     kind = exc.kind
-                    if kind.is_idp_failure and self._fair(kind, budget):
+                    if kind.is_idp_failure and kind is not IdpFailure.HTTP_429 and self._fair(kind, budget):
                         blamed = exc
                     if kind.retryable and tries < self._retries:
                         delay = random.uniform(0, self._backoff * 2**tries)  # noqa: S311 - jitter, not a secret
@@ -203,7 +237,7 @@ class IdpGuard:
 
 
 def _hint(exc: Exception) -> float:
-    """The seconds a 429's or a 503's ``Retry-After`` asks for (capped), else 0."""
+    """The seconds a 503's ``Retry-After`` asks for (capped), else 0."""
     if isinstance(exc, IdpError) and exc.kind in _HINTS:
         return min(float(exc.retry_after), MAX_RETRY_AFTER)
     return 0.0

@@ -58,8 +58,12 @@ class Introspector:
         self._auth = ClientAuth(idp)
         self._guard = guard
         if guard is not None:
-            # An unknown random token: any well-formed answer ({"active": false}) means the IdP works.
-            guard.set_probe(lambda timeout: self._attempt(secrets.token_urlsafe(32), timeout, "probe"))
+            guard.set_probe(self.probe)
+
+    async def probe(self, timeout: float | None = None) -> TokenInfo:
+        """An unknown random token: any well-formed answer ({"active": false}) means the IdP works
+        and accepts our client authentication (the breaker's probe, the readiness recheck)."""
+        return await self._attempt(secrets.token_urlsafe(32), timeout, "probe")
 
     async def _answer(self, endpoint: str, form: dict[str, str], headers: Mapping[str, str],
                       timeout: float | None) -> object:

@@ -1,72 +1,121 @@
-"""One issuer, assembled from ``[idp]``: everything the sidecar needs to reach that IdP and to
-say what its tokens are.
+"""One issuer, assembled from its table (``[idp]`` or ``[issuers.NAME]``): everything the sidecar
+needs to reach that IdP and to say what its tokens are.
 
 - the mutual-TLS session with keep-alive (tls.py) and the reload of its files (rotation.py);
 - the endpoints, configured or discovered (discovery.py);
 - the guard of every introspection: deadline, concurrency bound, retries, breaker (guard.py);
 - the JWK Set, when tokens are validated locally or answers are signed (jwks.py);
-- the :class:`~sidecar.core.ports.Verifier` the decision calls (token_format.py chooses
-  introspection or local RFC 9068 validation per token).
+- the check the registry calls (token_format.py chooses introspection or local RFC 9068
+  validation per token), whose answers name this issuer.
 
-Built whole before anything uses it; started (background discovery, JWK Set, file polling) and
-closed by the runtime.
+Each issuer is self-contained: its own session, client credentials, CA, timeouts, breaker and
+``name`` (the ``issuer`` label of its metrics; ``default`` for ``[idp]``). Built whole before
+anything uses it; started (background discovery, JWK Set, file polling) and closed by the
+registry (issuers.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import asyncio
+import dataclasses
+import logging
 
-from sidecar.config import Config
-from sidecar.core.ports import Verifier
+from sidecar.config import Config, IdpConfig
+from sidecar.core.token_info import TokenInfo
 from sidecar.idp.discovery import Discovery
+from sidecar.idp.failures import IdpError
 from sidecar.idp.guard import IdpGuard
 from sidecar.idp.introspection import Introspector
 from sidecar.idp.jwks import Jwks
 from sidecar.idp.rotation import CertificateWatcher
 from sidecar.idp.tls import IdpSession
-from sidecar.idp.token_format import choose_verifier, local_jwt_enabled
+from sidecar.idp.token_format import Check, choose_verifier, local_jwt_enabled
 from sidecar.support.background import Background
 from sidecar.support.metrics import Metrics
 from sidecar.support.retry import until_done
 
-NAME = "default"  # the issuer label of the IdP metrics (one issuer today)
-
-
-def answer_inputs(config: Config) -> Hashable:
-    """Everything of ``config`` an issuer's answers depend on (what :class:`Issuer` and its verifiers
-    read): equal for two configurations, one issuer serves both and its cached answers stay valid."""
-    p = config.policy
-    return config.idp, config.kept_claims, p.leeway, p.audiences, p.allowed_issuers
+log = logging.getLogger(__name__)
+# RFC 6749 §5.2: the IdP refused our client authentication (unknown client_id, wrong certificate
+# or secret, or a client not allowed to introspect); a 400 may be a token's own fault.
+CLIENT_REJECTED = 401
+CLIENT_RECHECK = 10.0  # seconds between introspections of a random token while we are refused
 
 
 class Issuer:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
-        idp = config.idp
-        self._config = config
+    def __init__(self, name: str, idp: IdpConfig, config: Config, metrics: Metrics) -> None:
+        self.name = name
+        self.idp = idp
         self.session = IdpSession(idp)
-        self.discovery = Discovery(idp, self.session, metrics, NAME)
+        self.discovery = Discovery(idp, self.session, metrics, name)
         self.cert_watcher = CertificateWatcher(idp, self.session, metrics)
-        self.guard = IdpGuard(idp, metrics)
-        local = local_jwt_enabled(config)
-        self.jwks = Jwks(idp, self.session, self.discovery, metrics, issuer=NAME) \
-            if local or idp.introspection_response != "json" else None
-        introspector = None if idp.token_format == "jwt" else Introspector(
+        self.guard = IdpGuard(idp, metrics, name)
+        local = local_jwt_enabled(config, name)
+        # Also the keys that sign the issuer's Security Event Tokens (idp/security_events.py).
+        self.jwks = Jwks(idp, self.session, self.discovery, metrics, issuer=name) \
+            if local or idp.introspection_response != "json" or (config.events.enabled and idp.issuer) else None
+        self.introspector = None if idp.token_format == "jwt" else Introspector(
             idp, self.session, self.discovery, extra_claims=config.kept_claims, metrics=metrics, guard=self.guard,
-            keys=self.jwks, leeway=config.policy.leeway, issuer=NAME,
+            keys=self.jwks, leeway=config.policy.leeway, issuer=name,
         )
         # The JWK Set may be there for signed introspection answers only: local JWT validation still
         # needs what RFC 9068 §4 requires (local_jwt_enabled).
-        self.verifier: Verifier = choose_verifier(config, introspector, self.jwks if local else None, self.discovery)
+        self._check: Check = choose_verifier(idp, config.kept_claims, self.introspector,
+                                             self.jwks if local else None, self.discovery)
+        self.client_rejected = False  # the IdP refused our client authentication (a 401)
         self._background = Background()
+
+    async def verify(self, token: str) -> TokenInfo:
+        """What this issuer says about ``token``, naming itself on the answer."""
+        try:
+            info = await self._check.verify(token)
+        except IdpError as exc:
+            self._note(exc)
+            raise
+        self.client_rejected = False
+        return dataclasses.replace(info, issuer=self.name) if info.active else info
+
+    async def introspect(self, token: str) -> TokenInfo:
+        """Introspection alone (an opaque token); the issuer must have an introspector."""
+        assert self.introspector is not None
+        try:
+            info = await self.introspector.verify(token)
+        except IdpError as exc:
+            self._note(exc)
+            raise
+        self.client_rejected = False
+        return dataclasses.replace(info, issuer=self.name) if info.active else info
+
+    def _note(self, exc: IdpError) -> None:
+        """A refusal of our client authentication: not ready until an introspection passes again."""
+        if exc.idp_status == CLIENT_REJECTED and not self.client_rejected:
+            log.error("the IdP refused our client authentication", extra={"issuer": self.name,
+                                                                          "client_id": self.idp.client_id})
+            self.client_rejected = True
+            self._background.spawn(self._recheck_client())
+
+    async def _recheck_client(self) -> None:
+        """While refused: a random token's introspection every :data:`CLIENT_RECHECK` seconds."""
+        assert self.introspector is not None
+        while self.client_rejected:
+            await asyncio.sleep(CLIENT_RECHECK)
+            try:
+                await self.introspector.probe(self.idp.timeout)
+            except IdpError as exc:
+                if exc.idp_status == CLIENT_REJECTED:
+                    continue
+            else:
+                self.client_rejected = False
 
     def readiness(self) -> str | None:
         """Why this issuer cannot serve yet (a ``/readyz`` reason), or None when it can."""
         if self.cert_watcher.expired():
             return "client_certificate_expired"
-        if self._config.idp.issuer and self.discovery.endpoints is None:
+        if self.idp.issuer and self.discovery.endpoints is None:
             return "discovery_pending"
         if self.jwks is not None and not self.jwks.ready:
             return "jwks_pending"
+        if self.client_rejected:
+            return "client_rejected"
         return None
 
     def start(self) -> None:
@@ -81,3 +130,4 @@ class Issuer:
         await self._background.cancel()
         await self.guard.aclose()
         await self.session.aclose()
+

@@ -12,9 +12,11 @@
   with ``alg``) is validated locally when the issuer has a ``jwks_uri`` (configured or
   discovered); every other token is introspected. Local validation needs ``policy.audiences``
   (RFC 9068 §4: the resource server MUST check ``aud``) and an expected issuer (``idp.issuer``
-  or ``policy.allowed_issuers``): without them ``auto`` introspects everything.
+  or ``policy.allowed_issuers``) of the first policy that accepts the issuer (``[policy]`` when
+  it does): without them ``auto`` introspects everything.
 
-``jwt`` and ``jwt_then_introspection`` refuse to start without those settings (config.py).
+``jwt`` and ``jwt_then_introspection`` refuse to start without those settings (config/rules.py).
+Each issuer has its own mode: with several, the one a JWT's ``iss`` names decides.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from __future__ import annotations
 import binascii
 import logging
 import re
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
-from sidecar.config import Config
-from sidecar.core.ports import Verifier
+from sidecar.config import Config, IdpConfig
 from sidecar.core.token_info import TokenInfo
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.jwks import Jwks
@@ -57,21 +59,29 @@ def declares_access_token(header: dict[str, Any]) -> bool:
     return isinstance(typ, str) and typ.lower() in ACCESS_TOKEN_TYPES
 
 
-def local_jwt_enabled(config: Config) -> bool:
-    """Whether this configuration validates any token locally (and so needs the JWK Set)."""
-    mode = config.idp.token_format
+class Check(Protocol):
+    """One issuer's way of saying what a token is (introspection, or local validation)."""
+
+    async def verify(self, token: str) -> TokenInfo: ...
+
+
+def local_jwt_enabled(config: Config, name: str = "default") -> bool:
+    """Whether issuer ``name`` validates any token locally (and so needs the JWK Set)."""
+    idp = config.every_issuer[name]
+    mode = idp.token_format
     if mode in ("jwt", "jwt_then_introspection"):
         return True
-    return mode == "auto" and bool(config.policy.audiences) and bool(
-        config.idp.issuer or config.policy.allowed_issuers
+    accepting = [p for p in (config.policy, *config.policies.values()) if name in config.policy_issuers(p)]
+    return mode == "auto" and bool(accepting) and bool(accepting[0].audiences) and bool(
+        idp.issuer or accepting[0].allowed_issuers
     )
 
 
 class TokenFormatVerifier:
-    """A :class:`Verifier` that routes each token per ``idp.token_format``."""
+    """A :class:`Check` that routes each token per ``idp.token_format``."""
 
     def __init__(
-        self, mode: str, introspector: Verifier | None, local: Verifier | None, discovery: Discovery,
+        self, mode: str, introspector: Check | None, local: Check | None, discovery: Discovery,
         jwks_uri: str | None = None,
     ) -> None:
         self._mode = mode
@@ -83,7 +93,7 @@ class TokenFormatVerifier:
     async def verify(self, token: str) -> TokenInfo:
         return await (await self._choose(token)).verify(token)
 
-    async def _choose(self, token: str) -> Verifier:
+    async def _choose(self, token: str) -> Check:
         if self._local is None:
             assert self._introspector is not None  # built so by choose_verifier
             return self._introspector
@@ -102,14 +112,14 @@ class TokenFormatVerifier:
         return (await self._discovery.get()).jwks_uri is not None  # DiscoveryError: a 503
 
 
-def choose_verifier(config: Config, introspector: Verifier | None, jwks: Jwks | None,
-                    discovery: Discovery) -> Verifier:
+def choose_verifier(idp: IdpConfig, kept_claims: Collection[str], introspector: Check | None, jwks: Jwks | None,
+                    discovery: Discovery) -> Check:
     """The verifier for ``idp.token_format``; ``jwks`` is None when nothing is validated locally."""
-    local: Verifier | None = None
+    local: Check | None = None
     if jwks is not None:
-        local = JwtAccessTokenVerifier(config.idp, config.policy, jwks, config.kept_claims)
-    elif config.idp.token_format == "auto":
+        local = JwtAccessTokenVerifier(idp, jwks, kept_claims)
+    elif idp.token_format == "auto":
         log.info("local JWT validation off: it needs policy.audiences and an issuer (RFC 9068 §4)")
     if local is None and introspector is not None:
         return introspector
-    return TokenFormatVerifier(config.idp.token_format, introspector, local, discovery, config.idp.jwks_uri)
+    return TokenFormatVerifier(idp.token_format, introspector, local, discovery, idp.jwks_uri)

@@ -1,6 +1,6 @@
 """One circuit breaker for every dependency that can fail as a whole (the IdP, Redis).
 
-Closed → after ``failures`` consecutive failures (or at once, ``trip``) → open for
+Closed → after ``failures`` consecutive failures → open for
 ``open_seconds`` (longer when the failure asked for it: a ``Retry-After``) → half-open: one trial
 → closed on success, open again on failure. Who makes the trial differs: Redis lets the next
 caller try (:meth:`Breaker.allows`), the IdP sends a background probe (:meth:`Breaker.half_open`,
@@ -56,16 +56,16 @@ class Breaker:
         if self.state != CLOSED:
             self._set(CLOSED)
 
-    def failure(self, hold: float = 0.0, *, trip: bool = False) -> bool:
+    def failure(self, hold: float = 0.0) -> bool:
         """Count a failure; True when this one opened the breaker. ``hold``: seconds the failure
-        asked for (at least ``open_seconds`` is kept); ``trip``: open now, whatever the count."""
+        asked for (at least ``open_seconds`` is kept)."""
         self._count += 1
         if not self._threshold:
             return False
         if self.state == HALF_OPEN:
             self._set(OPEN)  # the trial failed: open until the deadline its start set
             return False
-        if self.state != CLOSED or not (trip or self._count >= self._threshold):
+        if self.state != CLOSED or self._count < self._threshold:
             return False
         self.reopen(hold)
         return True

@@ -1,5 +1,6 @@
 """The JOSE encodings every part of the sidecar shares (RFC 7515 §2 base64url, RFC 7638
-thumbprints, SHA-256 thumbprints such as RFC 8705 ``x5t#S256`` and RFC 9449 ``ath``)."""
+thumbprints, SHA-256 thumbprints such as RFC 8705 ``x5t#S256`` and RFC 9449 ``ath``), and the keys
+the sidecar signs with (a private key file, its public JWK)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
@@ -48,3 +54,30 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
         raise ValueError("jwk lacks the members of its kty")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), ensure_ascii=False)
     return sha256_thumbprint(canonical.encode())
+
+
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def signing_key(pem: bytes) -> tuple[SigningKey, str]:
+    """A PEM private key that signs JWTs, and its algorithm: Ed25519 (``EdDSA``, RFC 8037) or P-256
+    (``ES256``); ValueError for anything else (RSA, other curves, an encrypted or broken file)."""
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key, "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key, "ES256"
+    raise ValueError("an Ed25519 or P-256 private key is required")
+
+
+def public_jwk(key: SigningKey, alg: str) -> dict[str, str]:
+    """The public half of ``key`` as a JWK (RFC 7517) with ``kid`` its RFC 7638 thumbprint, ``use``
+    and ``alg``: the same key gives the same ``kid`` on every replica."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        jwk: dict[str, str] = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    else:
+        jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": jwk_thumbprint(jwk), "use": "sig", "alg": alg}

@@ -1,5 +1,5 @@
 """One file watcher for every file the sidecar reloads (the IdP client certificate, key and CA;
-the client CA bundle; the private_key_jwt key).
+the client CA bundle; the private_key_jwt key; the identity signing key).
 
 A file changes by content, not by name or time: the kubelet publishes a Secret volume by writing
 a new timestamped directory and renaming a ``..data`` symlink over the old one, so neither the

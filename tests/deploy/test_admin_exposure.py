@@ -1,14 +1,14 @@
 """deploy/kubernetes exposes only what probes and Prometheus need (issue 11, item 5): the Service
 publishes the proxy alone, purge is off in every rendered configuration and answers only the
-pod's own containers when turned on, and the example NetworkPolicy admits only Prometheus to the
-admin port."""
+pod's own containers when turned on, and the base's NetworkPolicy admits only Prometheus to the
+admin port in every overlay."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar import config as config_module
-from tests.deploy.test_kubernetes import KUBE, OVERLAYS, one, pod_spec, render, render_dir, sidecar_env
+from tests.deploy.test_kubernetes import OVERLAYS, one, pod_spec, render, sidecar_env
 from tests.support.pki_fixtures import TestPki
 
 
@@ -33,9 +33,10 @@ def test_purge_is_off_and_when_turned_on_answers_loopback_peers_only(overlay: st
     assert server.purge_peers == ("127.0.0.1/32", "::1/128")  # ... but purge only from inside the pod
 
 
-def test_the_network_policy_admits_anyone_to_the_proxy_and_only_prometheus_to_the_admin_port() -> None:
-    (policy,) = [d for d in render_dir(KUBE / "examples") if d["kind"] == "NetworkPolicy"]
-    labels = one(render("base"), "Deployment")["spec"]["template"]["metadata"]["labels"]
+@pytest.mark.parametrize("name", ("base", *OVERLAYS))
+def test_the_network_policy_admits_anyone_to_the_proxy_and_only_prometheus_to_the_admin_port(name: str) -> None:
+    policy = one(render(name), "NetworkPolicy")  # shipped with the base: every overlay has it
+    labels = one(render(name), "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}

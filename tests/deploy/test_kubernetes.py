@@ -206,7 +206,7 @@ def test_the_examples_match_their_schemas_and_the_base() -> None:
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:
             jsonschema.validate(doc, CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])])
-        else:  # NetworkPolicy: a built-in kind
+        else:  # a built-in kind
             kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
     secrets = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
     volumes = [v["secret"]["secretName"] for v in pod_spec("nginx")["volumes"] if "secret" in v]

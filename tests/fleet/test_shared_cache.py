@@ -87,19 +87,24 @@ async def test_a_burst_for_one_new_token_across_four_replicas_makes_one_idp_call
     assert sum(events(r, "waited") for r in replicas) == 3  # one waiter per other replica (local single-flight)
 
 
-async def test_a_holder_that_died_lets_the_others_ask_the_idp_after_the_lock_wait(
+async def test_a_holder_that_died_costs_one_lock_wait_then_its_lock_is_taken_over(
     make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer
 ) -> None:
-    a = await make_replica(lock_wait=0.3)
+    a, b = await make_replica(lock_wait=0.3), await make_replica(lock_wait=0.3)
     token = idp.mint("alice", cnf=pki.alice.x5t_s256)
     fleet = fleet_of(a)
     key = a.sidecar.decider.cache.key(token)
-    await fleet.redis.set(fleet.names.lock(key, token_hash(token)), b"dead-replica", px=60_000)  # never freed
+    # what a replica that died after taking the lock leaves: its lock, with the expiry replicas set
+    await fleet.redis.set(fleet.names.lock(key), b"dead-replica", px=fleet._lock_ms)
     started = time.monotonic()
     assert (await a.check(token, pki.alice)).status == 200
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 1.0  # waited lock_wait, never the lock's own minute nor past idp.timeout
-    assert idp.introspect_requests == 1 and events(a, "wait_expired") == 1
+    assert 0.25 <= elapsed < 1.0  # waited lock_wait, never the lock's own life nor past idp.timeout
+    assert events(a, "lock_taken") == 1 and events(a, "miss") == 1
+    started = time.monotonic()
+    assert (await b.check(token, pki.alice)).status == 200  # the answer is shared: no second wait
+    assert time.monotonic() - started < 0.25 and events(b, "hit") == 1
+    assert idp.introspect_requests == 1
 
 
 async def test_inactive_answers_are_shared_for_the_negative_ttl_only(
@@ -149,7 +154,7 @@ async def test_a_replica_reads_values_sealed_with_the_previous_key_during_a_rota
 
 async def shared_value(running: Running, token: str) -> tuple[str, bytes]:
     fleet = fleet_of(running)
-    name = fleet.names.value(running.sidecar.decider.cache.key(token), token_hash(token))
+    name = fleet.names.value(running.sidecar.decider.cache.key(token))
     value = await fleet.redis.get(name)
     assert value is not None
     return name, value
@@ -164,7 +169,7 @@ async def test_an_allow_moved_onto_another_tokens_key_is_refused_and_counted(
     _, sealed = await shared_value(a, good)
     forged = "revoked-or-never-issued"
     fleet = fleet_of(a)
-    name = fleet.names.value(a.sidecar.decider.cache.key(forged), token_hash(forged))
+    name = fleet.names.value(a.sidecar.decider.cache.key(forged))
     await fleet.redis.set(name, sealed, px=60_000)  # an attacker with write access to Redis
     denied = await b.check(forged, pki.alice)
     assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import MakeSidecar
@@ -43,10 +44,24 @@ async def test_the_forwarded_source_is_honoured_only_from_a_trusted_proxy(
 ) -> None:
     running = await make_sidecar(admission={"miss_rate": 1, "miss_burst": 1},
                                  client_cert={"trusted_proxies": ["192.0.2.0/24"]})
-    for _ in range(5):  # the test client (127.0.0.1) is not trusted: no source, no per-source limit
+    statuses = []
+    for index in range(5):  # the test client (127.0.0.1) is not trusted: it is the source, whatever it says
         response = await running.client.get("/", headers={"Authorization": f"Bearer {secrets.token_urlsafe(24)}",
-                                                          "X-Forwarded-For": ATTACKER})
-        assert response.status == 401
+                                                          "X-Forwarded-For": f"198.51.100.{index}"})
+        statuses.append(response.status)
+    assert statuses == [401, 429, 429, 429, 429] and idp.introspect_requests == 1
+
+
+async def test_a_trusted_proxy_that_sends_no_source_header_is_one_source_for_all_its_clients(
+    make_sidecar: MakeSidecar, idp: FakeIdp, captured_logs: Any
+) -> None:
+    running = await make_sidecar(admission={"miss_rate": 1, "miss_burst": 2})
+    statuses = []
+    for _ in range(5):  # random tokens, no X-Forwarded-For: bounded all the same
+        response = await running.client.get("/", headers={"Authorization": f"Bearer {secrets.token_urlsafe(24)}"})
+        statuses.append(response.status)
+    assert statuses == [401, 401, 429, 429, 429] and idp.introspect_requests == 2
+    assert sum("sends no source header" in r.getMessage() for r in captured_logs.records) == 1
 
 
 async def test_cached_tokens_keep_working_during_a_flood_of_random_tokens(

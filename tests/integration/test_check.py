@@ -236,7 +236,7 @@ async def test_idp_down_is_503_and_counted_in_metrics(sidecar: Running, idp: Fak
     metrics = await (await sidecar.admin.get("/metrics")).text()
     assert 'sidecar_decisions_total{outcome="deny",policy="default",reason="idp_unavailable"} 1.0' in metrics
     assert 'sidecar_idp_requests_total{kind="introspection",result="refused"} 2.0' in metrics  # one safe retry
-    assert 'sidecar_idp_retries_total{result="refused"} 1.0' in metrics
+    assert 'sidecar_idp_retries_total{issuer="default",result="refused"} 1.0' in metrics
 
 
 async def test_the_idp_rejects_a_sidecar_without_the_right_client_certificate(

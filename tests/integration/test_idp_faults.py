@@ -36,6 +36,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST = {"timeout": 0.5, "connect_timeout": 0.2, "breaker_open": 0.1}
 
 
+def client(index: int) -> dict[str, str]:
+    """The headers of one of many clients behind the proxy: the guard is tested, not admission."""
+    return {"X-Forwarded-For": f"198.51.100.{index}"}
+
+
 def alice_token(idp: FakeIdp, pki: TestPki) -> str:
     return idp.mint("alice", cnf=pki.alice.x5t_s256)
 
@@ -197,21 +202,24 @@ async def test_a_wrong_answer_is_503_labelled_with_what_was_wrong_and_not_retrie
     await wait_until_allowed(running, token, pki)
 
 
-async def test_a_429_opens_the_breaker_for_its_retry_after_and_the_sidecar_stops_asking(
+async def test_a_429_slows_the_source_whose_call_it_refused_and_no_other(
     make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki
 ) -> None:
-    running = await make_sidecar(idp=FAST)
-    token = alice_token(idp, pki)
-    idp.fault = Fault(status=429, headers={"Retry-After": "1"})
-    await assert_idp_unavailable(running, token, pki, retry_after="1")
-    for _ in range(5):
-        await assert_idp_unavailable(running, alice_token(idp, pki), pki)
-    assert idp.introspect_requests == 1  # the IdP asked us to back off, and we did
-    assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="http_429") == 1.0
-    assert await metric(running, "sidecar_idp_rejections_total", reason="breaker_open") == 5.0
+    running = await make_sidecar(idp={**FAST, "breaker_failures": 1})
+    flooder, neighbour = {"X-Forwarded-For": "198.51.100.66"}, {"X-Forwarded-For": "198.51.100.7"}
+    idp.fault = Fault(status=429, headers={"Retry-After": "5"})  # the IdP's own rate limit, tripped by a burst
+    refused = await running.check(alice_token(idp, pki), pki.alice, **flooder)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "5"  # the IdP's own answer, passed on
     idp.fault = None
-    await wait_until_allowed(running, token, pki)
+    calls = idp.introspect_requests
+    for _ in range(5):  # the flooder backs off for the Retry-After: the IdP is not asked again
+        backing_off = await running.check(alice_token(idp, pki), pki.alice, **flooder)
+        assert backing_off.status == 429 and (await backing_off.json())["reason"] == "rate_limited"
+        assert int(backing_off.headers["Retry-After"]) >= 4
+    assert idp.introspect_requests == calls
+    assert (await running.check(alice_token(idp, pki), pki.alice, **neighbour)).status == 200  # others go on
     assert await metric(running, "sidecar_idp_breaker_state") == 0.0
+    assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="http_429") == 1.0
 
 
 def truncating(state: dict[str, bool]) -> Any:
@@ -376,7 +384,7 @@ async def test_no_more_than_max_concurrent_introspections_reach_the_idp(
     server = await serve_idp(middleware=concurrency_meter(seen))
     running = await make_sidecar(idp={**endpoint(server.port), "max_concurrent": 2, "timeout": 2.0})  # type: ignore[arg-type]
     tokens = [alice_token(idp, pki) for _ in range(8)]
-    responses = await asyncio.gather(*(running.check(t, pki.alice) for t in tokens))
+    responses = await asyncio.gather(*(running.check(t, pki.alice, **client(i)) for i, t in enumerate(tokens)))
     assert [r.status for r in responses] == [200] * 8
     assert seen["peak"] == 2
 
@@ -387,8 +395,8 @@ async def test_a_check_that_finds_no_introspection_slot_in_time_is_503_saturated
     running = await make_sidecar(idp={"max_concurrent": 1, "timeout": 0.3, "breaker_failures": 2})
     await running.sidecar.issuer.discovery.get()
     idp.fault = Fault(delay=0.5)  # the first call holds the only slot until its deadline
-    first, second = await asyncio.gather(running.check(alice_token(idp, pki), pki.alice),
-                                         running.check(alice_token(idp, pki), pki.alice))
+    first, second = await asyncio.gather(running.check(alice_token(idp, pki), pki.alice, **client(1)),
+                                         running.check(alice_token(idp, pki), pki.alice, **client(2)))
     assert [first.status, second.status] == [503, 503]
     assert await metric(running, "sidecar_idp_rejections_total", reason="saturated") == 1.0
     assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="timeout") == 1.0
@@ -404,7 +412,8 @@ async def test_a_burst_of_new_tokens_against_a_slow_but_healthy_idp_never_opens_
                                       "breaker_failures": 2, "breaker_open": 30})
     await running.sidecar.issuer.discovery.get()
     idp.fault = Fault(delay=0.3)  # healthy, answers every call, but slowly
-    responses = await asyncio.gather(*(running.check(alice_token(idp, pki), pki.alice) for _ in range(16)))
+    responses = await asyncio.gather(*(running.check(alice_token(idp, pki), pki.alice, **client(i))
+                                       for i in range(16)))
     assert {r.status for r in responses} <= {200, 503} and 200 in {r.status for r in responses}
     assert await metric(running, "sidecar_idp_requests_total", kind="introspection", result="timeout") == 0.0
     assert await metric(running, "sidecar_idp_rejections_total", reason="saturated") >= 1.0

@@ -159,10 +159,12 @@ async def test_a_jwt_for_another_audience_is_refused(jwt_sidecar: Running, signi
 
 
 async def test_unknown_kids_cause_one_jwks_refresh_then_deny_without_a_storm(
-    jwt_sidecar: Running, signing_idp: FakeIdp, pki: TestPki
+    make_sidecar: MakeSidecar, signing_idp: FakeIdp, pki: TestPki
 ) -> None:
     from sidecar.dev.devidp import SigningKey
 
+    # Twenty misses at once from one client: more than its share of the IdP slots (admission.py).
+    jwt_sidecar = await make_sidecar(policy=JWT_POLICY, admission={"max_share": 1.0})
     assert (await jwt_sidecar.check(signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256), pki.alice)).status == 200
     assert signing_idp.jwks_requests == 1
     forged = [signing_idp.mint_jwt("alice", cnf=pki.alice.x5t_s256, key=SigningKey.generate(kid=f"forged-{i}"))

@@ -5,8 +5,9 @@ fake IdP over real mutual TLS; every request here is raw bytes on a real socket.
 
 - A half-sent request head is answered 408 and closed after ``server.header_timeout``.
 - An incomplete head past its byte bound is answered 431 and closed (memory per connection).
-- Idle connections to the admin port, past its small cap, are refused: under a descriptor limit
-  of 256 a flood of them leaves the check port answering, cached tokens included.
+- Idle connections to the admin port, past its small caps, close the oldest idle one: under a
+  descriptor limit of 256 a flood of them leaves the check port answering, cached tokens
+  included; and however many are held, from however many addresses, the probes are answered.
 - No error answer of either port contains a request header value (aiohttp's own 400 quoted the
   request line or header it could not parse: the bearer token).
 """
@@ -174,8 +175,8 @@ async def test_an_admin_flood_under_a_descriptor_limit_leaves_checks_and_cached_
             assert b" 200 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             idle = [await asyncio.open_connection("127.0.0.1", port_of(process, "admin")) for _ in range(400)]
             await asyncio.sleep(0.5)
-            refused = await asyncio.wait_for(idle[-1][0].read(), 5)
-            assert status(refused) == 503, refused  # past the admin cap: refused at once
+            evicted = await asyncio.wait_for(idle[0][0].read(), 5)
+            assert evicted == b"", evicted  # past the admin caps, the oldest idle one is closed: few are held
             writer.write(check)  # the proxy's kept connection: a cached token
             assert b" 200 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             closing = check.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
@@ -227,3 +228,50 @@ async def test_the_gate_counts_what_it_refuses_in_the_metrics(process: Process) 
     text = metrics.decode()
     assert 'sidecar_http_refused_total{port="admin",reason="header_timeout"} 1.0' in text
     assert 'sidecar_connections{port="admin"} 1.0' in text  # this scrape's own connection
+
+
+async def held(port: int, source: str, *, trickle: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection held open from ``source``: after one request (idle keep-alive), or sending a
+    head a few bytes at a time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    if trickle:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: s\r\n")
+    else:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: s\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)  # the whole answer: the connection is idle now
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["idle keep-alive", "heads trickled in"])
+async def test_connections_held_from_four_addresses_never_keep_the_probes_out(
+    process: Process, trickle: bool
+) -> None:
+    port = port_of(process, "admin")
+    holders = [await held(port, f"127.0.0.{2 + i % 4}", trickle=trickle) for i in range(16)]  # the whole cap
+    try:
+        for _ in range(10):  # the kubelet: one connection per probe, from its own address
+            for path in (b"/healthz", b"/readyz"):
+                answer = await exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+                assert status(answer) == 200, answer[:200]
+    finally:
+        for _, writer in holders:
+            writer.close()
+    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+    # One held connection was closed for the first probe; each probe then found room when it came.
+    assert 'sidecar_http_refused_total{port="admin",reason="evicted"} 1.0' in metrics.decode()
+
+
+async def test_an_address_at_its_own_cap_closes_its_own_oldest_connection_not_anothers(process: Process) -> None:
+    port = port_of(process, "admin")
+    other = await held(port, "127.0.0.3", trickle=False)
+    mine = [await held(port, "127.0.0.2", trickle=False) for _ in range(5)]  # a quarter of the cap: 4
+    try:
+        assert await asyncio.wait_for(mine[0][0].read(), 5) == b""  # its own oldest: closed
+        other[1].write(b"GET /healthz HTTP/1.1\r\nHost: s\r\n\r\n")  # another's: still open
+        assert b" 200 " in await asyncio.wait_for(other[0].readuntil(b"\r\n\r\n"), 5)
+    finally:
+        for _, writer in [other, *mine]:
+            writer.close()

@@ -85,7 +85,7 @@ async def rotating(pki: TestPki, aiohttp_server: Any, tmp_path: Path) -> AsyncIt
             config = sidecar_config(pki, idp, idp={
                 "cert_file": str(volume.path("tls.crt")), "key_file": str(volume.path("tls.key")),
                 "ca_file": str(volume.path("ca.crt")), "reload_interval": reload_interval,
-            }, cache={"max_entries": 0})
+            }, cache={"max_entries": 0}, admission={"miss_rate": 0, "max_share": 1.0})  # one client, no cache
             sidecar = await stack.enter_async_context(Sidecar.running(config))
             check = await stack.enter_async_context(TestClient(CheckTestServer(sidecar)))
             admin = await stack.enter_async_context(TestClient(TestServer(admin_app(sidecar))))

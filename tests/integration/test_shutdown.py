@@ -37,6 +37,8 @@ def sidecar_env(pki: TestPki, idp: FakeIdp, **extra: str) -> dict[str, str]:
         SIDECAR_IDP__CA_FILE=str(pki.ca_file), SIDECAR_IDP__TIMEOUT="5",
         SIDECAR_SERVER__PORT=str(free_port()), SIDECAR_SERVER__ADMIN_PORT=str(free_port()),
         SIDECAR_SERVER__SHUTDOWN_GRACE=str(GRACE), SIDECAR_CACHE__MAX_ENTRIES="0",
+        # Every check is one client's IdP call here (no cache): the drain is tested, not admission.
+        SIDECAR_ADMISSION__MISS_RATE="0", SIDECAR_ADMISSION__MAX_SHARE="1",
     )
     env.update(extra)
     return env

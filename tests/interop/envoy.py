@@ -70,7 +70,8 @@ def _rewrite(node: Any, ports: Mapping[int, int], files: Mapping[str, Path]) -> 
         elif key == "uri":
             scheme, _, rest = value.partition("://")
             host, _, port = rest.partition(":")
-            out[key] = f"{scheme}://{host}:{ports[int(port)]}"
+            port, slash, path = port.partition("/")  # a remote_jwks uri has a path
+            out[key] = f"{scheme}://{host}:{ports[int(port)]}{slash}{path}"
         else:
             out[key] = _rewrite(value, ports, files)
     return out

@@ -149,12 +149,13 @@ class FrontStack:
     client_files: Mapping[str, tuple[Path, Path]] = field(default_factory=dict)
 
     def call(self, token: str | None = None, cert: str | None = None, *, path: str = "/orders/42",
-             method: str = "GET", headers: Mapping[str, str] | None = None) -> Reply:
+             method: str = "GET", headers: Mapping[str, str] | None = None, source: str | None = None) -> Reply:
+        """``source``: the client's loopback address (another than the front's own)."""
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         return request(self.front.url + path, ca_file=self.idp.pki.ca_file, method=method, headers=sent,
-                       cert=self.client_files[cert] if cert else None)
+                       cert=self.client_files[cert] if cert else None, source=source)
 
     def call_on_resumed_session(self, token: str, cert: str) -> list[tuple[bool, int]]:
         """Two requests on two TLS connections, the second resuming the first's session (a ticket,

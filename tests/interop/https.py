@@ -32,17 +32,20 @@ def tls_context(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSL
 def request(
     url: str, *, ca_file: Path | None = None, cert: tuple[Path, Path] | None = None, method: str = "GET",
     headers: dict[str, str] | None = None, form: dict[str, str] | None = None, timeout: float = 10.0,
-    repeated: list[tuple[str, str]] | None = None,
+    repeated: list[tuple[str, str]] | None = None, source: str | None = None,
 ) -> Reply:
-    """``repeated``: header fields sent after ``headers``, one line each (a name may repeat)."""
+    """``repeated``: header fields sent after ``headers``, one line each (a name may repeat);
+    ``source``: the loopback address to connect from (127.0.0.2: another client than the proxy)."""
     parts = urlsplit(url)
     assert parts.hostname is not None
     connection: HTTPConnection
     if parts.scheme == "https":
         assert ca_file is not None, "https needs the test CA"
-        connection = HTTPSConnection(parts.hostname, parts.port, context=tls_context(ca_file, cert), timeout=timeout)
+        connection = HTTPSConnection(parts.hostname, parts.port, context=tls_context(ca_file, cert), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
     else:
-        connection = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        connection = HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     sent = dict(headers or {})
     body = None
     if form is not None:

@@ -37,8 +37,12 @@ BULKY_CLAIMS = {"sub": BULKY_VALUE, "username": BULKY_VALUE, **{f"bulky_{i}": BU
 
 
 class OidcProvider:
-    def __init__(self, pki: TestPki, state_dir: Path, *, token_ttl: int = 600) -> None:
+    def __init__(self, pki: TestPki, state_dir: Path, *, token_ttl: int = 600,
+                 reject_unauthorized: bool = False) -> None:
+        """``reject_unauthorized``: the mutual-TLS listener ends the handshake on a client
+        certificate that does not chain to the PKI's CA."""
         self.pki = pki
+        self.reject_unauthorized = reject_unauthorized
         self.state_dir = state_dir
         self.carol_secret = secrets.token_urlsafe(24)
         self.dave_secret = secrets.token_urlsafe(24)
@@ -69,7 +73,7 @@ class OidcProvider:
             "carol_secret": self.carol_secret, "dave_secret": self.dave_secret, "token_ttl": self.token_ttl,
             "opaque_resource": OPAQUE_RESOURCE, "jwt_resource": JWT_RESOURCE, "bulky_claims": BULKY_CLAIMS,
             "pkjwt_jwk": self.assertion_jwk, "self_signed_jwk": self.self_signed_jwk,
-            "ready_file": str(ready_file), **self._ports,
+            "ready_file": str(ready_file), "mtls_reject_unauthorized": self.reject_unauthorized, **self._ports,
         }))
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

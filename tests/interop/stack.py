@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,9 +53,10 @@ class Received:
 
 
 class EchoUpstream:
-    """The protected API: records every request and echoes its headers back as JSON."""
+    """The protected API: records every request and echoes its headers back as JSON; with ``check``,
+    answers the status it gives for the request (an upstream that verifies something itself)."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[Received], int] | None = None) -> None:
         self.received: list[Received] = []
         upstream = self
 
@@ -69,7 +70,7 @@ class EchoUpstream:
                 seen = Received(self.command, self.path, list(self.headers.items()))
                 upstream.received.append(seen)
                 body = json.dumps({"method": seen.method, "path": seen.path, "headers": seen.headers}).encode()
-                self.send_response(200)
+                self.send_response(200 if check is None else check(seen))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -159,13 +160,13 @@ class Stack:
 
     def call(self, token: str | None = None, cert: str | None = None, *, path: str = "/orders/42",
              method: str = "GET", headers: Mapping[str, str] | None = None,
-             repeated: list[tuple[str, str]] | None = None) -> Reply:
-        """A client request through nginx: TLS with ``cert``'s certificate (or none)."""
+             repeated: list[tuple[str, str]] | None = None, source: str | None = None) -> Reply:
+        """A client request through nginx: TLS with ``cert``'s certificate (or none), from ``source``."""
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         return request(self.nginx.url + path, ca_file=self.idp.pki.ca_file, method=method, headers=sent,
-                       cert=self.client_files[cert] if cert else None, repeated=repeated)
+                       cert=self.client_files[cert] if cert else None, repeated=repeated, source=source)
 
     def diagnostics(self) -> str:
         return (f"--- sidecar\n{self.sidecar.logs()}\n--- nginx\n{self.nginx.error_log()}\n"
@@ -180,8 +181,8 @@ class Stack:
 def start_stack(idp: OidcProvider, log_dir: Path, *, template: str = "api.conf.template",
                 overrides: Mapping[str, str] | None = None,
                 client_files: Mapping[str, tuple[Path, Path]] | None = None,
-                config: Path = DEPLOY / "sidecar.toml") -> Stack:
-    upstream = EchoUpstream()
+                config: Path = DEPLOY / "sidecar.toml", upstream: EchoUpstream | None = None) -> Stack:
+    upstream = upstream or EchoUpstream()
     sidecar = SidecarProcess(idp, log_dir, overrides or {}, config)
     pki = idp.pki
     nginx = Nginx(template, {

@@ -11,6 +11,7 @@ the sidecar is down.
 from __future__ import annotations
 
 import base64
+import secrets
 import ssl
 import time
 from collections.abc import Iterator
@@ -245,3 +246,23 @@ def test_a_policy_name_or_original_uri_sent_by_the_client_never_reaches_the_side
     reply = stack.call(token, "alice", path="/orders/1",
                        headers={"X-Sidecar-Policy": "nope", "X-Original-URI": "/%2e%2e", "X-Original-Method": "x"})
     assert reply.status == 200, (reply.status, reply.body, stack.diagnostics())
+
+
+# A budget of two new tokens per client, and nearly no refill: the third is refused.
+TIGHT_BUDGET = {"SIDECAR_ADMISSION__MISS_RATE": "0.001", "SIDECAR_ADMISSION__MISS_BURST": "2"}
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_the_front_passes_the_client_address_so_each_client_has_its_own_budget_of_new_tokens(
+    front: str, idp: OidcProvider, client_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    stack = start_front_stack(front, idp, tmp_path, client_files=client_files, overrides=TIGHT_BUDGET)
+    try:
+        statuses = [stack.call(secrets.token_urlsafe(24), source="127.0.0.2",
+                               headers={"X-Forwarded-For": f"198.51.100.{i}"}).status for i in range(4)]
+        assert statuses == [401, 401, 429, 429], stack.diagnostics()  # its own X-Forwarded-For changes nothing
+        assert stack.call(secrets.token_urlsafe(24), source="127.0.0.3").status == 401  # another client's budget
+        assert stack.sidecar.metric("sidecar_decisions_total", reason="rate_limited") == 2
+        assert "sends no source header" not in stack.sidecar.logs()
+    finally:
+        stack.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 import tomllib
 
@@ -102,6 +103,16 @@ def test_a_token_for_another_api_is_denied_by_the_shipped_audience_check(
     reply = stack.call(oidc.access_token("alice", resource=OPAQUE_RESOURCE), "alice")
     assert reply.status == 401
     assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="audience_mismatch") == 1
+
+
+def test_nginx_passes_the_client_address_so_each_client_has_its_own_budget_of_new_tokens(stacks: StartStack) -> None:
+    stack = stacks(SIDECAR_ADMISSION__MISS_RATE="0.001", SIDECAR_ADMISSION__MISS_BURST="2", **DEPLOYMENT)
+    for index in range(4):  # auth_request turns the sidecar's 429 into 500
+        stack.call(secrets.token_urlsafe(24), source="127.0.0.2", headers={"X-Forwarded-For": f"198.51.100.{index}"})
+    assert stack.sidecar.metric("sidecar_decisions_total", reason="rate_limited") == 2, stack.diagnostics()
+    assert stack.call(secrets.token_urlsafe(24), source="127.0.0.3").status == 401  # another client's budget
+    assert stack.sidecar.metric("sidecar_decisions_total", reason="rate_limited") == 2
+    assert "sends no source header" not in stack.sidecar.logs()
 
 
 def test_the_decision_line_of_a_request_through_nginx_names_nginxs_request_id_and_the_original_request(

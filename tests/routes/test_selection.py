@@ -45,7 +45,7 @@ class Verifier:
                        "token_type": "Bearer", "cnf": {"x5t#S256": X5T}, "tenant": "acme", **claims}
         self.calls = 0
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         self.calls += 1
         return token_info_from_claims(json.loads(json.dumps(self.claims)), ("tenant",))
 

@@ -33,6 +33,8 @@ TYPED_CONFIG_MODULES = {
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
         "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.router.v3.Router": "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication":
+        "envoy.extensions.filters.http.jwt_authn.v3.config_pb2",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions":
         "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
 }

@@ -9,6 +9,7 @@ from typing import Any
 from sidecar.config import CacheConfig
 from sidecar.core.cache import Entry, TokenCache
 from sidecar.core.errors import InvalidToken
+from sidecar.core.purges import Purge
 from sidecar.core.token_info import INACTIVE, TokenInfo
 from sidecar.idp.failures import IdpError, IdpFailure
 
@@ -107,10 +108,10 @@ async def test_purge_by_hash_drops_every_entry_with_that_hash_and_no_other() -> 
     a = await fill(cache, "a", entry(BOUND, soon, "aaaaaaaaaaaa"))
     b = await fill(cache, "b", entry(BOUND, soon, "aaaaaaaaaaaa"))
     c = await fill(cache, "c", entry(BOUND, soon, "cccccccccccc"))
-    assert cache.purge_hash("aaaaaaaaaaaa") == 2
+    assert cache.drop(Purge.hash("aaaaaaaaaaaa")) == 2
     assert cache.get(a) is None and cache.get(b) is None and cache.stale(a, DOWN) is None
     assert cache.get(c) is not None
-    assert cache.purge_hash("aaaaaaaaaaaa") == 0
+    assert cache.drop(Purge.hash("aaaaaaaaaaaa")) == 0
 
 
 async def test_a_load_in_flight_during_a_purge_does_not_fill_the_cache() -> None:

@@ -1,5 +1,6 @@
 """Optional CA validation of the forwarded certificate (client_cert.ca_file): the chain a header
-carries must end at a CA of the bundle, within the leaf's validity period (with the leeway)."""
+carries must end at a CA of the bundle, within the validity period of the whole chain (with the
+leeway)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,23 @@ def test_a_bundle_without_a_certificate_is_refused_at_start(tmp_path: Path) -> N
     path.write_text("not a certificate\n")
     with pytest.raises(ValueError, match=r"client_cert\.ca_file"):
         ClientTrust(str(path))
+
+
+def test_a_memoized_chain_verdict_lasts_no_longer_than_the_earliest_not_after_of_its_chain(tmp_path: Path) -> None:
+    leaf = INTERMEDIATE.issue("alice", days=60)  # outlives its intermediate (30 days)
+    reader = CertificateReader("escaped_pem", trust=ClientTrust(str(bundle(tmp_path, CA))))
+    value = escaped(leaf, INTERMEDIATE.root)
+    presented = reader.presented(value)
+    assert presented.problem is None and reader.presented(value) is presented  # memoized with the header value
+    intermediate_ends = INTERMEDIATE.root.cert.not_valid_after_utc.timestamp()
+    assert presented.not_after == intermediate_ends < leaf.cert.not_valid_after_utc.timestamp()
+    assert window_problem(presented, intermediate_ends - 60, 5.0) is None
+    assert window_problem(presented, intermediate_ends + 60, 5.0) == "cert_expired"  # the memo no longer allows
+
+
+def test_a_chain_is_not_valid_before_its_latest_not_before(tmp_path: Path) -> None:
+    late = CA.intermediate("a newer intermediate")  # begins 5 minutes ago, like every test CA
+    leaf = late.issue("alice", not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    presented = CertificateReader("escaped_pem", trust=ClientTrust(str(bundle(tmp_path, CA)))).presented(
+        escaped(leaf, late.root))
+    assert presented.not_before == late.root.cert.not_valid_before_utc.timestamp()

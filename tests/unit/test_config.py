@@ -277,4 +277,23 @@ def test_the_keys_a_reload_cannot_change_are_the_listeners_and_their_limits() ->
         "server.port", "server.grpc_port"]
     assert {k.dotted for k in KEYS if k.spec.restart} >= {"server.port", "server.admin_port", "server.workers",
                                                           "server.host", "server.max_connections"}
-    assert all(k.section == "server" for k in KEYS if k.spec.restart)
+    # Beyond the listeners: the admin routes a start sets up (identity keys, the SET receiver) and the
+    # revocation store a reload hands over.
+    assert {k.dotted for k in KEYS if k.spec.restart and k.section != "server"} == {
+        "identity.key_file", "events.enabled", "events.remember", "events.max_revocations"}
+
+
+def test_a_purge_secret_shorter_than_32_characters_is_warned_about_since_only_its_strength_stops_guessing() -> None:
+    from sidecar.config import warnings
+
+    def found(secret: str) -> list[str]:
+        return [w for w in warnings(from_mapping({"server": {"admin_secret": secret}})) if KEY.server.admin_secret in w]
+
+    assert len(found("x" * 31)) == 1 and found("x" * 32) == []
+    assert secret_not_echoed("x" * 31)
+
+
+def secret_not_echoed(secret: str) -> bool:
+    from sidecar.config import warnings
+
+    return all(secret not in w for w in warnings(from_mapping({"server": {"admin_secret": secret}})))

@@ -81,7 +81,7 @@ def test_the_sections_of_the_reference_are_the_ones_generated_from_the_declarati
 def test_every_field_of_the_configuration_is_a_section_of_the_reference() -> None:
     headings = [row.split(" | ")[0].strip("| `") for row in sections_table().splitlines()[2:]]
     assert headings == [f"[{f.name}]" for f in dataclasses.fields(Config) if f.name in SECTIONS] + [
-        "[policies.NAME]", "[[routes]]"]
+        "[policies.NAME]", "[[routes]]", "[issuers.NAME]"]
     assert {"[dpop]", "[admission]", "[fleet]", "[routing]"} <= set(headings)
 
 

@@ -171,3 +171,20 @@ def test_before_ext_authz_every_client_header_in_the_credential_namespace_is_rem
         assert not pattern.fullmatch(name), name
     drop = protocol_pb2.HttpProtocolOptions.DROP_HEADER  # x_credential_sub would pass a prefix rule
     assert authz.hcm.common_http_protocol_options.headers_with_underscores_action == drop
+
+
+
+def test_the_upstream_identity_envoy_verifies_the_sidecars_identity_header_against_its_admin_port() -> None:
+    """deploy/envoy/envoy-upstream-identity.yaml (docs/identity.md) agrees with the sidecar's defaults."""
+    bootstrap = load_bootstrap("envoy-upstream-identity.yaml")
+    assert pgv_errors(bootstrap) == []
+    document = yaml.safe_load((ENVOY_DIR / "envoy-upstream-identity.yaml").read_text())
+    hcm = document["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    jwt_authn = hcm["http_filters"][0]["typed_config"]
+    provider = jwt_authn["providers"]["sidecar"]
+    defaults = config_module.IdentityConfig()
+    assert [h["name"] for h in provider["from_headers"]] == [defaults.header]
+    assert provider["remote_jwks"]["http_uri"]["uri"].endswith(":9192/.well-known/jwks.json")
+    assert float(provider["remote_jwks"]["cache_duration"].removesuffix("s")) < defaults.rotation_overlap
+    assert provider["clock_skew_seconds"] < defaults.ttl
+    assert jwt_authn["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "sidecar"}}]

@@ -15,7 +15,7 @@ from sidecar.config import DpopConfig
 from sidecar.core.decision import Decider
 from sidecar.core.dpop import ProofVerifier, access_token_hash
 from sidecar.core.entry import Entry
-from sidecar.core.errors import InvalidDpopProof, InvalidToken, MissingToken
+from sidecar.core.errors import InvalidDpopProof, InvalidToken, MissingToken, RateLimited
 from sidecar.core.errors import ReplayStoreFull as ReplayFull
 from sidecar.core.headers import HeaderBuilder
 from sidecar.core.htu import normalize
@@ -246,6 +246,34 @@ def test_the_replay_store_refuses_when_full_of_live_proofs_and_forgets_expired_o
     assert store.claim(b"c", 1121) and store.claim(b"a", 1121) and len(store) == 2
 
 
+def test_one_dpop_key_cannot_fill_the_replay_store_for_the_others() -> None:
+    config = DpopConfig(enabled=True, replay_max_entries=100)  # replay_max_share 0.1: ten live proofs a key
+    v = ProofVerifier(config, LocalReplayStore(config.replay_max_entries, max_share=config.replay_max_share))
+    flooder, other = DpopKey(), DpopKey()
+    accepted = refused = 0
+    for _ in range(100):  # one client with its own valid token, proving as fast as it can
+        try:
+            check(v, flooder, [flooder.proof("GET", URL, TOKEN)])
+            accepted += 1
+        except RateLimited as exc:
+            assert exc.status == 429 and exc.reason == "rate_limited"
+            refused += 1
+    assert (accepted, refused) == (10, 90)
+    for _ in range(10):  # every other client keeps its own share
+        check(v, other, [other.proof("GET", URL, TOKEN)])
+
+
+def test_an_owners_share_comes_back_as_its_proofs_expire() -> None:
+    clock = [1000.0]
+    store = LocalReplayStore(10, clock=lambda: clock[0], max_share=0.2)
+    assert store.claim(b"a", 1060, "k1") and store.claim(b"b", 1060, "k1")
+    with pytest.raises(RateLimited):
+        store.claim(b"c", 1060, "k1")
+    assert store.claim(b"c", 1060, "k2")
+    clock[0] = 1061
+    assert store.claim(b"d", 1121, "k1") and store.claim(b"a", 1121, "k1") and len(store) == 2
+
+
 def test_a_full_replay_store_fails_closed_with_503() -> None:
     key, v = DpopKey(), verifier(replay_max_entries=1)
     check(v, key, [key.proof("GET", URL, TOKEN)])
@@ -274,7 +302,7 @@ class Verifier:
     def __init__(self, cnf: dict[str, str] | None) -> None:
         self.cnf = cnf
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         claims: dict[str, Any] = {"active": True, "client_id": "app", "scope": "read", "exp": 4_000_000_000,
                                   "token_type": "DPoP"}
         if self.cnf is not None:

@@ -38,7 +38,7 @@ class Verifier:
                        "token_type": "Bearer", "cnf": {"x5t#S256": X5T}, **claims}
         self.calls = 0
 
-    async def verify(self, token: str) -> TokenInfo:
+    async def verify(self, token: str, issuers: tuple[str, ...] = ()) -> TokenInfo:
         self.calls += 1
         return token_info_from_claims(json.loads(json.dumps(self.claims)))
 

@@ -51,7 +51,7 @@ def failure(result: str, retry_after: int = 1) -> IdpError:
 
 
 def sample(g: IdpGuard, name: str, labels: dict[str, str] | None = None) -> float:
-    value = g.metrics.registry.get_sample_value(name, labels or {})
+    value = g.metrics.registry.get_sample_value(name, {"issuer": "default", **(labels or {})})
     return float(value or 0.0)
 
 
@@ -118,14 +118,13 @@ async def test_a_success_resets_the_count_of_consecutive_failures() -> None:
     assert g.breaker.state == CLOSED
 
 
-async def test_a_429_opens_the_breaker_at_once_for_its_retry_after() -> None:
-    g, attempt = guard(retries=0), Script("http_429", retry_after=7)
-    with pytest.raises(IdpError):
-        await g.call(attempt)
-    assert g.breaker.state == OPEN
-    with pytest.raises(IdpError) as raised:
-        await g.call(attempt)
-    assert raised.value.retry_after == 7  # the proxy hears the IdP's Retry-After
+async def test_a_429_never_opens_the_breaker_it_slows_the_source_that_called() -> None:
+    g, attempt = guard(retries=0, breaker_failures=1), Script(*["http_429"] * 10, retry_after=7)
+    for _ in range(10):
+        with pytest.raises(IdpError) as raised:
+            await g.call(attempt)
+        assert raised.value.throttled and raised.value.retry_after == 7  # for admission's per-source back-off
+    assert attempt.calls == 10 and g.breaker.state == CLOSED
     await g.aclose()
 
 
@@ -186,8 +185,8 @@ async def test_a_4xx_between_idp_failures_neither_counts_nor_resets_the_count() 
     await g.aclose()
 
 
-async def test_breaker_failures_zero_turns_the_breaker_off_even_for_429() -> None:
-    g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_429"] * 10)
+async def test_breaker_failures_zero_turns_the_breaker_off() -> None:
+    g, attempt = guard(retries=0, breaker_failures=0), Script(*["http_503"] * 10)
     for _ in range(10):
         with pytest.raises(IdpError):
             await g.call(attempt)

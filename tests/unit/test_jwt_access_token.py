@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar.config import IdpConfig, PolicyConfig
 from sidecar.core.errors import InvalidToken
+from sidecar.core.policy import Policy
 from sidecar.dev.devidp import SigningKey
 from sidecar.idp.jwk_set import KeySet, VerifyKey, parse_jwks
 from sidecar.idp.jwt_access_token import MAX_KEYS_WITHOUT_KID, JwtAccessTokenVerifier, key_fits
@@ -38,10 +39,9 @@ class Keys:
         return self.set.find(kid)
 
 
-def verifier(keys: Keys | None = None, **policy: Any) -> JwtAccessTokenVerifier:
-    idp = IdpConfig(issuer=ISSUER, jwt_algorithms=("RS256", "PS256", "ES256", "EdDSA"))
-    return JwtAccessTokenVerifier(idp, PolicyConfig(**policy), keys or Keys(EC_KEY, RSA_KEY),
-                                  extra_claims=("tenant",))
+def verifier(keys: Keys | None = None, **idp: Any) -> JwtAccessTokenVerifier:
+    config = IdpConfig(**{"issuer": ISSUER, "jwt_algorithms": ("RS256", "PS256", "ES256", "EdDSA"), **idp})
+    return JwtAccessTokenVerifier(config, keys or Keys(EC_KEY, RSA_KEY), extra_claims=("tenant",))
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -52,7 +52,8 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 
 def sign(key: SigningKey = EC_KEY, header: dict[str, Any] | None = None, **changes: Any) -> str:
-    headers = {k: v for k, v in {"typ": "at+jwt", "kid": key.kid, **(header or {})}.items() if v is not None}
+    headers = {k: v for k, v in {"typ": "at+jwt", "kid": key.kid, **(header or {})}.items()
+               if v is not None or k == "typ"}  # typ None: no typ at all (pyjwt would write JWT)
     return jwt.encode(claims(**changes), key.private_key, algorithm=key.alg, headers=headers)
 
 
@@ -109,9 +110,6 @@ DENIALS: dict[str, tuple[Callable[[], str], str]] = {
     "an unknown kid": (lambda: sign(header={"kid": "nope"}), "jwt_unknown_key"),
     "another key under a known kid": (lambda: sign(SigningKey.generate("ES256", kid="ec")), "jwt_invalid_signature"),
     "a changed payload": (lambda: _swap_payload(sign(), claims(scope="admin")), "jwt_invalid_signature"),
-    "expired beyond the leeway": (lambda: sign(exp=int(time.time()) - 10), "token_expired"),
-    "nbf in the future": (lambda: sign(nbf=int(time.time()) + 60), "token_not_yet_valid"),
-    "iat in the future": (lambda: sign(iat=int(time.time()) + 60), "token_not_yet_valid"),
     "no exp": (lambda: sign(exp=None), "jwt_malformed"),
     "exp that is not a number": (lambda: sign(exp="tomorrow"), "jwt_malformed"),
     "no iss": (lambda: sign(iss=None), "jwt_malformed"),
@@ -135,9 +133,25 @@ async def test_denies_with_a_precise_reason(case: tuple[Callable[[], str], str])
     assert denied.value.reason == reason and denied.value.status == 401
 
 
+TIME_DENIALS: dict[str, tuple[Callable[[], str], str]] = {
+    "expired beyond the leeway": (lambda: sign(exp=int(time.time()) - 10), "token_expired"),
+    "nbf in the future": (lambda: sign(nbf=int(time.time()) + 60), "token_not_yet_valid"),
+    "iat in the future": (lambda: sign(iat=int(time.time()) + 60), "token_not_yet_valid"),
+}
+
+
+@pytest.mark.parametrize("case", TIME_DENIALS.values(), ids=TIME_DENIALS.keys())
+async def test_the_time_window_is_the_policys_with_its_own_leeway(case: tuple[Callable[[], str], str]) -> None:
+    make, reason = case
+    info = await verifier().verify(make())  # the signature holds: time is not the issuer's to judge
+    with pytest.raises(InvalidToken) as denied:
+        Policy(PolicyConfig(leeway=5)).check_time(info, time.time())
+    assert denied.value.reason == reason
+    Policy(PolicyConfig(leeway=120)).check_time(info, time.time())  # a named policy's leeway widens it
+
+
 async def test_an_alg_outside_idp_jwt_algorithms_is_refused_even_with_a_fitting_key() -> None:
-    only_ec = JwtAccessTokenVerifier(IdpConfig(issuer=ISSUER, jwt_algorithms=("ES256",)), PolicyConfig(),
-                                     Keys(EC_KEY, RSA_KEY))
+    only_ec = JwtAccessTokenVerifier(IdpConfig(issuer=ISSUER, jwt_algorithms=("ES256",)), Keys(EC_KEY, RSA_KEY))
     with pytest.raises(InvalidToken) as denied:
         await only_ec.verify(sign(RSA_KEY))
     assert denied.value.reason == "jwt_algorithm_not_allowed"
@@ -145,15 +159,17 @@ async def test_an_alg_outside_idp_jwt_algorithms_is_refused_even_with_a_fitting_
 
 async def test_leeway_accepts_small_clock_skew() -> None:
     now = int(time.time())
-    assert (await verifier(leeway=30).verify(sign(exp=now - 10, nbf=now + 10))).active
+    info = await verifier().verify(sign(exp=now - 10, nbf=now + 10))
+    Policy(PolicyConfig(leeway=30)).check_time(info, now)
 
 
-async def test_allowed_issuers_replace_the_configured_issuer() -> None:
+async def test_without_its_own_issuer_the_keys_bind_and_the_policys_allowed_issuers_decide() -> None:
     other = "https://tenant.idp.example"
-    v = verifier(allowed_issuers=(other,))
-    assert (await v.verify(sign(iss=other))).iss == other
-    with pytest.raises(InvalidToken):
-        await v.verify(sign())
+    info = await verifier(issuer=None, jwks_uri="https://idp.example/jwks").verify(sign(iss=other))
+    assert info.iss == other
+    assert Policy(PolicyConfig(allowed_issuers=(other,))).static_denial(info) is None
+    denial = Policy(PolicyConfig(allowed_issuers=(ISSUER,))).static_denial(info)
+    assert denial is not None and denial.reason == "issuer_not_allowed"
 
 
 async def test_unknown_kid_lookups_reach_the_key_source_once_per_token() -> None:

@@ -207,7 +207,9 @@ const tls = {
   ca: readFileSync(config.ca),
 };
 const plain = https.createServer({ ...tls });
-const mtls = https.createServer({ ...tls, requestCert: true, rejectUnauthorized: false });
+// mtls_reject_unauthorized: a certificate that does not chain to CONFIG.ca ends the handshake (as
+// IdPs that check client certificates in their TLS terminator do); otherwise the provider decides.
+const mtls = https.createServer({ ...tls, requestCert: true, rejectUnauthorized: config.mtls_reject_unauthorized === true });
 
 function listen(server, port) {
   return new Promise((resolve, reject) => {
