@@ -2,7 +2,7 @@
 server a user would run instead, against nginx + the sidecar as shipped in ``deploy/nginx``.
 A library module of bench/run.py, which runs it (``bench/run.py --peer-only``: only this).
 
-Four fronts, each terminating TLS with a client certificate and proxying to the same static
+Five fronts, each terminating TLS with a client certificate and proxying to the same static
 backend (a separate nginx process), driven by ``ab -k -E`` (keep-alive, client certificate
 presented; wrk cannot present one):
 
@@ -16,9 +16,12 @@ presented; wrk cannot present one):
   with ``envsubst``'s names, and the sidecar with ``deploy/nginx/sidecar.toml`` (only the
   addresses, files and the API's audience changed).
 - **nginx**: the same server block without ``include snippets/sidecar-protect.conf`` (control).
+- **nginx+sidecar+edge**: ``deploy/nginx/api-edge-cache.conf.template`` (the decision cache at
+  the edge, on tmpfs) in an nginx process of its own, and a sidecar of its own with
+  ``deploy/nginx/sidecar-edge-cache.toml`` (``response.edge_ttl = 1``).
 
 Fronts, the sidecar and the backend run on the server core, ab and the IdP on the load core.
-Rounds alternate the order of the four. What authorization adds per request is a front's CPU per
+Rounds rotate the order of the fronts. What authorization adds per request is a front's CPU per
 request minus its control's. A new token is measured one at a time over one keep-alive
 connection (the latency a client sees, and the CPU the front and its authorizer spend); fewer
 than the sidecar's ``admission.miss_burst`` (100 new tokens per client, or per client address), beyond which
@@ -28,12 +31,14 @@ the sidecar answers 429 and nginx's auth_request turns that into 500.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import shutil
 import ssl
 import statistics
 import subprocess
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -138,19 +143,19 @@ OIDCPassClaimsAs headers
 
 NGINX_CONF = """
 load_module {modules}/ngx_http_headers_more_filter_module.so;
+load_module {modules}/ndk_http_module.so;
+load_module {modules}/ngx_http_set_misc_module.so;
 daemon off;
 master_process off;
 worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-{api}
-{control}
-{variants}
+{servers}
 }}
 """
 
@@ -192,9 +197,9 @@ def toml_value(value: Any) -> str:
     return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
-def shipped_sidecar_toml(changes: dict[str, dict[str, Any]]) -> str:
-    """``deploy/nginx/sidecar.toml`` with ``changes`` applied (addresses, files, audiences)."""
-    config = tomllib.loads((DEPLOY / "sidecar.toml").read_text())
+def shipped_sidecar_toml(changes: dict[str, dict[str, Any]], name: str = "sidecar.toml") -> str:
+    """``deploy/nginx/<name>`` with ``changes`` applied (addresses, files, audiences)."""
+    config = tomllib.loads((DEPLOY / name).read_text())
     for section, values in changes.items():
         config.setdefault(section, {}).update(values)
     return "".join(f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()) + "\n"
@@ -268,6 +273,7 @@ class PeerBench:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.fronts: dict[str, Front] = {}
         self.client_pem = self.dir / "client.pem"
+        self.edge_cache: Path | None = None  # on tmpfs: removed by stop()
 
     # ---- start
 
@@ -309,36 +315,44 @@ class PeerBench:
         self.procs.append(apache)
 
         # nginx + sidecar, deploy/nginx as shipped
-        sidecar_port, admin = r.free_port(), r.free_admin_ports(1)
-        api_port, control_port = r.free_port(), r.free_port()
+        sidecar_port, api_port, control_port = r.free_port(), r.free_port(), r.free_port()
         (d / "snippets").symlink_to(DEPLOY / "snippets")
+        addresses = {"TLS_CERT": str(d / "front.crt"), "TLS_KEY": str(d / "front.key"),
+                     "UPSTREAM_ADDR": f"127.0.0.1:{backend}"}
         api = fill((DEPLOY / "api.conf.template").read_text(), {
-            "API_LISTEN": f"127.0.0.1:{api_port}", "TLS_CERT": str(d / "front.crt"), "TLS_KEY": str(d / "front.key"),
-            "SIDECAR_ADDR": f"127.0.0.1:{sidecar_port}", "UPSTREAM_ADDR": f"127.0.0.1:{backend}"})
+            **addresses, "API_LISTEN": f"127.0.0.1:{api_port}", "SIDECAR_ADDR": f"127.0.0.1:{sidecar_port}"})
         control = control_server(api).replace(f"127.0.0.1:{api_port} ssl", f"127.0.0.1:{control_port} ssl")
         variants = {k: r.free_port() for k in self.env.args.peer_keepalive}
         (d / "nginx.conf").write_text(NGINX_CONF.format(
-            modules=NGINX_MODULES, d=d, api=api, control=control,
-            variants="".join(keepalive_variant(api, port, k) for k, port in variants.items())))
-        files = env.sidecar_files
-        (d / "sidecar.toml").write_text(shipped_sidecar_toml({
-            "server": {"port": sidecar_port, "admin_port": admin},
-            "idp": {"issuer": env.idp.issuer, "cert_file": str(files[0]), "key_file": str(files[1]),
-                    "ca_file": str(env.ca_file)},
-            "policy": {"audiences": ["api"]},
-        }))
-        sidecar = r.spawn([r.PY, "-m", "sidecar", "serve", "--config", str(d / "sidecar.toml")], r.SERVER_CORE,
-                          d / "sidecar.log")
-        self.procs.append(sidecar)
-        await r.wait_http(f"http://127.0.0.1:{admin}/readyz")
+            modules=NGINX_MODULES, d=d, name="nginx",
+            servers="\n".join([api, control, *(keepalive_variant(api, port, k) for k, port in variants.items())])))
+        sidecar = await self.start_sidecar("sidecar.toml", sidecar_port)
         front = r.spawn([nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log")],
                         r.SERVER_CORE, d / "nginx.log")
         self.procs.append(front)
+
+        # nginx + sidecar + the decision cache at the edge: a process of its own (its upstream has
+        # the shipped name), the cache on tmpfs as the template asks
+        edge_sidecar_port, edge_port = r.free_port(), r.free_port()
+        shm = Path("/dev/shm")
+        self.edge_cache = Path(tempfile.mkdtemp(prefix="sidecar-bench-edge-", dir=shm if shm.is_dir() else d))
+        self.edge_cache.chmod(0o755)
+        edge = fill((DEPLOY / "api-edge-cache.conf.template").read_text(), {
+            **addresses, "API_LISTEN": f"127.0.0.1:{edge_port}", "SIDECAR_ADDR": f"127.0.0.1:{edge_sidecar_port}",
+            "EDGE_CACHE_DIR": str(self.edge_cache / "cache"),
+            "EDGE_CACHE_SECRET": base64.b64encode(os.urandom(32)).decode()})
+        (d / "edge.conf").write_text(NGINX_CONF.format(modules=NGINX_MODULES, d=d, name="edge", servers=edge))
+        edge_sidecar = await self.start_sidecar("sidecar-edge-cache.toml", edge_sidecar_port)
+        edge_front = r.spawn([nginx, "-p", str(d), "-c", str(d / "edge.conf"), "-e", str(d / "edge-error.log")],
+                             r.SERVER_CORE, d / "edge.log")
+        self.procs.append(edge_front)
 
         self.fronts = {
             "apache+oidc": Front("Apache + mod_auth_openidc", auth_port, (apache.pid,)),
             "apache": Front("Apache alone (no auth)", plain_port, (apache.pid,)),
             "nginx+sidecar": Front("nginx + sidecar (deploy/nginx as shipped)", api_port, (front.pid, sidecar.pid)),
+            "nginx+sidecar+edge": Front("nginx + sidecar + edge cache (api-edge-cache)", edge_port,
+                                        (edge_front.pid, edge_sidecar.pid)),
             "nginx": Front("nginx alone (no auth)", control_port, (front.pid,)),
         }
         for k, port in variants.items():
@@ -347,10 +361,28 @@ class PeerBench:
             status = await self.wait_https(f.port, self.token)
             if status != 200:
                 raise RuntimeError(f"{key} answered {status} to a valid token (see {d})")
-        for key in ("apache+oidc", "nginx+sidecar"):
+        for key in ("apache+oidc", "nginx+sidecar", "nginx+sidecar+edge"):
             status = await self.get(self.fronts[key].port, "not-a-token")
             if status != 401:
                 raise RuntimeError(f"{key} answered {status} to an unknown token (expected 401)")
+
+    async def start_sidecar(self, name: str, port: int) -> subprocess.Popen[bytes]:
+        """The sidecar on ``deploy/nginx/<name>``, with this bench's addresses, files and audience."""
+        r, env, d = self.run, self.env, self.dir
+        admin = r.free_admin_ports(1)
+        files = env.sidecar_files
+        config = d / f"sidecar-{port}.toml"
+        config.write_text(shipped_sidecar_toml({
+            "server": {"port": port, "admin_port": admin},
+            "idp": {"issuer": env.idp.issuer, "cert_file": str(files[0]), "key_file": str(files[1]),
+                    "ca_file": str(env.ca_file)},
+            "policy": {"audiences": ["api"]},
+        }, name))
+        sidecar = r.spawn([r.PY, "-m", "sidecar", "serve", "--config", str(config)], r.SERVER_CORE,
+                          d / f"sidecar-{port}.log")
+        self.procs.append(sidecar)
+        await r.wait_http(f"http://127.0.0.1:{admin}/readyz")
+        return sidecar
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.env.ca_file))
@@ -383,6 +415,8 @@ class PeerBench:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self.edge_cache is not None:
+            shutil.rmtree(self.edge_cache, ignore_errors=True)
 
     # ---- measure
 
@@ -436,17 +470,27 @@ class PeerFigures:
     rps_ratio: float  # nginx + sidecar / Apache + mod_auth_openidc
     ours_adds_us: float  # CPU per request the sidecar's authorization adds to nginx alone
     peer_adds_us: float  # CPU per request mod_auth_openidc adds to Apache alone
+    edge_rps_ratio: float  # nginx + sidecar + edge cache / Apache + mod_auth_openidc
+    edge_adds_us: float  # CPU per request the sidecar behind the edge cache adds to nginx alone
+    new_token_ms: float = 0.0  # a new token, one at a time, through nginx + sidecar: median latency
+    peer_new_token_ms: float = 0.0  # the same through Apache + mod_auth_openidc
 
     @property
     def cpu_ratio(self) -> float:
         return self.ours_adds_us / max(self.peer_adds_us, 0.1)
 
+    @property
+    def edge_cpu_ratio(self) -> float:
+        return self.edge_adds_us / max(self.peer_adds_us, 0.1)
+
 
 async def scenario_peer(env: Any, run: Any) -> PeerFigures:
-    """Apache + mod_auth_openidc against nginx + sidecar as shipped, each with its control."""
+    """Apache + mod_auth_openidc against nginx + sidecar as shipped, with and without the decision
+    cache at the edge, each with its control."""
     nginx = run.nginx_binary()
-    if nginx is None or not (NGINX_MODULES / "ngx_http_headers_more_filter_module.so").exists():
-        raise RuntimeError("nginx with the headers-more module is needed (./test.sh installs both)")
+    needed = ("ngx_http_headers_more_filter_module.so", "ndk_http_module.so", "ngx_http_set_misc_module.so")
+    if nginx is None or not all((NGINX_MODULES / name).exists() for name in needed):
+        raise RuntimeError("nginx with the headers-more and set-misc modules is needed (./test.sh installs them)")
     ensure_peer()
     bench = PeerBench(env, run)
     title = ("the peer: Apache + mod_auth_openidc vs nginx + sidecar as shipped "
@@ -455,19 +499,29 @@ async def scenario_peer(env: Any, run: Any) -> PeerFigures:
         await bench.start()
         med = await bench.throughput(env.args.peer_clients)
         for key, front in bench.fronts.items():
-            run.report(env, title, f"  {front.name:42} {med[key].line()}")
-        ours, peer = med["nginx+sidecar"], med["apache+oidc"]
-        figures = PeerFigures(ours.rps / peer.rps, ours.cpu_us - med["nginx"].cpu_us,
-                              peer.cpu_us - med["apache"].cpu_us)
+            run.report(env, title, f"  {front.name:46} {med[key].line()}")
+        ours, edge, peer = med["nginx+sidecar"], med["nginx+sidecar+edge"], med["apache+oidc"]
+        alone = med["nginx"].cpu_us
+        figures = PeerFigures(ours.rps / peer.rps, ours.cpu_us - alone, peer.cpu_us - med["apache"].cpu_us,
+                              edge.rps / peer.rps, edge.cpu_us - alone)
         run.report(env, title,
                    f"  req/s nginx + sidecar / Apache + mod_auth_openidc: {figures.rps_ratio:.2f} (target >= 1.5)\n"
                    f"  CPU authorization adds per request: sidecar {figures.ours_adds_us:.1f} µs, mod_auth_openidc "
-                   f"{figures.peer_adds_us:.1f} µs; ratio {figures.cpu_ratio:.2f} (target <= 1.5)")
+                   f"{figures.peer_adds_us:.1f} µs; ratio {figures.cpu_ratio:.2f} (target <= 1.5)\n"
+                   f"  req/s nginx + sidecar + edge cache / Apache + mod_auth_openidc: {figures.edge_rps_ratio:.2f} "
+                   f"(target >= 3)\n"
+                   f"  CPU authorization adds per request: sidecar + edge cache {figures.edge_adds_us:.1f} µs, "
+                   f"mod_auth_openidc {figures.peer_adds_us:.1f} µs; ratio {figures.edge_cpu_ratio:.2f} "
+                   "(target <= 0.5)")
         count = env.args.peer_new_tokens
         sub = f"the peer: a new token, one request at a time ({count} tokens, IdP over mutual TLS)"
         for key in ("apache+oidc", "nginx+sidecar"):
             p50, p90, cpu = await bench.new_tokens(key, count)
-            run.report(env, sub, f"  {bench.fronts[key].name:42} p50 {p50:6.2f} ms  p90 {p90:6.2f} ms  "
+            if key == "apache+oidc":
+                figures.peer_new_token_ms = p50
+            else:
+                figures.new_token_ms = p50
+            run.report(env, sub, f"  {bench.fronts[key].name:46} p50 {p50:6.2f} ms  p90 {p90:6.2f} ms  "
                                  f"{cpu:7.1f} µs CPU/request (front + authorizer)")
     finally:
         bench.stop()

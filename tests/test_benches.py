@@ -76,11 +76,22 @@ RUN_SECTIONS = (
     "identity token: cache hit without vs. with it",
 )
 PEER_FRONTS = ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
-               "nginx alone (no auth)")
+               "nginx + sidecar + edge cache (api-edge-cache)", "nginx alone (no auth)")
+
+
+# Every target of the table, on a line of its own in the targets block of bench/run.py.
+TARGETS = (
+    "nginx + sidecar / Apache + mod_auth_openidc req/s", "CPU authorization adds per request, sidecar /",
+    "nginx + sidecar + edge cache / Apache + mod_auth_openidc req/s",
+    "CPU authorization adds per request, sidecar + edge cache /", "cache hit / bare aiohttp req/s",
+    "sidecar CPU per new token", "p99 at half the maximum rate", "DPoP-bound hit / certificate-bound hit req/s",
+    "a new token, one at a time",
+)
 
 
 def run_py(ran: Ran) -> None:
     out = ran.out
+    assert float(ran.value("edge")) > 0, out  # the edge template answered under ab
     assert "NON-2XX" not in out, out  # every measured answer was an allow
     # keep-alive to the IdP: at most one handshake per pooled connection
     assert int(ran.value("handshakes")) <= 32 < int(ran.value("calls")), out
@@ -153,13 +164,17 @@ QUICK_RUNS = (
         r"burst: 200 concurrent requests for one new token\n  IdP calls 1;",  # single-flight
         r"IdP introspection calls (?P<calls>\d+) for \d+ requests.*?during the run (?P<handshakes>\d+)",
         r"allowed under p19 \(the last rule\): [1-9]",  # the 20th rule chose the policy
-        *(rf"^  {re.escape(front)} +\d+ req/s " for front in PEER_FRONTS),  # the peer ran: all four under ab
+        *(rf"^  {re.escape(front)} +\d+ req/s .* µs CPU/req" for front in PEER_FRONTS),  # the peer ran: all five
         r"req/s nginx \+ sidecar / Apache \+ mod_auth_openidc: ",
         r"CPU authorization adds per request: sidecar ",
+        rf"^  req/s nginx \+ sidecar \+ edge cache / Apache \+ mod_auth_openidc: (?P<edge>{FLOAT}) \(target >= 3\)$",
+        rf"^  CPU authorization adds per request: sidecar \+ edge cache -?{FLOAT} µs, mod_auth_openidc -?{FLOAT} µs; "
+        rf"ratio -?{FLOAT} \(target <= 0.5\)$",
         r"^== targets \(ratios within this run\)\n  nginx \+ sidecar / Apache \+ mod_auth_openidc req/s",
         # tracing on: the sampled side's spans reached the receiver
         r"CPU per request over tracing off: not sampled [-+]\d+\.\d µs, sampled [-+]\d+\.\d µs; spans received [1-9]",
-    ), run_py, timeout=150),
+        *(rf"^  {re.escape(target)}.*\(target [<>]= {FLOAT}\)$" for target in TARGETS),
+    ), run_py, timeout=210),
     QuickRun("bare.py", ("--port", "{port}"), (r"^ready$",), probe=bare_py),
     QuickRun("flood.py", ("--quick",), (
         *(rf"^flood {re.escape(scenario)}: legit_ok=\d+/\d+ \(\d+%\) idp_calls=\d+ budget=\d+ "

@@ -276,6 +276,10 @@ class ResponseConfig:
                                                   "as `-`): `remove` allows and names it in Envoy's removal list; "
                                                   "`deny` answers 400 `credential_header_forged` (for nginx "
                                                   "without headers-more)")
+    edge_ttl: int = key(0, "how long nginx may keep an allow in its decision cache (`X-Accel-Expires` on every "
+                           "answer; deploy/nginx/api-edge-cache.conf.template): never past the token's `exp` or its "
+                           "cache entry, never for DPoP, stale or denied answers; `0`: never", ge=0, le=60,
+                        unit="seconds")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 - **TTL** (set here, at fill, from the answer): an active token stays ``min(exp - now,
   cache.max_ttl)``; an inactive one ``cache.negative_ttl``. IdP errors are never cached. An
   answer that is already expired is not stored.
+- **At the edge** (``response.edge_ttl``): the last whole second a proxy's own decision cache may
+  answer with an allow (:func:`edge_second`) is set at fill too, never past the entry's deadline;
+  never for a DPoP-bound token, nor for a stale answer.
 - **Two stores**: active answers and inactive answers apart (``cache.max_entries`` and
   ``cache.negative_max_entries``), so a flood of random tokens fills only the inactive store and
   can never evict a valid cached token. Each store drops its oldest entry when full.
@@ -39,7 +42,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -68,6 +73,16 @@ def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
     if not info.active:
         return config.negative_ttl
     return config.max_ttl if info.exp is None else min(config.max_ttl, info.exp - now)
+
+
+def edge_second(info: TokenInfo, deadline: float) -> int:
+    """The last whole Unix second a proxy may answer with this allow from a cache of its own
+    (nginx keeps an entry until its ``X-Accel-Expires: @second`` is over): the second before the
+    wall-clock ``deadline`` of the entry, so never past it nor ``exp``. 0 (never) for an inactive
+    token, and for a DPoP-bound one: each of its requests needs a proof of its own (RFC 9449 §4.3)."""
+    if not info.active or info.cnf_jkt is not None:
+        return 0
+    return max(math.floor(deadline) - 1, 0)
 
 
 class TokenCache:
@@ -149,8 +164,10 @@ class TokenCache:
     async def _fill(self, key: bytes, load: Callable[[], Awaitable[Entry]], route: bytes = b"") -> Entry:
         generation = self._generation
         entry = await load()
-        now = self._timer()
-        entry.expires = now + self._ttl(entry)
+        now, wall = self._timer(), self._clock()
+        ttl = min(answer_ttl(entry.info, self._config, wall), entry.until - wall)  # never past the source's until
+        entry.expires = now + ttl
+        entry.edge = edge_second(entry.info, wall + ttl)
         if generation != self._generation:
             return entry  # purged meanwhile: the answer may predate a revocation
         store = self._active if entry.info.active else self._inactive
@@ -163,11 +180,6 @@ class TokenCache:
         if self._stale is not None:
             self._keep_stale(key, entry, self._stale)
         return entry
-
-    def _ttl(self, entry: Entry) -> float:
-        """Seconds the answer may be reused: :func:`answer_ttl`, never past the source's ``until``."""
-        now = self._clock()
-        return min(answer_ttl(entry.info, self._config, now), entry.until - now)
 
     def _keep_stale(self, key: bytes, entry: Entry, stale: TtlStore[bytes, tuple[Entry, float]]) -> None:
         """Remember an active, bound, statically allowed answer; forget the token otherwise."""
@@ -185,7 +197,8 @@ class TokenCache:
         if self._stale is None or not failure.allows_stale:
             return None
         kept = self._stale.get(key)
-        return None if kept is None else kept[0]
+        # An answer the IdP did not give just now: a copy no proxy may keep (its views computed afresh).
+        return None if kept is None else dataclasses.replace(kept[0], edge=0, views=None)
 
     def purge(self, key: bytes) -> bool:
         """Drop one token's answers (revocation events); True when there was one."""

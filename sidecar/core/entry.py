@@ -1,6 +1,6 @@
 """What the cache keeps per token: the IdP's answer and everything a cache hit needs, computed
-once at fill time (upstream headers, the static and scope verdicts, the token's log hash), and
-its verdicts under named policies, computed when first needed.
+once at fill time (upstream headers, the static and scope verdicts, the token's log hash, how long a
+proxy may keep an allow), and its verdicts under named policies, computed when first needed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ class Entry:
     token_hash: str  # for logs; never the token
     expires: float = 0.0  # time.monotonic() deadline, set once by the cache when it stores the entry
     until: float = math.inf  # wall-clock bound from the source (a shared answer's own expiry); caps the TTL
+    # The last whole Unix second a proxy's decision cache may still answer with this allow (nginx's
+    # `X-Accel-Expires: @edge`, capped per request by response.edge_ttl); 0: never. Set by the cache at fill.
+    edge: int = 0
     # The token under each named policy that met it (policies.Policies.view): one per policy at most.
     views: dict[int, Entry] | None = None
     # Wall-clock time from which an allow signs the identity token in headers again (identity.py);

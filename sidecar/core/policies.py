@@ -74,7 +74,7 @@ class Policies:
             headers = entry.headers if self._shared[index] else self.builders[index].build(info)
             view = Entry(info=info, headers=headers, denial=policy.static_denial(info),
                          scope_denial=policy.scope_denial(info), token_hash=entry.token_hash, expires=entry.expires,
-                         identity_due=policy.identity_due)
+                         identity_due=policy.identity_due, edge=entry.edge)
             if len(views) < MAX_VIEWS:  # memory per token stays bounded; past it, computed per request
                 views[index] = view
         return view

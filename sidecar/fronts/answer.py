@@ -4,12 +4,17 @@
 
 An answer is one of:
 
-- the token's :class:`~sidecar.core.headers.CredentialHeaders` (an allow; the object the cache
-  holds, so a cache hit allocates nothing here);
+- the token's cache :class:`~sidecar.core.entry.Entry` (an allow: its
+  :class:`~sidecar.core.headers.CredentialHeaders` were built at fill, so a cache hit allocates
+  nothing here);
 - :class:`Removing`: an allow whose request carried client copies of credential headers that the
   answer does not set, named for the proxy to remove (``response.forged_headers = "remove"``);
 - a :class:`~sidecar.fronts.render.RenderedDenial`: status, challenge and body, rendered once per
   kind of denial and reused.
+
+An HTTP answer also says how long a proxy's own decision cache may keep it (:class:`EdgeTtl`,
+nginx's ``X-Accel-Expires``): an allow at most ``response.edge_ttl`` seconds and never past what
+the cache fill allowed (:func:`~sidecar.core.cache.edge_second`); anything else never.
 
 One :class:`Edge` serves one configuration, and holds what a front reads from it (the header
 names, the forged-header rule). :class:`LiveEdge` is the edge of the sidecar's current
@@ -20,7 +25,13 @@ began on.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from multidict import istr
+
 from sidecar.core.decision import Decided, Decider
+from sidecar.core.entry import Entry
 from sidecar.core.headers import CredentialHeaders
 from sidecar.core.outcome import Deny, Pending
 from sidecar.core.request import CheckRequest
@@ -30,6 +41,8 @@ from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
 MEMO_SIZE = 4096
+EXPIRES = istr("X-Accel-Expires")  # nginx: how long proxy_cache may keep the answer; "0": not at all
+NEVER = "0"
 
 
 class Removing:
@@ -42,15 +55,48 @@ class Removing:
         self.names = names
 
 
-Answer = CredentialHeaders | Removing | RenderedDenial
+Answer = Entry | Removing | RenderedDenial
+
+
+class EdgeTtl:
+    """``response.edge_ttl``: nginx's ``X-Accel-Expires`` for an allow answered now.
+
+    ``@S`` names the last whole Unix second nginx's decision cache may answer with the allow (it
+    keeps an entry until that second is over, by its own clock: one host's, or synchronized), so at
+    most ``ttl`` seconds from now and never past what the cache fill allowed
+    (:func:`~sidecar.core.cache.edge_second`); ``0``: not at all. Every token far from its
+    deadline shares one value per second: nothing is formatted per request.
+    """
+
+    __slots__ = ("_clock", "_second", "_ttl", "_until", "_value")
+
+    def __init__(self, ttl: int, clock: Callable[[], float] = time.time) -> None:
+        self._ttl = ttl
+        self._clock = clock  # wall clock
+        self._second = -1  # the second _until was computed in
+        self._until = 0
+        self._value = NEVER
+
+    def of(self, allow: Entry) -> str:
+        if not self._ttl:
+            return NEVER
+        now = int(self._clock())
+        if now != self._second:
+            self._second, self._until = now, now + self._ttl - 1
+            self._value = f"@{self._until}"
+        last = allow.edge
+        if last >= self._until:
+            return self._value
+        return f"@{last}" if last >= now else NEVER
 
 
 class Edge:
-    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "cert_header",
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_proof_algs", "_realm", "cert_header", "expires",
                  "forged", "keep_commas", "path_prefix", "policy_header", "removals", "source_header", "traced")
 
-    def __init__(self, decider: Decider, realm: str, invalid_request_status: int) -> None:
+    def __init__(self, decider: Decider, realm: str, invalid_request_status: int, edge_ttl: int = 0) -> None:
         self._decider = decider
+        self.expires = EdgeTtl(edge_ttl).of  # an allow's X-Accel-Expires (the HTTP front sends it)
         # What the fronts read of a request under this configuration (set by Edge.of).
         self.cert_header = self.source_header = self.policy_header = self.path_prefix = ""
         self.keep_commas = False
@@ -72,12 +118,13 @@ class Edge:
     @classmethod
     def of(cls, sidecar: Sidecar) -> Edge:
         config = sidecar.config
-        edge = cls(sidecar.decider, config.response.realm, config.server.invalid_request_status)
+        response = config.response
+        edge = cls(sidecar.decider, response.realm, config.server.invalid_request_status, response.edge_ttl)
         edge.cert_header, edge.source_header = config.client_cert.header.lower(), config.admission.source_header
         edge.policy_header, edge.path_prefix = config.routing.policy_header, config.routing.path_prefix
         # gRPC: Envoy joins repeated headers with ",", which XFCC, Traefik's list and auto keep whole.
         edge.keep_commas = config.client_cert.format in ("xfcc", "traefik", "auto")
-        edge.forged = ForgedHeaders(config.response.prefix)
+        edge.forged = ForgedHeaders(response.prefix)
         return edge
 
     async def answer(self, request: CheckRequest, pending: Pending) -> Answer:
@@ -86,10 +133,9 @@ class Edge:
     def _render(self, decided: Decided, request: CheckRequest) -> Answer:
         if isinstance(decided, Deny):
             return self._denial(decided)
-        headers = decided.headers
-        if request.forged and (names := unset(headers, request.forged)):
-            return Removing(headers, names)
-        return headers
+        if request.forged and (names := unset(decided.headers, request.forged)):
+            return Removing(decided.headers, names)
+        return decided
 
     def _denial(self, deny: Deny) -> RenderedDenial:
         denial = deny.denial

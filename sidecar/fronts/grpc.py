@@ -132,7 +132,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             return self._deny(answer)
         if isinstance(answer, Removing):  # Envoy drops the client's copies
             return self._ok_response(answer.headers, answer.names)
-        return self._allow(answer)
+        return self._allow(answer.headers)
 
     def _read_headers(self, http: Any, edge: Edge) -> tuple[list[str], list[str], list[str]]:
         """(every Authorization, certificate header and DPoP value) from ``headers`` or ``header_map``.

@@ -12,7 +12,8 @@ copy, the peer address, the forwarded client address, every ``DPoP`` header, the
 (``routing.policy_header``) and the names of any credential headers the client sent
 (fronts/forged.py), the headers themselves (read after the answer for the decision log's request
 id and the caller's trace context), and writes the answer (an allow's removal list as Envoy's
-``x-envoy-auth-headers-to-remove``). Whether any of it counts (a trusted proxy) is the core's rule.
+``x-envoy-auth-headers-to-remove``; on every answer ``X-Accel-Expires``, how long nginx's decision
+cache may keep it: answer.py). Whether any of it counts (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import LiveEdge, Removing
+from sidecar.fronts.answer import EXPIRES, NEVER, LiveEdge, Removing
 from sidecar.fronts.render import RenderedDenial, with_removals
 from sidecar.runtime import Sidecar
 
@@ -60,10 +61,13 @@ def check_handler(sidecar: Sidecar) -> Handler:
         if isinstance(answer, Pending):
             answer = await edge.answer(facts, answer)
         if isinstance(answer, RenderedDenial):
-            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
-        if isinstance(answer, Removing):  # Envoy drops the client's copies
-            return web.Response(headers=with_removals(answer.headers, answer.names))
-        return web.Response(headers=answer.pairs())
+            denied = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+            denied.headers[EXPIRES] = NEVER
+            return denied
+        if isinstance(answer, Removing):  # Envoy drops the client's copies; the answer is this request's own
+            return web.Response(headers=[*with_removals(answer.headers, answer.names), (EXPIRES, NEVER)])
+        # A tuple: aiohttp's CIMultiDict is built faster from a sized sequence than from the zip itself.
+        return web.Response(headers=(*answer.headers.pairs(), (EXPIRES, edge.expires(answer))))
 
     return check
 

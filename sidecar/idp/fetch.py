@@ -1,45 +1,43 @@
 """One way to ask the IdP for a JSON document: introspection, discovery metadata, the JWK Set.
+The introspection POST goes through the lean client of http1.py (:func:`post_form`), the rare
+GETs through aiohttp (:func:`fetch_body`); both check the answer the same way (:func:`accepted`).
 
 Every such call has the same failure vocabulary, so the retries, the circuit breaker and the
 metrics read one :class:`~sidecar.idp.failures.IdpFailure` instead of three dialects. The
 answer must be a 200 with a JSON content type (RFC 7662 §2.2, RFC 8414 §3.2, RFC 7517 §8.5),
 a body of at most ``max_bytes`` and valid JSON; anything else raises :class:`IdpError`.
-Redirects are not followed for a POST: the form carries the token (and maybe our secret).
+Redirects are never followed for a POST: the form carries the token (and maybe our secret).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Literal
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 import aiohttp
 
 from sidecar.idp.failures import IdpError, IdpFailure
+from sidecar.idp.http1 import FormPoster
 from sidecar.support.body import BodyTooLarge, read_bounded
 
 MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After from the IdP we honour
-
-
-def call_timeout(budget: float | None, connect_timeout: float) -> aiohttp.ClientTimeout | None:
-    """The aiohttp limits of one call with ``budget`` seconds in all (None: the session's)."""
-    if budget is None:
-        return None
-    return aiohttp.ClientTimeout(total=budget, sock_connect=min(connect_timeout, budget))
+FORM = "application/x-www-form-urlencoded"
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")  # what urlencode's quote_plus leaves as it is
 
 
 async def fetch_json(
     session: aiohttp.ClientSession, method: Literal["GET", "POST"], url: str, *, what: str,
-    max_bytes: int, headers: Mapping[str, str], form: Mapping[str, str] | None = None,
-    timeout: aiohttp.ClientTimeout | None = None,
+    max_bytes: int, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout | None = None,
 ) -> object:
     """The decoded JSON answer to one call; ``what`` names the document in error details."""
-    _, body = await fetch_body(session, method, url, what=what, max_bytes=max_bytes, headers=headers, form=form,
+    _, body = await fetch_body(session, method, url, what=what, max_bytes=max_bytes, headers=headers,
                                timeout=timeout)
     return decode_json(body, what)
 
@@ -53,24 +51,14 @@ def decode_json(body: bytes, what: str) -> object:
 
 async def fetch_body(
     session: aiohttp.ClientSession, method: Literal["GET", "POST"], url: str, *, what: str,
-    max_bytes: int, headers: Mapping[str, str], form: Mapping[str, str] | None = None,
-    timeout: aiohttp.ClientTimeout | None = None, also: tuple[str, ...] = (),
+    max_bytes: int, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout | None = None,
+    also: tuple[str, ...] = (),
 ) -> tuple[str, bytes]:
     """(content type, body) of a 200 answer with a JSON content type, or one of ``also``."""
-    data: bytes | None = None
-    if form is not None:  # encoded here: aiohttp's FormData builds a multipart writer per call
-        data = urlencode(form).encode("ascii")
-        headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
     try:
-        async with session.request(method, url, data=data, headers=headers, allow_redirects=method == "GET",
+        async with session.request(method, url, headers=headers, allow_redirects=method == "GET",
                                    timeout=timeout or session.timeout) as response:
-            if response.status != 200:
-                raise IdpError(IdpFailure.of_status(response.status), f"{what}: HTTP {response.status}",
-                                     status=response.status,
-                                     retry_after=retry_after(response.headers.get("Retry-After")))
-            ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json" and not ctype.endswith("+json") and ctype not in also:
-                raise IdpError(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
+            ctype = accepted(response.status, response.headers, what, also)
             body = await read_bounded(response.content, max_bytes, response.content_length)
     except BodyTooLarge:
         raise IdpError(IdpFailure.TOO_LARGE, f"{what}: over {max_bytes} bytes") from None
@@ -79,6 +67,43 @@ async def fetch_body(
     except TimeoutError:
         raise IdpError(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
     return ctype, body
+
+
+async def post_form(
+    poster: FormPoster, url: str, *, what: str, max_bytes: int, headers: Mapping[str, str],
+    form: Mapping[str, str], timeout: float, connect_timeout: float, also: tuple[str, ...] = (),
+) -> tuple[str, bytes]:
+    """:func:`fetch_body` for a POST of ``form`` on the lean client (http1.py): the introspection
+    call of every new token. The same checks, the same failures."""
+    headers = {**headers, "Content-Type": FORM}
+    try:
+        answer = await poster.post(url, encode_form(form), headers, timeout=timeout,
+                                   connect_timeout=connect_timeout, max_bytes=max_bytes)
+    except TimeoutError:
+        raise IdpError(IdpFailure.TIMEOUT, f"{what}: no answer in time") from None
+    return accepted(answer.status, answer.headers, what, also), answer.body
+
+
+def encode_form(form: Mapping[str, str]) -> bytes:
+    """``urlencode(form)`` as bytes, without quoting what needs none (a token, our client id): 2.4
+    µs instead of 7 for an introspection form."""
+    return "&".join(f"{_plain(name)}={_plain(value)}" for name, value in form.items()).encode("ascii")
+
+
+def _plain(text: str) -> str:
+    return text if _UNRESERVED.fullmatch(text) else quote_plus(text)
+
+
+def accepted(status: int, headers: Mapping[str, str], what: str, also: tuple[str, ...]) -> str:
+    """The content type of an answer we read (a 200 with a JSON type, or one of ``also``), or the
+    failure; ``headers`` matches its names without case."""
+    if status != 200:
+        raise IdpError(IdpFailure.of_status(status), f"{what}: HTTP {status}", status=status,
+                       retry_after=retry_after(headers.get("retry-after")))
+    ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json") and ctype not in also:
+        raise IdpError(IdpFailure.CONTENT_TYPE, f"{what}: unexpected {ctype[:60]!r}")
+    return ctype
 
 
 def failure_of(exc: aiohttp.ClientError) -> IdpFailure:

@@ -23,7 +23,7 @@ from sidecar.core.token_info import MalformedTokenInfo, TokenInfo, token_info_fr
 from sidecar.idp.client_auth import ClientAuth
 from sidecar.idp.discovery import Discovery, DiscoveryError
 from sidecar.idp.failures import IdpError, IdpFailure
-from sidecar.idp.fetch import call_timeout, decode_json, fetch_body
+from sidecar.idp.fetch import decode_json, post_form
 from sidecar.idp.guard import IdpGuard
 from sidecar.idp.jwt_access_token import KeySource
 from sidecar.idp.signed_introspection import MEDIA_TYPE, verify_signed_answer
@@ -71,10 +71,11 @@ class Introspector:
         mode = self._idp.introspection_response
         if mode != "json":
             headers = {**headers, "Accept": SIGNED_ACCEPT[mode]}
-        ctype, body = await fetch_body(
-            self._session.session, "POST", endpoint, what="introspection answer", form=form,
-            max_bytes=MAX_BODY_BYTES, headers=headers, timeout=call_timeout(timeout, self._idp.connect_timeout),
-            also=(MEDIA_TYPE,) if mode != "json" else ())
+        idp = self._idp
+        ctype, body = await post_form(
+            self._session.poster, endpoint, what="introspection answer", form=form, max_bytes=MAX_BODY_BYTES,
+            headers=headers, timeout=idp.timeout if timeout is None else timeout,
+            connect_timeout=idp.connect_timeout, also=(MEDIA_TYPE,) if mode != "json" else ())
         if ctype == MEDIA_TYPE and self._keys is not None:
             return await verify_signed_answer(
                 body.decode("ascii", "replace"), self._keys, issuer=self._idp.issuer, client_id=self._idp.client_id,

@@ -25,7 +25,7 @@ from sidecar.config import Config, IdpConfig
 from sidecar.idp.client_auth import ClientAuth
 from sidecar.idp.discovery import Endpoints, endpoints_from_metadata, metadata_urls
 from sidecar.idp.failures import IdpError, IdpFailure
-from sidecar.idp.fetch import fetch_body, fetch_json
+from sidecar.idp.fetch import decode_json, fetch_body, fetch_json, post_form
 from sidecar.idp.issuers import tenant_configs
 from sidecar.idp.jwk_set import JwksError, parse_jwks
 from sidecar.idp.tls import IdpSession, TlsConfigError
@@ -132,8 +132,10 @@ async def _introspect(where: str, idp: IdpConfig, endpoint: str, session: IdpSes
     form, headers = ClientAuth(idp).credentials(endpoint)
     form.update({"token": secrets.token_urlsafe(32), "token_type_hint": "access_token"})
     try:
-        answer = await fetch_json(session.session, "POST", endpoint, what="introspection", max_bytes=256 * 1024,
-                                  headers={**headers, **_JSON}, form=form)
+        _, body = await post_form(session.poster, endpoint, what="introspection", max_bytes=256 * 1024,
+                                  headers={**headers, **_JSON}, form=form, timeout=idp.timeout,
+                                  connect_timeout=idp.connect_timeout)
+        answer = decode_json(body, "introspection")
     except IdpError as exc:
         if exc.idp_status in (400, 401):
             raise _Failed(Finding(f"{where}.client_id", "client authentication refused",

@@ -1,5 +1,6 @@
 """The TLS side of the IdP connection: an SSLContext with our client certificate (RFC 8705 §2.1
-``tls_client_auth``) and one long-lived aiohttp session with keep-alive built on it.
+``tls_client_auth``), and on it one long-lived aiohttp session and the introspection call's lean
+client (http1.py), both with keep-alive.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ssl
 import aiohttp
 
 from sidecar.config import IdpConfig
+from sidecar.idp.http1 import FormPoster
 
 
 class TlsConfigError(ValueError):
@@ -39,6 +41,10 @@ def client_context(idp: IdpConfig) -> ssl.SSLContext:
     return context
 
 
+USER_AGENT = "sidecar/0.1 (+RFC 8705)"
+KEEPALIVE = 60.0  # seconds an idle connection to the IdP is kept for the next call
+
+
 class _EncryptedKey(Exception):
     """The key file is encrypted and no ``idp.key_password`` is set."""
 
@@ -52,23 +58,24 @@ def _key_password(idp: IdpConfig) -> str:
 def client_session(context: ssl.SSLContext, idp: IdpConfig) -> aiohttp.ClientSession:
     """One session per SSLContext: keep-alive connections reuse the mTLS handshake."""
     connector = aiohttp.TCPConnector(
-        ssl=context, limit=idp.max_connections, keepalive_timeout=60
+        ssl=context, limit=idp.max_connections, keepalive_timeout=KEEPALIVE
     )
     timeout = aiohttp.ClientTimeout(total=idp.timeout, sock_connect=idp.connect_timeout)
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, raise_for_status=False,
-        headers={"User-Agent": "sidecar/0.1 (+RFC 8705)"},
+        connector=connector, timeout=timeout, raise_for_status=False, headers={"User-Agent": USER_AGENT},
     )
 
 
 class IdpSession:
-    """Holds the current session; rotation swaps it without dropping calls in flight."""
+    """Holds the current session, and the lean client of the introspection call (http1.py) on the
+    same context; rotation swaps both without dropping calls in flight."""
 
     def __init__(self, idp: IdpConfig) -> None:
         self._idp = idp
         self.context = client_context(idp)
         self._session: aiohttp.ClientSession | None = None
-        self._retiring: dict[aiohttp.ClientSession, asyncio.Task[None]] = {}
+        self._poster: FormPoster | None = None
+        self._retiring: dict[aiohttp.ClientSession | FormPoster, asyncio.Task[None]] = {}
 
     def swap(self, context: ssl.SSLContext) -> None:
         """Use ``context`` for every call from now on; the old session ends after its calls.
@@ -78,10 +85,12 @@ class IdpSession:
         using the old session and closing it cannot cut a call short.
         """
         old, self._session, self.context = self._session, None, context
-        if old is not None and not old.closed:
-            self._retiring[old] = asyncio.get_running_loop().create_task(self._retire(old))
+        old_poster, self._poster = self._poster, None
+        for retired in (old, old_poster):
+            if retired is not None and not retired.closed:
+                self._retiring[retired] = asyncio.get_running_loop().create_task(self._retire(retired))
 
-    async def _retire(self, old: aiohttp.ClientSession) -> None:
+    async def _retire(self, old: aiohttp.ClientSession | FormPoster) -> None:
         try:
             await asyncio.sleep(self._idp.timeout + 1.0)
         finally:
@@ -94,6 +103,13 @@ class IdpSession:
             self._session = client_session(self.context, self._idp)
         return self._session
 
+    @property
+    def poster(self) -> FormPoster:
+        if self._poster is None:
+            self._poster = FormPoster(self.context, limit=self._idp.max_connections, user_agent=USER_AGENT,
+                                      keepalive=KEEPALIVE)
+        return self._poster
+
     async def aclose(self) -> None:
         for task in list(self._retiring.values()):
             task.cancel()
@@ -102,3 +118,6 @@ class IdpSession:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._poster is not None:
+            await self._poster.close()
+            self._poster = None

@@ -180,7 +180,7 @@ def test_the_nginx_pod_ships_the_interop_tested_snippets_byte_for_byte() -> None
     data = proxy_config("nginx")
     tested = {path.name: path.read_text() for path in (NGINX_DIR / "snippets").glob("*.conf")}
     assert set(tested) == {"sidecar-check.conf", "sidecar-protect.conf", "sidecar-check-policy.conf",
-                           "sidecar-credentials.conf"}
+                           "sidecar-credentials.conf", "sidecar-edge-cache.conf"}
     assert set(data) - {"nginx.conf"} == set(tested)
     for name, text in tested.items():
         assert data[name] == text, f"{name} in the pod differs from deploy/nginx/snippets/{name}"

@@ -21,10 +21,13 @@ from tests.support.ports import free_port
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 
-# The templates clear the x-credential-* namespace with headers-more (./test.sh installs it).
-HEADERS_MORE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+# The templates clear the x-credential-* namespace with headers-more; api-edge-cache.conf.template
+# hashes its cache keys with set-misc, which needs ndk (./test.sh installs the three).
+MODULES = "/usr/lib/nginx/modules"
 MAIN_CONF = """\
-load_module {headers_more};
+load_module {modules}/ngx_http_headers_more_filter_module.so;
+load_module {modules}/ndk_http_module.so;
+load_module {modules}/ngx_http_set_misc_module.so;
 daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -66,7 +69,7 @@ class Nginx:
         shutil.copytree(DEPLOY / "snippets", self.prefix / "snippets")
         conf = render((DEPLOY / template).read_text(), {**values, "API_LISTEN": f"127.0.0.1:{self.port}"})
         (self.prefix / "conf.d" / "api.conf").write_text(conf)
-        (self.prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=self.prefix, headers_more=HEADERS_MORE))
+        (self.prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=self.prefix, modules=MODULES))
         self.log = self.prefix / "error.log"
         self.process: subprocess.Popen[bytes] | None = None
 

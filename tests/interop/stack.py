@@ -181,13 +181,15 @@ class Stack:
 def start_stack(idp: OidcProvider, log_dir: Path, *, template: str = "api.conf.template",
                 overrides: Mapping[str, str] | None = None,
                 client_files: Mapping[str, tuple[Path, Path]] | None = None,
-                config: Path = DEPLOY / "sidecar.toml", upstream: EchoUpstream | None = None) -> Stack:
+                config: Path = DEPLOY / "sidecar.toml", upstream: EchoUpstream | None = None,
+                values: Mapping[str, str] | None = None) -> Stack:
+    """``values``: the template's own placeholders beyond the addresses and files every one has."""
     upstream = upstream or EchoUpstream()
     sidecar = SidecarProcess(idp, log_dir, overrides or {}, config)
     pki = idp.pki
     nginx = Nginx(template, {
         "TLS_CERT": str(pki.idp_files[0]), "TLS_KEY": str(pki.idp_files[1]), "CLIENT_CA": str(pki.ca_file),
-        "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}",
+        "SIDECAR_ADDR": f"127.0.0.1:{sidecar.port}", "UPSTREAM_ADDR": f"127.0.0.1:{upstream.port}", **(values or {}),
     })
     stack = Stack(idp, sidecar, nginx, upstream, client_files or {})
     try:

@@ -58,7 +58,8 @@ def test_the_subrequest_forwards_the_connections_certificate_in_the_configured_h
 
 
 @pytest.mark.parametrize(("template", "verify"), [("api.conf.template", "optional_no_ca"),
-                                                  ("api-verify-on.conf.template", "on")])
+                                                  ("api-verify-on.conf.template", "on"),
+                                                  ("api-edge-cache.conf.template", "optional_no_ca")])
 def test_each_template_fills_every_placeholder_and_leaves_nginx_variables_alone(template: str, verify: str) -> None:
     names = set(re.findall(r"\$\{([A-Z_]+)\}", (DEPLOY / template).read_text()))
     rendered = render((DEPLOY / template).read_text(), {name: f"<{name}>" for name in names})

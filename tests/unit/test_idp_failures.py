@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.config import IdpConfig
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.idp.failures import IdpError, IdpFailure
-from sidecar.idp.fetch import call_timeout, fetch_json
+from sidecar.idp.fetch import decode_json, encode_form, fetch_json, post_form
+from sidecar.idp.http1 import FormPoster
 from sidecar.idp.tls import client_context, client_session
 from tests.support.pki_fixtures import TestPki
 
@@ -61,48 +65,61 @@ def test_the_result_label_of_an_http_failure_names_the_status_and_the_denial_sta
 
 @pytest.fixture
 async def session(pki: TestPki) -> AsyncIterator[aiohttp.ClientSession]:
-    config = IdpConfig(cert_file=str(pki.sidecar_files[0]), key_file=str(pki.sidecar_files[1]),
-                       ca_file=str(pki.ca_file), timeout=2.0, connect_timeout=0.5)
-    async with client_session(client_context(config), config) as opened:
+    """aiohttp: the GETs (discovery, the JWK Set)."""
+    async with client_session(client_context(CONFIG(pki)), CONFIG(pki)) as opened:
         yield opened
 
 
-async def post(session: aiohttp.ClientSession, idp: FakeIdp, budget: float | None = None) -> object:
-    return await fetch_json(session, "POST", f"{idp.issuer}/introspect", what="introspection answer",
-                            form={"token": "t", "client_id": "sidecar"}, max_bytes=1024,
-                            headers={"Accept": "application/json"}, timeout=call_timeout(budget, 0.5))
+@pytest.fixture
+async def poster(pki: TestPki) -> AsyncIterator[FormPoster]:
+    """The lean client: the introspection POST (sidecar/idp/http1.py)."""
+    opened = FormPoster(client_context(CONFIG(pki)), limit=4, user_agent="test")
+    yield opened
+    await opened.close()
 
 
-async def failure_of(session: aiohttp.ClientSession, idp: FakeIdp, budget: float | None = None) -> IdpError:
+def CONFIG(pki: TestPki) -> IdpConfig:
+    return IdpConfig(cert_file=str(pki.sidecar_files[0]), key_file=str(pki.sidecar_files[1]),
+                     ca_file=str(pki.ca_file), timeout=2.0, connect_timeout=0.5)
+
+
+async def post(poster: FormPoster, idp: FakeIdp, budget: float = 2.0) -> object:
+    _, body = await post_form(poster, f"{idp.issuer}/introspect", what="introspection answer",
+                              form={"token": "t", "client_id": "sidecar"}, max_bytes=1024,
+                              headers={"Accept": "application/json"}, timeout=budget, connect_timeout=0.5)
+    return decode_json(body, "introspection answer")
+
+
+async def failure_of(poster: FormPoster, idp: FakeIdp, budget: float = 2.0) -> IdpError:
     with pytest.raises(IdpError) as raised:
-        await post(session, idp, budget)
+        await post(poster, idp, budget)
     return raised.value
 
 
-async def test_a_json_answer_is_decoded(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
-    assert await post(session, idp) == {"active": False}
+async def test_a_json_answer_is_decoded(poster: FormPoster, idp: FakeIdp) -> None:
+    assert await post(poster, idp) == {"active": False}
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 500, 502, 503, 204])
 async def test_a_status_other_than_200_is_its_kind_with_the_status_kept(
-    session: aiohttp.ClientSession, idp: FakeIdp, status: int
+    poster: FormPoster, idp: FakeIdp, status: int
 ) -> None:
     idp.fault = Fault(status=status, body=b"")
-    exc = await failure_of(session, idp)
+    exc = await failure_of(poster, idp)
     assert (exc.kind, exc.idp_status, exc.result) == (IdpFailure.of_status(status), status, f"http_{status}")
 
 
-async def test_a_429_carries_the_idps_retry_after(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
+async def test_a_429_carries_the_idps_retry_after(poster: FormPoster, idp: FakeIdp) -> None:
     idp.fault = Fault(status=429, headers={"Retry-After": "7"})
-    exc = await failure_of(session, idp)
+    exc = await failure_of(poster, idp)
     assert exc.kind is IdpFailure.HTTP_429 and exc.retry_after == 7
 
 
 async def test_a_redirected_post_is_not_followed_so_the_token_goes_nowhere_else(
-    session: aiohttp.ClientSession, idp: FakeIdp
+    poster: FormPoster, idp: FakeIdp
 ) -> None:
     idp.fault = Fault(status=307, headers={"Location": "/introspect"})
-    exc = await failure_of(session, idp)
+    exc = await failure_of(poster, idp)
     assert (exc.kind, exc.idp_status) == (IdpFailure.HTTP_OTHER, 307)
     assert idp.introspect_requests == 1
 
@@ -117,10 +134,10 @@ async def test_a_redirected_post_is_not_followed_so_the_token_goes_nowhere_else(
     (Fault(drop=True), IdpFailure.DISCONNECTED),
 ], ids=["content type", "too large", "too large chunked", "not JSON", "nested", "not UTF", "dropped"])
 async def test_an_answer_that_is_not_a_bounded_json_document_is_its_kind(
-    session: aiohttp.ClientSession, idp: FakeIdp, fault: Fault, kind: IdpFailure
+    poster: FormPoster, idp: FakeIdp, fault: Fault, kind: IdpFailure
 ) -> None:
     idp.fault = fault
-    assert (await failure_of(session, idp)).kind is kind
+    assert (await failure_of(poster, idp)).kind is kind
 
 
 async def test_a_deeply_nested_answer_is_garbage_not_a_crash(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
@@ -131,9 +148,9 @@ async def test_a_deeply_nested_answer_is_garbage_not_a_crash(session: aiohttp.Cl
     assert raised.value.kind is IdpFailure.GARBAGE
 
 
-async def test_an_answer_later_than_the_budget_is_a_timeout(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
+async def test_an_answer_later_than_the_budget_is_a_timeout(poster: FormPoster, idp: FakeIdp) -> None:
     idp.fault = Fault(delay=1.0)
-    assert (await failure_of(session, idp, budget=0.2)).kind is IdpFailure.TIMEOUT
+    assert (await failure_of(poster, idp, budget=0.2)).kind is IdpFailure.TIMEOUT
 
 
 async def test_a_closed_port_is_refused(session: aiohttp.ClientSession, idp: FakeIdp) -> None:
@@ -156,3 +173,16 @@ async def test_a_get_of_the_jwk_set_uses_the_same_session_and_vocabulary(
     with pytest.raises(IdpError) as raised:
         await fetch_json(session, "GET", f"{idp.issuer}/jwks", what="JWK Set", max_bytes=64 * 1024, headers={})
     assert (raised.value.kind, raised.value.idp_status) == (IdpFailure.HTTP_503, 503)
+
+
+_TEXT = st.text(st.sampled_from("aZ09-._~+/= &%:é\n") | st.characters(blacklist_categories=("Cs",)))
+
+
+@given(st.dictionaries(_TEXT, _TEXT, max_size=6))
+def test_the_introspection_form_is_encoded_exactly_as_urlencode_encodes_it(form: dict[str, str]) -> None:
+    assert encode_form(form) == urlencode(form).encode("ascii")
+
+
+def test_a_token_and_a_secret_with_reserved_characters_are_quoted() -> None:
+    form = {"client_id": "sidecar", "token": "a+b/c==", "client_secret": "p&s=w rd", "x": "é", "y": "a+b"}
+    assert encode_form(form) == b"client_id=sidecar&token=a%2Bb%2Fc%3D%3D&client_secret=p%26s%3Dw+rd&x=%C3%A9&y=a%2Bb"
