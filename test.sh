@@ -22,6 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Debian's Prometheus (prometheus, promtool) scrapes the sidecar and checks the shipped alert rules
+# and dashboard (tests/ops/test_prometheus.py); the tests run their own, on a port of their own.
+if ! command -v promtool >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # Every Python package comes from uv.lock (docs/testing.md: refreshing the lock); uv itself from
 # the hashed tools/uv.txt. `uv sync --locked` fails if the lock no longer matches pyproject.toml.
 source tools/uv.sh

@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,9 +153,11 @@ async def wait_http(url: str, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.1)
 
 
-def spawn(argv: list[str], cores: str, log: Path) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], cores: str, log: Path, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``tree``: the source tree whose ``sidecar`` package runs (another checkout: its figures, same run)."""
+    env = None if tree == ROOT else {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.Popen(["taskset", "-c", cores, *argv], stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            cwd=ROOT, start_new_session=True)
+                            cwd=tree, env=env, start_new_session=True)
 
 
 async def start_bare(tmp: Path, cert_header: str, cores: str = SERVER_CORE, workers: int = 1) -> Server:
@@ -179,7 +182,7 @@ class Env:
 
 async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "auto", workers: int = 1,
                         cores: str = SERVER_CORE, decisions: str | None = None, ca_file: Path | None = None,
-                        extra: str = "") -> Server:
+                        extra: str = "", tree: Path = ROOT) -> Server:
     port, admin = free_port(), free_admin_ports(workers)
     server = f'host = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
     if workers != 1:
@@ -199,7 +202,7 @@ async def start_sidecar(env: Env, *, header: str = "x-client-cert", fmt: str = "
         + (f'\n[log]\ndecisions = "{decisions}"\n' if decisions else "")
         + extra
     )
-    proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log")
+    proc = spawn([PY, "-m", "sidecar", "serve", "--config", str(config)], cores, env.tmp / "sidecar.log", tree)
     for worker in range(workers):  # worker i answers on admin_port + i
         await wait_http(f"http://127.0.0.1:{admin + worker}/readyz")
     return Server("sidecar", port, proc, admin)
@@ -599,6 +602,88 @@ async def scenario_nginx(env: Env, sidecar: Server, certs: list[str], tokens: li
         bare.stop()
 
 
+TRACEPARENT = "00-" + "5ab" * 10 + "5a-" + "c0de" * 4 + "-{flags}"
+
+
+async def exported(receiver: Any, quiet: float = 0.5, bound: float = 30.0) -> None:
+    """Wait until the receiver has had no span for ``quiet`` seconds (at most ``bound``)."""
+    loop = asyncio.get_running_loop()
+    deadline, last, since = loop.time() + bound, -1, loop.time()
+    while loop.time() < deadline:
+        count = receiver.received
+        if count != last:
+            last, since = count, loop.time()
+        elif loop.time() - since >= quiet:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def scenario_tracing(env: Env, certs: list[str], tokens: list[tuple[int, str]]) -> dict[str, Run]:
+    """The cost of tracing on a cache hit, in alternating rounds on one machine: bare aiohttp, the
+    sidecar with tracing off (and, with ``--baseline DIR``, the sidecar of another tree, as it was
+    before), and the sidecar with tracing on for checks whose caller does not sample them and for
+    checks it does (a span each, exported over OTLP/gRPC to a receiver in this process, on the load
+    core). Every side gets the same requests with a ``traceparent``: the unsampled one, except
+    the sampled side."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's notes on every fork of wrk while it serves
+    from sidecar.dev.otlp import OtlpReceiver
+
+    receiver = OtlpReceiver(max_spans=0).start()
+    traced = f'\n[tracing]\nenabled = true\nendpoint = "{receiver.endpoint}"\n'
+    bare = await start_bare(env.tmp, "x-client-cert")
+    # One sidecar per side: a sampled run's spans are still being exported after it ends, which
+    # must not be charged to another side's CPU.
+    servers = {"off": await start_sidecar(env), "unsampled": await start_sidecar(env, extra=traced),
+               "sampled": await start_sidecar(env, extra=traced)}
+    if env.args.baseline:
+        servers["baseline"] = await start_sidecar(env, tree=Path(env.args.baseline).resolve())
+    unsampled = {"traceparent": TRACEPARENT.format(flags="00")}
+    sampled = {"traceparent": TRACEPARENT.format(flags="01")}
+    sides = {"bare": (bare, unsampled), "off": (servers["off"], unsampled),
+             "unsampled": (servers["unsampled"], unsampled), "sampled": (servers["sampled"], sampled)}
+    if "baseline" in servers:
+        sides["baseline"] = (servers["baseline"], unsampled)
+    runs: dict[str, list[Run]] = {side: [] for side in sides}
+    try:
+        for server in servers.values():
+            # A few at a time: fair admission refuses one client's burst of new tokens beyond its share.
+            warm = await check_all(server.port, "x-client-cert", certs, tokens, concurrency=4, extra=unsampled)
+            if set(warm) != {200}:
+                raise RuntimeError(f"warm-up answered {warm} (expected only 200)")
+        scripts = {side: lua_script(env, "x-client-cert", certs, tokens, extra=headers)
+                   for side, (_, headers) in sides.items()}
+        order = list(sides)
+        for round_ in range(env.args.rounds * 2):
+            for side in order[round_ % len(order):] + order[:round_ % len(order)]:
+                server, _ = sides[side]
+                runs[side].append(await wrk(env, server.port, server.proc.pid, scripts[side], connections=50,
+                                            duration=env.args.duration))
+                if side == "sampled":
+                    await exported(receiver)  # its spans leave before the next side runs on the same core
+    finally:
+        bare.stop()
+        for server in servers.values():
+            server.stop()
+        receiver.stop()
+    medians = {side: median_run(r) for side, r in runs.items()}
+    base = medians["bare"]
+    names = {"bare": "bare aiohttp", "baseline": f"sidecar at {env.args.baseline}", "off": "tracing off",
+             "unsampled": "tracing on, not sampled", "sampled": "tracing on, sampled"}
+    title = "cache hit, tracing (escaped PEM, a traceparent on every request)"
+    for side, run in medians.items():
+        report(env, title, f"  {names[side]:<26}{run.line()}   / bare {run.rps / base.rps:.2f}")
+    off = medians["off"]
+    extra = {side: medians[side].cpu_us - off.cpu_us for side in ("unsampled", "sampled")}
+    report(env, title, f"  spans received / sampled requests {receiver.received / medians['sampled'].requests:.2f} "
+           "(below 1: the SDK's queue dropped spans; its export after each run is not in its CPU)")
+    report(env, title, f"  CPU per request over tracing off: not sampled {extra['unsampled']:+.1f} µs, "
+           f"sampled {extra['sampled']:+.1f} µs; spans received {receiver.received}")
+    if "baseline" in medians:
+        report(env, title, f"  tracing off / {env.args.baseline}: req/s {off.rps / medians['baseline'].rps:.3f}, "
+               f"CPU per request {off.cpu_us - medians['baseline'].cpu_us:+.1f} µs")
+    return medians
+
+
 async def scenario_memory(env: Env) -> None:
     n = env.args.memory_tokens
     proc = await asyncio.create_subprocess_exec(
@@ -792,6 +877,15 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
+    if args.tracing_only:
+        try:
+            await scenario_tracing(env, pem, tokens)
+        finally:
+            idp_server.close()
+            await runner.cleanup()
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return
     if args.routes_only or args.issuers_only or args.identity_only or args.dpop_only:
         try:
             if args.routes_only:
@@ -846,6 +940,7 @@ async def main_async(args: argparse.Namespace) -> None:
         (route_a, route_b), (route_b2, route_c) = await scenario_routes(env, pem, tokens)
         identity_a, identity_b = await scenario_identity(env, pem, tokens)
         issuer_a, issuer_b = await scenario_issuers(env, pem, tokens)
+        await scenario_tracing(env, pem, tokens)
         await scenario_memory(env)
         peer = None if args.no_peer else await scenario_peer(env, sys.modules[__name__])
         if not args.no_workers:
@@ -898,6 +993,10 @@ def main() -> None:
     parser.add_argument("--no-workers", action="store_true", help="skip the 1 -> 2 workers scaling")
     parser.add_argument("--routes-only", action="store_true",
                         help=f"only one policy vs. {ROUTES} rules, without and with routing.origins (issues 13, 22)")
+    parser.add_argument("--tracing-only", action="store_true",
+                        help="only the cost of tracing on a cache hit (off, not sampled, sampled)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run the sidecar of another source tree beside tracing off (a before/after)")
     parser.add_argument("--issuers-only", action="store_true", help="only one issuer vs. three (issue 24)")
     parser.add_argument("--identity-only", action="store_true",
                         help="only a cache hit without vs. with the identity token (issue 27)")

@@ -10,8 +10,8 @@ Trade-off: caches are not shared, so a new token costs up to N IdP calls (one pe
 sees it), and single-flight holds per worker only.
 
 The parent only supervises: SIGTERM/SIGINT are passed on to the workers (each drains as a single
-process does); when one worker dies, the others are stopped and the parent exits non-zero so
-that the service manager restarts the whole set.
+process does), and so is SIGHUP (each worker reloads its configuration); when one worker dies, the
+others are stopped and the parent exits non-zero so that the service manager restarts the whole set.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, server=dataclasses.replace(s, admin_port=admin))
 
 
-def run_workers(config: Config, serve: Callable[[Config], None]) -> int:
-    """Fork ``server.workers`` processes running ``serve``; return the exit status."""
+def run_workers(config: Config, serve: Callable[[int, Config], None]) -> int:
+    """Fork ``server.workers`` processes running ``serve(index, worker_config)``; return the exit status."""
     children: dict[int, int] = {}
     for index in range(config.server.workers):
         pid = os.fork()
@@ -46,7 +46,8 @@ def run_workers(config: Config, serve: Callable[[Config], None]) -> int:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                serve(worker_config(config, index))
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its server handles it (reload)
+                serve(index, worker_config(config, index))
             except BaseException:
                 code = 1
                 logging.getLogger(__name__).exception("worker failed", extra={"worker": index})
@@ -62,6 +63,7 @@ def run_workers(config: Config, serve: Callable[[Config], None]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     status = 0
     while children:
         pid, wait_status = os.wait()

@@ -72,6 +72,7 @@ RUN_SECTIONS = (
     "server.workers scaling", "per-route policies: cache hit, one policy vs. 20 rules",
     "several issuers: cache hit, one issuer vs. three",
     "the peer: Apache + mod_auth_openidc vs nginx + sidecar", "the peer: a new token",
+    "cache hit, tracing (escaped PEM, a traceparent on every request)",
     "identity token: cache hit without vs. with it",
 )
 PEER_FRONTS = ("Apache + mod_auth_openidc", "Apache alone (no auth)", "nginx + sidecar (deploy/nginx as shipped)",
@@ -171,8 +172,10 @@ QUICK_RUNS = (
         rf"^  CPU authorization adds per request: sidecar \+ edge cache -?{FLOAT} µs, mod_auth_openidc -?{FLOAT} µs; "
         rf"ratio -?{FLOAT} \(target <= 0.5\)$",
         r"^== targets \(ratios within this run\)\n  nginx \+ sidecar / Apache \+ mod_auth_openidc req/s",
+        # tracing on: the sampled side's spans reached the receiver
+        r"CPU per request over tracing off: not sampled [-+]\d+\.\d µs, sampled [-+]\d+\.\d µs; spans received [1-9]",
         *(rf"^  {re.escape(target)}.*\(target [<>]= {FLOAT}\)$" for target in TARGETS),
-    ), run_py, timeout=180),
+    ), run_py, timeout=210),
     QuickRun("bare.py", ("--port", "{port}"), (r"^ready$",), probe=bare_py),
     QuickRun("flood.py", ("--quick",), (
         *(rf"^flood {re.escape(scenario)}: legit_ok=\d+/\d+ \(\d+%\) idp_calls=\d+ budget=\d+ "
@@ -196,7 +199,11 @@ QUICK_RUNS = (
         rf"^wrong_allows=0 decisions=20000 errors=0 http=400 valid_allowed=[1-9]\d* idp_unavailable=[1-9]\d* "
         rf"rss_start={FLOAT}MiB rss_end={FLOAT}MiB",
     ), soak_py),
-    QuickRun("cache_hit_decide.py", ("--quick",), (rf"^cache_hit_decide_us={FLOAT} python=\S+ rounds=1x2000$",)),
+    QuickRun("cache_hit_decide.py", ("--quick",), (
+        rf"^cache_hit_decide_us={FLOAT} python=\S+ rounds=1x2000$",
+        *(rf"^  {re.escape(case)} +{FLOAT} µs  \([-+]{FLOAT} µs\)$" for case in (
+            'log.decisions = "all" (batched)', "tracing on, caller not sampled", "tracing on, caller sampled")),
+    )),
     QuickRun("dpop_hit.py", ("--quick",), (
         rf"^certificate_bound_hit_us={FLOAT}$", rf"^dpop_bound_hit_us={FLOAT}$",
         rf"^dpop_adds_us=-?{FLOAT} python=\S+ rounds=1x200$",

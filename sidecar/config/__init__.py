@@ -8,7 +8,7 @@ raises :class:`ConfigError`, whose message starts with the dotted key.
 """
 
 from sidecar.config.declare import ENV_PREFIX, ConfigError, env_name
-from sidecar.config.load import from_mapping, load
+from sidecar.config.load import from_mapping, load, restart_changes
 from sidecar.config.rules import admin_secret, client_secret, fleet_password, validate, warnings
 from sidecar.config.sections import (
     DPOP_HEADERS,
@@ -37,6 +37,7 @@ from sidecar.config.sections import (
     RoutingConfig,
     ServerConfig,
     TokenFormat,
+    TracingConfig,
 )
 
 __all__ = [
@@ -68,12 +69,14 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "TokenFormat",
+    "TracingConfig",
     "admin_secret",
     "client_secret",
     "env_name",
     "fleet_password",
     "from_mapping",
     "load",
+    "restart_changes",
     "validate",
     "warnings",
 ]

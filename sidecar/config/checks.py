@@ -6,6 +6,7 @@ Rules that compare two keys live in :mod:`sidecar.config.rules`; these see one v
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 
@@ -49,7 +50,18 @@ def issuer_names(values: tuple[str, ...]) -> str | None:
 
 
 def existing_file(path: str) -> str | None:
-    return None if not path or Path(path).is_file() else f"file not found: {path}"
+    """The file exists and this process may read it (a Secret mounted for another user fails here,
+    naming the file, not later with a bare PermissionError)."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        return f"file not found: {path}"
+    return None if os.access(path, os.R_OK) else f"not readable by this process (uid {os.getuid()}): {path}"
+
+
+def otlp_url(url: str) -> str | None:
+    ok = url.startswith(("http://", "https://")) and len(url.split("://", 1)[1]) > 0
+    return None if ok else f"must be an http:// or https:// URL (OTLP/gRPC); got {url!r}"
 
 
 def header_name(name: str) -> str | None:

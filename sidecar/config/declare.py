@@ -41,6 +41,7 @@ class Spec:
     checks: tuple[Check, ...] = ()
     secret: bool = False
     readme: bool = True  # False: in docs/configuration.md only (the README stays under its size bound)
+    restart: bool = False  # read once at start (ports, listeners): a reload that changes it is refused
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with a converted value against the declared bounds, or None."""
@@ -93,9 +94,11 @@ def key(
     checks: tuple[Check, ...] = (),
     secret: bool = False,
     readme: bool = True,
+    restart: bool = False,
 ) -> T:
-    """Declare a configuration key: its default, one line of documentation and its bounds."""
-    spec = Spec(doc, ge, gt, le, choices, min_length, kind, unit, checks, secret, readme)
+    """Declare a configuration key: its default, one line of documentation and its bounds;
+    ``restart``: the key is read once at start, so only a restart changes it (a reload refuses)."""
+    spec = Spec(doc, ge, gt, le, choices, min_length, kind, unit, checks, secret, readme, restart)
     metadata = {"key": spec}
     if isinstance(default, dict):  # a mutable default needs a factory; the value is a copy
         frozen = dict(default)
@@ -104,8 +107,8 @@ def key(
 
 
 def tcp_port(default: int, doc: str) -> int:
-    """Declare a TCP port key (0-65535)."""
-    return key(default, doc, ge=0, le=65535, kind="TCP port")
+    """Declare a TCP port key (0-65535); a listening port changes only with a restart."""
+    return key(default, doc, ge=0, le=65535, kind="TCP port", restart=True)
 
 
 def spec_of(f: dataclasses.Field[Any]) -> Spec:

@@ -1,12 +1,19 @@
 """Reading the configuration: a TOML file plus environment overrides, converted and checked per key.
 
-Environment values win over the file. Lists are comma-separated; maps are ``key=value`` pairs
-separated by commas; an empty variable unsets an optional key. Each value is converted by its
+Environment values win over the file. One rule for lists and maps in a variable: a value that
+starts with ``[`` (``{`` for a map) is JSON and must be a list (an object) of strings; any other
+value is comma-separated (``a, b``; a map ``k=v, k2=v2``), and an item holding a quote or a
+bracket is refused rather than kept as written (``"a","b"`` without brackets would otherwise
+become the values ``"a"`` and ``"b"``, quotes included). An empty variable unsets an optional key.
+A ``SIDECAR_*`` variable that names no key is refused like an unknown key in the file, with the
+nearest known name; only :data:`OTHER_VARIABLES` are not keys. Each value is converted by its
 declared type and checked against its declared bounds as it is read, then the cross-field rules run.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
 import tomllib
@@ -39,8 +46,25 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     return from_mapping(raw, env)
 
 
+# SIDECAR_* variables that are not keys: the configuration file, the demo's IdP port, and the
+# sidecar's address that the proxies' files in deploy/ read (Caddy, HAProxy, Traefik, nginx), which a
+# shared environment may also hand to the sidecar.
+OTHER_VARIABLES = frozenset({f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}DEMO_IDP_PORT", f"{ENV_PREFIX}ADDR"})
+
+
+def check_variables(env: Mapping[str, str]) -> None:
+    """Refuse a ``SIDECAR_*`` variable that names no key (``SIDECAR_IDP__ISSUR``, ``SIDECAR_IDP_ISSUER``)."""
+    known = {k.env for k in KEYS} | OTHER_VARIABLES
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(name, f"unknown environment variable (no such key){hint}")
+
+
 def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     env = env or {}
+    check_variables(env)
     for name in raw:
         if name not in SECTIONS and name not in ("policies", "routes", "issuers"):
             raise ConfigError(name, "unknown section")
@@ -68,6 +92,12 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     return config
 
 
+def restart_changes(running: Config, new: Config) -> list[str]:
+    """The keys declared ``restart`` whose value differs: a reload that changes one is refused."""
+    return [k.dotted for k in KEYS if k.spec.restart
+            and getattr(getattr(running, k.section), k.name) != getattr(getattr(new, k.section), k.name)]
+
+
 def _read(k: Key, value: Any, *, from_env: bool) -> Any:
     """Convert one value to its declared type and check it against its declared bounds."""
     converted = _convert(k.dotted, k.type, value, from_env=from_env)
@@ -87,7 +117,7 @@ def _convert(key: str, tp: Any, value: Any, *, from_env: bool) -> Any:
     if origin is Literal:
         return value  # checked against the declared choices
     if origin is tuple:
-        items = [s.strip() for s in value.split(",") if s.strip()] if from_env else value
+        items = _env_list(key, value) if from_env else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise ConfigError(key, "must be a list of strings")
         return tuple(items)
@@ -124,9 +154,37 @@ def _convert_number(key: str, tp: type[int] | type[float], value: Any, *, from_e
     return tp(number)
 
 
+def _env_list(key: str, value: str) -> list[str]:
+    """A list in a variable: a JSON list of strings, or comma-separated plain items."""
+    if value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            raise ConfigError(key, f"starts with [ but is not a JSON list: {value[:80]!r}") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(key, "must be a JSON list of strings")
+        return [i.strip() for i in items if i.strip()]
+    return _plain_items(key, value)
+
+
+def _plain_items(key: str, value: str) -> list[str]:
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    bad = next((i for i in items if any(c in i for c in "\"'[]{}")), None)
+    if bad is not None:
+        raise ConfigError(key, f"{bad!r}: quotes and brackets are not part of a comma-separated value; write "
+                               'a,b or a JSON list ["a","b"]')
+    return items
+
+
 def _convert_map(key: str, value: Any, *, from_env: bool) -> dict[str, str]:
+    if from_env and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(key, f"starts with {{ but is not a JSON object: {value[:80]!r}") from None
+        from_env = False  # checked below as a table
     if from_env:
-        pairs = [p.strip() for p in value.split(",") if p.strip()]
+        pairs = _plain_items(key, value)
         result: dict[str, str] = {}
         for pair in pairs:
             k, sep, v = pair.partition("=")

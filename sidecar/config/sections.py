@@ -60,40 +60,45 @@ class ServerConfig:
     """The check port, the admin port (health, readiness, metrics, purge), the gRPC port, workers and
     the limits of each port."""
 
-    host: str = key("127.0.0.1", "address of the check port (any method, any path)")
+    host: str = key("127.0.0.1", "address of the check port (any method, any path)", restart=True)
     port: int = tcp_port(8080, "the check port")
-    admin_host: str = key("127.0.0.1", "address of the admin port (`/healthz`, `/readyz`, `/metrics`)")
+    admin_host: str = key("127.0.0.1", "address of the admin port (`/healthz`, `/readyz`, `/metrics`)",
+                          restart=True)
     admin_port: int = tcp_port(8081, "the admin port")
-    max_header_size: int = key(65536, "header field limit; forwarded chains exceed aiohttp's 8190", ge=8190)
+    max_header_size: int = key(65536, "header field limit; forwarded chains exceed aiohttp's 8190", ge=8190,
+                               restart=True)
     invalid_request_status: int = key(400, "status of a malformed request; nginx turns 400 into 500, so set 401 there",
                                       choices=(400, 401))
-    shutdown_grace: float = key(20.0, "time for checks in flight to finish after SIGTERM", ge=0, unit="seconds")
+    shutdown_grace: float = key(20.0, "time for checks in flight to finish after SIGTERM (and for the old "
+                                      "configuration's after a reload)", ge=0, unit="seconds", restart=True)
     admin_secret: str | None = key(None, "bearer secret of `POST /purge` on the admin port; unset: no purge endpoint",
-                                   min_length=16, secret=True)
+                                   min_length=16, secret=True, restart=True)
     admin_secret_file: str | None = key(None, "file holding `server.admin_secret` (at least 16 characters)",
-                                        checks=_FILE)
+                                        checks=_FILE, restart=True)
     grpc_port: int = tcp_port(0, "Envoy gRPC ext_authz port (`envoy.service.auth.v3.Authorization`, `grpc.health.v1`); "
                             "`0` turns it off")
-    grpc_host: str = key("127.0.0.1", "address of the gRPC port")
-    grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)")
+    grpc_host: str = key("127.0.0.1", "address of the gRPC port", restart=True)
+    grpc_reflection: bool = key(False, "serve gRPC reflection (needs the `grpc-reflection` extra)", restart=True)
     workers: int = key(1, "processes sharing the check port (`SO_REUSEPORT`); worker *i* has admin port "
-                          "`admin_port + i`", ge=1, le=64)
+                          "`admin_port + i`", ge=1, le=64, restart=True)
     header_timeout: float = key(10.0, "time a request head (and a purge body) may take from its first byte, both "
-                                      "HTTP ports; `408` past it", gt=0, le=300, unit="seconds")
+                                      "HTTP ports; `408` past it", gt=0, le=300, unit="seconds", restart=True)
     max_head_size: int = key(131072, "bytes of an unfinished request head on the check port; `431` past it",
-                             ge=8190, unit="bytes")
+                             ge=8190, unit="bytes", restart=True)
     max_connections: int = key(1024, "open connections on the check port; lowered at start to fit the open-files "
-                                     "limit", ge=1)
+                                     "limit", ge=1, restart=True)
     admin_max_connections: int = key(16, "open connections on the admin port (a quarter per address); lowered "
-                                         "first to fit", ge=1, le=1024)
+                                         "first to fit", ge=1, le=1024, restart=True)
     purge_peers: tuple[str, ...] = key(("127.0.0.1/32", "::1/128"), "addresses that may call `POST /purge`",
-                                       checks=(checks.networks,))
+                                       checks=(checks.networks,), restart=True)
     purge_rate: float = key(5.0, "purge attempts with a wrong secret answered per second, all addresses together "
-                                 "(the right secret is never limited)", gt=0)
-    purge_burst: int = key(10, "purge attempts with a wrong secret answered at once, all addresses together", ge=1)
+                                 "(the right secret is never limited)", gt=0, restart=True)
+    purge_burst: int = key(10, "purge attempts with a wrong secret answered at once, all addresses together", ge=1,
+                           restart=True)
     purge_backoff: float = key(1.0, "after a wrong purge secret, that address's wrong attempts get 429 this long, "
-                                    "doubled per further failure", gt=0, unit="seconds")
-    purge_backoff_max: float = key(300.0, "longest purge lockout of wrong attempts", gt=0, unit="seconds")
+                                    "doubled per further failure", gt=0, unit="seconds", restart=True)
+    purge_backoff_max: float = key(300.0, "longest purge lockout of wrong attempts", gt=0, unit="seconds",
+                                   restart=True)
 
 
 @dataclass(frozen=True)
@@ -288,7 +293,7 @@ class IdentityConfig:
     rotation, the token's issuer, header and lifetime, the published keys."""
 
     key_file: str | None = key(None, "PEM private key (Ed25519, or P-256 for ES256) that signs identity tokens; "
-                                     "re-read when it changes", checks=_FILE)
+                                     "re-read when it changes", checks=_FILE, restart=True)
     issuer: str = key("", "the identity token's `iss` (required with `identity.key_file`)")
     header: str = key("x-credential-identity", "the header carrying it; in the `response.prefix` namespace, which "
                                                "every shipped front overwrites", checks=(checks.header_name,))
@@ -309,14 +314,15 @@ class EventsConfig:
     port, and how long a revocation is remembered."""
 
     enabled: bool = key(False, "receive Security Event Tokens (RFC 8935 push) at `POST /security-events` on the "
-                               "admin port, signed by `idp.issuer`")
+                               "admin port, signed by `idp.issuer`", restart=True)
     audience: str = key("", "the `aud` every SET must carry: this receiver (required with `events.enabled`)")
     iat_window: float = key(300.0, "a SET issued longer ago than this is refused (and its `jti` remembered as "
                                    "long)", gt=0, le=86400, unit="seconds")
     iat_skew: float = key(30.0, "a SET's `iat` may be this far ahead", ge=0, le=300, unit="seconds")
     remember: float = key(3600.0, "a revocation refuses the tokens it names, issued before it, this long (past "
-                                  "it the IdP's own answer counts)", gt=0, le=7 * 86400, unit="seconds")
-    max_revocations: int = key(100_000, "revocations remembered at most (the oldest go first)", ge=1)
+                                  "it the IdP's own answer counts)", gt=0, le=7 * 86400, unit="seconds",
+                                  restart=True)
+    max_revocations: int = key(100_000, "revocations remembered at most (the oldest go first)", ge=1, restart=True)
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,24 @@ class LogConfig:
 
     level: LogLevel = key("info", "log level")
     decisions: DecisionLogging = key("all", "one log line per decision: all, denials only, or none")
+    allow_sample_ratio: float = key(1.0, "with `decisions = \"all\"`: the share of allow lines written (`0.01`: one "
+                                         "in a hundred); denials, stale allows and traced checks are always written",
+                                    ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (docs/operations.md): a span per decision, joined to the caller's trace, and a
+    child span per IdP, JWK Set and Redis call, exported over OTLP/gRPC."""
+
+    enabled: bool = key(False, "export spans; off, nothing of OpenTelemetry is loaded and a check costs nothing more")
+    endpoint: str = key("http://127.0.0.1:4317", "the OTLP/gRPC collector (`https://` for TLS)",
+                        checks=(checks.otlp_url,))
+    ca_file: str | None = key(None, "CA bundle that verifies an `https://` collector (default: system store)",
+                              checks=_FILE)
+    sample_ratio: float = key(1.0, "the share of checks without a caller's trace that start one; a caller's "
+                                   "`traceparent` (from a trusted proxy) decides for its own checks", ge=0, le=1)
+    service_name: str = key("sidecar", "`service.name` of the spans")
 
 
 @dataclass(frozen=True)
@@ -409,6 +433,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     # [policies.NAME] tables (each with the keys of [policy]) and [[routes]] rules: file only.
     policies: Mapping[str, PolicyConfig] = field(default_factory=dict, metadata={
         "doc": "Named policies, each with the keys of `[policy]` from their defaults (docs/routes.md); file only."})

@@ -4,7 +4,8 @@ The README's short table (the keys by section: ``config-table`` markers), and in
 docs/configuration.md every section (``config-sections``) and the full reference (type with its
 range, default, environment variable, meaning: ``config-reference``); the keys of a ``[[routes]]``
 rule in docs/routes.md (``routes-reference``). ``python -m sidecar.config.table`` prints the full table;
-``python -m sidecar.config.table FILE...`` rewrites every marked region of those files in place.
+``python -m sidecar.config.table FILE...`` rewrites every marked region of those files in place;
+docs/operations.md lists the keys only a restart changes (``restart-keys``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ROUTES_BEGIN = "<!-- routes-reference:begin -->"
 ROUTES_END = "<!-- routes-reference:end -->"
 SECTIONS_BEGIN = "<!-- config-sections:begin -->"
 SECTIONS_END = "<!-- config-sections:end -->"
+RESTART_BEGIN = "<!-- restart-keys:begin -->"
+RESTART_END = "<!-- restart-keys:end -->"
 
 
 def short_table() -> str:
@@ -68,6 +71,11 @@ def markdown_table() -> str:
     return _reference(KEYS, env=True)
 
 
+def restart_keys() -> str:
+    """docs/operations.md: the keys only a restart changes (a reload that changes one is refused)."""
+    return ", ".join(f"`{k.dotted}`" for k in KEYS if k.spec.restart) + "\n"
+
+
 def routes_table() -> str:
     """The keys of one ``[[routes]]`` rule (docs/routes.md): no environment variables."""
     return _reference(ROUTE_KEYS, env=False)
@@ -77,7 +85,7 @@ def _reference(keys: Sequence[Key], *, env: bool) -> str:
     rows = (["| key | type | default | environment variable | meaning |", "|---|---|---|---|---|"] if env
             else ["| key | type | default | meaning |", "|---|---|---|---|"])
     for k in keys:
-        doc = k.spec.doc.replace("|", "\\|")
+        doc = k.spec.doc.replace("|", "\\|") + ("; **restart**" if k.spec.restart else "")
         name = f"`{k.dotted}`" if env else f"`{k.name}`"
         variable = f" `{k.env}` |" if env else ""
         rows.append(f"| {name} | {type_text(k)} | {default_text(k.default)} |{variable} {doc} |")
@@ -140,7 +148,8 @@ def replace_between_markers(text: str, table: str, begin: str = BEGIN, end: str 
 def regenerate(text: str) -> str:
     """Every marked region of ``text`` filled with its table; ValueError when there is none."""
     regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table),
-               (ROUTES_BEGIN, ROUTES_END, routes_table), (SECTIONS_BEGIN, SECTIONS_END, sections_table))
+               (ROUTES_BEGIN, ROUTES_END, routes_table), (SECTIONS_BEGIN, SECTIONS_END, sections_table),
+               (RESTART_BEGIN, RESTART_END, restart_keys))
     present = [(b, e, make) for b, e, make in regions if b in text]
     if not present:
         raise ValueError(f"the markers {BEGIN} and {END} (or {REFERENCE_BEGIN}) are missing")

@@ -32,6 +32,12 @@
   :class:`~sidecar.core.revocation.Selector` names (a ``jti``, a subject, a client), found through
   the index of core/cache_index.py, and remember it (:class:`~sidecar.core.revocation.Revocations`)
   so that the decision refuses such a token when it is filled again (:meth:`TokenCache.revoked`).
+- **A reload** builds a new cache for the new configuration; when the IdP settings did not change
+  (the runtime decides), it keeps the replaced cache as ``previous``, under the same key: a miss of
+  the default route asks it first (:meth:`TokenCache.carried`) and reuses the IdP's answer until
+  that answer's own deadline, judged afresh under the new policy (and the remembered
+  revocations, which a reload hands over). So a reload costs no burst of IdP calls. Purges and
+  revocations reach both; the previous cache is let go once everything in it has expired.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from operator import attrgetter, itemgetter
 from typing import Literal
 
 from sidecar.config import CacheConfig
@@ -55,15 +62,9 @@ from sidecar.support.singleflight import SingleFlight
 from sidecar.support.ttl_cache import TtlStore
 
 Lookup = Literal["hit", "miss", "coalesced", "stale"]
+_expires = attrgetter("expires")  # an entry's deadline (time.monotonic)
+_stale_until = itemgetter(1)  # a kept stale copy: (entry, until)
 Timer = Callable[[], float]
-
-
-def _expires(_key: bytes, entry: Entry, _now: float) -> float:
-    return entry.expires
-
-
-def _stale_until(_key: bytes, kept: tuple[Entry, float], _now: float) -> float:
-    return kept[1]
 
 
 def answer_ttl(info: TokenInfo, config: CacheConfig, now: float) -> float:
@@ -86,9 +87,17 @@ def edge_second(info: TokenInfo, deadline: float) -> int:
 
 class TokenCache:
     def __init__(self, config: CacheConfig, *, timer: Timer = time.monotonic, clock: Timer = time.time,
-                 secret: bytes | None = None, revocations: Revocations | None = None, index: bool = True) -> None:
+                 secret: bytes | None = None, revocations: Revocations | None = None, index: bool = True,
+                 previous: TokenCache | None = None) -> None:
         """``index``: keep the index of core/cache_index.py (revocations then find their answers
-        without a scan, at some memory per token: docs/events.md)."""
+        without a scan, at some memory per token: docs/events.md); ``previous``: the cache of the
+        configuration this one replaces (same IdP settings), whose key is kept unless ``secret`` (a
+        fleet's digest key) is given."""
+        if previous is not None:
+            secret = secret or previous.secret
+            previous._previous = None  # one generation back at most
+        self._previous: TokenCache | None = previous
+        self._previous_until = timer() + max(config.max_ttl, config.negative_ttl)
         self._secret = secret or os.urandom(32)
         self._keyed = hashlib.blake2b(key=self._secret, digest_size=16)
         self._config = config
@@ -106,6 +115,24 @@ class TokenCache:
         self._generation = 0  # bumped by every purge
         self._index = CacheIndex(config.max_entries) if on and index else None
         self.revocations = revocations or Revocations(10_000, 3600.0, timer)  # tests build caches bare
+
+    @property
+    def secret(self) -> bytes:
+        return self._secret
+
+    def carried(self, key: bytes) -> tuple[TokenInfo, float] | None:
+        """The replaced configuration's cached answer for ``key`` and its wall-clock deadline; None
+        when there is none (or no longer a previous cache)."""
+        previous = self._previous
+        if previous is None:
+            return None
+        if self._timer() > self._previous_until:
+            self._previous = None  # everything it held has expired
+            return None
+        entry = previous.get(key)
+        if entry is None:
+            return None
+        return entry.info, min(entry.until, self._clock() + entry.expires - self._timer())
 
     def key(self, token: str) -> bytes:
         keyed = self._keyed.copy()  # the key block is absorbed once, not per token (hot path)
@@ -177,6 +204,8 @@ class TokenCache:
         """Drop one token's answers (revocation events); True when there was one."""
         self._generation += 1
         found = [store.pop(key) is not None for store in self._stores() if store is not None]
+        if self._previous is not None:
+            found.append(self._previous.purge(key))
         return any(found)
 
     def drop(self, purge: Purge) -> int:
@@ -197,7 +226,8 @@ class TokenCache:
         for key in keys:
             self.purge(key)
         self._generation += 1
-        return len(keys)
+        carried = 0 if self._previous is None else self._previous._drop_matching(purge)
+        return max(len(keys), carried)
 
     def _indexed(self, key: bytes, info: TokenInfo, index: CacheIndex) -> None:
         index.add(key, info)
@@ -209,7 +239,9 @@ class TokenCache:
         the count purged."""
         self.revocations.add(selector, at)
         self._generation += 1
-        return sum(self.purge(key) for key, _ in self.matching(selector))
+        previous = self._previous  # the answers a reload may still reuse
+        carried = 0 if previous is None else sum(previous.purge(key) for key, _ in previous.matching(selector))
+        return max(sum(self.purge(key) for key, _ in self.matching(selector)), carried)
 
     def matching(self, selector: Selector) -> list[tuple[bytes, Entry]]:
         """The answers cached now (stale-if-error copies too) that ``selector`` names: through the
@@ -231,6 +263,8 @@ class TokenCache:
 
     def clear(self) -> int:
         self._generation += 1
+        if self._previous is not None:
+            self._previous.clear()
         count = len(self)
         for store in self._stores():
             if store is not None:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from sidecar.config import Config
 from sidecar.core.binding import check_binding, needs_certificate
-from sidecar.core.cache import Lookup
+from sidecar.core.cache import Lookup, TokenCache
 from sidecar.core.dpop import access_token_hash
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, IdpUnavailable, InvalidDpopProof, InvalidToken
@@ -43,11 +43,13 @@ from sidecar.core.outcome import Deny, Miss, Outcomes, Pending, ReplayClaim, for
 from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
 from sidecar.core.request import CheckRequest
+from sidecar.core.revocation import Revocations
 from sidecar.core.stages import build_stages
 from sidecar.core.token_info import INACTIVE
 from sidecar.support.fair import OWNER
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
+from sidecar.support.tracing import Tracing
 
 log = logging.getLogger("sidecar.decision")
 Decided = Entry | Deny  # an allow is the token's cache entry: its upstream headers were built at fill
@@ -57,10 +59,16 @@ class Decider:
     """Runs the stages of one configuration per request."""
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
-                 shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None) -> None:
-        """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store."""
-        stages = build_stages(config, shared, shared_replay)
-        self.cache = stages.cache
+                 shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None,
+                 tracing: Tracing | None = None, previous: Decider | None = None,
+                 revocations: Revocations | None = None) -> None:
+        """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store; ``tracing``:
+        spans of decisions (None: off); ``previous``: the decider of the configuration this one
+        replaces, whose cached IdP answers this one may reuse (core/cache.py); ``revocations``: the
+        revocations remembered so far (a reload hands them over)."""
+        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.cache,
+                              revocations)
+        self.cache: TokenCache = stages.cache
         self.policies = stages.policies
         self.target = stages.target
         self.router = stages.router
@@ -68,6 +76,7 @@ class Decider:
         self._trusted = stages.trusted
         self._admission = stages.admission
         self._proofs = stages.proofs
+        self._dpop = stages.proofs is not None  # the DPoP scheme is accepted
         self._interner = stages.interner
         self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
@@ -75,7 +84,7 @@ class Decider:
         self._verifier = verifier
         self._default = self.policies.default
         self._deny_forged = config.response.forged_headers == "deny"
-        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache)
+        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache, self._trusted, tracing)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
 
     @property
@@ -92,21 +101,21 @@ class Decider:
         """Everything that needs no await: the final answer for a cached token, else a Miss (or, for a
         DPoP request in a fleet, the ReplayClaim to confirm)."""
         if request.forged and self._deny_forged:  # response.forged_headers = "deny"
-            return self.outcomes.deny(forged_denial(request.forged), None, None)
+            return self.outcomes.deny(forged_denial(request.forged), None, None, request)
         policy: Policy | None = None
         try:
             unsafe = self.target.check(request)  # stage 0: before any IdP call
             if unsafe is not None:
-                return self.outcomes.deny(unsafe, None, None)
+                return self.outcomes.deny(unsafe, None, None, request)
             selected = self.router.select(request)
             if isinstance(selected, Denial):  # no policy admits the request
-                return self.outcomes.deny(selected, None, None)
+                return self.outcomes.deny(selected, None, None, request)
             policy = selected
-            token, dpop_scheme = access_token(request.authorization, dpop=self._proofs is not None)
+            token, dpop_scheme = access_token(request.authorization, dpop=self._dpop)
             key = self.cache.key(token)
             entry = self.cache.get(key, policy.route)
         except Exception as exc:
-            return self.outcomes.refuse(exc, None, policy)
+            return self.outcomes.refuse(exc, None, policy, request)
         if entry is None:
             return Miss(token, key, policy, dpop_scheme)
         return self._verdict(entry, request, "hit", policy, token if dpop_scheme else None)
@@ -116,20 +125,24 @@ class Decider:
         if pending is None:
             pending = self.decide_now(request)
         if isinstance(pending, ReplayClaim):
-            return await self._confirm(pending)
+            with self.outcomes.waiting(request):
+                return await self._confirm(pending)
         if not isinstance(pending, Miss):
             assert isinstance(pending, Entry | Deny)  # Pending has the two kinds above only
             return pending
         self.in_flight += 1
         try:
-            entry, lookup = await self._lookup(pending, request)
-        except Exception as exc:
-            return self.outcomes.refuse(exc, token_hash(pending.token), pending.policy,
-                                        dpop_scheme=pending.dpop_scheme)
+            with self.outcomes.waiting(request):  # the check's span: the IdP and Redis calls are its children
+                try:
+                    entry, lookup = await self._lookup(pending, request)
+                except Exception as exc:
+                    return self.outcomes.refuse(exc, token_hash(pending.token), pending.policy, request,
+                                                dpop_scheme=pending.dpop_scheme, missed=True)
+                verdict = self._verdict(entry, request, lookup, pending.policy,
+                                        pending.token if pending.dpop_scheme else None)
+                return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict
         finally:
             self.in_flight -= 1
-        verdict = self._verdict(entry, request, lookup, pending.policy, pending.token if pending.dpop_scheme else None)
-        return await self._confirm(verdict) if isinstance(verdict, ReplayClaim) else verdict
 
     async def _confirm(self, claim: ReplayClaim) -> Decided:
         """The fleet-wide half of the replay check (RFC 9449 §11.1): allow only if no other replica
@@ -140,9 +153,9 @@ class Decider:
             if not await self._shared_replay.claim(claim.key, claim.until):
                 raise InvalidDpopProof("dpop_replayed", "this proof's jti was already used on another replica")
         except Exception as exc:
-            return self.outcomes.refuse(exc, claim.entry.token_hash, claim.policy, lookup=claim.lookup,
-                                        dpop_scheme=True)
-        return self.outcomes.allow(claim.entry, claim.lookup, claim.policy)
+            return self.outcomes.refuse(exc, claim.entry.token_hash, claim.policy, claim.request, lookup=claim.lookup,
+                                        dpop_scheme=True, entry=claim.entry)
+        return self.outcomes.allow(claim.entry, claim.lookup, claim.policy, claim.request)
 
     def _verdict(self, entry: Entry, request: CheckRequest, lookup: Lookup, policy: Policy,
                  proof_token: str | None = None) -> Decided | ReplayClaim:
@@ -156,11 +169,13 @@ class Decider:
         """
         claimed = None
         try:
-            entry = self.policies.view(entry, policy)  # the default's entry itself; else kept on it
+            if policy.index:  # a named policy: its view of the token, kept on the entry (the default's is the entry)
+                entry = self.policies.view(entry, policy)
             denial = entry.denial
             if denial is None:
                 info = entry.info
-                now = time.time()
+                # a cached token at the check's arrival (no clock read on the hot path); a fresh one now
+                now = request.started if lookup == "hit" else time.time()
                 policy.check_time(info, now)
                 if proof_token is not None or info.cnf_jkt is not None:
                     claimed = self._check_proof(info.cnf_jkt, request, proof_token)
@@ -173,14 +188,14 @@ class Decider:
                     assert self.identity is not None  # identity_due is finite only under a policy that sends one
                     self.identity.renew(entry, policy, now)
             if denial is not None:
-                return self.outcomes.deny(denial, entry.token_hash, policy, lookup=lookup,
-                                          dpop_scheme=proof_token is not None)
+                return self.outcomes.deny(denial, entry.token_hash, policy, request, lookup=lookup,
+                                          dpop_scheme=proof_token is not None, entry=entry)
         except Exception as exc:
-            return self.outcomes.refuse(exc, entry.token_hash, policy, lookup=lookup,
-                                        dpop_scheme=proof_token is not None)
+            return self.outcomes.refuse(exc, entry.token_hash, policy, request, lookup=lookup,
+                                        dpop_scheme=proof_token is not None, entry=entry)
         if claimed is not None and self._shared_replay is not None:
-            return ReplayClaim(entry, lookup, policy, *claimed)
-        return self.outcomes.allow(entry, lookup, policy)
+            return ReplayClaim(entry, lookup, policy, request, *claimed)
+        return self.outcomes.allow(entry, lookup, policy, request)
 
     def _check_proof(self, jkt: str | None, request: CheckRequest, proof_token: str | None) -> tuple[bytes, float]:
         """RFC 9449 §7.1-7.2: a DPoP-bound token only with the DPoP scheme and a valid proof, and the
@@ -197,7 +212,8 @@ class Decider:
                                    method=method, uris=uris)
 
     async def _lookup(self, miss: Miss, request: CheckRequest) -> tuple[Entry, Lookup]:
-        """A miss: one shared IdP call; when the IdP itself fails, the stale entry if allowed."""
+        """A miss: one shared IdP call (or the answer the replaced configuration cached); when the
+        IdP itself fails, the stale entry if allowed."""
         try:
             return await self.cache.get_or_load(miss.key, lambda: self._load(miss, request), miss.policy.route)
         except IdpUnavailable as failure:
@@ -207,30 +223,37 @@ class Decider:
             return stale, "stale"
 
     async def _load(self, miss: Miss, request: CheckRequest) -> Entry:
-        """Ask the verifier (charged to the request's source), then precompute what a hit needs."""
+        """Ask the verifier (charged to the request's source), then precompute what a hit needs; an
+        answer the replaced configuration cached (same IdP settings) is reused as it is."""
         token, issuers = miss.token, miss.policy.issuers
         admission = self._admission
-        source = admission.source(request)
-        admission.enter(source)
-        owner = OWNER.set(source)  # the IdP guard's slots are shared out fairly by source
-        throttled, retry_after = False, 0
-        try:
-            # The fleet's level holds the default route's answers only (its keys are the tokens').
-            if self._shared is None or miss.policy.route:
-                info, until = await self._verifier.verify(token, issuers), math.inf
-            else:
-                info, until = await self._shared.load(miss.key, token, lambda: self._verifier.verify(token, issuers))
-            info = self._interner.info(info)  # shared values: memory per token
-        except IdpUnavailable as failure:
-            throttled, retry_after = failure.throttled, failure.retry_after
-            raise
-        finally:
-            OWNER.reset(owner)
-            admission.leave(source, throttled=throttled, retry_after=retry_after)
+        carried = None if miss.policy.route else self.cache.carried(miss.key)
+        if carried is not None:
+            info, until = carried
+        else:
+            source = admission.source(request)
+            admission.enter(source)
+            owner = OWNER.set(source)  # the IdP guard's slots are shared out fairly by source
+            throttled, retry_after = False, 0
+            try:
+                # The fleet's level holds the default route's answers only (its keys are the tokens').
+                if self._shared is None or miss.policy.route:
+                    info, until = await self._verifier.verify(token, issuers), math.inf
+                else:
+                    info, until = await self._shared.load(miss.key, token,
+                                                          lambda: self._verifier.verify(token, issuers))
+                info = self._interner.info(info)  # shared values: memory per token
+            except IdpUnavailable as failure:
+                throttled, retry_after = failure.throttled, failure.retry_after
+                raise
+            finally:
+                OWNER.reset(owner)
+                admission.leave(source, throttled=throttled, retry_after=retry_after)
         if info.active and self.cache.revoked(miss.key, info):  # a security event or purge named it
             log.warning("revoked", extra={"token": token_hash(token), "client_id": info.client_id})
             info = INACTIVE
-        admission.learn(info)
+        if carried is None:
+            admission.learn(info)
         default = self._default
         return Entry(
             info=info,

@@ -18,13 +18,14 @@ import math
 from sidecar.config import PolicyConfig
 from sidecar.core.errors import Denial, InsufficientScope, InvalidToken
 from sidecar.core.token_info import TokenInfo
+from sidecar.support.metrics import DECISION_BUCKETS, Latencies
 
 REFRESH_USES = frozenset({"refresh_token", "refresh", "offline", "refresh+jwt"})
 
 
 class Policy:
     __slots__ = ("_allow_missing_type", "_any", "_audiences", "_contain", "_dpop", "_equal", "_formats", "_issuers",
-                 "_leeway", "_required", "_scope_param", "_sources", "_token_types", "binding", "hit_allows",
+                 "_leeway", "_required", "_scope_param", "_sources", "_token_types", "binding", "folded", "hits",
                  "identity_audience", "identity_claims", "identity_due", "index", "issuers", "name", "route")
 
     def __init__(self, config: PolicyConfig, name: str = "default", index: int = 0, *, dpop: bool = False,
@@ -40,7 +41,10 @@ class Policy:
         self.name = name  # a configured name: the only policy label logs and metrics carry
         self.index = index  # 0: the default policy ([policy])
         self.binding = config.binding
-        self.hit_allows = 0  # allowed cache hits under this policy, folded into the metrics when read
+        # Allowed cache hits under this policy, as latency bucket counts: the one record a hit makes,
+        # folded into the hit, allow and latency series when the metrics are read (support/metrics.py).
+        self.hits = Latencies(len(DECISION_BUCKETS))
+        self.folded = 0  # of those hits, how many the counters already hold
         self._any = config.scope_match == "any"
         self._formats = frozenset(config.token_formats)
         self._equal = tuple(config.claims_equal.items())

@@ -1,7 +1,10 @@
 """What a front hands the decision: the raw facts of one check, whatever the protocol.
 
 The original request (``method``, ``path``, ``host``, ``scheme``) is what per-route policies and the
-DPoP ``htu``/``htm`` checks compare against.
+DPoP ``htu``/``htm`` checks compare against. ``headers`` are read only when a decision line or a
+trace needs them (the request id, the caller's trace context): after the answer, off the hot path.
+``started`` is when the front began the check (``time.time``): the decision's latency runs from
+there, and a cached token's time window is checked at that instant.
 
 Fronts only translate; every rule about these facts lives in the core: which certificate counts
 (presented.py), which source a cache miss is charged to (admission.py), whether the description of
@@ -12,19 +15,23 @@ trusted proxy: target.py, routes.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import time
+
+from sidecar.support.tracing import Headers
 
 
 class CheckRequest:
     """One check. A plain slotted class: built once per request on the hot path."""
 
-    __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "host", "method", "path",
-                 "peer", "peer_certificate", "policy", "repeated", "scheme")
+    __slots__ = ("authorization", "certificates", "dpop_proofs", "forged", "forwarded", "headers", "host", "method",
+                 "path", "peer", "peer_certificate", "policy", "repeated", "scheme", "started")
 
     def __init__(self, authorization: Sequence[str], certificates: Sequence[str] = (), peer: str | None = None,
                  *, peer_certificate: str | None = None, forwarded: str | None = None,
                  method: str | None = None, path: str | None = None, host: str | None = None,
                  scheme: str | None = None, dpop_proofs: Sequence[str] = (), policy: str | None = None,
-                 forged: Sequence[str] = (), repeated: Sequence[str] = ()) -> None:
+                 forged: Sequence[str] = (), repeated: Sequence[str] = (), headers: Headers | None = None) -> None:
+        self.started = time()
         self.authorization = authorization  # every Authorization field value received
         self.certificates = certificates  # every copy of the certificate header (client_cert.header)
         self.peer = peer  # the address of whoever sent the check (the proxy)
@@ -48,3 +55,5 @@ class CheckRequest:
         # Names of the headers describing the request (original URI, method, host, scheme, policy
         # name, client address) that came more than once (fronts/repeated.py): refused (core/target.py).
         self.repeated = repeated
+        # x-request-id, traceparent, tracestate: read after the decision, never on the hot path.
+        self.headers = headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Literal
 
 from sidecar.core.token_info import TokenInfo
@@ -80,7 +81,7 @@ class Revocations:
     def __init__(self, max_entries: int, remember: float, timer: Callable[[], float]) -> None:
         self._remember = remember
         self._store: TtlStore[tuple[Kind, str], tuple[float, str | None, float]] = TtlStore(
-            max_entries, lambda _key, kept, _now: kept[2], timer)
+            max_entries, itemgetter(2), timer)  # kept: (at, iss, deadline)
         self._timer = timer
 
     def __len__(self) -> int:

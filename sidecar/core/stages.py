@@ -42,9 +42,12 @@ class Stages:
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
-                 shared_replay: SharedReplay | None = None) -> Stages:
+                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None,
+                 revocations: Revocations | None = None) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
-    ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike)."""
+    ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
+    the cache of the configuration this one replaces, whose answers a miss may reuse;
+    ``revocations``: the revocations remembered so far (kept across a reload)."""
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
@@ -57,8 +60,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
-                         revocations=Revocations(config.events.max_revocations, config.events.remember,
-                                                 time.monotonic), index=revocations_heard(config)),
+                         revocations=revocations or Revocations(config.events.max_revocations,
+                                                                config.events.remember, time.monotonic),
+                         index=revocations_heard(config), previous=previous),
         policies=policies,
         target=RequestTarget(config.routing, trusted, choosing=bool(config.policies or config.routes)),
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),

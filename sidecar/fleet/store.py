@@ -45,6 +45,7 @@ from sidecar.core.token_info import TokenInfo
 from sidecar.fleet.client import Client, connect
 from sidecar.fleet.codec import decode, encode
 from sidecar.fleet.seal import Names, Sealer, Tampered, read_material
+from sidecar.support import tracing
 from sidecar.support.breaker import Breaker
 from sidecar.support.logs import token_hash
 from sidecar.support.metrics import Metrics
@@ -93,11 +94,10 @@ class RedisDown(Exception):
 
 class FleetMetrics:
     def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
-        self.events = Counter("sidecar_fleet", "Fleet events: hit, miss, waited, wait_expired, lock_taken, "
-                              "tampered, predates_purge, error, bypass, fill_dropped, purge_sent, purge_received, "
-                              "resubscribed, foreign", ["event"], registry=r)
-        self.breaker = Gauge("sidecar_fleet_breaker_open", "1 while Redis is skipped after failures", registry=r)
+        self.events = metrics.shared(Counter, "sidecar_fleet", "Fleet events: hit, miss, waited, wait_expired, "
+                                     "lock_taken, tampered, predates_purge, error, bypass, fill_dropped, purge_sent, "
+                                     "purge_received, resubscribed, foreign", ["event"])
+        self.breaker = metrics.shared(Gauge, "sidecar_fleet_breaker_open", "1 while Redis is skipped after failures")
         self._children: dict[str, Counter] = {}
 
     def event(self, name: str) -> None:
@@ -220,7 +220,9 @@ class Fleet:
         return info, now + ttl
 
     async def call(self, command: Awaitable[T]) -> T:
-        """One Redis command, bounded by ``fleet.timeout``; any failure feeds the breaker."""
+        """One Redis command, bounded by ``fleet.timeout``; any failure feeds the breaker (a span of
+        the check that waits for it, when that one is traced)."""
+        span = tracing.child("redis", **{"db.system": "redis"})
         try:
             async with asyncio.timeout(self.timeout):
                 result = await command
@@ -228,8 +230,10 @@ class Fleet:
             self.breaker.failure()
             self.metrics.event("error")
             log.warning("fleet redis failed", extra={"error_type": type(exc).__name__})
+            span.end(type(exc).__name__, error=True)
             raise RedisDown from None
         self.breaker.success()
+        span.end("ok")
         return result
 
     # -- lifetime --------------------------------------------------------------------------------

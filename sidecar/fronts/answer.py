@@ -17,6 +17,12 @@ An answer is one of:
 An HTTP answer also says how long a proxy's own decision cache may keep it (:class:`EdgeTtl`,
 nginx's ``X-Accel-Expires``): an allow at most ``response.edge_ttl`` seconds and never past what
 the cache fill allowed (:func:`~sidecar.core.cache.edge_second`); anything else never.
+
+One :class:`Edge` serves one configuration, and holds what a front reads from it (the header
+names, the forged and repeated header rules). :class:`LiveEdge` is the edge of the sidecar's current
+configuration: a reload swaps it between two requests (runtime.py); a front takes ``.edge`` once
+per check and keeps it to the answer, so a check in flight finishes on the configuration it
+began on.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from sidecar.core.entry import Entry
 from sidecar.core.headers import CredentialHeaders
 from sidecar.core.outcome import Deny, Pending
 from sidecar.core.request import CheckRequest
+from sidecar.fronts.forged import ForgedHeaders
 from sidecar.fronts.render import RenderedDenial, render_denial, unset
+from sidecar.fronts.repeated import RepeatedHeaders
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
 
@@ -89,12 +97,19 @@ class EdgeTtl:
 
 
 class Edge:
-    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_nonces", "_proof_algs", "_realm", "expires",
-                 "removals")
+    __slots__ = ("_decider", "_denied", "_invalid_request_status", "_nonces", "_proof_algs", "_realm", "cert_header",
+                 "expires", "forged", "keep_commas", "path_prefix", "policy_header", "removals", "repeated",
+                 "source_header", "traced")
 
     def __init__(self, decider: Decider, realm: str, invalid_request_status: int, edge_ttl: int = 0) -> None:
         self._decider = decider
         self.expires = EdgeTtl(edge_ttl).of  # an allow's X-Accel-Expires (the HTTP front sends it)
+        # What the fronts read of a request under this configuration (set by Edge.of).
+        self.cert_header = self.source_header = self.policy_header = self.path_prefix = ""
+        self.keep_commas = False
+        self.forged = ForgedHeaders("x-credential-")
+        self.repeated = RepeatedHeaders()
+        self.traced = decider.outcomes.tracing is not None  # a front hands over the caller's trace context
         self._realm = realm
         self._invalid_request_status = invalid_request_status  # server.invalid_request_status
         self._proof_algs = decider.proof_algs
@@ -113,7 +128,14 @@ class Edge:
     def of(cls, sidecar: Sidecar) -> Edge:
         config = sidecar.config
         response = config.response
-        return cls(sidecar.decider, response.realm, config.server.invalid_request_status, response.edge_ttl)
+        edge = cls(sidecar.decider, response.realm, config.server.invalid_request_status, response.edge_ttl)
+        edge.cert_header, edge.source_header = config.client_cert.header.lower(), config.admission.source_header
+        edge.policy_header, edge.path_prefix = config.routing.policy_header, config.routing.path_prefix
+        # gRPC: Envoy joins repeated headers with ",", which XFCC, Traefik's list and auto keep whole.
+        edge.keep_commas = config.client_cert.format in ("xfcc", "traefik", "auto")
+        edge.forged = ForgedHeaders(response.prefix)
+        edge.repeated = RepeatedHeaders(edge.policy_header, edge.source_header)
+        return edge
 
     async def answer(self, request: CheckRequest, pending: Pending) -> Answer:
         return self._render(await self._decider.decide(request, pending), request)
@@ -138,3 +160,16 @@ class Edge:
                 denial, self._realm, self._invalid_request_status, proof_algs=self._proof_algs,
                 dpop_scheme=deny.dpop_scheme, nonce=nonce))
         return rendered
+
+
+class LiveEdge:
+    """The :class:`Edge` of the sidecar's current configuration, swapped by a reload."""
+
+    __slots__ = ("edge",)
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.edge = Edge.of(sidecar)
+        sidecar.on_swap(lambda: self._swap(sidecar))
+
+    def _swap(self, sidecar: Sidecar) -> None:
+        self.edge = Edge.of(sidecar)

@@ -318,10 +318,14 @@ class GuardedHandler(web.RequestHandler):
 class GuardedSite(web.BaseSite):
     """``web.TCPSite`` with each connection made by a :class:`Gate`."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: Gate, *, backlog: int = 128) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: Gate, *, backlog: int = 128,
+                 reuse_port: bool = False) -> None:
+        """``reuse_port``: ``SO_REUSEPORT``, for workers sharing the check port; without it, a port
+        another process holds is refused (``OSError``), never silently shared."""
         super().__init__(runner, backlog=backlog)
         self._address = (host, port)
         self._gate = gate
+        self._reuse_port = reuse_port
         self.port = port  # the bound port once started (port 0 picks one)
 
     @property
@@ -331,7 +335,7 @@ class GuardedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         server = await asyncio.get_running_loop().create_server(
-            self._gate, *self._address, backlog=self._backlog, reuse_port=True,
+            self._gate, *self._address, backlog=self._backlog, reuse_port=self._reuse_port,
         )
         self._server = server
         if server.sockets:

@@ -11,7 +11,9 @@ It only translates (answer.py is the edge): a ``CheckRequest`` proto into the co
   verified, sent with ``include_peer_certificate``) and every copy of the ``client_cert.header``
   request header (XFCC); which one counts, and whether the peer may vouch for either, is the
   core's rule (core/presented.py), the same as on the HTTP front.
-- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``;
+- the original request: ``attributes.request.http`` ``method``, ``path``, ``host``, ``scheme``, and
+  its headers (read after the answer: ``x-request-id`` for the decision log); with tracing on, the
+  trace context of the call itself (Envoy's ext_authz span, in the gRPC metadata);
   the policy: the route's ``context_extensions["policy"]`` (``ExtAuthzPerRoute.check_settings``);
   every ``dpop`` header (RFC 9449); the client address Envoy reports (admission).
 - allow: ``status`` OK and ``ok_response.headers`` with every credential header set with
@@ -50,8 +52,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sidecar.core.headers import REMOVE_HEADER, CredentialHeaders
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import Allow, Edge
-from sidecar.fronts.forged import ForgedHeaders
+from sidecar.fronts.answer import Allow, Edge, LiveEdge
 from sidecar.fronts.render import NONCE_HEADER, RenderedDenial
 from sidecar.runtime import Sidecar
 from sidecar.support.memo import Memo
@@ -81,41 +82,60 @@ def _options(headers: Iterable[tuple[str, str]]) -> list[Any]:
                                        keep_empty_value=True) for k, v in headers]
 
 
+class _Headers:
+    """The check's headers as the decision log and the tracer read them: the original request's,
+    and the trace context of the gRPC call (Envoy's ext_authz span) copied from its metadata."""
+
+    __slots__ = ("_call", "_http")
+
+    def __init__(self, http: Any, metadata: Any) -> None:
+        self._http = dict(http) if not hasattr(http, "get") else http
+        self._call = {key: value for key, value in metadata if key in ("traceparent", "tracestate")}
+
+    def get(self, name: str, /) -> str | None:
+        found = self._call.get(name)
+        return found if found is not None else self._http.get(name)
+
+
 class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``Check``: CheckRequest → the edge → CheckResponse."""
 
     def __init__(self, sidecar: Sidecar) -> None:
-        self._edge = Edge.of(sidecar)
-        config = sidecar.config
-        self._cert_header = config.client_cert.header.lower()
-        self._keep_commas = config.client_cert.format in ("xfcc", "traefik", "auto")
-        self._forged = ForgedHeaders(config.response.prefix)
+        self._live = LiveEdge(sidecar)
+        self._edge = self._live.edge  # the one the memos below were built for
         # Protos reused: a cache hit builds none (entry headers and rendered denials are reused objects).
         self._ok: Memo[int, tuple[CredentialHeaders, Any]] = Memo(MEMO_SIZE)
         self._denied: Memo[int, tuple[RenderedDenial, Any]] = Memo(MEMO_SIZE)
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        edge = self._live.edge  # this configuration's, to the answer (a reload swaps it between checks)
+        if edge is not self._edge:  # reloaded: the reused protos carry the old removal list
+            self._edge = edge
+            self._ok, self._denied = Memo(MEMO_SIZE), Memo(MEMO_SIZE)
         attributes = request.attributes
         http = attributes.request.http
-        authorization, certificates, dpop_proofs = self._read_headers(http)
+        authorization, certificates, dpop_proofs = self._read_headers(http, edge)
+        raw = None if http.headers else {entry.key.lower(): entry.raw_value.decode("utf-8", "replace") or entry.value
+                                          for entry in http.header_map.headers}
         facts = CheckRequest(authorization, certificates, peer_address(context.peer()),
                              peer_certificate=attributes.source.certificate or None,
                              forwarded=attributes.source.address.socket_address.address or None,
                              method=http.method or None, path=http.path or None, host=http.host or None,
                              scheme=http.scheme or None, dpop_proofs=dpop_proofs,
                              policy=attributes.context_extensions.get("policy"),
-                             forged=self._forged.in_names(http.headers if http.headers else
-                                                          [entry.key for entry in http.header_map.headers]))
-        answer = self._edge.answer_now(facts)  # a cached token is answered here, without awaiting
+                             forged=edge.forged.in_names(http.headers if raw is None else list(raw)),
+                             headers=_Headers(raw or http.headers, context.invocation_metadata() or ())
+                             if edge.traced else raw or http.headers)
+        answer = edge.answer_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(answer, Pending):
-            answer = await self._edge.answer(facts, answer)
+            answer = await edge.answer(facts, answer)
         if isinstance(answer, RenderedDenial):
             return self._deny(answer)
         if isinstance(answer, Allow):  # Envoy drops the client's copies; a DPoP client gets a nonce
             return self._ok_response(answer.headers, answer.names, answer.nonce)
         return self._allow(answer.headers)
 
-    def _read_headers(self, http: Any) -> tuple[list[str], list[str], list[str]]:
+    def _read_headers(self, http: Any, edge: Edge) -> tuple[list[str], list[str], list[str]]:
         """(every Authorization, certificate header and DPoP value) from ``headers`` or ``header_map``.
 
         In ``headers`` Envoy joins repeated fields with ``,``. A b64token never holds one, nor does a
@@ -128,10 +148,10 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             authorization = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
             joined = http.headers.get("dpop")  # a compact JWS holds no comma either
             dpop_proofs = [] if joined is None else [v.strip(" \t") for v in joined.split(",")]
-            value = http.headers.get(self._cert_header)
+            value = http.headers.get(edge.cert_header)
             if value is None:
                 return authorization, [], dpop_proofs
-            certificates = [value] if self._keep_commas else [v.strip(" \t") for v in value.split(",")]
+            certificates = [value] if edge.keep_commas else [v.strip(" \t") for v in value.split(",")]
             return authorization, certificates, dpop_proofs
         authorization, certificates, dpop_proofs = [], [], []
         for entry in http.header_map.headers:
@@ -139,7 +159,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
             if key == "authorization":
                 authorization.append(value)
-            elif key == self._cert_header:
+            elif key == edge.cert_header:
                 certificates.append(value)
             elif key == "dpop":
                 dpop_proofs.append(value)

@@ -11,10 +11,12 @@ snippet sets ``$host``; Traefik, Caddy, HAProxy: ``X-Forwarded-Method``, ``X-For
 ``X-Forwarded-Host``, as forwardAuth sends its own address as ``Host``; Envoy: the check request's
 own method and path minus ``routing.path_prefix``, ``Host``; each with ``X-Forwarded-Proto``), the
 policy the proxy names (``routing.policy_header``), the names of any credential headers the client
-sent (fronts/forged.py) and of any describing header that came twice (fronts/repeated.py), and
-writes the answer (an allow's removal list as Envoy's ``x-envoy-auth-headers-to-remove``, a DPoP
-nonce as ``DPoP-Nonce``; on every answer ``X-Accel-Expires``, how long nginx's decision cache may
-keep it: answer.py). Whether any of it counts (a trusted proxy) is the core's rule.
+sent (fronts/forged.py) and of any describing header that came twice (fronts/repeated.py), the
+headers themselves (read after the answer for the decision log's request id and the caller's trace
+context), and writes the answer (an allow's removal list as Envoy's
+``x-envoy-auth-headers-to-remove``, a DPoP nonce as ``DPoP-Nonce``; on every answer
+``X-Accel-Expires``, how long nginx's decision cache may keep it: answer.py). Whether any of it
+counts (a trusted proxy) is the core's rule.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.core.outcome import Pending
 from sidecar.core.request import CheckRequest
-from sidecar.fronts.answer import EXPIRES, NEVER, Allow, Edge
-from sidecar.fronts.forged import ForgedHeaders
+from sidecar.fronts.answer import EXPIRES, NEVER, Allow, LiveEdge
 from sidecar.fronts.render import RenderedDenial, allow_pairs
-from sidecar.fronts.repeated import RepeatedHeaders
 from sidecar.runtime import Sidecar
 
 Handler = Callable[[BaseRequest], Awaitable[web.Response]]
@@ -40,16 +40,12 @@ def check_handler(sidecar: Sidecar) -> Handler:
     any path is a check, so there is nothing to route. Without an application, a router and its
     match info per request, a cache hit costs about 7 µs less server CPU (docs/performance.md).
     """
-    edge = Edge.of(sidecar)
-    config = sidecar.config
-    cert_header, source_header = config.client_cert.header, config.admission.source_header
-    policy_header, path_prefix = config.routing.policy_header, config.routing.path_prefix
-    forged_headers = ForgedHeaders(config.response.prefix)
-    repeated_headers = RepeatedHeaders(policy_header, source_header)
+    live = LiveEdge(sidecar)
 
     async def check(request: BaseRequest) -> web.Response:
         if not request.raw_path.startswith("/"):  # authority-form (CONNECT) or "*": never a check
             return web.Response(status=404)  # as aiohttp's router answered: fail closed
+        edge = live.edge  # this configuration's, to the answer (a reload swaps it between checks)
         headers = request.headers
         method: str | None
         path: str | None
@@ -58,13 +54,13 @@ def check_handler(sidecar: Sidecar) -> Handler:
         elif (uri := headers.get("X-Forwarded-Uri")) is not None:  # Traefik, Caddy, HAProxy (deploy/haproxy)
             method, path, host = headers.get("X-Forwarded-Method"), uri, headers.get("X-Forwarded-Host")
         else:  # Envoy HTTP ext_authz: the original method, and path_prefix + the original path
-            method, path, host = request.method, _original_path(request.raw_path, path_prefix), headers.get("Host")
-        facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(cert_header, ()),
-                             request.remote, forwarded=headers.get(source_header), method=method, path=path,
+            method, path, host = request.method, _original_path(request.raw_path, edge.path_prefix), headers.get("Host")
+        facts = CheckRequest(headers.getall("Authorization", ()), headers.getall(edge.cert_header, ()),
+                             request.remote, forwarded=headers.get(edge.source_header), method=method, path=path,
                              host=host, scheme=headers.get("X-Forwarded-Proto"),
-                             policy=headers.get(policy_header), dpop_proofs=headers.getall("DPoP", ()),
-                             forged=forged_headers.in_raw(request.raw_headers),
-                             repeated=repeated_headers.in_headers(headers))
+                             policy=headers.get(edge.policy_header), dpop_proofs=headers.getall("DPoP", ()),
+                             forged=edge.forged.in_raw(request.raw_headers),
+                             repeated=edge.repeated.in_headers(headers), headers=headers)
         answer = edge.answer_now(facts)  # a cached token is answered here, without awaiting
         if isinstance(answer, Pending):
             answer = await edge.answer(facts, answer)

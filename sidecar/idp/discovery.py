@@ -21,6 +21,8 @@ from sidecar.config import IdpConfig
 from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import fetch_json
 from sidecar.idp.tls import IdpSession
+from sidecar.support import tracing
+from sidecar.support.metrics import Metrics
 from sidecar.support.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,13 @@ class Discovery:
 
     RETRY_AFTER = 1.0
 
-    def __init__(self, idp: IdpConfig, session: IdpSession) -> None:
+    def __init__(self, idp: IdpConfig, session: IdpSession, metrics: Metrics | None = None,
+                 issuer: str = "default") -> None:
+        """``metrics``, ``issuer``: the IdP latency histogram and this issuer's label in it."""
         self._idp = idp
         self._session = session
+        self._latency = None if metrics is None else metrics.idp_latency.labels(issuer, "discovery")
+        self._issuer = issuer
         self._endpoints: Endpoints | None = None
         self._flight: SingleFlight[str, Endpoints] = SingleFlight()  # concurrent callers share one fetch
         self._failed_at = -1e9
@@ -120,13 +126,22 @@ class Discovery:
         return (await self._flight.run("metadata", self._resolve))[0]
 
     async def _resolve(self) -> Endpoints:
+        started = time.perf_counter()
+        span = tracing.child("idp discovery", **{"sidecar.issuer": self._issuer, "sidecar.idp.endpoint": "discovery"})
+        result = "error"
         try:
             self._endpoints = await discover(self._session.session, self._idp)
+            result = "ok"
             log.info("endpoints resolved", extra={"introspection_endpoint": self._endpoints.introspection,
                                                   "jwks_uri": self._endpoints.jwks_uri})
             return self._endpoints
         except DiscoveryError as exc:
+            result = exc.result
             self._failed_at = time.monotonic()
             self._last_error = exc.message
             log.warning("discovery failed", extra={"error": exc.message})
             raise
+        finally:
+            if self._latency is not None:
+                self._latency.observe(time.perf_counter() - started)
+            span.end(result, error=result != "ok")

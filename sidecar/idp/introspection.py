@@ -28,6 +28,7 @@ from sidecar.idp.guard import IdpGuard
 from sidecar.idp.jwt_access_token import KeySource
 from sidecar.idp.signed_introspection import MEDIA_TYPE, verify_signed_answer
 from sidecar.idp.tls import IdpSession
+from sidecar.support import tracing
 from sidecar.support.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class Introspector:
     def __init__(
         self, idp: IdpConfig, session: IdpSession, discovery: Discovery,
         extra_claims: Collection[str], metrics: Metrics, guard: IdpGuard | None = None,
-        keys: KeySource | None = None, leeway: float = 5.0,
+        keys: KeySource | None = None, leeway: float = 5.0, issuer: str = "default",
     ) -> None:
+        """``issuer``: the name the IdP latency histogram labels this issuer's calls with."""
         self._keys = keys  # the issuer's JWK Set, for signed answers
         self._leeway = leeway
         self._idp = idp
@@ -51,6 +53,8 @@ class Introspector:
         self._discovery = discovery
         self._extra = tuple(extra_claims)
         self._metrics = metrics
+        self._latency = metrics.idp_latency.labels(issuer, "introspection")
+        self._issuer = issuer
         self._auth = ClientAuth(idp)
         self._guard = guard
         if guard is not None:
@@ -101,6 +105,7 @@ class Introspector:
         form["token_type_hint"] = "access_token"
         started = time.perf_counter()
         result = "error"
+        span = tracing.child(f"idp {kind}", **{"sidecar.issuer": self._issuer, "sidecar.idp.endpoint": "introspection"})
         try:
             payload = await self._answer(endpoint, form, headers, timeout)
             info = token_info_from_claims(payload, self._extra)
@@ -113,5 +118,6 @@ class Introspector:
             result = exc.result
             raise
         finally:
-            self._metrics.idp_latency.labels(kind).observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels(kind, result).inc()
+            span.end(result, error=result not in ("active", "inactive"))

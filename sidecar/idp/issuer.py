@@ -46,16 +46,16 @@ class Issuer:
         self.name = name
         self.idp = idp
         self.session = IdpSession(idp)
-        self.discovery = Discovery(idp, self.session)
+        self.discovery = Discovery(idp, self.session, metrics, name)
         self.cert_watcher = CertificateWatcher(idp, self.session, metrics)
         self.guard = IdpGuard(idp, metrics, name)
         local = local_jwt_enabled(config, name)
         # Also the keys that sign the issuer's Security Event Tokens (idp/security_events.py).
-        self.jwks = Jwks(idp, self.session, self.discovery, metrics) \
+        self.jwks = Jwks(idp, self.session, self.discovery, metrics, issuer=name) \
             if local or idp.introspection_response != "json" or (config.events.enabled and idp.issuer) else None
         self.introspector = None if idp.token_format == "jwt" else Introspector(
             idp, self.session, self.discovery, extra_claims=config.kept_claims, metrics=metrics, guard=self.guard,
-            keys=self.jwks, leeway=config.policy.leeway,
+            keys=self.jwks, leeway=config.policy.leeway, issuer=name,
         )
         # The JWK Set may be there for signed introspection answers only: local JWT validation still
         # needs what RFC 9068 §4 requires (local_jwt_enabled).

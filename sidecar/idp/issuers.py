@@ -54,6 +54,15 @@ def unverified_iss(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
+def answer_inputs(config: Config) -> object:
+    """Everything of ``config`` the issuers and their answers depend on (what :class:`Issuer`, its
+    verifiers and this registry read): equal for two configurations, the same issuers serve both
+    and the answers they gave stay valid (a reload hands both over)."""
+    every = (config.policy, *config.policies.values())
+    return (tuple(config.every_issuer.items()), config.kept_claims, config.events.enabled,
+            tuple((p.leeway, p.audiences, p.allowed_issuers, config.policy_issuers(p)) for p in every))
+
+
 def tenant_configs(idp: IdpConfig) -> list[IdpConfig]:
     """A multi-tenant issuer as one configuration per allowed tenant; else the issuer itself."""
     if not idp.tenants or idp.issuer is None:

@@ -26,6 +26,7 @@ from sidecar.idp.failures import IdpError, IdpFailure
 from sidecar.idp.fetch import fetch_json
 from sidecar.idp.jwk_set import JwksError, KeySet, VerifyKey, keys_from_document, parse_jwks
 from sidecar.idp.tls import IdpSession
+from sidecar.support import tracing
 from sidecar.support.metrics import Metrics
 from sidecar.support.retry import until_done
 from sidecar.support.singleflight import SingleFlight
@@ -44,12 +45,14 @@ class Jwks:
 
     def __init__(
         self, idp: IdpConfig, session: IdpSession, discovery: Discovery, metrics: Metrics,
-        *, clock: Callable[[], float] = time.monotonic,
+        *, clock: Callable[[], float] = time.monotonic, issuer: str = "default",
     ) -> None:
         self._session = session
         self._discovery = discovery
         self._configured_uri = idp.jwks_uri
         self._metrics = metrics
+        self._latency = metrics.idp_latency.labels(issuer, "jwks")
+        self._issuer = issuer
         self._clock = clock
         self._max_age = idp.jwks_max_age
         self._min_interval = idp.jwks_min_refresh_interval
@@ -104,6 +107,7 @@ class Jwks:
     async def _fetch(self) -> KeySet:
         started = time.perf_counter()
         result = "error"
+        span = tracing.child("idp jwks", **{"sidecar.issuer": self._issuer, "sidecar.idp.endpoint": "jwks"})
         try:
             keys = keys_from_document(await self._download(await self._uri()))
             result = "ok"
@@ -120,8 +124,9 @@ class Jwks:
             self._note_failure(exc)
             raise
         finally:
-            self._metrics.idp_latency.labels("jwks").observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
             self._metrics.idp_requests.labels("jwks", result).inc()
+            span.end(result, error=result != "ok")
 
     def _note_failure(self, failure: IdpError) -> None:
         self._failed_at, self._last_failure = self._clock(), failure

@@ -28,7 +28,10 @@ def client_context(idp: IdpConfig) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if idp.cert_file and idp.key_file:
         try:
-            context.load_cert_chain(idp.cert_file, idp.key_file, password=idp.key_password)
+            # A callable, never None: with None OpenSSL asks for the pass phrase on the terminal.
+            context.load_cert_chain(idp.cert_file, idp.key_file, password=lambda: _key_password(idp))
+        except _EncryptedKey:
+            raise TlsConfigError(f"idp.key_file: {idp.key_file} is encrypted: set idp.key_password") from None
         except (OSError, ssl.SSLError) as exc:
             # Never include the key password or key bytes; name the files' keys only.
             raise TlsConfigError(
@@ -40,6 +43,16 @@ def client_context(idp: IdpConfig) -> ssl.SSLContext:
 
 USER_AGENT = "sidecar/0.1 (+RFC 8705)"
 KEEPALIVE = 60.0  # seconds an idle connection to the IdP is kept for the next call
+
+
+class _EncryptedKey(Exception):
+    """The key file is encrypted and no ``idp.key_password`` is set."""
+
+
+def _key_password(idp: IdpConfig) -> str:
+    if idp.key_password is None:
+        raise _EncryptedKey
+    return idp.key_password
 
 
 def client_session(context: ssl.SSLContext, idp: IdpConfig) -> aiohttp.ClientSession:

@@ -39,9 +39,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
-def setup(level: str) -> None:
+def setup(level: str, stream: TextIO | None = None) -> None:
+    """JSON lines at ``level`` and above to ``stream`` (stderr)."""
     global HANDLER
-    handler = HANDLER = logging.StreamHandler(sys.stderr)
+    handler = HANDLER = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -19,11 +19,13 @@ V = TypeVar("V")
 
 
 class TtlStore(Generic[K, V]):
-    __slots__ = ("_data", "_order", "_timer", "_ttu", "maxsize")
+    __slots__ = ("_data", "_deadline", "_order", "_timer", "maxsize")
 
-    def __init__(self, maxsize: int, ttu: Callable[[K, V, float], float], timer: Callable[[], float]) -> None:
+    def __init__(self, maxsize: int, deadline: Callable[[V], float], timer: Callable[[], float]) -> None:
+        """``deadline``: a value's expiry on ``timer``'s clock (an ``operator.attrgetter`` or
+        ``itemgetter`` is a C call on the hit path)."""
         self.maxsize = maxsize
-        self._ttu = ttu
+        self._deadline = deadline
         self._timer = timer
         self._data: dict[K, V] = {}
         self._order: deque[K] = deque()  # insertion order, for eviction (may hold stale keys)
@@ -37,7 +39,7 @@ class TtlStore(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         value = self._data.get(key)
-        if value is not None and self._ttu(key, value, 0.0) <= self._timer():
+        if value is not None and self._deadline(value) <= self._timer():
             del self._data[key]
             return None
         return value

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.core import decision
+from sidecar.core import request as request_module
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from tests.conftest import MakeSidecar, Running, escaped_pem
 from tests.support.pki_fixtures import TestPki
@@ -89,13 +89,8 @@ async def test_exp_is_rechecked_on_every_cache_hit(sidecar: Running, idp: FakeId
     token = alice_token(idp, pki, lifetime=60)
     assert (await sidecar.check(token, pki.alice)).status == 200
     later = time.time() + 120
-
-    class Later:
-        @staticmethod
-        def time() -> float:
-            return later
-
-    monkeypatch.setattr(decision, "time", Later)
+    # A cached token is checked at the check's arrival (CheckRequest.started).
+    monkeypatch.setattr(request_module, "time", lambda: later)
     response = await sidecar.check(token, pki.alice)
     assert response.status == 401 and (await response.json())["reason"] == "token_expired"
     assert idp.introspect_requests == 1  # it was a cache hit

@@ -8,7 +8,10 @@ address and files, the API's audiences), each a key the shipped file already has
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+import time
 import tomllib
 
 import pytest
@@ -110,3 +113,21 @@ def test_nginx_passes_the_client_address_so_each_client_has_its_own_budget_of_ne
     assert stack.call(secrets.token_urlsafe(24), source="127.0.0.3").status == 401  # another client's budget
     assert stack.sidecar.metric("sidecar_decisions_total", reason="rate_limited") == 2
     assert "sends no source header" not in stack.sidecar.logs()
+
+
+def test_the_decision_line_of_a_request_through_nginx_names_nginxs_request_id_and_the_original_request(
+    stacks: StartStack, oidc: OidcProvider
+) -> None:
+    stack = shipped(stacks)
+    token = oidc.access_token("alice", scope="read")
+    reply = stack.call(token, "alice", path="/orders/42?access_token=secret",
+                       headers={"X-Request-ID": "forged-by-the-client", "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    assert reply.status == 200, stack.diagnostics()
+    time.sleep(0.2)  # allow lines are written in batches (every 20 ms)
+    lines = [json.loads(line) for line in stack.sidecar.log.read_text().splitlines() if line.startswith("{")]
+    (line,) = [entry for entry in lines if entry.get("msg") == "allow"][-1:]
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"]), line  # nginx's $request_id, not the client's
+    assert (line["method"], line["path"], line["client_addr"], line["client_id"]) == (
+        "GET", "/orders/42", "127.0.0.1", "alice")  # the path without its query, which can hold a token
+    assert line["host"].startswith("127.0.0.1:") and line["trace_id"] == "ab" * 16 and line["latency_us"] >= 0
+    assert "secret" not in stack.sidecar.log.read_text() and token not in stack.sidecar.log.read_text()

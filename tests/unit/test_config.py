@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import sidecar
-from sidecar.config import KEY, KEYS, ConfigError, Key, env_name, from_mapping, load
+from sidecar.config import KEY, KEYS, ConfigError, Key, env_name, from_mapping, load, restart_changes
 
 
 def test_defaults_are_strict_binding_and_loopback_ports() -> None:
@@ -219,6 +219,68 @@ def test_every_key_named_in_the_package_source_is_declared() -> None:
                 named.add(f"{node.value.attr}.{node.attr}")
     assert "server.admin_port" in named
     assert named <= {k.dotted for k in KEYS}
+
+
+@pytest.mark.parametrize(("variable", "near"), [
+    ("SIDECAR_IDP__ISSUR", "SIDECAR_IDP__ISSUER"),  # a typo in the key
+    ("SIDECAR_IDP_ISSUER", "SIDECAR_IDP__ISSUER"),  # one underscore where two go
+    ("SIDECAR_NOTHING_LIKE_IT", None),
+])
+def test_an_unknown_sidecar_variable_is_refused_like_an_unknown_key(variable: str, near: str | None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping({}, {variable: "https://idp.example"})
+    assert caught.value.key == variable and "unknown environment variable" in str(caught.value)
+    assert (f"did you mean {near}?" in str(caught.value)) if near else "did you mean" not in str(caught.value)
+
+
+def test_the_variables_that_are_not_keys_are_accepted() -> None:
+    from_mapping({}, {"SIDECAR_CONFIG": "", "SIDECAR_DEMO_IDP_PORT": "9443", "SIDECAR_ADDR": "127.0.0.1:8080",
+                      "OTHER": "x"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('["api", "https://api.example"]', ("api", "https://api.example")),  # a JSON list
+    ("api, https://api.example", ("api", "https://api.example")),  # comma-separated
+    ("  [\"api\"]", ("api",)),
+    ("[]", ()),
+])
+def test_a_list_in_a_variable_is_a_json_list_or_comma_separated(value: str, expected: tuple[str, ...]) -> None:
+    assert from_mapping({}, {"SIDECAR_POLICY__AUDIENCES": value}).policy.audiences == expected
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ('"api","other"', "quotes and brackets"),  # JSON items without the brackets: not one audience '"api"'
+    ("[api, other]", "not a JSON list"),
+    ('["api", 1]', "JSON list of strings"),
+    ('{"a": "b"}', "quotes and brackets"),
+])
+def test_a_list_in_a_variable_that_is_neither_is_refused(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        from_mapping({}, {"SIDECAR_POLICY__AUDIENCES": value})
+    assert caught.value.key == "policy.audiences"
+
+
+def test_a_map_in_a_variable_is_a_json_object_or_comma_separated_pairs() -> None:
+    assert dict(from_mapping({}, {"SIDECAR_RESPONSE__CLAIMS": '{"tenant": "tenant-id"}'}).response.claims) == {
+        "tenant": "tenant-id"}
+    assert dict(from_mapping({}, {"SIDECAR_RESPONSE__CLAIMS": "tenant=tenant-id"}).response.claims) == {
+        "tenant": "tenant-id"}
+    with pytest.raises(ConfigError, match="table of strings"):
+        from_mapping({}, {"SIDECAR_RESPONSE__CLAIMS": '{"tenant": 1}'})
+
+
+def test_the_keys_a_reload_cannot_change_are_the_listeners_and_their_limits() -> None:
+    running = from_mapping({})
+    assert restart_changes(running, from_mapping({"policy": {"required_scopes": ["write"]},
+                                                  "server": {"invalid_request_status": 401}})) == []
+    assert restart_changes(running, from_mapping({"server": {"port": 9000, "grpc_port": 9003}})) == [
+        "server.port", "server.grpc_port"]
+    assert {k.dotted for k in KEYS if k.spec.restart} >= {"server.port", "server.admin_port", "server.workers",
+                                                          "server.host", "server.max_connections"}
+    # Beyond the listeners: the admin routes a start sets up (identity keys, the SET receiver) and the
+    # revocation store a reload hands over.
+    assert {k.dotted for k in KEYS if k.spec.restart and k.section != "server"} == {
+        "identity.key_file", "events.enabled", "events.remember", "events.max_revocations"}
 
 
 def test_a_purge_secret_shorter_than_32_characters_is_warned_about_since_only_its_strength_stops_guessing() -> None:

@@ -12,11 +12,14 @@ from sidecar.config.table import (
     END,
     REFERENCE_BEGIN,
     REFERENCE_END,
+    RESTART_BEGIN,
+    RESTART_END,
     SECTIONS_BEGIN,
     SECTIONS_END,
     main,
     markdown_table,
     replace_between_markers,
+    restart_keys,
     sections_table,
     short_table,
 )
@@ -24,7 +27,8 @@ from sidecar.config.table import (
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 REFERENCE = ROOT / "docs" / "configuration.md"
-REGENERATE = "run: python -m sidecar.config.table README.md docs/configuration.md docs/routes.md"
+REGENERATE = "run: python -m sidecar.config.table README.md docs/configuration.md docs/routes.md docs/operations.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def test_the_readme_table_is_the_one_generated_from_the_declarations() -> None:
@@ -85,3 +89,11 @@ def test_a_section_without_a_doc_cannot_be_generated(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(LogConfig, "__doc__", "LogConfig(level: str = 'info')")  # what dataclass writes
     with pytest.raises(ValueError, match=r"\[log\] has no doc"):
         sections_table()
+
+
+def test_the_keys_a_reload_refuses_are_listed_in_the_operations_docs_and_marked_in_the_reference() -> None:
+    text = OPERATIONS.read_text(encoding="utf-8")
+    assert text.partition(RESTART_BEGIN)[2].partition(RESTART_END)[0] == "\n" + restart_keys(), REGENERATE
+    assert "`server.port`" in restart_keys() and "`server.invalid_request_status`" not in restart_keys()
+    rows = {row.split(" | ")[0].strip("| `"): row for row in markdown_table().splitlines()[2:]}
+    assert rows["server.port"].endswith("; **restart** |") and "**restart**" not in rows["policy.required_scopes"]

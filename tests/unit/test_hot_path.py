@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import time
 
 import pytest
 from multidict import CIMultiDict, istr
@@ -15,11 +16,13 @@ from prometheus_client import generate_latest
 from sidecar import config as config_module
 from sidecar.core import decision_log
 from sidecar.core.decision import Decider
-from sidecar.core.decision_log import AllowLog
+from sidecar.core.decision_log import DecisionLog
 from sidecar.core.entry import Entry
+from sidecar.core.extract import TrustedProxies
 from sidecar.core.headers import HeaderBuilder
 from sidecar.core.interning import Interner
 from sidecar.core.outcome import Deny, Miss
+from sidecar.core.policy import Policy
 from sidecar.core.request import CheckRequest
 from sidecar.core.token_info import TokenInfo, token_info_from_claims
 from sidecar.support import logs
@@ -126,34 +129,72 @@ async def test_the_fast_allow_line_is_the_line_the_json_formatter_writes(monkeyp
         logging.root.setLevel(level)
 
 
+def _entry(client_id: str | None) -> Entry:
+    info = TokenInfo(active=True, client_id=client_id)
+    return Entry(info=info, headers=HeaderBuilder(config_module.ResponseConfig()).build(info), denial=None,
+                 scope_denial=None, token_hash="0123456789ab")
+
+
+LOOPBACK = TrustedProxies(["127.0.0.1/32"])
+
+
 async def _write_fast_and_slow(stream: io.StringIO) -> None:
     logger = logging.getLogger("sidecar.decision")
-    allow_log = AllowLog(logger)
-    allow_log.write("0123456789ab", "hit", 'cli"ent', "orders_read")
-    allow_log.write("0123456789ab", "hit", None)
+    decision_log = DecisionLog(logger, LOOPBACK)
+    named, default = Policy(config_module.PolicyConfig(), "orders_read", 1), Policy(config_module.PolicyConfig())
+    headers = CIMultiDict({"X-Request-ID": "req-1", "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    described = CheckRequest([], [], "127.0.0.1", method="GET", host='h\u00e9"st', path="/orders/1?access_token=x",
+                             forwarded="10.0.0.1, 192.0.2.9", headers=headers)
+    bare = CheckRequest([], [], "192.0.2.7", method="GET", path="/a", headers=headers)  # not a trusted proxy
+    now = time.time()
+    decision_log.allow(now, _entry('cli"ent'), "hit", named, described)
+    decision_log.allow(now, _entry(None), "miss", default, bare)
     assert stream.getvalue() == ""  # batched until the loop runs the flush
     await asyncio.sleep(0.05)
     logger.info("allow", extra={"outcome": "allow", "reason": "ok", "token": "0123456789ab", "cache": "hit",
-                                "client_id": 'cli"ent', "policy": "orders_read"})
+                                "client_id": 'cli"ent', "policy": "orders_read",
+                                **decision_log.request_fields(described, now)})
     fast1, fast2, slow = stream.getvalue().splitlines()
     strip_ts = re.compile(r'^\{"ts":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",')
     assert strip_ts.match(fast1) and strip_ts.match(slow)
     assert strip_ts.sub("", fast1) == strip_ts.sub("", slow)
-    assert json.loads(fast2)["client_id"] is None and json.loads(fast2)["policy"] == "default"
+    line = json.loads(fast1)
+    assert (line["request_id"], line["method"], line["host"], line["path"], line["client_addr"], line["trace_id"]) \
+        == ("req-1", "GET", 'h\u00e9"st', "/orders/1", "192.0.2.9", "ab" * 16)  # never the query: it may hold a token
+    assert line["latency_us"] >= 0
+    untrusted = json.loads(fast2)
+    assert untrusted["client_id"] is None and untrusted["policy"] == "default" and untrusted["cache"] == "miss"
+    # From a peer that is no trusted proxy: nothing it says about the request, its id or its trace.
+    assert (untrusted["method"], untrusted["path"], untrusted["client_addr"]) == (None, None, "192.0.2.7")
+    assert "trace_id" not in untrusted and untrusted["request_id"] != "req-1"
 
 
 def test_the_fast_allow_line_goes_through_logging_when_other_handlers_listen(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    AllowLog(logging.getLogger("sidecar.decision")).write("0123456789ab", "hit", "alice")
+    DecisionLog(logging.getLogger("sidecar.decision"), LOOPBACK).allow(
+        time.time(), _entry("alice"), "hit", Policy(config_module.PolicyConfig()),
+        CheckRequest([], [], "127.0.0.1"))
     record = caplog.records[-1]
     assert record.getMessage() == "allow" and record.token == "0123456789ab"  # type: ignore[attr-defined]
+    assert record.request_id and record.client_addr == "127.0.0.1"  # type: ignore[attr-defined]
+
+
+def test_allow_lines_are_sampled_evenly_by_the_configured_ratio(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    decision_log = DecisionLog(logging.getLogger("sidecar.decision"), LOOPBACK, sample_ratio=0.25)
+    for _ in range(100):
+        decision_log.allow(time.time(), _entry("alice"), "hit", Policy(config_module.PolicyConfig()),
+                           CheckRequest([], [], "127.0.0.1"))
+    decision_log.allow(time.time(), _entry("alice"), "hit", Policy(config_module.PolicyConfig()),
+                       CheckRequest([], [], "127.0.0.1"), trace_id="ab" * 16)  # a traced check: always
+    assert len([r for r in caplog.records if r.getMessage() == "allow"]) == 26
 
 
 def test_the_store_expires_each_entry_at_its_deadline_and_drops_the_oldest_when_full() -> None:
     now = [0.0]
-    store: TtlStore[str, float] = TtlStore(2, lambda _k, v, _n: v, lambda: now[0])
+    store: TtlStore[str, float] = TtlStore(2, lambda v: v, lambda: now[0])
     store["a"], store["b"] = 10.0, 20.0
     store["c"] = 30.0
     assert store.get("a") is None and store.get("b") == 20.0 and len(store) == 2
@@ -184,3 +225,34 @@ def test_credential_headers_read_like_a_dict() -> None:
     assert dict(headers) == dict(headers.pairs()) and len(headers) == 12
     assert headers["x-credential-aud"] == "a b" and headers.get("x-nope") is None
     assert headers == {name: headers[name] for name in builder.names}
+
+
+async def test_every_decision_is_timed_by_outcome_and_cache_result() -> None:
+    d, _, metrics = decider(required_scopes=["read"])
+    await d.decide(req(["Bearer tok"]))
+    for _ in range(3):
+        d.decide_now(req(["Bearer tok"]))
+    d.decide_now(req(["Bearer tok"], "B" * 43))  # cnf_mismatch, from the cache
+    d.decide_now(req([]))  # token_missing: before the cache
+    text = generate_latest(metrics.registry).decode()
+    counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("sidecar_decision_seconds_count")}
+    assert counts == {'cache="hit",outcome="allow"': 3.0, 'cache="miss",outcome="allow"': 1.0,
+                      'cache="hit",outcome="deny"': 1.0, 'cache="none",outcome="deny"': 1.0}
+    assert 'sidecar_decision_seconds_bucket{cache="hit",le="+Inf",outcome="allow"} 3.0' in text
+
+
+async def test_a_denial_line_names_the_client_the_cache_result_and_the_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    d, _, _ = decider(required_scopes=["write"])
+    await d.decide(req(["Bearer tok"]))
+    headers = CIMultiDict({"x-request-id": "req-7"})
+    d.decide_now(CheckRequest(["Bearer tok"], [X5T], "127.0.0.1", method="POST", path="/orders?x=1",
+                              forwarded="198.51.100.4", headers=headers))
+    record = [r for r in caplog.records if r.getMessage() == "deny"][-1]
+    fields = {name: getattr(record, name) for name in ("reason", "cache", "client_id", "policy", "request_id",
+                                                      "method", "path", "client_addr")}
+    assert fields == {"reason": "scope_missing", "cache": "hit", "client_id": "alice", "policy": "default",
+                      "request_id": "req-7", "method": "POST", "path": "/orders", "client_addr": "198.51.100.4"}
+    assert record.latency_us >= 0  # type: ignore[attr-defined]

@@ -107,7 +107,7 @@ async def test_a_cache_hit_signs_nothing_until_half_the_lifetime_is_gone(
         assert isinstance(hit, Entry) and hit.headers["x-credential-identity"] == token
     assert signed == []
     issued = verify(token, d.identity.keys if d.identity else pytest.fail())["iat"]
-    monkeypatch.setattr("sidecar.core.decision.time.time", lambda: issued + 31.0)  # past half of 60 s
+    monkeypatch.setattr("sidecar.core.request.time", lambda: issued + 31.0)  # a check past half of 60 s
     renewed = d.decide_now(request())
     assert isinstance(renewed, Entry) and len(signed) == 1
     assert jwt.decode(renewed.headers["x-credential-identity"], options={"verify_signature": False})["iat"] == \

@@ -1,0 +1,122 @@
+"""A reload in process (:meth:`Sidecar.reload`, what SIGHUP runs): the new parts are built beside the
+running ones and swapped in between two checks; a check in flight finishes on the parts it began
+on; the IdP's cached answers go over when the IdP settings did not change, and a purge reaches them;
+what cannot be swapped is refused and leaves the running configuration as it was."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from sidecar import runtime
+from sidecar.app import reload
+from sidecar.config import ConfigError
+from sidecar.dev.fakeidp import FakeIdp, Fault
+from sidecar.runtime import RestartRequired
+from tests.conftest import MakeSidecar, Running, sidecar_config
+from tests.support.pki_fixtures import TestPki
+
+
+async def test_a_reload_applies_a_new_required_scope_from_the_next_check_without_asking_the_idp_again(
+        sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256, scope="read")
+    assert (await sidecar.check(token, pki.alice)).status == 200
+    assert idp.introspect_requests == 1
+    await sidecar.sidecar.reload(sidecar_config(pki, idp, policy={"required_scopes": ["write"]}))
+    denied = await sidecar.check(token, pki.alice)
+    assert denied.status == 403 and 'error="insufficient_scope"' in denied.headers["WWW-Authenticate"]
+    assert idp.introspect_requests == 1  # the cached answer went over, judged under the new policy
+    assert sidecar.sidecar.config.policy.required_scopes == ("write",)
+
+
+async def test_a_check_waiting_for_the_idp_during_a_reload_finishes_on_the_configuration_it_began_on(
+        sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256, scope="read")
+    idp.fault = Fault(delay=0.5)
+    waiting = asyncio.create_task(sidecar.check(token, pki.alice))
+    await asyncio.sleep(0.2)  # the check is at the IdP
+    assert sidecar.sidecar.in_flight == 1
+    await sidecar.sidecar.reload(sidecar_config(pki, idp, policy={"required_scopes": ["write"]}))
+    assert sidecar.sidecar.in_flight == 1  # counted on the replaced parts, which drain waits for
+    assert (await waiting).status == 200  # the old policy, which it began under
+    idp.fault = None
+    assert (await sidecar.check(token, pki.alice)).status == 403
+    await asyncio.sleep(0.1)
+    assert sidecar.sidecar.in_flight == 0
+
+
+async def test_new_idp_settings_get_a_new_issuer_and_ask_the_idp_afresh(
+        sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await sidecar.check(token, pki.alice)).status == 200
+    issuer = sidecar.sidecar.issuer
+    await sidecar.sidecar.reload(sidecar_config(pki, idp, idp={"timeout": 2.0}))
+    assert sidecar.sidecar.issuer is not issuer
+    assert (await sidecar.check(token, pki.alice)).status == 200
+    assert idp.introspect_requests == 2  # an answer under other IdP settings is not reused
+
+
+async def test_a_purge_after_a_reload_also_drops_the_answer_the_new_configuration_could_reuse(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:
+    secret = "purge-secret-0123456789abcdef"
+    running = await make_sidecar(server={"admin_secret": secret})
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await running.check(token, pki.alice)).status == 200
+    await running.sidecar.reload(sidecar_config(pki, idp, server={"admin_secret": secret},
+                                             policy={"leeway": 5.0, "required_scopes": ["read"]}))
+    idp.tokens.pop(token)  # revoked at the IdP, then purged: the old cache must not answer either
+    purged = await running.admin.post("/purge", json={"token": token},
+                                      headers={"Authorization": f"Bearer {secret}"})
+    assert purged.status == 200
+    assert (await running.check(token, pki.alice)).status == 401
+
+
+async def test_a_reload_that_changes_a_port_is_refused_and_nothing_changes(
+        sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+    before = sidecar.sidecar.parts
+    with pytest.raises(RestartRequired) as refused:
+        await sidecar.sidecar.reload(sidecar_config(pki, idp, server={"admin_port": 1},
+                                                 policy={"required_scopes": ["write"]}))
+    assert refused.value.key == "server.admin_port" and "needs a restart" in str(refused.value)
+    assert sidecar.sidecar.parts is before
+
+
+async def test_new_parts_that_do_not_get_ready_are_closed_and_the_running_ones_stay(
+        sidecar: Running, idp: FakeIdp, pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "READY_TIMEOUT", 0.5)
+    before = sidecar.sidecar.parts
+    broken = sidecar_config(pki, idp, idp={"issuer": "https://127.0.0.1:9"})  # discovery never succeeds
+    assert not await reload(sidecar.sidecar, lambda: broken)
+    assert sidecar.sidecar.parts is before
+    text = generate_latest(sidecar.sidecar.metrics.registry).decode()
+    assert 'sidecar_config_reloads_total{result="failed"} 1.0' in text
+    assert "sidecar_config_last_reload_successful 0.0" in text
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await sidecar.check(token, pki.alice)).status == 200
+
+
+async def test_a_reload_whose_file_does_not_load_keeps_the_running_configuration_and_logs_the_key(
+        sidecar: Running, captured_logs: pytest.LogCaptureFixture) -> None:
+    def loader() -> Any:
+        raise ConfigError("policy.binding", "must be one of off, optional, strict; got 'loose'")
+
+    assert not await reload(sidecar.sidecar, loader)
+    (record,) = [r for r in captured_logs.records if r.getMessage().startswith("configuration not reloaded")]
+    assert record.key == "policy.binding" and record.result == "failed"  # type: ignore[attr-defined]
+
+
+async def test_the_counters_run_on_across_a_reload(sidecar: Running, idp: FakeIdp, pki: TestPki) -> None:
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    for _ in range(3):
+        assert (await sidecar.check(token, pki.alice)).status == 200
+    await sidecar.sidecar.reload(sidecar_config(pki, idp, policy={"required_scopes": ["read"]}))
+    assert (await sidecar.check(token, pki.alice)).status == 200
+    await asyncio.sleep(0)
+    text = generate_latest(sidecar.sidecar.metrics.registry).decode()
+    assert 'sidecar_decisions_total{outcome="allow",policy="default",reason="ok"} 4.0' in text
+    # A miss, two hits, then a miss in the new cache answered from the answer it reused.
+    assert 'sidecar_decision_seconds_count{cache="hit",outcome="allow"} 2.0' in text
+    assert 'sidecar_decision_seconds_count{cache="miss",outcome="allow"} 2.0' in text
