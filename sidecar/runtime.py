@@ -10,9 +10,10 @@ two requests: the fronts then take the new edge (fronts/answer.py), checks alrea
 finish on the parts they started on, and the replaced parts close once they have none left (or
 after ``server.shutdown_grace``). Parts that the new configuration does not change are handed
 over rather than rebuilt: the issuers (sessions, endpoints, JWK Sets) and, with them, the cached
-IdP answers (core/cache.py), and the tracer. The remembered revocations and the SET ``jti``s seen
-always go over. Keys read once at start (ports, listeners, the admin routes: declared
-``restart``) cannot change this way: such a reload is refused whole.
+IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen
+and the DPoP proofs accepted (with the secret that names them and signs the nonces) always go
+over. Keys read once at start (ports, listeners, the admin routes: declared ``restart``) cannot
+change this way: such a reload is refused whole.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class Parts:
             config, self.issuers, metrics, shared=self.fleet,
             shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None, tracing=self.tracing,
             previous=previous.decider if same_issuers and previous is not None else None,
-            revocations=None if previous is None else previous.decider.cache.revocations)
+            revocations=None if previous is None else previous.decider.cache.revocations,
+            seen_proofs=None if previous is None else previous.decider.seen_proofs)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
         events = config.events
         algorithms = frozenset(a for idp in config.every_issuer.values() for a in idp.jwt_algorithms)

@@ -12,11 +12,16 @@ evicted proof be replayed): when it is full of live keys it refuses, and the dec
 the ``owner``) holds at most ``dpop.replay_max_share`` of it: past that, that client's new proofs
 are refused with 429 ``rate_limited`` until its own older ones expire, and every other client
 goes on.
+
+:class:`SeenProofs` is what outlives one configuration: the proofs accepted so far and the secret
+that names them (and signs the server nonces). A reload hands it to the new parts, so that a proof
+accepted before a SIGHUP is still a replay after it, and a nonce issued before it still counts.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +62,11 @@ class LocalReplayStore:
     def __len__(self) -> int:
         return len(self._data)
 
+    def resize(self, max_entries: int, max_share: float) -> None:
+        """New bounds (a reload): the live keys stay; past a smaller bound new claims wait for them to expire."""
+        self.max_entries = max_entries
+        self._share = max(1, math.floor(max_entries * max_share + 1e-9))
+
     def claim(self, key: bytes, until: float, owner: str = "") -> bool:
         now = self._clock()
         data = self._data
@@ -93,3 +103,13 @@ class LocalReplayStore:
             self._held[owner] = held
         else:
             self._held.pop(owner, None)
+
+
+class SeenProofs:
+    """The local replay store and the secret of one process, kept across reloads (see the module doc)."""
+
+    __slots__ = ("secret", "store")
+
+    def __init__(self, store: LocalReplayStore, secret: bytes | None = None) -> None:
+        self.store = store
+        self.secret = secret or os.urandom(32)

@@ -20,7 +20,7 @@ from sidecar.core.interning import Interner
 from sidecar.core.policies import Policies
 from sidecar.core.ports import SharedAnswers, SharedReplay
 from sidecar.core.presented import PresentedCertificate
-from sidecar.core.replay import LocalReplayStore
+from sidecar.core.replay import LocalReplayStore, SeenProofs
 from sidecar.core.revocation import Revocations
 from sidecar.core.routes import Router
 from sidecar.core.target import RequestTarget
@@ -38,23 +38,28 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
+    seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over)
     identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
                  shared_replay: SharedReplay | None = None, previous: TokenCache | None = None,
-                 revocations: Revocations | None = None) -> Stages:
+                 revocations: Revocations | None = None, seen_proofs: SeenProofs | None = None) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
     the cache of the configuration this one replaces, whose answers a miss may reuse;
-    ``revocations``: the revocations remembered so far (kept across a reload)."""
+    ``revocations``: the revocations remembered so far and ``seen_proofs`` the DPoP proofs accepted
+    so far (both kept across a reload)."""
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
     if dp.enabled:
-        secret = None if shared_replay is None else shared_replay.secret
-        proofs = ProofVerifier(dp, LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share),
-                               secret=secret)
+        if seen_proofs is None:
+            seen_proofs = SeenProofs(LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share))
+        else:
+            seen_proofs.store.resize(dp.replay_max_entries, dp.replay_max_share)
+        secret = seen_proofs.secret if shared_replay is None else shared_replay.secret
+        proofs = ProofVerifier(dp, seen_proofs.store, secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
@@ -72,6 +77,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
+        seen_proofs=seen_proofs,
         identity=identity_tokens(config, policies),
     )
 

@@ -17,6 +17,7 @@ from sidecar.config import ConfigError
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.runtime import RestartRequired
 from tests.conftest import MakeSidecar, Running, sidecar_config
+from tests.support.dpop_proof import DpopKey
 from tests.support.pki_fixtures import TestPki
 
 
@@ -120,3 +121,48 @@ async def test_the_counters_run_on_across_a_reload(sidecar: Running, idp: FakeId
     # A miss, two hits, then a miss in the new cache answered from the answer it reused.
     assert 'sidecar_decision_seconds_count{cache="hit",outcome="allow"} 2.0' in text
     assert 'sidecar_decision_seconds_count{cache="miss",outcome="allow"} 2.0' in text
+
+
+DPOP_URL = "https://api.example:8443/orders"
+DPOP_ORIGINAL = {"X-Original-Method": "GET", "X-Original-URI": "/orders", "Host": "api.example:8443",
+                 "X-Forwarded-Proto": "https"}
+
+
+async def dpop_check(running: Running, token: str, proof: str) -> tuple[int, str, Any]:
+    answer = await running.client.get("/check", headers={"Authorization": f"DPoP {token}", "DPoP": proof,
+                                                         **DPOP_ORIGINAL})
+    reason = "" if answer.status == 200 else (await answer.json())["reason"]
+    return answer.status, reason, answer.headers
+
+
+def dpop_token(idp: FakeIdp, key: DpopKey) -> str:
+    token = idp.mint("alice", token_type="DPoP")
+    idp.tokens[token]["cnf"] = {"jkt": key.jkt}
+    return token
+
+
+async def test_a_dpop_proof_accepted_before_a_reload_is_still_a_replay_after_it(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:
+    running = await make_sidecar(dpop={"enabled": True})
+    key = DpopKey()
+    token = dpop_token(idp, key)
+    proof = key.proof("GET", DPOP_URL, token)
+    assert (await dpop_check(running, token, proof))[:2] == (200, "")
+    await running.sidecar.reload(sidecar_config(pki, idp, dpop={"enabled": True, "iat_skew": 10}))
+    assert running.sidecar.config.dpop.iat_skew == 10  # the new parts answer
+    assert (await dpop_check(running, token, proof))[:2] == (401, "dpop_replayed")
+    assert (await dpop_check(running, token, key.proof("GET", DPOP_URL, token)))[:2] == (200, "")
+
+
+async def test_a_dpop_nonce_issued_before_a_reload_still_counts_after_it(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:
+    dpop = {"enabled": True, "nonce": "required"}
+    running = await make_sidecar(dpop=dpop)
+    key = DpopKey()
+    token = dpop_token(idp, key)
+    status, reason, headers = await dpop_check(running, token, key.proof("GET", DPOP_URL, token))
+    assert (status, reason) == (401, "dpop_nonce_missing")
+    nonce = headers["DPoP-Nonce"]
+    await running.sidecar.reload(sidecar_config(pki, idp, dpop={**dpop, "iat_skew": 10}))
+    assert running.sidecar.config.dpop.iat_skew == 10
+    assert (await dpop_check(running, token, key.proof("GET", DPOP_URL, token, nonce=nonce)))[:2] == (200, "")
