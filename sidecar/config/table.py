@@ -14,10 +14,10 @@ import dataclasses
 import sys
 import typing
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from sidecar.config.sections import KEYS, ROUTE_KEYS, SECTIONS, Config, Key
+from sidecar.support import markers
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
@@ -137,35 +137,23 @@ _TYPE_WORDS: dict[Any, str] = {
 
 
 def replace_between_markers(text: str, table: str, begin: str = BEGIN, end: str = END) -> str:
-    """``text`` with the lines between the markers replaced by ``table``."""
-    head, found_begin, rest = text.partition(begin)
-    _, found_end, tail = rest.partition(end)
-    if not found_begin or not found_end:
-        raise ValueError(f"the markers {begin} and {end} are missing")
-    return f"{head}{begin}\n{table}{end}{tail}"
+    """``text`` with the lines between the markers (the README's short table by default) replaced by ``table``."""
+    return markers.replace_between_markers(text, table, begin, end)
+
+
+REGIONS: tuple[markers.Region, ...] = (
+    (BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table),
+    (ROUTES_BEGIN, ROUTES_END, routes_table), (SECTIONS_BEGIN, SECTIONS_END, sections_table),
+    (RESTART_BEGIN, RESTART_END, restart_keys))
 
 
 def regenerate(text: str) -> str:
     """Every marked region of ``text`` filled with its table; ValueError when there is none."""
-    regions = ((BEGIN, END, short_table), (REFERENCE_BEGIN, REFERENCE_END, markdown_table),
-               (ROUTES_BEGIN, ROUTES_END, routes_table), (SECTIONS_BEGIN, SECTIONS_END, sections_table),
-               (RESTART_BEGIN, RESTART_END, restart_keys))
-    present = [(b, e, make) for b, e, make in regions if b in text]
-    if not present:
-        raise ValueError(f"the markers {BEGIN} and {END} (or {REFERENCE_BEGIN}) are missing")
-    for begin, end, make in present:
-        text = replace_between_markers(text, make(), begin, end)
-    return text
+    return markers.fill(text, REGIONS)
 
 
 def main(argv: Sequence[str]) -> int:
-    if not argv:
-        sys.stdout.write(markdown_table())
-        return 0
-    for name in argv:
-        path = Path(name)
-        path.write_text(regenerate(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return 0
+    return markers.rewrite(argv, REGIONS, markdown_table)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sidecar.config import ResponseConfig
-from sidecar.config.table import replace_between_markers
 from sidecar.core.errors import Denial
 from sidecar.core.reasons import SITUATIONS, Reason, Scheme
 from sidecar.fronts.render import render_denial
+from sidecar.support import markers
 
 TABLE_BEGIN = "<!-- answer-table:begin -->"
 TABLE_END = "<!-- answer-table:end -->"
@@ -84,26 +83,18 @@ def reference_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+REGIONS: tuple[markers.Region, ...] = ((TABLE_BEGIN, TABLE_END, answer_table),
+                                       (REFERENCE_BEGIN, REFERENCE_END, reference_table))
+
+
 def regenerate(text: str) -> str:
     """Every answer region of ``text`` filled (the README's table, docs/answers.md's reference);
     ValueError when there is none."""
-    regions = ((TABLE_BEGIN, TABLE_END, answer_table), (REFERENCE_BEGIN, REFERENCE_END, reference_table))
-    present = [(b, e, make) for b, e, make in regions if b in text]
-    if not present:
-        raise ValueError(f"the markers {TABLE_BEGIN} or {REFERENCE_BEGIN} are missing")
-    for begin, end, make in present:
-        text = replace_between_markers(text, make(), begin, end)
-    return text
+    return markers.fill(text, REGIONS)
 
 
 def main(argv: Sequence[str]) -> int:
-    if not argv:
-        sys.stdout.write(reference_table())
-        return 0
-    for name in argv:
-        path = Path(name)
-        path.write_text(regenerate(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return 0
+    return markers.rewrite(argv, REGIONS, reference_table)
 
 
 if __name__ == "__main__":
