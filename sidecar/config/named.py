@@ -11,59 +11,52 @@ variables override ``[policy]`` and ``[idp]`` only.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sidecar.config.checks import ISSUER_NAME
 from sidecar.config.declare import ConfigError
 from sidecar.config.sections import ROUTE_KEYS, SECTIONS, IdpConfig, Key, PolicyConfig, RouteConfig, keys_of
 
 DEFAULT = "default"
-# A policy name is a metrics label and a header value: short, plain, lower case.
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
+NAME = ISSUER_NAME  # a policy's or an issuer's name is a metrics label (a policy's a header value too)
 MAX_POLICIES = 64
 MAX_ROUTES = 256
 MAX_ISSUERS = 16
 Read = Callable[[Key, Any], Any]
+T = TypeVar("T")
 
 
 def named_policies(raw: Any, read: Read) -> dict[str, PolicyConfig]:
     """``[policies.NAME]`` tables, each converted and checked key by key as ``[policy]`` is."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("policies", "must be a table of [policies.NAME] tables")
-    if len(raw) > MAX_POLICIES:
-        raise ConfigError("policies", f"at most {MAX_POLICIES} named policies")
-    policies = {}
-    for name, table in raw.items():
-        if name == DEFAULT:
-            raise ConfigError(f"policies.{name}", "is [policy]: name it otherwise")
-        if not NAME.match(name):
-            raise ConfigError(f"policies.{name}", "a name is 1-64 of a-z 0-9 _ . - (lower case, starting alnum)")
-        keys = keys_of(f"policies.{name}", SECTIONS["policy"])
-        policies[name] = PolicyConfig(**_values(f"policies.{name}", table, keys, read))
-    return policies
+    return _named(raw, read, table="policies", base="policy", at_most=f"{MAX_POLICIES} named policies",
+                  limit=MAX_POLICIES, make=PolicyConfig)
 
 
 def named_issuers(raw: Any, read: Read) -> dict[str, IdpConfig]:
     """``[issuers.NAME]`` tables, each converted and checked key by key as ``[idp]`` is."""
+    return _named(raw, read, table="issuers", base="idp", at_most=f"{MAX_ISSUERS} issuers besides [idp]",
+                  limit=MAX_ISSUERS, make=IdpConfig)
+
+
+def _named(raw: Any, read: Read, *, table: str, base: str, at_most: str, limit: int,
+           make: Callable[..., T]) -> dict[str, T]:
+    """``[TABLE.NAME]`` tables, each with exactly the keys of ``[base]``, from their declared defaults."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError("issuers", "must be a table of [issuers.NAME] tables")
-    if len(raw) > MAX_ISSUERS:
-        raise ConfigError("issuers", f"at most {MAX_ISSUERS} issuers besides [idp]")
-    issuers = {}
-    for name, table in raw.items():
+        raise ConfigError(table, f"must be a table of [{table}.NAME] tables")
+    if len(raw) > limit:
+        raise ConfigError(table, f"at most {at_most}")
+    named = {}
+    for name, values in raw.items():
+        where = f"{table}.{name}"
         if name == DEFAULT:
-            raise ConfigError(f"issuers.{name}", "is [idp]: name it otherwise")
-        if not ISSUER_NAME.match(name):
-            raise ConfigError(f"issuers.{name}", "a name is 1-64 of a-z 0-9 _ . - (lower case, starting alnum)")
-        keys = keys_of(f"issuers.{name}", SECTIONS["idp"])
-        issuers[name] = IdpConfig(**_values(f"issuers.{name}", table, keys, read))
-    return issuers
+            raise ConfigError(where, f"is [{base}]: name it otherwise")
+        if not NAME.match(name):
+            raise ConfigError(where, "a name is 1-64 of a-z 0-9 _ . - (lower case, starting alnum)")
+        named[name] = make(**_values(where, values, keys_of(where, SECTIONS[base]), read))
+    return named
 
 
 def routes(raw: Any, read: Read) -> tuple[RouteConfig, ...]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable
 
 from sidecar.config import Config, IdpConfig
 from sidecar.core.token_info import TokenInfo
@@ -66,19 +67,17 @@ class Issuer:
 
     async def verify(self, token: str) -> TokenInfo:
         """What this issuer says about ``token``, naming itself on the answer."""
-        try:
-            info = await self._check.verify(token)
-        except IdpError as exc:
-            self._note(exc)
-            raise
-        self.client_rejected = False
-        return dataclasses.replace(info, issuer=self.name) if info.active else info
+        return await self._answer(self._check.verify(token))
 
     async def introspect(self, token: str) -> TokenInfo:
         """Introspection alone (an opaque token); the issuer must have an introspector."""
         assert self.introspector is not None
+        return await self._answer(self.introspector.verify(token))
+
+    async def _answer(self, asked: Awaitable[TokenInfo]) -> TokenInfo:
+        """``asked``'s answer naming this issuer; a refusal of our client authentication is noted."""
         try:
-            info = await self.introspector.verify(token)
+            info = await asked
         except IdpError as exc:
             self._note(exc)
             raise

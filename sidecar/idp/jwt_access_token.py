@@ -61,6 +61,18 @@ class KeySource(Protocol):
     async def keys_for(self, kid: str | None) -> Sequence[VerifyKey]: ...
 
 
+def verified_claims(token: str, keys: Sequence[VerifyKey], alg: str, options: Any) -> dict[str, Any] | None:
+    """The claims of ``token`` as the first of ``keys`` whose signature holds verifies them (pyjwt,
+    ``options``); None when none does. Any other pyjwt error is raised: the caller names it."""
+    for key in keys:
+        try:
+            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], options=options)
+            return claims
+        except jwt.InvalidSignatureError:
+            continue
+    return None
+
+
 def key_fits(key: VerifyKey, alg: str) -> bool:
     """The key may verify ``alg``: right key type and curve, and the JWK's ``alg`` if it pins one."""
     if key.alg is not None and key.alg != alg:
@@ -129,14 +141,12 @@ class JwtAccessTokenVerifier:
 
     def _decode(self, token: str, keys: Sequence[VerifyKey], alg: str) -> dict[str, Any]:
         """Signature with each fitting key (one, unless the token names no kid); exp and iss present."""
-        for key in keys:
-            try:
-                claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], options=_OPTIONS)
-                return claims
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.InvalidKeyError as exc:
-                raise InvalidToken("jwt_key_mismatch", str(exc)) from None
-            except jwt.PyJWTError as exc:  # DecodeError, MissingRequiredClaimError, ...
-                raise InvalidToken("jwt_malformed", f"{type(exc).__name__}: {exc}") from None
-        raise InvalidToken("jwt_invalid_signature", "signature verification failed")
+        try:
+            claims = verified_claims(token, keys, alg, _OPTIONS)
+        except jwt.InvalidKeyError as exc:
+            raise InvalidToken("jwt_key_mismatch", str(exc)) from None
+        except jwt.PyJWTError as exc:  # DecodeError, MissingRequiredClaimError, ...
+            raise InvalidToken("jwt_malformed", f"{type(exc).__name__}: {exc}") from None
+        if claims is None:
+            raise InvalidToken("jwt_invalid_signature", "signature verification failed")
+        return claims

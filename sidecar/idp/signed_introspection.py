@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 
 from sidecar.idp.failures import IdpError, IdpFailure
-from sidecar.idp.jwt_access_token import KeySource, key_fits
+from sidecar.idp.jwt_access_token import KeySource, key_fits, verified_claims
 
 MEDIA_TYPE = "application/token-introspection+jwt"
 JWT_TYPE = "token-introspection+jwt"
@@ -65,12 +65,10 @@ async def verify_signed_answer(
 
 
 def _decode(text: str, keys: list[Any], alg: str) -> dict[str, Any]:
-    for key in keys[:3]:  # a kid names one key; without kid, a bounded number are tried
-        try:
-            claims: dict[str, Any] = jwt.decode(text, key.key, algorithms=[alg], options=_OPTIONS)
-            return claims
-        except jwt.InvalidSignatureError:
-            continue
-        except jwt.PyJWTError as exc:
-            raise _unusable(type(exc).__name__) from None
-    raise _unusable("no key of the JWK Set verifies the signature")
+    try:  # a kid names one key; without kid, a bounded number are tried
+        claims = verified_claims(text, keys[:3], alg, _OPTIONS)
+    except jwt.PyJWTError as exc:
+        raise _unusable(type(exc).__name__) from None
+    if claims is None:
+        raise _unusable("no key of the JWK Set verifies the signature")
+    return claims
