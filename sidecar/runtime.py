@@ -10,10 +10,11 @@ two requests: the fronts then take the new edge (fronts/answer.py), checks alrea
 finish on the parts they started on, and the replaced parts close once they have none left (or
 after ``server.shutdown_grace``). Parts that the new configuration does not change are handed
 over rather than rebuilt: the issuers (sessions, endpoints, JWK Sets) and, with them, the cached
-IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen
-and the DPoP proofs accepted (with the secret that names them and signs the nonces) always go
-over. Keys read once at start (ports, listeners, the admin routes: declared ``restart``) cannot
-change this way: such a reload is refused whole.
+IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen,
+the DPoP proofs accepted (with the secret that names them and signs the nonces) and the identity
+signing keys (a rotation in progress) always go over (core/stages.py). Keys read once at start
+(ports, listeners, the admin routes: declared ``restart``) cannot change this way: such a reload
+is refused whole.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def check(config: Config) -> None:
 
 class Parts:
     """The decision parts of one configuration. ``previous``: the parts this one replaces; what they
-    share with it (the issuers, the tracer) is handed over, not rebuilt; the remembered revocations
-    always are."""
+    share with it (the issuers, the tracer) is handed over, not rebuilt; what the stages have seen
+    always is (core/stages.py)."""
 
     def __init__(self, config: Config, metrics: Metrics, previous: Parts | None = None) -> None:
         self.config = config
@@ -98,9 +99,7 @@ class Parts:
         self.decider: Decider = Decider(
             config, self.issuers, metrics, shared=self.fleet,
             shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None, tracing=self.tracing,
-            previous=previous.decider if same_issuers and previous is not None else None,
-            revocations=None if previous is None else previous.decider.cache.revocations,
-            seen_proofs=None if previous is None else previous.decider.seen_proofs)
+            previous=None if previous is None else previous.decider, reuse_answers=same_issuers)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
         events = config.events
         algorithms = frozenset(a for idp in config.every_issuer.values() for a in idp.jwt_algorithms)

@@ -38,18 +38,21 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
-    seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over)
+    seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over, DPoP off too)
     identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
-                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None,
-                 revocations: Revocations | None = None, seen_proofs: SeenProofs | None = None) -> Stages:
+                 shared_replay: SharedReplay | None = None, previous: Stages | None = None,
+                 reuse_answers: bool = False) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
-    the cache of the configuration this one replaces, whose answers a miss may reuse;
-    ``revocations``: the revocations remembered so far and ``seen_proofs`` the DPoP proofs accepted
-    so far (both kept across a reload)."""
+    the stages of the configuration this one replaces (a reload), whose state goes over: the
+    revocations remembered, the DPoP proofs accepted, the identity signing keys (a rotation in
+    progress goes on); ``reuse_answers``: its cached
+    IdP answers may be reused too (the IdP settings did not change)."""
+    revocations = None if previous is None else previous.cache.revocations
+    seen_proofs = None if previous is None else previous.seen_proofs
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
@@ -63,22 +66,25 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
+    admission = Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=revocations or Revocations(config.events.max_revocations,
                                                                 config.events.remember, time.monotonic),
-                         index=revocations_heard(config), previous=previous),
+                         index=revocations_heard(config),
+                         previous=previous.cache if previous is not None and reuse_answers else None),
         policies=policies,
         target=RequestTarget(config.routing, trusted, choosing=bool(config.policies or config.routes)),
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=presented,
         trusted=trusted,
-        admission=Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented),
+        admission=admission,
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,
         seen_proofs=seen_proofs,
-        identity=identity_tokens(config, policies),
+        identity=identity_tokens(config, policies, None if previous is None or previous.identity is None
+                                 else previous.identity.keys),
     )
 
 
@@ -89,8 +95,13 @@ def revocations_heard(config: Config) -> bool:
     return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
 
 
-def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:
-    """The identity token's signer, when any policy sends one (its key file is read now)."""
+def identity_tokens(config: Config, policies: Policies, keys: SigningKeys | None = None) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one: with the signing ``keys`` of the
+    configuration this one replaces (``identity.key_file`` needs a restart), else the key file read now."""
     if not any(p.identity_audience for p in policies.all()):
         return None
-    return IdentityTokens(config.identity, SigningKeys(config.identity), policies.builders)
+    if keys is None:
+        keys = SigningKeys(config.identity)
+    else:
+        keys.reconfigure(config.identity)
+    return IdentityTokens(config.identity, keys, policies.builders)

@@ -6,8 +6,10 @@ what cannot be swapped is refused and leaves the running configuration as it was
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from prometheus_client import generate_latest
 
@@ -19,6 +21,7 @@ from sidecar.runtime import RestartRequired
 from tests.conftest import MakeSidecar, Running, sidecar_config
 from tests.support.dpop_proof import DpopKey
 from tests.support.pki_fixtures import TestPki
+from tests.support.signing_keys import write_key
 
 
 async def test_a_reload_applies_a_new_required_scope_from_the_next_check_without_asking_the_idp_again(
@@ -166,3 +169,34 @@ async def test_a_dpop_nonce_issued_before_a_reload_still_counts_after_it(
     await running.sidecar.reload(sidecar_config(pki, idp, dpop={**dpop, "iat_skew": 10}))
     assert running.sidecar.config.dpop.iat_skew == 10
     assert (await dpop_check(running, token, key.proof("GET", DPOP_URL, token, nonce=nonce)))[:2] == (200, "")
+
+
+async def published_kids(running: Running) -> list[str]:
+    answer = await running.admin.get("/.well-known/jwks.json")
+    return [key["kid"] for key in (await answer.json(content_type=None))["keys"]]
+
+
+async def signing_kid(running: Running, idp: FakeIdp, pki: TestPki) -> str:
+    answer = await running.check(idp.mint("alice", cnf=pki.alice.x5t_s256), pki.alice)
+    assert answer.status == 200
+    return str(jwt.get_unverified_header(answer.headers["x-credential-identity"])["kid"])
+
+
+@pytest.mark.ops
+async def test_a_reload_during_an_identity_key_rotation_neither_signs_with_the_new_key_early_nor_withdraws_the_old(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, tmp_path: Path) -> None:
+    key_file = write_key(tmp_path / "identity.pem")
+    identity = {"identity": {"key_file": str(key_file), "issuer": "https://sidecar.example", "reload_interval": 0.05},
+                "policy": {"identity": True, "identity_audience": "https://orders.internal"}}
+    running = await make_sidecar(**identity)
+    (old,) = await published_kids(running)
+    write_key(key_file)  # the rotation begins: the new key is published, the old one signs for 600 s more
+    for _ in range(100):
+        if len(await published_kids(running)) == 2:
+            break
+        await asyncio.sleep(0.05)
+    new = (await published_kids(running))[1]
+    await running.sidecar.reload(sidecar_config(pki, idp, **identity, cache={"max_ttl": 200}))
+    assert running.sidecar.config.cache.max_ttl == 200  # the new parts answer
+    assert await published_kids(running) == [old, new]  # verifiers that fetched the set before still verify
+    assert await signing_kid(running, idp, pki) == old  # no verifier had to know the new key yet
