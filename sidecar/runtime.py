@@ -11,8 +11,9 @@ finish on the parts they started on, and the replaced parts close once they have
 after ``server.shutdown_grace``). Parts that the new configuration does not change are handed
 over rather than rebuilt: the issuers (sessions, endpoints, JWK Sets) and, with them, the cached
 IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen,
-the DPoP proofs accepted (with the secret that names them and signs the nonces) and the identity
-signing keys (a rotation in progress) always go over (core/stages.py). Keys read once at start
+the DPoP proofs accepted (with the secret that names them and signs the nonces), the sources'
+admission budgets and back-offs and the identity signing keys (a rotation in progress) always go
+over (core/stages.py). Keys read once at start
 (ports, listeners, the admin routes: declared ``restart``) cannot change this way: such a reload
 is refused whole.
 """

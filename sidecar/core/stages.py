@@ -49,7 +49,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
     the stages of the configuration this one replaces (a reload), whose state goes over: the
     revocations remembered, the DPoP proofs accepted, the identity signing keys (a rotation in
-    progress goes on); ``reuse_answers``: its cached
+    progress goes on), the sources' admission budgets and back-offs; ``reuse_answers``: its cached
     IdP answers may be reused too (the IdP settings did not change)."""
     revocations = None if previous is None else previous.cache.revocations
     seen_proofs = None if previous is None else previous.seen_proofs
@@ -67,6 +67,8 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     admission = Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented)
+    if previous is not None:
+        admission.carry(previous.admission)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=revocations or Revocations(config.events.max_revocations,

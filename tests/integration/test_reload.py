@@ -6,6 +6,7 @@ what cannot be swapped is refused and leaves the running configuration as it was
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,37 @@ async def test_a_reload_during_an_identity_key_rotation_neither_signs_with_the_n
     assert running.sidecar.config.cache.max_ttl == 200  # the new parts answer
     assert await published_kids(running) == [old, new]  # verifiers that fetched the set before still verify
     assert await signing_kid(running, idp, pki) == old  # no verifier had to know the new key yet
+
+
+async def random_token_check(running: Running, source: str) -> int:
+    answer = await running.client.get("/", headers={"Authorization": f"Bearer {secrets.token_urlsafe(24)}",
+                                                    "X-Forwarded-For": source})
+    return int(answer.status)
+
+
+@pytest.mark.ops
+async def test_a_source_over_its_budget_is_still_refused_after_a_reload(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:
+    admission = {"miss_rate": 0.01, "miss_burst": 2}
+    running = await make_sidecar(admission=admission)
+    assert [await random_token_check(running, "198.51.100.66") for _ in range(3)] == [401, 401, 429]
+    await running.sidecar.reload(sidecar_config(pki, idp, admission=admission, policy={"leeway": 5.0}))
+    assert running.sidecar.config.policy.leeway == 5.0
+    assert await random_token_check(running, "198.51.100.66") == 429  # a reload is no fresh budget
+    assert await random_token_check(running, "198.51.100.7") == 401  # others go on
+    assert idp.introspect_requests == 3
+
+
+@pytest.mark.ops
+async def test_a_source_the_idp_told_to_back_off_still_backs_off_after_a_reload(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki) -> None:
+    running = await make_sidecar()
+    idp.fault = Fault(status=429, headers={"Retry-After": "30"})
+    assert await random_token_check(running, "198.51.100.66") == 503
+    idp.fault = None
+    await running.sidecar.reload(sidecar_config(pki, idp, admission={"miss_rate": 50.0}))
+    assert running.sidecar.config.admission.miss_rate == 50.0
+    refused = await running.client.get("/", headers={"Authorization": f"Bearer {secrets.token_urlsafe(24)}",
+                                                     "X-Forwarded-For": "198.51.100.66"})
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 25  # the IdP's 30 s, not forgotten
+    assert idp.introspect_requests == 1
