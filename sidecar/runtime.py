@@ -137,9 +137,11 @@ class Parts:
             old._owns_tracing, self._owns_tracing = False, True
 
     def publish(self) -> None:
-        """These parts are the ones the gauges read."""
+        """These parts are the ones the gauges read (only once they serve: parts a reload could not
+        get ready never show)."""
         cache: TokenCache = self.decider.cache
         self._metrics.cache_entries.set_function(lambda: len(cache))
+        self._metrics.cache_capacity.set(self.config.cache.max_entries)
 
     def readiness(self) -> str | None:
         return self.issuers.readiness() or (self.purges.problem() if self.purges is not None else None)
@@ -288,7 +290,6 @@ class Sidecar:
                     await asyncio.sleep(0.05)
         except BaseException:
             await new.close()
-            self.parts.publish()
             raise
         old, self.parts = self.parts, new
         new.take_over(old)

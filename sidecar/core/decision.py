@@ -83,7 +83,7 @@ class Decider:
         self._verifier = verifier
         self._default = self.policies.default
         self._deny_forged = config.response.forged_headers == "deny"
-        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache, self._trusted, tracing)
+        self.outcomes = Outcomes(config, metrics, self.policies.all(), self._trusted, tracing)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
 
     @property

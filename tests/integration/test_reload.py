@@ -235,3 +235,15 @@ async def test_a_source_the_idp_told_to_back_off_still_backs_off_after_a_reload(
                                                      "X-Forwarded-For": "198.51.100.66"})
     assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 25  # the IdP's 30 s, not forgotten
     assert idp.introspect_requests == 1
+
+
+@pytest.mark.ops
+async def test_a_reload_that_fails_leaves_the_cache_gauges_on_the_running_cache(
+        sidecar: Running, idp: FakeIdp, pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "READY_TIMEOUT", 0.3)
+    assert (await sidecar.check(idp.mint("alice", cnf=pki.alice.x5t_s256), pki.alice)).status == 200
+    broken = sidecar_config(pki, idp, idp={"issuer": "https://127.0.0.1:9"}, cache={"max_entries": 7})
+    assert not await reload(sidecar.sidecar, lambda: broken)
+    text = generate_latest(sidecar.sidecar.metrics.registry).decode()
+    assert f"sidecar_cache_capacity {float(sidecar.sidecar.config.cache.max_entries)}" in text
+    assert "sidecar_cache_entries 1.0" in text
