@@ -142,6 +142,7 @@ class Parts:
         cache: TokenCache = self.decider.cache
         self._metrics.cache_entries.set_function(lambda: len(cache))
         self._metrics.cache_capacity.set(self.config.cache.max_entries)
+        self._metrics.client_cert_expiry.set_function(self.issuers.earliest_expiry)
 
     def readiness(self) -> str | None:
         return self.issuers.readiness() or (self.purges.problem() if self.purges is not None else None)

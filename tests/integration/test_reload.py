@@ -247,3 +247,30 @@ async def test_a_reload_that_fails_leaves_the_cache_gauges_on_the_running_cache(
     text = generate_latest(sidecar.sidecar.metrics.registry).decode()
     assert f"sidecar_cache_capacity {float(sidecar.sidecar.config.cache.max_entries)}" in text
     assert "sidecar_cache_entries 1.0" in text
+
+
+def expiry_gauge(running: Running) -> float:
+    for line in generate_latest(running.sidecar.metrics.registry).decode().splitlines():
+        if line.startswith("sidecar_idp_client_certificate_expiry_timestamp_seconds "):
+            return float(line.split()[1])
+    raise AssertionError("no expiry gauge")
+
+
+@pytest.mark.ops
+async def test_the_certificate_expiry_gauge_is_the_earliest_of_the_serving_issuers_even_after_a_failed_reload(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    later = pki.ca.issue("sidecar", days=60).write(tmp_path, "partner")
+    partner = {"partner": {"issuer": "https://partner.example", "introspection_endpoint": f"{idp.issuer}/introspect",
+                           "token_format": "introspection", "client_id": "sidecar",
+                           "cert_file": str(later[0]), "key_file": str(later[1]), "ca_file": str(pki.ca_file)}}
+    running = await make_sidecar(issuers=partner, policy={"issuers": ["default", "partner"]})
+    earliest = pki.sidecar.cert.not_valid_after_utc.timestamp()  # [idp]'s 7 days, not the partner's 60
+    assert expiry_gauge(running) == earliest
+    monkeypatch.setattr(runtime, "READY_TIMEOUT", 0.3)
+    sooner = pki.ca.issue("sidecar", days=1).write(tmp_path, "sooner")
+    broken = sidecar_config(pki, idp, idp={"issuer": "https://127.0.0.1:9", "cert_file": str(sooner[0]),
+                                           "key_file": str(sooner[1])}, issuers=partner,
+                             policy={"issuers": ["default", "partner"]})
+    assert not await reload(running.sidecar, lambda: broken)
+    assert expiry_gauge(running) == earliest  # the certificate in use, not the one of parts that never served
