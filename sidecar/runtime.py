@@ -126,8 +126,8 @@ class Parts:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
             self._background.spawn(self._reload_client_trust())
-        if self.decider.identity is not None:
-            self._background.spawn(self._rotate_identity_keys(self.decider.identity.keys))
+        if self.decider.signing_keys is not None:
+            self._background.spawn(self._rotate_identity_keys(self.decider.signing_keys))
 
     def take_over(self, old: Parts) -> None:
         """These parts now serve instead of ``old``: what they share is theirs to close."""

@@ -78,6 +78,7 @@ class Decider:
         self._dpop = stages.proofs is not None  # the DPoP scheme is accepted
         self._interner = stages.interner
         self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
+        self.signing_keys = stages.signing_keys  # their keys, published (None without identity.key_file)
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
         self._verifier = verifier

@@ -40,6 +40,7 @@ class Stages:
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
     seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over, DPoP off too)
     identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
+    signing_keys: SigningKeys | None  # its keys, with identity.key_file (a restart key): published, rotated
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
@@ -49,8 +50,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
     the stages of the configuration this one replaces (a reload), whose state goes over: the
     revocations remembered, the DPoP proofs accepted, the identity signing keys (a rotation in
-    progress goes on), the sources' admission budgets and back-offs; ``reuse_answers``: its cached
-    IdP answers may be reused too (the IdP settings did not change)."""
+    progress goes on; published while no policy sends an identity token), the sources' admission
+    budgets and back-offs; ``reuse_answers``: its cached IdP answers may be reused too (the IdP
+    settings did not change)."""
     revocations = None if previous is None else previous.cache.revocations
     seen_proofs = None if previous is None else previous.seen_proofs
     dp = config.dpop
@@ -66,6 +68,11 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
+    signing_keys = None if previous is None else previous.signing_keys
+    if signing_keys is not None:
+        signing_keys.reconfigure(config.identity)
+    elif config.identity.key_file:
+        signing_keys = SigningKeys(config.identity)
     admission = Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented)
     if previous is not None:
         admission.carry(previous.admission)
@@ -85,8 +92,8 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         interner=Interner(),
         shared_replay=shared_replay,
         seen_proofs=seen_proofs,
-        identity=identity_tokens(config, policies, None if previous is None or previous.identity is None
-                                 else previous.identity.keys),
+        identity=identity_tokens(config, policies, signing_keys),
+        signing_keys=signing_keys,
     )
 
 
@@ -97,13 +104,9 @@ def revocations_heard(config: Config) -> bool:
     return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
 
 
-def identity_tokens(config: Config, policies: Policies, keys: SigningKeys | None = None) -> IdentityTokens | None:
-    """The identity token's signer, when any policy sends one: with the signing ``keys`` of the
-    configuration this one replaces (``identity.key_file`` needs a restart), else the key file read now."""
+def identity_tokens(config: Config, policies: Policies, keys: SigningKeys | None) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one (``keys``: there is a key file then)."""
     if not any(p.identity_audience for p in policies.all()):
         return None
-    if keys is None:
-        keys = SigningKeys(config.identity)
-    else:
-        keys.reconfigure(config.identity)
+    assert keys is not None  # a policy that sends one needs identity.key_file (config/rules.py)
     return IdentityTokens(config.identity, keys, policies.builders)

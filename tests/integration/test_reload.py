@@ -274,3 +274,28 @@ async def test_the_certificate_expiry_gauge_is_the_earliest_of_the_serving_issue
                              policy={"issuers": ["default", "partner"]})
     assert not await reload(running.sidecar, lambda: broken)
     assert expiry_gauge(running) == earliest  # the certificate in use, not the one of parts that never served
+
+
+@pytest.mark.ops
+async def test_a_reload_that_stops_sending_identity_tokens_still_publishes_the_keys_that_signed_them(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, tmp_path: Path) -> None:
+    key_file = write_key(tmp_path / "identity.pem")
+    keys = {"key_file": str(key_file), "issuer": "https://sidecar.example"}
+    running = await make_sidecar(identity=keys, policy={"identity": True, "identity_audience": "https://orders"})
+    kid = await signing_kid(running, idp, pki)
+    await running.sidecar.reload(sidecar_config(pki, idp, identity=keys))  # no policy sends one any more
+    answer = await running.admin.get("/.well-known/jwks.json")
+    assert answer.status == 200  # tokens signed before the reload are verified until they expire
+    assert [k["kid"] for k in (await answer.json(content_type=None))["keys"]] == [kid]
+
+
+@pytest.mark.ops
+async def test_a_reload_that_starts_sending_identity_tokens_publishes_their_keys(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, tmp_path: Path) -> None:
+    key_file = write_key(tmp_path / "identity.pem")
+    keys = {"key_file": str(key_file), "issuer": "https://sidecar.example"}
+    running = await make_sidecar(identity=keys)
+    await running.sidecar.reload(sidecar_config(pki, idp, identity=keys,
+                                                policy={"identity": True, "identity_audience": "https://orders"}))
+    kid = await signing_kid(running, idp, pki)
+    assert await published_kids(running) == [kid]  # an upstream can verify what it now receives
