@@ -130,7 +130,9 @@ class Parts:
             self._background.spawn(self._rotate_identity_keys(self.decider.signing_keys))
 
     def take_over(self, old: Parts) -> None:
-        """These parts now serve instead of ``old``: what they share is theirs to close."""
+        """These parts now serve instead of ``old``: what they share is theirs to close, and the
+        state the stages carry takes this configuration's limits (core/stages.py)."""
+        self.decider.stages.take_over(old.decider.stages, self.config)
         if old.issuers is self.issuers:
             old._owns_issuers, self._owns_issuers = False, True
         if old.tracing is self.tracing:

@@ -42,6 +42,17 @@ class Stages:
     identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
     signing_keys: SigningKeys | None  # its keys, with identity.key_file (a restart key): published, rotated
 
+    def take_over(self, old: Stages, config: Config) -> None:
+        """A reload's swap: these stages (of ``config``) now serve instead of ``old``. What they share
+        with them takes ``config``'s limits only now, so that a reload that does not get ready leaves
+        the running state as it was."""
+        self.admission.carry(old.admission)
+        dp = config.dpop
+        if self.seen_proofs is not None and dp.enabled:
+            self.seen_proofs.store.resize(dp.replay_max_entries, dp.replay_max_share)
+        if self.signing_keys is not None:
+            self.signing_keys.reconfigure(config.identity)
+
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
                  shared_replay: SharedReplay | None = None, previous: Stages | None = None,
@@ -50,9 +61,9 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
     the stages of the configuration this one replaces (a reload), whose state goes over: the
     revocations remembered, the DPoP proofs accepted, the identity signing keys (a rotation in
-    progress goes on; published while no policy sends an identity token), the sources' admission
-    budgets and back-offs; ``reuse_answers``: its cached IdP answers may be reused too (the IdP
-    settings did not change)."""
+    progress goes on; published while no policy sends an identity token) and, at the swap
+    (:meth:`Stages.take_over`), the sources' admission budgets and back-offs; ``reuse_answers``:
+    its cached IdP answers may be reused too (the IdP settings did not change)."""
     revocations = None if previous is None else previous.cache.revocations
     seen_proofs = None if previous is None else previous.seen_proofs
     dp = config.dpop
@@ -61,21 +72,14 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
     if dp.enabled:
         if seen_proofs is None:
             seen_proofs = SeenProofs(LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share))
-        else:
-            seen_proofs.store.resize(dp.replay_max_entries, dp.replay_max_share)
         secret = seen_proofs.secret if shared_replay is None else shared_replay.secret
         proofs = ProofVerifier(dp, seen_proofs.store, secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
     signing_keys = None if previous is None else previous.signing_keys
-    if signing_keys is not None:
-        signing_keys.reconfigure(config.identity)
-    elif config.identity.key_file:
+    if signing_keys is None and config.identity.key_file:
         signing_keys = SigningKeys(config.identity)
-    admission = Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented)
-    if previous is not None:
-        admission.carry(previous.admission)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=revocations or Revocations(config.events.max_revocations,
@@ -87,7 +91,7 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
         presented=presented,
         trusted=trusted,
-        admission=admission,
+        admission=Admission(config.admission, config.idp.max_concurrent, trusted=trusted, presented=presented),
         proofs=proofs,
         interner=Interner(),
         shared_replay=shared_replay,

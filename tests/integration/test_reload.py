@@ -299,3 +299,21 @@ async def test_a_reload_that_starts_sending_identity_tokens_publishes_their_keys
                                                 policy={"identity": True, "identity_audience": "https://orders"}))
     kid = await signing_kid(running, idp, pki)
     assert await published_kids(running) == [kid]  # an upstream can verify what it now receives
+
+
+@pytest.mark.ops
+async def test_a_reload_that_does_not_get_ready_changes_no_limit_of_the_running_configuration(
+        make_sidecar: MakeSidecar, idp: FakeIdp, pki: TestPki, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "READY_TIMEOUT", 0.3)
+    identity = {"key_file": str(write_key(tmp_path / "identity.pem")), "issuer": "https://sidecar.example"}
+    admission = {"miss_rate": 0.01, "miss_burst": 2}
+    running = await make_sidecar(admission=admission, identity=identity)
+    assert [await random_token_check(running, "198.51.100.66") for _ in range(3)] == [401, 401, 429]
+    jwks_file = tmp_path / "jwks.json"
+    broken = sidecar_config(pki, idp, idp={"issuer": "https://127.0.0.1:9"},
+                            admission={"miss_rate": 1000.0, "miss_burst": 1000},
+                            identity={**identity, "jwks_file": str(jwks_file)})
+    assert not await reload(running.sidecar, lambda: broken)
+    assert await random_token_check(running, "198.51.100.66") == 429  # the running rate, not the refused one
+    assert not jwks_file.exists()  # nor the refused configuration's JWK Set file
