@@ -52,7 +52,7 @@ def admin_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
     app.router.add_get("/metrics", admin.metrics)
-    if sidecar.decider.identity is not None:  # the public keys of identity tokens
+    if sidecar.decider.signing_keys is not None:  # the public keys of identity tokens (identity.key_file)
         app.router.add_get(jwks.PATH, jwks.jwks)
     if sidecar.events is not None:  # RFC 8935 push of Security Event Tokens
         app.router.add_post(events.PATH, events.receive)

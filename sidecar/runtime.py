@@ -10,10 +10,12 @@ two requests: the fronts then take the new edge (fronts/answer.py), checks alrea
 finish on the parts they started on, and the replaced parts close once they have none left (or
 after ``server.shutdown_grace``). Parts that the new configuration does not change are handed
 over rather than rebuilt: the issuers (sessions, endpoints, JWK Sets) and, with them, the cached
-IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen
-and the DPoP proofs accepted (with the secret that names them and signs the nonces) always go
-over. Keys read once at start (ports, listeners, the admin routes: declared ``restart``) cannot
-change this way: such a reload is refused whole.
+IdP answers (core/cache.py), and the tracer. The remembered revocations, the SET ``jti``s seen,
+the DPoP proofs accepted (with the secret that names them and signs the nonces), the sources'
+admission budgets and back-offs and the identity signing keys (a rotation in progress) always go
+over (core/stages.py). Keys read once at start
+(ports, listeners, the admin routes: declared ``restart``) cannot change this way: such a reload
+is refused whole.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def check(config: Config) -> None:
 
 class Parts:
     """The decision parts of one configuration. ``previous``: the parts this one replaces; what they
-    share with it (the issuers, the tracer) is handed over, not rebuilt; the remembered revocations
-    always are."""
+    share with it (the issuers, the tracer) is handed over, not rebuilt; what the stages have seen
+    always is (core/stages.py)."""
 
     def __init__(self, config: Config, metrics: Metrics, previous: Parts | None = None) -> None:
         self.config = config
@@ -98,9 +100,7 @@ class Parts:
         self.decider: Decider = Decider(
             config, self.issuers, metrics, shared=self.fleet,
             shared_replay=shared_replay(self.fleet) if config.dpop.enabled else None, tracing=self.tracing,
-            previous=previous.decider if same_issuers and previous is not None else None,
-            revocations=None if previous is None else previous.decider.cache.revocations,
-            seen_proofs=None if previous is None else previous.decider.seen_proofs)
+            previous=None if previous is None else previous.decider, reuse_answers=same_issuers)
         self.purges = None if self.fleet is None else fleet_purges(self.fleet, self.decider.cache)
         events = config.events
         algorithms = frozenset(a for idp in config.every_issuer.values() for a in idp.jwt_algorithms)
@@ -126,20 +126,25 @@ class Parts:
             self.purges.start()
         if self.decider.presented.trust is not None and self.config.idp.reload_interval > 0:
             self._background.spawn(self._reload_client_trust())
-        if self.decider.identity is not None:
-            self._background.spawn(self._rotate_identity_keys(self.decider.identity.keys))
+        if self.decider.signing_keys is not None:
+            self._background.spawn(self._rotate_identity_keys(self.decider.signing_keys))
 
     def take_over(self, old: Parts) -> None:
-        """These parts now serve instead of ``old``: what they share is theirs to close."""
+        """These parts now serve instead of ``old``: what they share is theirs to close, and the
+        state the stages carry takes this configuration's limits (core/stages.py)."""
+        self.decider.stages.take_over(old.decider.stages, self.config)
         if old.issuers is self.issuers:
             old._owns_issuers, self._owns_issuers = False, True
         if old.tracing is self.tracing:
             old._owns_tracing, self._owns_tracing = False, True
 
     def publish(self) -> None:
-        """These parts are the ones the gauges read."""
+        """These parts are the ones the gauges read (only once they serve: parts a reload could not
+        get ready never show)."""
         cache: TokenCache = self.decider.cache
         self._metrics.cache_entries.set_function(lambda: len(cache))
+        self._metrics.cache_capacity.set(self.config.cache.max_entries)
+        self._metrics.client_cert_expiry.set_function(self.issuers.earliest_expiry)
 
     def readiness(self) -> str | None:
         return self.issuers.readiness() or (self.purges.problem() if self.purges is not None else None)
@@ -288,7 +293,6 @@ class Sidecar:
                     await asyncio.sleep(0.05)
         except BaseException:
             await new.close()
-            self.parts.publish()
             raise
         old, self.parts = self.parts, new
         new.take_over(old)

@@ -21,7 +21,8 @@ IdP that answers 429 slows the source whose call it refused: that source is refu
 others go on. Past any of these the check is denied at once with 429 ``rate_limited`` and
 ``Retry-After`` (fail closed, without waiting): cached tokens are unaffected, and the refusal is
 not an IdP failure (it opens no breaker and serves nothing stale). Per-source state and the
-clients the IdP vouched for are bounded memos (``admission.max_sources``).
+clients the IdP vouched for are bounded memos (``admission.max_sources``); a reload hands them
+to the new configuration (:meth:`Admission.carry`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class Admission:
         self._known: Memo[str, str] = Memo(config.max_sources)  # thumbprint -> the source the IdP vouched for
         self._groups: Memo[str, str] = Memo(4096)  # address string -> its group
         self._silent_proxies: Memo[str, bool] = Memo(256)  # trusted peers that sent no source header (logged)
+
+    def carry(self, previous: Admission) -> None:
+        """A reload: every source's budget, IdP calls in flight and back-off go on under the new
+        limits, and the clients the IdP vouched for stay known; a reload never re-opens a source
+        that was refused. The replaced configuration's calls still in flight leave the same state."""
+        for source, state in previous._sources.items():
+            state.rate, state.burst = self._rate, self._burst
+            state.tokens = min(state.tokens, self._burst)
+            self._sources.put(source, state)
+        for thumbprint, known in previous._known.items():
+            self._known.put(thumbprint, known)
 
     # -- whom a miss is charged to ---------------------------------------------------------------
 

@@ -42,10 +42,8 @@ from sidecar.core.nonce import Nonces
 from sidecar.core.outcome import Deny, Miss, Outcomes, Pending, ReplayClaim, forged_denial
 from sidecar.core.policy import Policy
 from sidecar.core.ports import SharedAnswers, SharedReplay, Verifier
-from sidecar.core.replay import SeenProofs
 from sidecar.core.request import CheckRequest
-from sidecar.core.revocation import Revocations
-from sidecar.core.stages import build_stages
+from sidecar.core.stages import Stages, build_stages
 from sidecar.core.token_info import INACTIVE
 from sidecar.support.fair import OWNER
 from sidecar.support.logs import token_hash
@@ -61,15 +59,14 @@ class Decider:
 
     def __init__(self, config: Config, verifier: Verifier, metrics: Metrics,
                  shared: SharedAnswers | None = None, shared_replay: SharedReplay | None = None,
-                 tracing: Tracing | None = None, previous: Decider | None = None,
-                 revocations: Revocations | None = None, seen_proofs: SeenProofs | None = None) -> None:
+                 tracing: Tracing | None = None, previous: Decider | None = None, reuse_answers: bool = False) -> None:
         """``shared``: the fleet's cache level; ``shared_replay``: its DPoP replay store; ``tracing``:
         spans of decisions (None: off); ``previous``: the decider of the configuration this one
-        replaces, whose cached IdP answers this one may reuse (core/cache.py); ``revocations``: the
-        revocations remembered so far, ``seen_proofs``: the DPoP proofs accepted so far (a reload
-        hands both over)."""
-        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.cache,
-                              revocations, seen_proofs)
+        replaces, whose state goes over (core/stages.py); ``reuse_answers``: and whose cached IdP
+        answers this one may reuse (core/cache.py)."""
+        stages = build_stages(config, shared, shared_replay, None if previous is None else previous.stages,
+                              reuse_answers)
+        self.stages: Stages = stages  # what a reload hands over (core/stages.py)
         self.cache: TokenCache = stages.cache
         self.policies = stages.policies
         self.target = stages.target
@@ -81,13 +78,13 @@ class Decider:
         self._dpop = stages.proofs is not None  # the DPoP scheme is accepted
         self._interner = stages.interner
         self.identity = stages.identity  # signs identity tokens (identity.py); None when no policy sends one
+        self.signing_keys = stages.signing_keys  # their keys, published (None without identity.key_file)
         self._shared = shared  # a second cache level (the fleet's), asked on a miss before the IdP
         self._shared_replay = stages.shared_replay
-        self.seen_proofs = stages.seen_proofs
         self._verifier = verifier
         self._default = self.policies.default
         self._deny_forged = config.response.forged_headers == "deny"
-        self.outcomes = Outcomes(config, metrics, self.policies.all(), self.cache, self._trusted, tracing)
+        self.outcomes = Outcomes(config, metrics, self.policies.all(), self._trusted, tracing)
         self.in_flight = 0  # checks awaiting the IdP (a cache hit never waits)
 
     @property

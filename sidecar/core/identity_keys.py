@@ -70,6 +70,14 @@ class SigningKeys:
         self.jwks = b""
         self._publish()
 
+    def reconfigure(self, config: IdentityConfig) -> None:
+        """A reload's settings (the overlap, the JWK Set file; ``key_file`` needs a restart): the
+        keys and a rotation in progress go on, so a reload neither signs early nor withdraws a key."""
+        assert config.key_file == self._config.key_file
+        jwks_file, self._config = self._config.jwks_file, config
+        if config.jwks_file != jwks_file:
+            self._publish()
+
     @staticmethod
     def _snapshot(snapshot: Snapshot | None) -> bytes:
         assert snapshot is not None

@@ -25,7 +25,7 @@ from time import time
 from typing import TYPE_CHECKING
 
 from sidecar.config import Config
-from sidecar.core.cache import Lookup, TokenCache
+from sidecar.core.cache import Lookup
 from sidecar.core.decision_log import DecisionLog
 from sidecar.core.entry import Entry
 from sidecar.core.errors import Denial, InternalError, InvalidRequest
@@ -96,13 +96,11 @@ def forged_denial(names: Sequence[str]) -> Denial:
 class Outcomes:
     """Records allows and denials (metrics, log lines, spans) for one configuration."""
 
-    def __init__(self, config: Config, metrics: Metrics, policies: Sequence[Policy], cache: TokenCache,
-                 trusted: TrustedProxies, tracing: Tracing | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics, policies: Sequence[Policy], trusted: TrustedProxies,
+                 tracing: Tracing | None = None) -> None:
         self._metrics = metrics
         self.policies = list(policies)
         metrics.hit_counters.extend(policies)  # allowed hits: latencies per policy, folded when scraped
-        metrics.cache_entries.set_function(lambda: len(cache))
-        metrics.cache_capacity.set(config.cache.max_entries)
         self._log_allows = config.log.decisions == "all"
         self._log_denials = config.log.decisions != "off"
         self.decision_log = DecisionLog(log, trusted, config.log.allow_sample_ratio)

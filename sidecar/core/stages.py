@@ -38,36 +38,54 @@ class Stages:
     proofs: ProofVerifier | None  # stage 3 for cnf.jkt: DPoP proofs (dpop.enabled)
     interner: Interner  # one shared copy of values many cached tokens share
     shared_replay: SharedReplay | None  # the fleet's half of the DPoP replay check
-    seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over)
+    seen_proofs: SeenProofs | None  # the local half and its secret (a reload hands them over, DPoP off too)
     identity: IdentityTokens | None  # stage 5b: the signed identity token, when a policy sends one
+    signing_keys: SigningKeys | None  # its keys, with identity.key_file (a restart key): published, rotated
+
+    def take_over(self, old: Stages, config: Config) -> None:
+        """A reload's swap: these stages (of ``config``) now serve instead of ``old``. What they share
+        with them takes ``config``'s limits only now, so that a reload that does not get ready leaves
+        the running state as it was."""
+        self.admission.carry(old.admission)
+        dp = config.dpop
+        if self.seen_proofs is not None and dp.enabled:
+            self.seen_proofs.store.resize(dp.replay_max_entries, dp.replay_max_share)
+        if self.signing_keys is not None:
+            self.signing_keys.reconfigure(config.identity)
 
 
 def build_stages(config: Config, shared: SharedAnswers | None = None,
-                 shared_replay: SharedReplay | None = None, previous: TokenCache | None = None,
-                 revocations: Revocations | None = None, seen_proofs: SeenProofs | None = None) -> Stages:
+                 shared_replay: SharedReplay | None = None, previous: Stages | None = None,
+                 reuse_answers: bool = False) -> Stages:
     """``shared``: the fleet's cache level (its digest key names tokens alike on every replica);
     ``shared_replay``: the fleet's DPoP replay store (its secret names proofs alike); ``previous``:
-    the cache of the configuration this one replaces, whose answers a miss may reuse;
-    ``revocations``: the revocations remembered so far and ``seen_proofs`` the DPoP proofs accepted
-    so far (both kept across a reload)."""
+    the stages of the configuration this one replaces (a reload), whose state goes over: the
+    revocations remembered, the DPoP proofs accepted, the identity signing keys (a rotation in
+    progress goes on; published while no policy sends an identity token) and, at the swap
+    (:meth:`Stages.take_over`), the sources' admission budgets and back-offs; ``reuse_answers``:
+    its cached IdP answers may be reused too (the IdP settings did not change)."""
+    revocations = None if previous is None else previous.cache.revocations
+    seen_proofs = None if previous is None else previous.seen_proofs
     dp = config.dpop
     shared_replay = shared_replay if dp.enabled else None
     proofs = None
     if dp.enabled:
         if seen_proofs is None:
             seen_proofs = SeenProofs(LocalReplayStore(dp.replay_max_entries, max_share=dp.replay_max_share))
-        else:
-            seen_proofs.store.resize(dp.replay_max_entries, dp.replay_max_share)
         secret = seen_proofs.secret if shared_replay is None else shared_replay.secret
         proofs = ProofVerifier(dp, seen_proofs.store, secret=secret)
     trusted = TrustedProxies(config.client_cert.trusted_proxies)
     policies = Policies(config)
     presented = PresentedCertificate(config.client_cert, trusted, config.policy.leeway)
+    signing_keys = None if previous is None else previous.signing_keys
+    if signing_keys is None and config.identity.key_file:
+        signing_keys = SigningKeys(config.identity)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
                          revocations=revocations or Revocations(config.events.max_revocations,
                                                                 config.events.remember, time.monotonic),
-                         index=revocations_heard(config), previous=previous),
+                         index=revocations_heard(config),
+                         previous=previous.cache if previous is not None and reuse_answers else None),
         policies=policies,
         target=RequestTarget(config.routing, trusted, choosing=bool(config.policies or config.routes)),
         router=Router(policies.default, policies.named, config.routes, config.routing, trusted),
@@ -78,7 +96,8 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         interner=Interner(),
         shared_replay=shared_replay,
         seen_proofs=seen_proofs,
-        identity=identity_tokens(config, policies),
+        identity=identity_tokens(config, policies, signing_keys),
+        signing_keys=signing_keys,
     )
 
 
@@ -89,8 +108,9 @@ def revocations_heard(config: Config) -> bool:
     return config.events.enabled or bool(s.admin_secret or s.admin_secret_file)
 
 
-def identity_tokens(config: Config, policies: Policies) -> IdentityTokens | None:
-    """The identity token's signer, when any policy sends one (its key file is read now)."""
+def identity_tokens(config: Config, policies: Policies, keys: SigningKeys | None) -> IdentityTokens | None:
+    """The identity token's signer, when any policy sends one (``keys``: there is a key file then)."""
     if not any(p.identity_audience for p in policies.all()):
         return None
-    return IdentityTokens(config.identity, SigningKeys(config.identity), policies.builders)
+    assert keys is not None  # a policy that sends one needs identity.key_file (config/rules.py)
+    return IdentityTokens(config.identity, keys, policies.builders)

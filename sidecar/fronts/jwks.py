@@ -18,8 +18,8 @@ CONTENT_TYPE = "application/jwk-set+json"
 
 async def jwks(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR]
-    identity = sidecar.decider.identity
-    assert identity is not None  # the route exists only when a policy sends identity tokens
+    keys = sidecar.decider.signing_keys
+    assert keys is not None  # the route exists only with identity.key_file, which needs a restart
     max_age = int(sidecar.config.identity.rotation_overlap / 2)
-    return web.Response(body=identity.keys.jwks, headers={"Content-Type": CONTENT_TYPE,
+    return web.Response(body=keys.jwks, headers={"Content-Type": CONTENT_TYPE,
                                                           "Cache-Control": f"max-age={max_age}"})

@@ -127,6 +127,11 @@ class Issuers:
             raise InvalidToken("jwt_malformed", "not a JWT with an iss, and no issuer of this policy introspects")
         return INACTIVE
 
+    def earliest_expiry(self) -> float:
+        """When the first of the client certificates presented to the IdPs expires (Unix time; 0
+        without one): the "certificate expiring" alert's figure (deploy/prometheus/)."""
+        return min((w.not_after.timestamp() for i in self if (w := i.cert_watcher).not_after is not None), default=0.0)
+
     def readiness(self) -> str | None:
         """The first issuer's reason not to be ready (``NAME:reason`` for an issuer besides [idp])."""
         for issuer in self:

@@ -60,8 +60,6 @@ class CertificateWatcher:
             current = self._files.poll()
             assert current is not None  # the first read is always new
             self.not_after = certificate_expiry(current.contents.get("cert_file"))
-        # For the "certificate expiring" alert (deploy/prometheus/); 0 without a certificate.
-        metrics.client_cert_expiry.set_function(lambda: self.not_after.timestamp() if self.not_after else 0.0)
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         """True when the certificate in use is past its ``notAfter``: the IdP will refuse it."""

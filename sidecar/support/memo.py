@@ -46,6 +46,10 @@ class Memo(Generic[K, V]):
     def values(self) -> Iterator[V]:
         return iter(list(self._data.values()))
 
+    def items(self) -> Iterator[tuple[K, V]]:
+        """Oldest first (a copy: the memo may change while it is read)."""
+        return iter(list(self._data.items()))
+
     def put(self, key: K, value: V) -> V:
         """Remember ``value`` (unless it alone exceeds the byte bound) and return it."""
         data = self._data

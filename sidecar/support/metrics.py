@@ -137,7 +137,8 @@ class Metrics:
         )
         self.client_cert_expiry = Gauge(
             "sidecar_idp_client_certificate_expiry_timestamp_seconds",
-            "When the client certificate the sidecar presents to the IdP expires (Unix time)", registry=r)
+            "When the client certificate the sidecar presents to the IdP expires (Unix time; the earliest of "
+            "several issuers')", registry=r)
         self.reloads = Counter("sidecar_config_reloads", "Configuration reloads (SIGHUP) by result: ok, failed, "
                                "refused (a key that needs a restart changed)", ["result"], registry=r)
         self.reload_ok = Gauge("sidecar_config_last_reload_successful",

@@ -13,8 +13,8 @@ import pytest
 from sidecar.dev.fakeidp import FakeIdp
 from sidecar.dev.redis import RedisServer
 from sidecar.support.logs import token_hash
-from tests.conftest import Running
-from tests.fleet.conftest import ADMIN, MakeReplica, events, fleet_of, wait_subscribed
+from tests.conftest import Running, sidecar_config
+from tests.fleet.conftest import ADMIN, ADMIN_SECRET, FleetFiles, MakeReplica, events, fleet_of, wait_subscribed
 from tests.support.pki_fixtures import TestPki
 
 pytestmark = pytest.mark.fleet
@@ -183,3 +183,22 @@ async def test_a_server_answering_garbage_instead_of_redis_never_allows_and_coun
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.ops
+async def test_after_a_reload_that_changes_the_fleet_settings_a_purge_from_another_replica_still_arrives(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer, fleet_files: FleetFiles
+) -> None:
+    replicas = [await make_replica() for _ in range(2)]
+    token = await cached_everywhere(replicas, idp, pki)
+    reloaded = replicas[0].sidecar
+    fleet = {"enabled": True, "url": redis_server.url, "secret_file": str(fleet_files.secret),
+             "seal_key_file": str(fleet_files.key), "timeout": 0.3, "clock_skew": 0.0}
+    await reloaded.reload(sidecar_config(pki, idp, fleet=fleet, server={"admin_secret": ADMIN_SECRET}))
+    assert reloaded.config.fleet.timeout == 0.3 and reloaded.purges is not None and reloaded.purges.subscribed.is_set()
+    assert (await replicas[0].check(token, pki.alice)).status == 200  # the answer the new parts reuse
+    idp.tokens.pop(token)  # revoked at the IdP, then purged from the other replica
+    assert await purge(replicas[1], {"token": token}) == {"purged": 1, "fleet": True}
+    await until(lambda: events(replicas[0], "purge_received") >= 1)
+    denied = await replicas[0].check(token, pki.alice)
+    assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"

@@ -8,6 +8,7 @@ IdP over real mutual TLS; the load is a bounded number of concurrent keep-alive 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 from sidecar.dev.fakeidp import FakeIdp
 from tests.conftest import escaped_pem
 from tests.support.pki_fixtures import TestPki
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_ports
 from tests.support.sidecar_process import Process, running_sidecar
 
 pytestmark = pytest.mark.ops
@@ -154,3 +155,41 @@ async def test_an_invalid_reload_keeps_the_running_configuration_and_says_why(
         assert process.popen.wait(timeout=20) == 0
     failed = [line for line in process.logs() if line.get("result") == "failed"]
     assert len(failed) == 1 and failed[0]["key"] == key and failed[0]["error"].startswith(key), failed
+
+
+async def test_with_two_workers_sighup_to_the_parent_reloads_every_worker(
+        tmp_path: Path, pki: TestPki, idp: FakeIdp) -> None:
+    port, admin = free_ports(1), free_ports(2)
+    path = tmp_path / "sidecar.toml"
+    write_config(path, pki, idp, port, admin)
+    path.write_text(path.read_text().replace("shutdown_grace = 2.0", "shutdown_grace = 2.0\nworkers = 2"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(SIDECAR_SERVER__PORT=str(port), SIDECAR_SERVER__ADMIN_PORT=str(admin))
+    read_only = idp.mint("alice", cnf=pki.alice.x5t_s256, scope="read")
+    headers = {"Authorization": f"Bearer {read_only}", "x-client-cert": escaped_pem(pki.alice)}
+    async with running_sidecar(env, "--config", str(path)) as process:
+        workers = [Process(process.popen, process.check_url, f"http://127.0.0.1:{admin + i}") for i in range(2)]
+        for _ in range(300):  # the second worker's admin port
+            with contextlib.suppress(aiohttp.ClientError):
+                if await metric(workers[1], "sidecar_ready") == 1:
+                    break
+            await asyncio.sleep(0.1)
+        write_config(path, pki, idp, port, admin, required_scopes=["write"])
+        path.write_text(path.read_text().replace("shutdown_grace = 2.0", "shutdown_grace = 2.0\nworkers = 2"))
+        process.popen.send_signal(signal.SIGHUP)
+        for worker in workers:
+            for _ in range(300):
+                if await metric(worker, 'sidecar_config_reloads_total{result="ok"}') == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert await metric(worker, 'sidecar_config_reloads_total{result="ok"}') == 1
+        statuses = []
+        for _ in range(20):  # a new connection each time: the kernel spreads them over both workers
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh, \
+                    fresh.get(process.check_url, headers=headers) as response:
+                statuses.append(response.status)
+        assert statuses == [403] * 20  # the new required scope, whichever worker answers
+        assert sum([await metric(worker, 'sidecar_decisions_total{outcome="deny"') for worker in workers]) == 20
+        assert all([await metric(worker, 'sidecar_decisions_total{outcome="deny"') for worker in workers])
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(timeout=20) == 0
