@@ -90,11 +90,22 @@ def normalize_path(target: str, *, case_sensitive: bool = True) -> str:
 
 def split_host(value: str | None) -> tuple[str, int | None] | None:
     """A ``Host`` value's name (lower case, without a final dot) and port; None when it is not one."""
-    match = _HOST.fullmatch(value.lower().rstrip(".") if value else "")
+    match = _HOST.fullmatch(value.lower() if value else "")
     if match is None:
         return None
     port = match.group(2)
-    return match.group(1), None if port is None else int(port)
+    return match.group(1).rstrip("."), None if port is None else int(port)
+
+
+def plain_host(value: str | None) -> str | None:
+    """The name of a ``Host`` value every server reads alike, or None: refused are a final dot
+    (nginx drops it, Envoy and Go keep it), an empty or zero-padded port, and whatever is no host
+    (a comma list: HAProxy's ``req.hdr`` reads its last element, the upstream gets the whole)."""
+    split = split_host(value)
+    if split is None or value is None:
+        return None
+    name, port = split
+    return name if value.lower() == (name if port is None else f"{name}:{port}") else None
 
 
 class Origin:
