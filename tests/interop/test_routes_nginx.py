@@ -126,6 +126,7 @@ AMBIGUOUS = [
     "/health/\u2025/admin/users".encode(),      # NFKC: the two-dot leader is ..
     b"/health/%e2%80%a5/admin/users",
     b"/health;x/../admin/users",
+    b"/health#/../admin/users",                 # nginx ends the path at #, and sends all of it upstream
 ]
 
 
