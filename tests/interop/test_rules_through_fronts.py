@@ -145,3 +145,13 @@ def test_a_fragment_in_the_target_never_reaches_the_upstream_under_the_rule_of_i
     reply = front.send(b"/orders#/../admin/users", carol, [f"{front.host}:{front.port}"])
     assert reply.status in (400, 401), (reply.status, reply.body, front.diagnostics())
     assert len(front.upstream.received) == reached, front.upstream.last.path
+
+
+def test_an_absolute_form_request_for_the_ruled_host_is_judged_as_that_host(front: Front, carol: str) -> None:
+    """``GET https://admin.test:<port>/orders/42`` with ``Host: <the front's own>``: the upstream
+    receives admin.test (Envoy, Traefik) or the front refuses the mismatch (HAProxy 400, Caddy 421);
+    the sidecar must read admin.test too (nginx: tests/interop/test_origins.py)."""
+    reached = len(front.upstream.received)
+    reply = front.send(f"https://admin.test:{front.port}/orders/42".encode(), carol, [f"{front.host}:{front.port}"])
+    assert reply.status in (400, 401, 421), (reply.status, reply.body, front.diagnostics())
+    assert len(front.upstream.received) == reached, front.upstream.last.header("host")
