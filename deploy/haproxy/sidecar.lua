@@ -22,11 +22,13 @@ end
 
 core.register_action("sidecar_check", { "http-req" }, function(txn, url)
   -- The original request as the upstream receives it (the sidecar holds the host to
-  -- routing.origins; the Lua client's own Host is the sidecar's address).
+  -- routing.origins; the Lua client's own Host is the sidecar's address). The whole Host value
+  -- (req.fhdr): req.hdr would read only the last element of "admin.example, api.example", and
+  -- the upstream receives all of it.
   local send = {
     ["x-forwarded-method"] = { txn.sf:method() },
     ["x-forwarded-uri"] = { txn.sf:pathq() },
-    ["x-forwarded-host"] = { txn.sf:req_hdr("host") },
+    ["x-forwarded-host"] = { txn.sf:req_fhdr("host") },
     ["x-forwarded-proto"] = { txn.f:ssl_fc() and "https" or "http" },
     -- The client's address, set (never a client's own X-Forwarded-For): the sidecar charges new
     -- tokens to it (admission.source_header), so that one client cannot spend the others' IdP calls.

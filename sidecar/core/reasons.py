@@ -79,8 +79,9 @@ SITUATIONS: tuple[Situation, ...] = (
     _situation(
         "with named policies or `[[routes]]`, an original request that cannot be read safely "
         "([docs/routes.md](docs/routes.md))", InvalidRequest,
-        ("path_invalid", "the original path has no single normalized form (or a trusted proxy sent none), or a "
-                         "rule's original method is not an upper-case token"),
+        ("path_invalid", "the original path has no single normalized form (or a trusted proxy sent none), a "
+                         "rule's original method is not an upper-case token, or, with host rules, the original "
+                         "host is not a plain `name[:port]` (a final dot, an empty port, a list, none)"),
     ),
     _situation(
         "a header describing the original request sent more than once", InvalidRequest,

@@ -21,7 +21,7 @@ from sidecar.core.errors import Denial, InvalidRequest, RouteDenied
 from sidecar.core.extract import TrustedProxies
 from sidecar.core.policy import Policy
 from sidecar.core.request import CheckRequest
-from sidecar.core.target import normalize_path, split_host
+from sidecar.core.target import normalize_path, plain_host
 from sidecar.support.memo import Memo, text_size
 
 _METHOD = re.compile(r"[A-Z]{1,20}")
@@ -121,8 +121,11 @@ class Router:
         if method is None or not _METHOD.fullmatch(method):
             return InvalidRequest("path_invalid", "no upper-case original method")
         path = normalize_path(target, case_sensitive=self._case_sensitive)  # safe: core/target.py judged it
-        split = split_host(host)
-        name = None if split is None else split[0]
+        name = None
+        if self._hosts:  # a host the upstream may read as another rule's never falls through to a later rule
+            name = plain_host(host)
+            if name is None:
+                return InvalidRequest("path_invalid", f"host rules need a plain original host: {str(host)[:64]!r}")
         for rule in self._rules:
             if rule.matches(method, name, path):
                 return rule.policy

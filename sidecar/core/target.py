@@ -18,10 +18,11 @@ certificate (docs/routes.md):
 
 Every answer is memoized (per scheme and host, per path): a cache hit pays dictionary lookups.
 
-The normalized path is what servers act on: query and fragment cut, percent-decoding once, dot
+The normalized path is what servers act on: the query cut, percent-decoding once, dot
 segments resolved (RFC 3986 §5.2.4), empty segments and the trailing slash removed, lower case
 when ``routing.case_sensitive`` is false. Refused: a ``;`` (Tomcat, Spring and Jetty drop path
-parameters, nginx and Envoy keep them: ``/api/x/..;/../admin``), an encoded ``/``, ``\\``, ``;`` or
+parameters, nginx and Envoy keep them: ``/api/x/..;/../admin``), a ``#`` (a target carries no
+fragment; nginx ends the path there and passes the rest upstream), an encoded ``/``, ``\\``, ``;`` or
 ``%`` (double encoding), a backslash, ``..`` above the root, control characters, non-ASCII bytes in
 the target, a decoded segment that NFKC would change (full-width dots, ``\u2025``), a segment ending
 in a dot or a space (``/admin.`` is ``/admin`` on Windows servers).
@@ -54,9 +55,9 @@ class UnsafePath(ValueError):
 
 def normalize_path(target: str, *, case_sensitive: bool = True) -> str:
     """The path an upstream acts on; raises :class:`UnsafePath`."""
-    path = target.partition("?")[0].partition("#")[0]
-    if not path.startswith("/") or len(path) > MAX_PATH:
-        raise UnsafePath("not an origin-form path")
+    path = target.partition("?")[0]
+    if not path.startswith("/") or len(path) > MAX_PATH or "#" in target:
+        raise UnsafePath("not an origin-form target (a # too: nginx cuts the path there, others read on)")
     if not path.isascii() or "\\" in path or not path.isprintable():
         raise UnsafePath("raw non-ASCII, control characters or a backslash")
     if ";" in path:
@@ -90,11 +91,22 @@ def normalize_path(target: str, *, case_sensitive: bool = True) -> str:
 
 def split_host(value: str | None) -> tuple[str, int | None] | None:
     """A ``Host`` value's name (lower case, without a final dot) and port; None when it is not one."""
-    match = _HOST.fullmatch(value.lower().rstrip(".") if value else "")
+    match = _HOST.fullmatch(value.lower() if value else "")
     if match is None:
         return None
     port = match.group(2)
-    return match.group(1), None if port is None else int(port)
+    return match.group(1).rstrip("."), None if port is None else int(port)
+
+
+def plain_host(value: str | None) -> str | None:
+    """The name of a ``Host`` value every server reads alike, or None: refused are a final dot
+    (nginx drops it, Envoy and Go keep it), an empty or zero-padded port, and whatever is no host
+    (a comma list: HAProxy's ``req.hdr`` reads its last element, the upstream gets the whole)."""
+    split = split_host(value)
+    if split is None or value is None:
+        return None
+    name, port = split
+    return name if value.lower() == (name if port is None else f"{name}:{port}") else None
 
 
 class Origin:
@@ -161,7 +173,7 @@ class RequestTarget:
         its path; else the scheme, host and path the proxy sent. Empty when they are incomplete;
         for a trusted proxy's description only (the caller checks)."""
         path = request.path
-        if not path or not path.startswith("/"):
+        if not path or not path.startswith("/") or "#" in path:  # no target: nginx and the upstream differ
             return ()
         if not self._origins:
             uri = target(request.scheme, request.host, path)

@@ -117,7 +117,7 @@ def test_a_location_naming_an_unknown_policy_is_denied_and_logged(stack: Stack, 
 
 
 # Targets nginx reads one way and an upstream another (issue 22, case 2): nginx picks
-# `location /health` (policy health: any active token, binding off) on its own normalized reading,
+# the `/health` location (policy health: any active token, binding off) on its own normalized reading,
 # and proxy_pass sends the raw target upstream, where it means /admin/users.
 AMBIGUOUS = [
     b"/health/%252e%252e/admin/users",         # an upstream that decodes twice
@@ -126,6 +126,7 @@ AMBIGUOUS = [
     "/health/\u2025/admin/users".encode(),      # NFKC: the two-dot leader is ..
     b"/health/%e2%80%a5/admin/users",
     b"/health;x/../admin/users",
+    b"/health#/../admin/users",                 # nginx ends the path at #, and sends all of it upstream
 ]
 
 
@@ -143,6 +144,22 @@ def test_a_target_with_two_meanings_never_reaches_the_upstream_under_the_policy_
     assert len(stack.upstream.received) == reached, stack.upstream.last.path
     if reply.status == 401:  # the sidecar's answer (nginx itself refuses some targets with 400)
         assert stack.sidecar.metric("sidecar_decisions_total", outcome="deny", reason="path_invalid") == before + 1
+
+
+@pytest.mark.parametrize("target", [b"/healthz", b"/health-internal/users", b"/health.json", b"/healthadmin"])
+def test_a_path_that_only_begins_with_a_named_locations_prefix_falls_under_the_default_policy(
+        stack: Stack, tokens: dict[str, str], oidc: OidcProvider, target: bytes) -> None:
+    """``location /health`` (a plain prefix) would name the health policy (binding off) for
+    ``/healthz`` too: carol's unbound token reached resources the template puts under the default.
+    The named locations match whole segments, as ``[[routes]]`` prefixes and Envoy's
+    ``path_separated_prefix`` do."""
+    reached, before = len(stack.upstream.received), stack.sidecar.metric(
+        "sidecar_decisions_total", policy="default", reason="token_unbound")
+    reply = raw_request(stack.nginx.url, target, ca_file=oidc.pki.ca_file,
+                        headers=[("Host", "127.0.0.1"), ("Authorization", f"Bearer {tokens['carol']}")])
+    assert reply.status == 401, (reply.status, stack.diagnostics())
+    assert len(stack.upstream.received) == reached, stack.upstream.last.path
+    assert stack.sidecar.metric("sidecar_decisions_total", policy="default", reason="token_unbound") == before + 1
 
 
 def test_the_same_token_passes_health_with_a_target_that_has_one_meaning(

@@ -28,7 +28,9 @@ ATTEMPTS = [
     ("/admin", ADMIN),
     ("/admin/", ADMIN),
     ("/admin/users?x=1", ADMIN),
-    ("/admin#frag", ADMIN),
+    ("/admin#frag", INVALID),                # a target carries no fragment: nginx cuts the path at #,
+    ("/public#/../admin", INVALID),          # sends it upstream as it is, where /public#/.. is a segment
+    ("/public?#/../admin", INVALID),
     ("//admin", ADMIN),                      # nginx merge_slashes; many servers collapse //
     ("///admin//users", ADMIN),
     ("/./admin", ADMIN),
@@ -136,7 +138,9 @@ def test_non_ascii_is_refused_when_case_is_ignored() -> None:
 
 
 def test_normalization_resolves_dots_drops_parameters_and_the_trailing_slash() -> None:
-    assert normalize_path("/a/./b/../c//d/?q;x#f") == "/a/c/d"
+    assert normalize_path("/a/./b/../c//d/?q;x") == "/a/c/d"
+    with pytest.raises(UnsafePath):
+        normalize_path("/a/./b/../c//d/?q;x#f")  # no request target carries a fragment
     assert normalize_path("/") == "/" and normalize_path("/.") == "/"
     with pytest.raises(UnsafePath):
         normalize_path("/a/" + "x" * 9000)

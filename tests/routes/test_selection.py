@@ -63,7 +63,7 @@ def decider(raw: dict[str, Any] | None = None, **claims: object) -> tuple[Decide
 
 
 def req(method: str | None = "GET", path: str | None = "/orders", *, cert: str | None = X5T,
-        peer: str = "127.0.0.1", policy: str | None = None, host: str | None = None) -> CheckRequest:
+        peer: str = "127.0.0.1", policy: str | None = None, host: str | None = "api.example") -> CheckRequest:
     return CheckRequest(["Bearer tok"], [cert] if cert else [], peer, method=method, path=path, policy=policy,
                         host=host)
 
@@ -102,6 +102,19 @@ async def test_a_rule_with_hosts_matches_the_host_without_port_and_case() -> Non
     d, _, _ = decider(scope="admin")
     assert outcome(await decide(d, req("GET", "/v2/reports", host="Reports.Example:8443"))) == "allow"
     assert outcome(await decide(d, req("GET", "/v2/reports", host="other.example"))) == "route_unmatched"
+
+
+@pytest.mark.parametrize("host", ["reports.example.:8443", "reports.example.", "reports.example:",
+                                  "reports.example:08443", "reports.example:8443, api.example",
+                                  "user@reports.example", "", None])
+async def test_where_host_rules_exist_a_host_servers_read_differently_is_refused_not_passed_to_the_next_rule(
+        host: str | None) -> None:
+    """nginx drops a final dot and an empty port, Envoy, Traefik and HAProxy pass them on; HAProxy's
+    req.hdr reads the last element of a list: none of them may fall through to a laxer rule."""
+    d, _, _ = decider(scope="admin")
+    assert outcome(await decide(d, req("GET", "/v2/reports", host=host))) == "path_invalid"
+    assert outcome(await decide(d, req("GET", "/orders", host=host))) == "path_invalid"
+    assert outcome(await decide(d, req("GET", "/v2/reports", host="REPORTS.example"))) == "allow"
 
 
 async def test_a_binding_off_policy_needs_no_certificate_where_the_default_does() -> None:

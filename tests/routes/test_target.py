@@ -83,6 +83,19 @@ def test_without_origins_the_htu_is_built_from_what_the_proxy_sent_and_any_host_
     assert stage.uris(request) == ()
 
 
+def test_a_target_with_a_hash_has_no_uri_a_dpop_htu_could_name() -> None:
+    """nginx ends the path at ``#`` and sends the whole target upstream: a proof for ``/o`` must not
+    pass for ``/o#/../admin``, with or without declared origins."""
+    for stage in (target(origins=()), target()):
+        request = CheckRequest([], (), "127.0.0.1", method="GET", path="/o#/../admin", host="api.example.com",
+                               scheme="https")
+        assert stage.uris(request) == ()
+        request.path = "/o?q#/../admin"
+        assert stage.uris(request) == ()
+        request.path = "/o?q"
+        assert stage.uris(request) != ()
+
+
 def test_an_untrusted_peer_cannot_vouch_for_an_origin() -> None:
     assert verdict(target(), "api.example.com", peer="192.0.2.1") == "origin_not_allowed"
 
