@@ -33,6 +33,7 @@ from sidecar.core.revocation import Selector
 from sidecar.fleet.channel import Agreement, Channel, Foreign
 from sidecar.fleet.seal import Tampered
 from sidecar.fleet.store import Fleet
+from sidecar.support.background import Background
 
 log = logging.getLogger("sidecar.fleet")
 PURGE_TIMEOUT = 5.0  # a purge: two deletions and a publish, bounded as a whole
@@ -54,7 +55,7 @@ class Purges:
         self._cache = cache
         self.channel = Channel(fleet.names, fleet.sealer)
         self.agreement = Agreement()
-        self._listener: asyncio.Task[None] | None = None
+        self._background = Background()  # the subscription
         self.subscribed = asyncio.Event()
         self._heard_own = 0.0
         self._beaten = -ANSWER_EVERY  # when this replica last beat (monotonic)
@@ -143,7 +144,7 @@ class Purges:
             self._answer_at = max(asyncio.get_running_loop().time(), self._beaten + ANSWER_EVERY)
 
     def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen())
+        self._background.spawn(self._listen())
 
     async def _listen(self) -> None:
         """Subscribe for as long as the process runs, again after any failure or silence."""
@@ -214,10 +215,7 @@ class Purges:
                 await fleet.redis.publish(self.channel.name, data)
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._background.cancel()
 
 
 async def _confirmed(pubsub: PubSub) -> None:
