@@ -339,8 +339,9 @@ def xfcc(issued: Issued) -> str:
 
 
 async def check_all(port: int, header: str, certs: list[str], tokens: list[tuple[int, str]],
-                    concurrency: int = 50, extra: dict[str, str] | None = None) -> dict[int, int]:
-    """Send every (token, cert) once; returns the count per status (the warm-up)."""
+                    concurrency: int = 16, extra: dict[str, str] | None = None) -> dict[int, int]:
+    """Send every (token, cert) once; returns the count per status (the warm-up). 16 at once: one
+    source (the bench's address) may hold idp.max_concurrent IdP calls, no more (admission)."""
     statuses: dict[int, int] = {}
     queue = list(tokens)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
@@ -491,8 +492,7 @@ async def scenario_dpop(env: Env, certs: list[str], tokens: list[tuple[int, str]
     bound = [(clients[i % 4], env.idp.mint_dpop("client", clients[i % 4].jkt)) for i in range(len(tokens))]
     title = "cache hit, DPoP-bound (ES256 proof per request) vs certificate-bound, same sidecar"
     try:
-        # 16 at once: one source (the bench's address) may hold idp.max_concurrent IdP calls, no more.
-        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, concurrency=16, extra=described)
+        warm = await check_all(sidecar.port, "x-client-cert", certs, tokens, extra=described)
         async with aiohttp.ClientSession() as session:
             for client, token in bound:
                 async with session.get(f"http://127.0.0.1:{sidecar.port}/check",
