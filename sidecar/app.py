@@ -177,10 +177,14 @@ class _Reloads:
         self._sidecar, self._loader = sidecar, loader
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._closed = False  # shutting down: parts a reload built now would never be closed
 
     def request(self) -> None:
         if self._loader is None:
             log.warning("SIGHUP ignored: no configuration to read again")
+            return
+        if self._closed:
+            log.warning("SIGHUP ignored: shutting down")
             return
         if self._task is not None and not self._task.done():
             self._again = True
@@ -196,6 +200,7 @@ class _Reloads:
             again = self._again
 
     async def cancel(self) -> None:
+        self._closed = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

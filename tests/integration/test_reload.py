@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from sidecar import runtime
-from sidecar.app import reload
+from sidecar.app import _Reloads, reload
 from sidecar.config import ConfigError
 from sidecar.dev.fakeidp import FakeIdp, Fault
 from sidecar.runtime import RestartRequired
@@ -317,3 +317,19 @@ async def test_a_reload_that_does_not_get_ready_changes_no_limit_of_the_running_
     assert not await reload(running.sidecar, lambda: broken)
     assert await random_token_check(running, "198.51.100.66") == 429  # the running rate, not the refused one
     assert not jwks_file.exists()  # nor the refused configuration's JWK Set file
+
+
+async def test_a_sighup_once_shutdown_began_starts_no_reload(
+        sidecar: Running, idp: FakeIdp, pki: TestPki, caplog: pytest.LogCaptureFixture) -> None:
+    """The parts such a reload would build could swap in after the sidecar closed, never closed."""
+    scopes = ["write"]
+    reloads = _Reloads(sidecar.sidecar, lambda: sidecar_config(pki, idp, policy={"required_scopes": scopes}))
+    reloads.request()  # before shutdown: it runs
+    await asyncio.sleep(0.3)
+    assert sidecar.sidecar.config.policy.required_scopes == ("write",)
+    await reloads.cancel()  # shutdown begins; the handler stays installed until the loop ends
+    scopes[:] = ["admin"]
+    reloads.request()
+    await asyncio.sleep(0.3)
+    assert sidecar.sidecar.config.policy.required_scopes == ("write",)
+    assert "SIGHUP ignored: shutting down" in caplog.text
