@@ -877,17 +877,10 @@ async def main_async(args: argparse.Namespace) -> None:
     pem = [escaped(c) for c in clients]
     tokens = mint(env, args.tokens)
     sidecars: list[Server] = []
-    if args.tracing_only:
+    if args.routes_only or args.issuers_only or args.identity_only or args.dpop_only or args.tracing_only:
         try:
-            await scenario_tracing(env, pem, tokens)
-        finally:
-            idp_server.close()
-            await runner.cleanup()
-            if not args.keep:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if args.routes_only or args.issuers_only or args.identity_only or args.dpop_only:
-        try:
+            if args.tracing_only:
+                await scenario_tracing(env, pem, tokens)
             if args.routes_only:
                 (ra, rb), (rb2, rc) = await scenario_routes(env, pem, tokens)
                 print(f"\nratio (b)/(a) cache hit, {ROUTES} rules vs one policy: {rb.rps / ra.rps:.3f}")
