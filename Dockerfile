@@ -21,7 +21,12 @@ COPY tools/uv.txt ./tools/
 RUN python -m venv /opt/uv && /opt/uv/bin/pip install --require-hashes -r tools/uv.txt
 COPY pyproject.toml uv.lock README.md ./
 COPY sidecar ./sidecar
+# The second sync makes opentelemetry-proto's and googleapis-common-protos's files win over the old
+# copies xds-protos ships (tools/uv.sh says why); the import fails the build if they did not.
 RUN /opt/uv/bin/uv sync --locked --no-editable --extra fleet --python python3 \
+    && /opt/uv/bin/uv sync --locked --no-editable --extra fleet --python python3 \
+       --reinstall-package opentelemetry-proto --reinstall-package googleapis-common-protos \
+    && /opt/sidecar/bin/python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope" \
     && /opt/sidecar/bin/sidecar --help
 
 FROM ${PYTHON_IMAGE}

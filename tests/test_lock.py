@@ -9,6 +9,8 @@ tests run in is exactly the lock.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -57,3 +59,32 @@ def test_every_package_the_tests_run_with_is_the_locked_version() -> None:
     assert wrong == {}, "installed (version, locked version) differ: run ./test.sh, which syncs from uv.lock"
     # and the lock's own pins are what the test extra asks for: pytest, mypy and redis among them
     assert {"pytest", "mypy", "redis", "aiohttp", "cryptography"} <= installed.keys()
+
+
+# Files two locked distributions both ship: xds-protos carries old copies of the OpenTelemetry and
+# Google API protos. tools/uv.sh (and the Dockerfile) reinstall their own packages last, so their
+# copies are the ones on disk; any other overlap is new and must be looked at.
+SHARED_FILES_OWNER = {("opentelemetry-proto", "xds-protos"): "opentelemetry-proto",
+                      ("googleapis-common-protos", "xds-protos"): "googleapis-common-protos"}
+
+
+def test_where_two_installed_distributions_ship_one_file_the_known_owner_s_copy_is_on_disk() -> None:
+    owners: dict[str, list[metadata.Distribution]] = {}
+    for dist in metadata.distributions(path=sys.path):
+        for file in dist.files or ():
+            if file.hash is not None and str(file).endswith(".py"):
+                owners.setdefault(str(file), []).append(dist)
+    shared = {path: dists for path, dists in owners.items() if len(dists) > 1}
+    assert shared, "xds-protos and opentelemetry-proto no longer overlap: drop SHARED_FILES_OWNER and the reinstall"
+    wrong: list[str] = []
+    for path, dists in sorted(shared.items()):
+        names = tuple(sorted(canonical(d.metadata["Name"]) for d in dists))
+        owner = SHARED_FILES_OWNER.get(names)
+        assert owner is not None, f"{path} is shipped by {names}: a new overlap"
+        (winner,) = [d for d in dists if canonical(d.metadata["Name"]) == owner]
+        (record,) = [f for f in winner.files or () if str(f) == path]
+        assert record.hash is not None
+        digest = base64.urlsafe_b64encode(hashlib.new(record.hash.mode, record.read_binary()).digest()).rstrip(b"=")
+        if digest.decode() != record.hash.value:
+            wrong.append(f"{path} (not {owner}'s)")
+    assert wrong == [], f"{wrong[:3]}...: tools/uv.sh reinstalls the owners after the sync"

@@ -13,6 +13,13 @@ fi
 # uv leaves alone: start afresh so that the environment is exactly the lock.
 if [ -d .venv ] && ! grep -q '^uv = ' .venv/pyvenv.cfg 2>/dev/null; then rm -rf .venv; fi
 
+# xds-protos (the Envoy protos of the gRPC front) also ships old copies of the OpenTelemetry and
+# Google API protos that opentelemetry-proto and googleapis-common-protos (the OTLP exporter's)
+# ship: in one sync the wheel unpacked last wins, so either may (an old OpenTelemetry copy breaks
+# the exporter). A second sync reinstalls those two alone, from the lock: their files win, every
+# time (tests/test_lock.py checks the files on disk).
 uv_sync() {
   "$UV" sync --locked --quiet --python python3 "$@"
+  "$UV" sync --locked --quiet --python python3 \
+    --reinstall-package opentelemetry-proto --reinstall-package googleapis-common-protos "$@"
 }
