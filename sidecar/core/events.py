@@ -10,6 +10,10 @@ Events that revoke, and what they name:
   ``token``), or a token by its ``jti``;
 - an ``oauth_client`` subject (``client_id``) in any of them: every token of that client.
 
+Subject identifiers are per issuer: every selector names the SET's ``iss`` too, so a SET revokes
+only tokens whose ``iss`` is its own (an issuer cannot revoke another issuer's subjects, clients or
+tokens), and an ``iss_sub`` identifier naming another issuer revokes nothing.
+
 The subject is the event's ``subject`` member, else the SET's ``sub_id`` claim (OpenID SSF). RFC
 9493 formats matched: ``iss_sub`` (``sub`` and ``iss``), ``opaque`` (``sub``), ``email`` (the kept
 ``email`` claim, or ``username``), ``aliases`` (each one); the legacy ``subject_type`` names the
@@ -53,7 +57,7 @@ def revocations(claims: Mapping[str, Any], now: float,
     if len(events) > MAX_EVENTS:
         raise SetRefused("invalid_request", "too many events in one SET")
     selectors: list[Selector] = []
-    at = float(claims["iat"])
+    at, iss = float(claims["iat"]), claims["iss"]
     for event_type, payload in events.items():
         if event_type not in SUBJECT_EVENTS and event_type != TOKEN_REVOKED:
             continue
@@ -65,7 +69,7 @@ def revocations(claims: Mapping[str, Any], now: float,
         stamp = payload.get("event_timestamp")
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             at = max(at, float(stamp)) if event_type in SUBJECT_EVENTS else at
-        found = list(_token(subject, key_of) if event_type == TOKEN_REVOKED else _subject(subject, 0))
+        found = _token(subject, key_of, iss) if event_type == TOKEN_REVOKED else _subject(subject, 0, iss)
         selectors += found
     return list(dict.fromkeys(selectors)), min(at, now)
 
@@ -75,36 +79,36 @@ def _text(subject: Mapping[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= MAX_VALUE else None
 
 
-def _subject(subject: Mapping[str, Any], depth: int) -> Iterator[Selector]:
-    """RFC 9493 subject identifiers (and a CAEP complex subject's user)."""
+def _subject(subject: Mapping[str, Any], depth: int, iss: str) -> Iterator[Selector]:
+    """RFC 9493 subject identifiers (and a CAEP complex subject's user) of issuer ``iss``."""
     kind = subject.get("format", subject.get("subject_type"))
-    if kind == "iss_sub" and (sub := _text(subject, "sub")) and (iss := _text(subject, "iss")):
+    if kind == "iss_sub" and (sub := _text(subject, "sub")) and _text(subject, "iss") == iss:
         yield Selector("sub", sub, iss)
     elif kind == "opaque" and (value := _text(subject, "id")):
-        yield Selector("sub", value)
+        yield Selector("sub", value, iss)
     elif kind == "email" and (email := _text(subject, "email")):
-        yield Selector("email", email)
+        yield Selector("email", email, iss)
     elif kind == "oauth_client" and (client := _text(subject, "client_id")):
-        yield Selector("client_id", client)
+        yield Selector("client_id", client, iss)
     elif kind == "aliases" and depth == 0 and isinstance(subject.get("identifiers"), list):
         for alias in subject["identifiers"][:MAX_ALIASES]:
             if isinstance(alias, Mapping):
-                yield from _subject(alias, 1)
+                yield from _subject(alias, 1, iss)
     elif kind is None and isinstance(subject.get("user"), Mapping) and depth == 0:
-        yield from _subject(subject["user"], 1)
+        yield from _subject(subject["user"], 1, iss)
 
 
-def _token(subject: Mapping[str, Any], key_of: Callable[[str], bytes]) -> Iterator[Selector]:
+def _token(subject: Mapping[str, Any], key_of: Callable[[str], bytes], iss: str) -> Iterator[Selector]:
     """The OAuth event's token subject: the token itself (``plain``) or its ``jti``; a client."""
     kind = subject.get("format", subject.get("subject_type"))
     if kind == "oauth_client" and (client := _text(subject, "client_id")):
-        yield Selector("client_id", client)
+        yield Selector("client_id", client, iss)
         return
     if kind != "oauth_token":
         raise SetRefused("invalid_request", "token-revoked names no oauth_token")
     if (jti := _text(subject, "jti")) is not None:
-        yield Selector("jti", jti)
+        yield Selector("jti", jti, iss)
     elif subject.get("token_identifier_alg") == "plain" and isinstance(token := subject.get("token"), str) and token:
-        yield Selector("key", key_of(token).hex())
+        yield Selector("key", key_of(token).hex(), iss)
     else:
         raise SetRefused("invalid_request", "token-revoked needs a jti, or a plain token")

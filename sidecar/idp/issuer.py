@@ -82,7 +82,12 @@ class Issuer:
             self._note(exc)
             raise
         self.client_rejected = False
-        return dataclasses.replace(info, issuer=self.name) if info.active else info
+        if not info.active:
+            return info
+        # An introspection answer need not carry iss (RFC 7662 §2.2); the issuer asked is the one that
+        # vouched, so its identifier is the token's: what its revocation events are scoped by.
+        iss = info.iss if info.iss is not None or not info.introspected else self.idp.issuer
+        return dataclasses.replace(info, issuer=self.name, iss=iss)
 
     def _note(self, exc: IdpError) -> None:
         """A refusal of our client authentication: not ready until an introspection passes again."""

@@ -19,7 +19,9 @@ the right one (called on a cache miss only: a hit never routes).
   issuer per tenant, each with that tenant's discovery and keys, all under the configured name.
 
 Which issuer vouched is recorded on the answer (``TokenInfo.issuer``); the policy decides
-whether it accepts it (core/policy.py).
+whether it accepts it (core/policy.py). An issuer's answer whose ``iss`` is another configured
+issuer's identifier is ``issuer_not_allowed``: one IdP never vouches for a token as another (whose
+``iss`` policies' ``allowed_issuers`` and that issuer's Security Event Tokens trust).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Issuers:
         if iss is not None:
             issuer = self._by_iss.get(iss)
             if issuer is not None:
-                return await issuer.verify(token)
+                return self._own(issuer, await issuer.verify(token))
             unnamed = tuple(n for n in issuers if not any(i.idp.issuer for i in self.by_name.get(n, ())))
             if not unnamed:
                 raise InvalidToken("issuer_not_allowed", f"iss {iss[:100]!r} names no configured issuer")
@@ -120,12 +122,18 @@ class Issuers:
                     failure = failure or exc
                     continue
                 if info.active:
-                    return info
+                    return self._own(issuer, info)
         if failure is not None:
             raise failure
         if not asked:
             raise InvalidToken("jwt_malformed", "not a JWT with an iss, and no issuer of this policy introspects")
         return INACTIVE
+
+    def _own(self, issuer: Issuer, info: TokenInfo) -> TokenInfo:
+        """``info`` as ``issuer`` gave it, unless it names another configured issuer as its ``iss``."""
+        if info.iss is not None and info.iss != issuer.idp.issuer and info.iss in self._by_iss:
+            raise InvalidToken("issuer_not_allowed", f"issuer {issuer.name!r} answered for iss {info.iss[:100]!r}")
+        return info
 
     def earliest_expiry(self) -> float:
         """When the first of the client certificates presented to the IdPs expires (Unix time; 0

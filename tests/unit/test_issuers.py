@@ -99,6 +99,27 @@ async def test_an_opaque_token_is_introspected_at_the_policys_issuers_in_order_u
     assert not checks["b"].asked
 
 
+async def test_an_issuer_whose_answer_names_another_configured_issuer_is_refused() -> None:
+    """Issuer a cannot vouch for a token as issuer b (its iss is then what policies, allowed_issuers
+    and b's Security Event Tokens trust)."""
+    issuers, _ = registry(two(), default=replace(ACTIVE, iss=B), b=INACTIVE)
+    for presented in ("opaque", token(A)):
+        with pytest.raises(InvalidToken) as denied:
+            await issuers.verify(presented, ("default", "b"))
+        assert denied.value.reason == "issuer_not_allowed"
+    issuers, _ = registry(two(), default=replace(ACTIVE, iss=A))
+    assert (await issuers.verify("opaque", ("default",))).issuer == "default"
+
+
+async def test_an_introspection_answer_without_iss_names_the_issuer_that_gave_it() -> None:
+    """So that the issuer's own revocation events (scoped by iss) reach its opaque tokens."""
+    issuers, _ = registry(two(), default=INACTIVE, b=ACTIVE)
+    assert (await issuers.verify("opaque", ("default", "b"))).iss == B
+    single = {"idp": {"issuer": A, "client_id": "s", "auth_method": "client_secret_basic", "client_secret": "x" * 16}}
+    issuers, _ = registry(single, default=ACTIVE)
+    assert (await issuers.verify("opaque", ("default",))).iss == A
+
+
 async def test_a_failing_issuer_never_makes_an_opaque_token_inactive() -> None:
     down = IdpError(IdpFailure.REFUSED, "down")
     issuers, _ = registry(two(), default=down, b=INACTIVE)

@@ -44,12 +44,14 @@ def claims(events: dict[str, Any], **more: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("subject", "expected"), [
     ({"format": "iss_sub", "iss": ISS, "sub": "alice"}, [Selector("sub", "alice", ISS)]),
-    ({"format": "opaque", "id": "alice"}, [Selector("sub", "alice")]),
-    ({"format": "email", "email": "a@example.com"}, [Selector("email", "a@example.com")]),
-    ({"subject_type": "oauth_client", "client_id": "app"}, [Selector("client_id", "app")]),
+    ({"format": "opaque", "id": "alice"}, [Selector("sub", "alice", ISS)]),
+    ({"format": "email", "email": "a@example.com"}, [Selector("email", "a@example.com", ISS)]),
+    ({"subject_type": "oauth_client", "client_id": "app"}, [Selector("client_id", "app", ISS)]),
     ({"format": "aliases", "identifiers": [{"format": "opaque", "id": "a"}, {"format": "email", "email": "a@x.y"}]},
-     [Selector("sub", "a"), Selector("email", "a@x.y")]),
-    ({"user": {"format": "opaque", "id": "u1"}, "session": {"format": "opaque", "id": "s"}}, [Selector("sub", "u1")]),
+     [Selector("sub", "a", ISS), Selector("email", "a@x.y", ISS)]),
+    ({"user": {"format": "opaque", "id": "u1"}, "session": {"format": "opaque", "id": "s"}},
+     [Selector("sub", "u1", ISS)]),
+    ({"format": "iss_sub", "iss": "https://other", "sub": "alice"}, []),  # another issuer's subject
     ({"format": "phone_number", "phone_number": "+1"}, []),
 ])
 def test_a_session_revoked_event_names_its_subject(subject: dict[str, Any], expected: list[Selector]) -> None:
@@ -60,13 +62,13 @@ def test_a_session_revoked_event_names_its_subject(subject: dict[str, Any], expe
 def test_the_subject_may_be_the_sets_sub_id_claim() -> None:
     event = {CAEP_SESSION_REVOKED: {"event_timestamp": 1}}
     selectors, _ = revocations(claims(event, sub_id={"format": "opaque", "id": "bob"}), time.time(), key_of)
-    assert selectors == [Selector("sub", "bob")]
+    assert selectors == [Selector("sub", "bob", ISS)]
 
 
 def test_a_token_revoked_event_names_a_jti_or_the_token_itself() -> None:
-    assert revocations(claims(token_revoked(jti="t-1")), time.time(), key_of)[0] == [Selector("jti", "t-1")]
+    assert revocations(claims(token_revoked(jti="t-1")), time.time(), key_of)[0] == [Selector("jti", "t-1", ISS)]
     selectors, _ = revocations(claims(token_revoked(token="secret-token")), time.time(), key_of)
-    assert selectors == [Selector("key", key_of("secret-token").hex())]
+    assert selectors == [Selector("key", key_of("secret-token").hex(), ISS)]
 
 
 @pytest.mark.parametrize("events", [
@@ -215,6 +217,48 @@ def test_a_remembered_revocation_refuses_tokens_issued_until_then_but_not_after(
     assert not cache.revoked(key, info(sub="bob", iat=int(now) - 5))
     cache.revoke(Selector("jti", "j1"), now - 100)
     assert cache.revoked(key, info(sub="carol", jti="j1", iat=int(now)))  # a jti whatever its iat
+
+
+@pytest.mark.parametrize("subject", [
+    {"format": "opaque", "id": "alice"},
+    {"format": "email", "email": "alice@example.com"},
+    {"format": "oauth_client", "client_id": "web"},
+    {"format": "iss_sub", "iss": "https://other", "sub": "alice"},
+])
+async def test_a_set_revokes_only_the_tokens_its_own_issuer_issued(subject: dict[str, Any]) -> None:
+    """Subject identifiers are per issuer: issuer A's SET never purges issuer B's answers."""
+    cache = TokenCache(CacheConfig())
+    mine = await fill(cache, "a", info(sub="alice", iss=ISS, client_id="web", username="alice@example.com"))
+    theirs = await fill(cache, "b", info(sub="alice", iss="https://other", client_id="web",
+                                         username="alice@example.com", iat=int(time.time()) - 5))
+    selectors, at = revocations(claims(session_revoked(subject)), time.time(), key_of)
+    for selector in selectors:
+        cache.revoke(selector, at)
+    assert cache.get(theirs) is not None
+    assert not cache.revoked(cache.key("b2"), info(sub="alice", iss="https://other", client_id="web",
+                                                   username="alice@example.com", iat=int(time.time()) - 5))
+    if subject.get("iss") is None:
+        assert cache.get(mine) is None
+
+
+async def test_a_token_revoked_by_another_issuers_set_stays() -> None:
+    cache = TokenCache(CacheConfig())
+    theirs = await fill(cache, "b", info(sub="bob", iss="https://other", jti="t-1"))
+    for events in (token_revoked(jti="t-1"), token_revoked(token="b")):
+        for selector in revocations(claims(events), time.time(), cache.key)[0]:
+            cache.revoke(selector, time.time())
+    assert cache.get(theirs) is not None and not cache.revoked(theirs, info(sub="bob", iss="https://other", jti="t-1"))
+
+
+def test_revocations_of_one_subject_by_two_issuers_are_both_remembered() -> None:
+    cache = TokenCache(CacheConfig())
+    now = time.time()
+    cache.revoke(Selector("sub", "alice", ISS), now)
+    cache.revoke(Selector("sub", "alice", "https://other"), now)
+    key = cache.key("x")
+    assert cache.revoked(key, info(sub="alice", iss=ISS, iat=int(now) - 5))
+    assert cache.revoked(key, info(sub="alice", iss="https://other", iat=int(now) - 5))
+    assert not cache.revoked(key, info(sub="alice", iss="https://third", iat=int(now) - 5))
 
 
 class Verifier:
