@@ -68,6 +68,30 @@ async def test_a_value_saved_before_a_purge_and_written_back_is_refused_by_every
         replica.sidecar.decider.cache.clear()
 
 
+@pytest.mark.parametrize("by", ["client_id", "sub", "jti"])
+async def test_a_value_saved_before_a_revocation_is_refused_after_events_remember_has_passed(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, by: str
+) -> None:
+    """``events.remember`` may be shorter than ``cache.max_ttl``: the revocation's own memory then
+    ends while a value given before it still lives in Redis (put back, or never deleted)."""
+    replicas = [await make_replica(events={"remember": 0.5}) for _ in range(2)]
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await replicas[0].check(token, pki.alice)).status == 200
+    name, sealed = await saved_value(replicas[0], token)
+    claims = idp.tokens.pop(token)  # revoked at the IdP, then by its claims on every replica
+    answer = await (await replicas[1].admin.post("/purge", json={by: claims[by]}, headers=ADMIN)).json()
+    assert answer["fleet"] is True
+    await until(lambda: len(replicas[0].sidecar.decider.cache) == 0)
+    await asyncio.sleep(1.0)  # past events.remember, well within cache.max_ttl
+    redis = fleet_of(replicas[0]).redis
+    for replica in replicas:
+        await redis.set(name, sealed, px=60_000)
+        denied = await replica.check(token, pki.alice)
+        assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+        assert events(replica, "predates_purge") == 1
+        replica.sidecar.decider.cache.clear()
+
+
 async def test_a_value_planted_again_at_once_is_not_read_a_third_time(
     make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
 ) -> None:
