@@ -92,6 +92,26 @@ async def test_a_value_saved_before_a_revocation_is_refused_after_events_remembe
         replica.sidecar.decider.cache.clear()
 
 
+async def test_a_value_from_a_replica_with_a_longer_max_ttl_is_used_no_longer_than_this_replicas_own(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
+) -> None:
+    """A rolling change of ``cache.max_ttl``: a value sealed by a replica with a longer one must not
+    outlive this replica's memory of a purge (a value put back after it has forgotten)."""
+    short = await make_replica(cache={"max_ttl": 0.5, "negative_ttl": 0.5})  # remembers a purge ~3.5 s
+    long = await make_replica()  # cache.max_ttl 300
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await long.check(token, pki.alice)).status == 200
+    name, sealed = await saved_value(long, token)
+    idp.tokens.pop(token)
+    answer = await (await short.admin.post("/purge", json={"token": token}, headers=ADMIN)).json()
+    assert answer["fleet"] is True
+    await asyncio.sleep(4.0)  # past what the short replica remembers, well within the value's own expiry
+    await (await short.admin.post("/purge", json={"token_hash": "0" * 12}, headers=ADMIN)).json()  # prunes
+    await fleet_of(short).redis.set(name, sealed, px=60_000)
+    denied = await short.check(token, pki.alice)
+    assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+
+
 async def test_a_value_planted_again_at_once_is_not_read_a_third_time(
     make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
 ) -> None:
