@@ -219,6 +219,31 @@ async def test_a_lone_replica_is_ready_and_junk_published_on_the_channel_leaves_
     assert await ready(a) == (200, "ok") and await ready(b) == (200, "ok")
 
 
+async def test_one_oversized_message_cuts_every_subscription_and_costs_an_idp_call_per_token_never_a_purge(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer
+) -> None:
+    """Redis closes a subscriber past its pubsub output buffer limit (32 MB by default): a writer who
+    publishes more cuts every replica's subscription. Each resubscribes and drops its cache."""
+    a, b = await make_replica(), await make_replica()
+    revoked, live = idp.mint("alice", cnf=pki.alice.x5t_s256), idp.mint("alice", cnf=pki.alice.x5t_s256)
+    for replica in (a, b):
+        for token in (revoked, live):
+            assert (await replica.check(token, pki.alice)).status == 200
+    calls = idp.introspect_requests
+    await fleet_of(a).redis.publish(fleet_of(a).names.channel, b"x" * 40_000_000)
+    idp.tokens.pop(revoked)
+    await (await b.admin.post("/purge", json={"token": revoked}, headers=ADMIN)).json()  # while a may be cut
+    await until(lambda: events(a, "resubscribed") == 1 and events(b, "resubscribed") == 1, seconds=5.0)
+    assert "output buffer limits" in (redis_server.directory / "redis.log").read_text()
+    for replica in (a, b):
+        await until(lambda replica=replica: fleet_of(replica).subscribed, seconds=5.0)
+        denied = await replica.check(revoked, pki.alice)
+        assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+        assert (await replica.check(live, pki.alice)).status == 200
+        assert await ready(replica) == (200, "ok")
+    assert idp.introspect_requests - calls <= 4  # each token at most once per replica
+
+
 async def test_authentic_messages_replayed_by_a_writer_are_refused(
     make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
 ) -> None:
