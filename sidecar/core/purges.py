@@ -20,13 +20,15 @@ stricter). A replica that may have missed purges (just started, or resubscribed)
 floor to the present.
 
 Revocations (a :class:`~sidecar.core.revocation.Selector`: a ``jti``, subject, e-mail, client or
-token) are remembered here the same way and as long (:meth:`PurgeMemory.revoked`): the cache's own
-memory of them (``events.remember``, ``events.max_revocations``) may end, or drop the oldest,
-while an answer given before them still lives in Redis.
+token) are remembered here the same way and as long, by a 16-byte digest whatever the length of
+their value (:meth:`PurgeMemory.revoked`): the cache's own memory of them (``events.remember``,
+``events.max_revocations``) may end, or drop the oldest, while an answer given before them still
+lives in Redis.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -101,7 +103,8 @@ class PurgeMemory:
         self._keep = keep
         self._max = max_entries
         self._clock = clock
-        self._seen: OrderedDict[Purge | Selector, float] = OrderedDict()  # oldest first
+        # oldest first; a revocation by the digest of its selector (16 bytes, whatever its value's length)
+        self._seen: OrderedDict[Purge | bytes, float] = OrderedDict()
         self.floor = 0.0  # wall clock: every shared answer begun before it is refused
 
     def __len__(self) -> int:
@@ -117,9 +120,9 @@ class PurgeMemory:
 
     def revoked(self, selector: Selector) -> None:
         """A revocation learnt now (sent from here, or received): refused like a purge."""
-        self._add(selector, self._clock())
+        self._add(_digest(selector), self._clock())
 
-    def _add(self, purge: Purge | Selector, now: float) -> None:
+    def _add(self, purge: Purge | bytes, now: float) -> None:
         self._seen.pop(purge, None)
         self._seen[purge] = now
         self._prune(now)
@@ -141,7 +144,7 @@ class PurgeMemory:
         seen = self._seen
         if any(seen.get(purge, 0.0) > began for purge in Purge.naming(key, hashed, info)):
             return True
-        return any(seen.get(selector, 0.0) > began for selector in _selectors(key, info))
+        return any(seen.get(_digest(selector), 0.0) > began for selector in _selectors(key, info))
 
     def _prune(self, now: float) -> None:
         seen = self._seen
@@ -161,3 +164,8 @@ def _selectors(key: bytes, info: TokenInfo) -> list[Selector]:
         if kind == "sub" and info.iss is not None:
             named.append(Selector(kind, value, info.iss))
     return named
+
+
+def _digest(selector: Selector) -> bytes:
+    return hashlib.blake2b(f"{selector.kind}\0{selector.iss or ''}\0{selector.value}".encode(),
+                           digest_size=16).digest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sidecar.core.purges import Purge, PurgeMemory
@@ -112,3 +114,16 @@ def test_a_revocation_of_a_subject_at_another_issuer_does_not_name_this_token() 
     memory.revoked(Selector("sub", "alice", "https://elsewhere"))
     alice = TokenInfo(active=True, sub="alice", iss="https://idp", iat=0)
     assert not memory.refuses(KEY, "x", alice, began=999.0)
+
+
+def test_remembered_revocations_cost_the_same_bytes_whatever_the_length_of_their_values() -> None:
+    memory = PurgeMemory(300.0, clock=Clock())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(1000):
+            memory.revoked(Selector("sub", f"{index:04d}" + "x" * 1020))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memory) == 1000 and grown < 1000 * 300  # a 1,024-character value is not kept
