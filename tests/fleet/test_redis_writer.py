@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sidecar.dev.fakeidp import FakeIdp
-from sidecar.dev.redis import RedisServer
+from sidecar.dev.redis import REDIS_CLI, RedisServer
 from sidecar.support.logs import token_hash
 from tests.conftest import Running
 from tests.fleet.conftest import ADMIN, FleetFiles, MakeReplica, events, fleet_of
@@ -242,6 +242,25 @@ async def test_one_oversized_message_cuts_every_subscription_and_costs_an_idp_ca
         assert (await replica.check(live, pki.alice)).status == 200
         assert await ready(replica) == (200, "ok")
     assert idp.introspect_requests - calls <= 4  # each token at most once per replica
+
+
+async def test_a_script_that_never_ends_makes_redis_unavailable_and_the_replicas_go_on_without_it(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer
+) -> None:
+    a = await make_replica(breaker_failures=2)
+    sha = redis_server.cli("script", "load", "while true do end")  # SCRIPT LOAD and EVALSHA: in the ACL
+    busy = await asyncio.create_subprocess_exec(REDIS_CLI, "-p", str(redis_server.port), "evalsha", sha, "0",
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.3)
+        token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+        assert (await a.check(token, pki.alice)).status == 200  # the IdP, as without a fleet
+        answer = await (await a.admin.post("/purge", json={"token": token}, headers=ADMIN)).json()
+        assert answer == {"purged": 1, "fleet": False}
+        assert events(a, "error") >= 1
+    finally:
+        redis_server.cli("script", "kill")
+        await busy.wait()
 
 
 async def test_authentic_messages_replayed_by_a_writer_are_refused(
