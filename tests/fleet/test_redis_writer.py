@@ -1,7 +1,9 @@
 """What an attacker with write access to the fleet's Redis (the sidecars' own ACL) can and cannot
-do (docs/fleet.md): no value put back after a purge is used, a planted lock costs one wait, a
-keyspace flood leaves purges bounded and effective, a replica with another seal key or fleet secret
-is not ready, and a proof's replay key deleted buys at most one more use per replica."""
+do (docs/fleet.md): no value put back after a purge or a revocation is used (past
+``events.remember`` too, or sealed by a replica with a longer ``cache.max_ttl``), a planted lock
+costs one wait, a keyspace flood leaves purges bounded and effective, a replica with another seal
+key or fleet secret is not ready, a proof's replay key deleted buys at most one more use per
+replica, and cutting the subscriptions or blocking Redis costs IdP calls, never a purge."""
 
 from __future__ import annotations
 
