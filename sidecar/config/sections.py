@@ -406,8 +406,8 @@ class FleetConfig:
     previous_seal_key_file: str | None = key(None, "the former fleet key, still accepted for reading during a "
                                                    "rotation", checks=_FILE)
     prefix: str = key("sidecar:", "prefix of every key and channel in Redis", checks=(checks.redis_prefix,))
-    timeout: float = key(0.05, "bound on each Redis command; a slower Redis counts as failing", gt=0, le=5,
-                         unit="seconds")
+    timeout: float = key(0.05, "bound on each Redis command a check waits for; a slower Redis counts as failing",
+                         gt=0, le=5, unit="seconds")
     lock_wait: float = key(0.5, "how long a replica waits for another one's IdP call for the same token before "
                                 "calling the IdP itself; at most `idp.timeout`", ge=0, unit="seconds")
     breaker_failures: int = key(3, "consecutive Redis failures that open the breaker (Redis is then skipped)",

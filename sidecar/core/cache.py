@@ -114,7 +114,8 @@ class TokenCache:
         self._flights: SingleFlight[bytes, Entry] = SingleFlight()
         self._generation = 0  # bumped by every purge
         self._index = CacheIndex(config.max_entries) if on and index else None
-        self.revocations = revocations or Revocations(10_000, 3600.0, timer)  # tests build caches bare
+        # "is None", not "or": an empty Revocations is falsy, and the configured one must be kept
+        self.revocations = Revocations(10_000, 3600.0, timer) if revocations is None else revocations
 
     @property
     def secret(self) -> bytes:

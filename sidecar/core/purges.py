@@ -18,10 +18,17 @@ bounded; when full, its oldest purge is folded into :attr:`PurgeMemory.floor`, t
 which every shared answer is refused (so it forgets nothing it must remember, it only grows
 stricter). A replica that may have missed purges (just started, or resubscribed) raises the
 floor to the present.
+
+Revocations (a :class:`~sidecar.core.revocation.Selector`: a ``jti``, subject, e-mail, client or
+token) are remembered here the same way and as long, by a 16-byte digest whatever the length of
+their value (:meth:`PurgeMemory.revoked`): the cache's own memory of them (``events.remember``,
+``events.max_revocations``) may end, or drop the oldest, while an answer given before them still
+lives in Redis.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -29,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sidecar.core.revocation import Selector, values
 from sidecar.core.token_info import TokenInfo
 
 Kind = Literal["key", "token_hash", "all"]
@@ -95,7 +103,8 @@ class PurgeMemory:
         self._keep = keep
         self._max = max_entries
         self._clock = clock
-        self._seen: OrderedDict[Purge, float] = OrderedDict()  # oldest first
+        # oldest first; a revocation by the digest of its selector (16 bytes, whatever its value's length)
+        self._seen: OrderedDict[Purge | bytes, float] = OrderedDict()
         self.floor = 0.0  # wall clock: every shared answer begun before it is refused
 
     def __len__(self) -> int:
@@ -107,6 +116,13 @@ class PurgeMemory:
         if purge.kind == "all":
             self.raise_floor(now)
             return
+        self._add(purge, now)
+
+    def revoked(self, selector: Selector) -> None:
+        """A revocation learnt now (sent from here, or received): refused like a purge."""
+        self._add(_digest(selector), self._clock())
+
+    def _add(self, purge: Purge | bytes, now: float) -> None:
         self._seen.pop(purge, None)
         self._seen[purge] = now
         self._prune(now)
@@ -126,7 +142,9 @@ class PurgeMemory:
         if began < self.floor:
             return True
         seen = self._seen
-        return any(seen.get(purge, 0.0) > began for purge in Purge.naming(key, hashed, info))
+        if any(seen.get(purge, 0.0) > began for purge in Purge.naming(key, hashed, info)):
+            return True
+        return any(seen.get(_digest(selector), 0.0) > began for selector in _selectors(key, info))
 
     def _prune(self, now: float) -> None:
         seen = self._seen
@@ -135,3 +153,19 @@ class PurgeMemory:
             if at > now - self._keep:
                 break
             del seen[purge]
+
+
+def _selectors(key: bytes, info: TokenInfo) -> list[Selector]:
+    """Every revocation that names the token of ``key`` (``info``): by token, and by each claim
+    (a subject with and without its issuer)."""
+    named = [Selector("key", key.hex())]
+    for kind, value in values(info):
+        named.append(Selector(kind, value))
+        if kind == "sub" and info.iss is not None:
+            named.append(Selector(kind, value, info.iss))
+    return named
+
+
+def _digest(selector: Selector) -> bytes:
+    return hashlib.blake2b(f"{selector.kind}\0{selector.iss or ''}\0{selector.value}".encode(),
+                           digest_size=16).digest()

@@ -82,8 +82,8 @@ def build_stages(config: Config, shared: SharedAnswers | None = None,
         signing_keys = SigningKeys(config.identity)
     return Stages(
         cache=TokenCache(config.cache, secret=None if shared is None else shared.digest_key,
-                         revocations=revocations or Revocations(config.events.max_revocations,
-                                                                config.events.remember, time.monotonic),
+                         revocations=revocations if revocations is not None else Revocations(
+                             config.events.max_revocations, config.events.remember, time.monotonic),
                          index=revocations_heard(config),
                          previous=previous.cache if previous is not None and reuse_answers else None),
         policies=policies,

@@ -71,6 +71,8 @@ class Purges:
     async def revoke(self, selectors: list[Selector], at: float, keys: list[bytes]) -> bool:
         """Revocations (at most :data:`MAX_SELECTORS`) to every replica, and out of Redis the
         answers this replica found for them (``keys``: their cache keys)."""
+        for selector in selectors:
+            self._fleet.memory.revoked(selector)
         message = self.channel.seal("revoke", r=[s.to_message() for s in selectors], at=at)
         return await self._publish(message, keys)
 
@@ -135,6 +137,7 @@ class Purges:
         except ValueError:
             return False
         for selector in selectors:
+            self._fleet.memory.revoked(selector)
             self._cache.revoke(selector, float(at))
         return True
 

@@ -123,6 +123,9 @@ class Fleet:
         self._cache_config: CacheConfig = config.cache
         # Purges seen, kept as long as an answer given before one may live (its IdP call included).
         lives = max(config.cache.max_ttl, config.cache.negative_ttl)
+        # The longest this replica reuses a shared answer after its IdP call began, whatever the
+        # value says (a replica with a longer cache.max_ttl sealed it): within the purges' memory.
+        self._longest = lives + config.idp.timeout
         self.memory = PurgeMemory(lives + 2 * config.idp.timeout + f.clock_skew + 1.0)
         self.subscribed = False  # purges.py: hearing the channel now (else purges may be missed)
         self.skew = f.clock_skew
@@ -191,6 +194,7 @@ class Fleet:
             self.metrics.event("tampered")
             log.warning("fleet value refused", extra={"reason": "tampered", "detail": str(exc)})
             return None
+        until = min(until, began + self._longest)
         if until <= time.time():
             return None
         if not self.subscribed or self.memory.refuses(key, hashed, info, began, self.skew):

@@ -58,7 +58,7 @@ def _selector(body: dict[str, object]) -> Selector | None:
     """A revocation selector (``sub`` with an optional ``iss``, ``email``, ``client_id``, ``jti``)."""
     named = [k for k in SELECTORS if k in body]
     allowed = {*named, "iss"} if named == ["sub"] else set(named)
-    if len(named) != 1 or set(body) != allowed:
+    if len(named) != 1 or not set(body) <= allowed:  # "iss" is optional beside "sub"
         return None
     [kind] = named
     value, iss = body[kind], body.get("iss")

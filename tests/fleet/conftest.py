@@ -50,13 +50,14 @@ MakeReplica = Callable[..., Awaitable[Running]]
 @pytest.fixture
 def make_replica(make_sidecar: MakeSidecar, redis_server: RedisServer, fleet_files: FleetFiles) -> MakeReplica:
     """A sidecar in the fleet of ``redis_server``; keyword arguments override ``[fleet]`` keys
-    (``cache`` and ``dpop``: those sections). The replicas share one clock: ``clock_skew`` 0."""
+    (``cache``, ``dpop`` and ``events``: those sections). The replicas share one clock: ``clock_skew`` 0."""
 
-    async def start(cache: dict[str, Any] | None = None, dpop: dict[str, Any] | None = None, **fleet: Any) -> Running:
+    async def start(cache: dict[str, Any] | None = None, dpop: dict[str, Any] | None = None,
+                    events: dict[str, Any] | None = None, **fleet: Any) -> Running:
         section = {"enabled": True, "url": redis_server.url, "secret_file": str(fleet_files.secret),
                    "seal_key_file": str(fleet_files.key), "timeout": 0.2, "clock_skew": 0.0, **fleet}
         running = await make_sidecar(fleet=section, server={"admin_secret": ADMIN_SECRET}, cache=cache or {},
-                                     dpop=dpop or {})
+                                     dpop=dpop or {}, events=events or {})
         await wait_subscribed(running)
         return running
 

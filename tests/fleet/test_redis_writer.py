@@ -1,7 +1,9 @@
 """What an attacker with write access to the fleet's Redis (the sidecars' own ACL) can and cannot
-do (docs/fleet.md): no value put back after a purge is used, a planted lock costs one wait, a
-keyspace flood leaves purges bounded and effective, a replica with another seal key or fleet secret
-is not ready, and a proof's replay key deleted buys at most one more use per replica."""
+do (docs/fleet.md): no value put back after a purge or a revocation is used (past
+``events.remember`` too, or sealed by a replica with a longer ``cache.max_ttl``), a planted lock
+costs one wait, a keyspace flood leaves purges bounded and effective, a replica with another seal
+key or fleet secret is not ready, a proof's replay key deleted buys at most one more use per
+replica, and cutting the subscriptions or blocking Redis costs IdP calls, never a purge."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.dev.fakeidp import FakeIdp
-from sidecar.dev.redis import RedisServer
+from sidecar.dev.redis import REDIS_CLI, RedisServer
 from sidecar.support.logs import token_hash
 from tests.conftest import Running
 from tests.fleet.conftest import ADMIN, FleetFiles, MakeReplica, events, fleet_of
@@ -66,6 +68,50 @@ async def test_a_value_saved_before_a_purge_and_written_back_is_refused_by_every
         assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
         assert events(replica, "predates_purge") == 1 and events(replica, "tampered") == 0
         replica.sidecar.decider.cache.clear()
+
+
+@pytest.mark.parametrize("by", ["client_id", "sub", "jti"])
+async def test_a_value_saved_before_a_revocation_is_refused_after_events_remember_has_passed(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, by: str
+) -> None:
+    """``events.remember`` may be shorter than ``cache.max_ttl``: the revocation's own memory then
+    ends while a value given before it still lives in Redis (put back, or never deleted)."""
+    replicas = [await make_replica(events={"remember": 0.5}) for _ in range(2)]
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await replicas[0].check(token, pki.alice)).status == 200
+    name, sealed = await saved_value(replicas[0], token)
+    claims = idp.tokens.pop(token)  # revoked at the IdP, then by its claims on every replica
+    answer = await (await replicas[1].admin.post("/purge", json={by: claims[by]}, headers=ADMIN)).json()
+    assert answer["fleet"] is True
+    await until(lambda: len(replicas[0].sidecar.decider.cache) == 0)
+    await asyncio.sleep(1.0)  # past events.remember, well within cache.max_ttl
+    redis = fleet_of(replicas[0]).redis
+    for replica in replicas:
+        await redis.set(name, sealed, px=60_000)
+        denied = await replica.check(token, pki.alice)
+        assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+        assert events(replica, "predates_purge") == 1
+        replica.sidecar.decider.cache.clear()
+
+
+async def test_a_value_from_a_replica_with_a_longer_max_ttl_is_used_no_longer_than_this_replicas_own(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki
+) -> None:
+    """A rolling change of ``cache.max_ttl``: a value sealed by a replica with a longer one must not
+    outlive this replica's memory of a purge (a value put back after it has forgotten)."""
+    short = await make_replica(cache={"max_ttl": 0.5, "negative_ttl": 0.5})  # remembers a purge ~3.5 s
+    long = await make_replica()  # cache.max_ttl 300
+    token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+    assert (await long.check(token, pki.alice)).status == 200
+    name, sealed = await saved_value(long, token)
+    idp.tokens.pop(token)
+    answer = await (await short.admin.post("/purge", json={"token": token}, headers=ADMIN)).json()
+    assert answer["fleet"] is True
+    await asyncio.sleep(4.0)  # past what the short replica remembers, well within the value's own expiry
+    await (await short.admin.post("/purge", json={"token_hash": "0" * 12}, headers=ADMIN)).json()  # prunes
+    await fleet_of(short).redis.set(name, sealed, px=60_000)
+    denied = await short.check(token, pki.alice)
+    assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
 
 
 async def test_a_value_planted_again_at_once_is_not_read_a_third_time(
@@ -173,6 +219,50 @@ async def test_a_lone_replica_is_ready_and_junk_published_on_the_channel_leaves_
         await fleet.redis.publish(fleet.names.channel, junk)
     await until(lambda: events(a, "foreign") == 5 and events(b, "foreign") == 5)
     assert await ready(a) == (200, "ok") and await ready(b) == (200, "ok")
+
+
+async def test_one_oversized_message_cuts_every_subscription_and_costs_an_idp_call_per_token_never_a_purge(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer
+) -> None:
+    """Redis closes a subscriber past its pubsub output buffer limit (32 MB by default): a writer who
+    publishes more cuts every replica's subscription. Each resubscribes and drops its cache."""
+    a, b = await make_replica(), await make_replica()
+    revoked, live = idp.mint("alice", cnf=pki.alice.x5t_s256), idp.mint("alice", cnf=pki.alice.x5t_s256)
+    for replica in (a, b):
+        for token in (revoked, live):
+            assert (await replica.check(token, pki.alice)).status == 200
+    calls = idp.introspect_requests
+    await fleet_of(a).redis.publish(fleet_of(a).names.channel, b"x" * 40_000_000)
+    idp.tokens.pop(revoked)
+    await (await b.admin.post("/purge", json={"token": revoked}, headers=ADMIN)).json()  # while a may be cut
+    await until(lambda: events(a, "resubscribed") == 1 and events(b, "resubscribed") == 1, seconds=5.0)
+    assert "output buffer limits" in (redis_server.directory / "redis.log").read_text()
+    for replica in (a, b):
+        await until(lambda replica=replica: fleet_of(replica).subscribed, seconds=5.0)
+        denied = await replica.check(revoked, pki.alice)
+        assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+        assert (await replica.check(live, pki.alice)).status == 200
+        assert await ready(replica) == (200, "ok")
+    assert idp.introspect_requests - calls <= 4  # each token at most once per replica
+
+
+async def test_a_script_that_never_ends_makes_redis_unavailable_and_the_replicas_go_on_without_it(
+    make_replica: MakeReplica, idp: FakeIdp, pki: TestPki, redis_server: RedisServer
+) -> None:
+    a = await make_replica(breaker_failures=2)
+    sha = redis_server.cli("script", "load", "while true do end")  # SCRIPT LOAD and EVALSHA: in the ACL
+    busy = await asyncio.create_subprocess_exec(REDIS_CLI, "-p", str(redis_server.port), "evalsha", sha, "0",
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.3)
+        token = idp.mint("alice", cnf=pki.alice.x5t_s256)
+        assert (await a.check(token, pki.alice)).status == 200  # the IdP, as without a fleet
+        answer = await (await a.admin.post("/purge", json={"token": token}, headers=ADMIN)).json()
+        assert answer == {"purged": 1, "fleet": False}
+        assert events(a, "error") >= 1
+    finally:
+        redis_server.cli("script", "kill")
+        await busy.wait()
 
 
 async def test_authentic_messages_replayed_by_a_writer_are_refused(

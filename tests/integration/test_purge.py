@@ -57,6 +57,18 @@ async def test_purge_by_the_token_hash_from_the_logs(
     assert idp.introspect_requests == 2
 
 
+@pytest.mark.parametrize("body", [{"sub": "alice"}, {"sub": "alice", "iss": "ISSUER"}])
+async def test_purge_by_subject_with_or_without_its_issuer_drops_and_refuses_its_tokens(
+    running: Running, idp: FakeIdp, pki: TestPki, body: dict[str, str]
+) -> None:
+    token = await cached(running, idp, pki)
+    body = {k: idp.issuer if v == "ISSUER" else v for k, v in body.items()}
+    response = await purge(running, body)
+    assert response.status == 200 and await response.json() == {"purged": 1}
+    denied = await running.check(token, pki.alice)  # the IdP still says active: the revocation refuses it
+    assert denied.status == 401 and (await denied.json())["reason"] == "token_inactive"
+
+
 async def test_purge_all_drops_every_entry(running: Running, idp: FakeIdp, pki: TestPki) -> None:
     tokens = [await cached(running, idp, pki) for _ in range(3)]
     response = await purge(running, {"all": True})
@@ -108,7 +120,8 @@ async def test_two_authorization_headers_are_refused(running: Running, idp: Fake
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b"{}", b'{"all": false}', b'{"all": "yes"}',
                                   b'{"token": ""}', b'{"token": 5}', b'{"token_hash": "ABCDEF012345"}',
-                                  b'{"token_hash": "abc"}', b'{"token": "a", "all": true}', b"x" * 20_000,
+                                  b'{"token_hash": "abc"}', b'{"token": "a", "all": true}',
+                                  b'{"client_id": "a", "iss": "b"}', b'{"iss": "b"}', b"x" * 20_000,
                                   b"[" * 16_000])
 async def test_a_malformed_purge_request_is_a_clean_400_and_purges_nothing(
     running: Running, idp: FakeIdp, pki: TestPki, body: bytes

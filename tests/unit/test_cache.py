@@ -8,6 +8,7 @@ from typing import Any
 
 from sidecar.config import CacheConfig
 from sidecar.core.cache import Entry, TokenCache
+from sidecar.core.revocation import Revocations, Selector
 from sidecar.core.token_info import INACTIVE, TokenInfo
 from sidecar.idp.failures import IdpError, IdpFailure
 
@@ -175,3 +176,19 @@ async def test_purge_drops_one_entry_and_clear_drops_all() -> None:
     assert cache.purge(cache.key("a")) is True
     assert cache.purge(cache.key("a")) is False
     assert cache.clear() == 1
+
+
+def test_the_revocations_given_are_the_ones_kept_even_while_empty() -> None:
+    """``events.remember`` and ``events.max_revocations`` reach the cache through the (empty)
+    Revocations the stages build: a default put in their place would remember an hour."""
+    clock = Clock()
+    cache = TokenCache(CacheConfig(max_entries=10), timer=clock, clock=clock,
+                       revocations=Revocations(max_entries=1, remember=0.5, timer=clock))
+    alice = TokenInfo(active=True, client_id="alice", iat=0)
+    cache.revoke(Selector("client_id", "alice"), at=900.0)
+    assert cache.revoked(b"k", alice)
+    clock.now += 1.0  # past remember
+    assert not cache.revoked(b"k", alice)
+    cache.revoke(Selector("client_id", "alice"), at=900.0)
+    cache.revoke(Selector("client_id", "bob"), at=900.0)  # past max_entries: the oldest goes
+    assert not cache.revoked(b"k", alice)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sidecar.core.purges import Purge, PurgeMemory
-from sidecar.core.token_info import INACTIVE
+from sidecar.core.revocation import Selector
+from sidecar.core.token_info import INACTIVE, TokenInfo
 
 KEY, OTHER = b"k" * 16, b"o" * 16
 
@@ -84,3 +87,43 @@ def test_a_full_memory_forgets_nothing_it_grows_stricter() -> None:
     assert len(memory) == 2 and memory.floor == 1001.0  # the oldest folded into the floor
     assert memory.refuses(KEY, "000000000000", INACTIVE, began=1000.5)
     assert memory.refuses(KEY, "ffffffffffff", INACTIVE, began=1000.5)  # stricter: refused too
+
+
+@pytest.mark.parametrize("selector", [Selector("client_id", "app"), Selector("sub", "alice"),
+                                      Selector("sub", "alice", "https://idp"), Selector("jti", "j1"),
+                                      Selector("email", "alice@example.com"), Selector("key", KEY.hex())])
+def test_an_answer_begun_before_a_revocation_that_names_it_is_refused_and_one_begun_after_is_not(
+    selector: Selector
+) -> None:
+    clock = Clock()
+    memory = PurgeMemory(300.0, clock=clock)
+    memory.revoked(selector)
+    alice = TokenInfo(active=True, client_id="app", sub="alice", iss="https://idp", jti="j1",
+                      username="alice@example.com", iat=0)
+    assert memory.refuses(KEY, "x", alice, began=999.0)
+    assert not memory.refuses(KEY, "x", alice, began=1000.5)
+    bob = TokenInfo(active=True, client_id="other", sub="bob", iss="https://idp", jti="j2", iat=0)
+    assert not memory.refuses(OTHER, "x", bob, began=999.0)  # not named
+    clock.now += 301.0
+    memory.remember(Purge.hash("cccccccccccc"))  # prunes: kept as long as a purge, no longer
+    assert not memory.refuses(KEY, "x", alice, began=999.0)
+
+
+def test_a_revocation_of_a_subject_at_another_issuer_does_not_name_this_token() -> None:
+    memory = PurgeMemory(300.0, clock=Clock())
+    memory.revoked(Selector("sub", "alice", "https://elsewhere"))
+    alice = TokenInfo(active=True, sub="alice", iss="https://idp", iat=0)
+    assert not memory.refuses(KEY, "x", alice, began=999.0)
+
+
+def test_remembered_revocations_cost_the_same_bytes_whatever_the_length_of_their_values() -> None:
+    memory = PurgeMemory(300.0, clock=Clock())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(1000):
+            memory.revoked(Selector("sub", f"{index:04d}" + "x" * 1020))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memory) == 1000 and grown < 1000 * 300  # a 1,024-character value is not kept
