@@ -156,13 +156,13 @@ class PurgeMemory:
 
 
 def _selectors(key: bytes, info: TokenInfo) -> list[Selector]:
-    """Every revocation that names the token of ``key`` (``info``): by token, and by each claim
-    (a subject with and without its issuer)."""
-    named = [Selector("key", key.hex())]
-    for kind, value in values(info):
-        named.append(Selector(kind, value))
-        if kind == "sub" and info.iss is not None:
-            named.append(Selector(kind, value, info.iss))
+    """Every revocation that names the token of ``key`` (``info``): by token, and by each claim,
+    each without an issuer (an operator's purge) and with the token's own (a Security Event Token
+    names every kind within its issuer; an operator's ``sub`` may name one)."""
+    plain = [("key", key.hex()), *values(info)]
+    named = [Selector(kind, value) for kind, value in plain]
+    if info.iss is not None:
+        named += [Selector(kind, value, info.iss) for kind, value in plain]
     return named
 
 

@@ -89,9 +89,14 @@ def test_a_full_memory_forgets_nothing_it_grows_stricter() -> None:
     assert memory.refuses(KEY, "ffffffffffff", INACTIVE, began=1000.5)  # stricter: refused too
 
 
-@pytest.mark.parametrize("selector", [Selector("client_id", "app"), Selector("sub", "alice"),
-                                      Selector("sub", "alice", "https://idp"), Selector("jti", "j1"),
-                                      Selector("email", "alice@example.com"), Selector("key", KEY.hex())])
+@pytest.mark.parametrize("selector", [
+    Selector("client_id", "app"), Selector("sub", "alice"), Selector("jti", "j1"),
+    Selector("email", "alice@example.com"), Selector("key", KEY.hex()),
+    # as a Security Event Token names them: every kind scoped to the SET's issuer
+    Selector("client_id", "app", "https://idp"), Selector("sub", "alice", "https://idp"),
+    Selector("jti", "j1", "https://idp"), Selector("email", "alice@example.com", "https://idp"),
+    Selector("key", KEY.hex(), "https://idp"),
+])
 def test_an_answer_begun_before_a_revocation_that_names_it_is_refused_and_one_begun_after_is_not(
     selector: Selector
 ) -> None:
@@ -109,10 +114,11 @@ def test_an_answer_begun_before_a_revocation_that_names_it_is_refused_and_one_be
     assert not memory.refuses(KEY, "x", alice, began=999.0)
 
 
-def test_a_revocation_of_a_subject_at_another_issuer_does_not_name_this_token() -> None:
+@pytest.mark.parametrize("kind, value", [("sub", "alice"), ("client_id", "app"), ("jti", "j1"), ("key", KEY.hex())])
+def test_a_revocation_by_another_issuer_does_not_name_this_token(kind: str, value: str) -> None:
     memory = PurgeMemory(300.0, clock=Clock())
-    memory.revoked(Selector("sub", "alice", "https://elsewhere"))
-    alice = TokenInfo(active=True, sub="alice", iss="https://idp", iat=0)
+    memory.revoked(Selector(kind, value, "https://elsewhere"))
+    alice = TokenInfo(active=True, sub="alice", client_id="app", jti="j1", iss="https://idp", iat=0)
     assert not memory.refuses(KEY, "x", alice, began=999.0)
 
 
